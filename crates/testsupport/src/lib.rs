@@ -1,0 +1,60 @@
+//! Test helpers: the real components etcdbr talks to, started as child processes on free
+//! loopback ports in temp dirs, killed on drop.
+//!
+//! A missing binary fails the test with the command that installs it: nothing is skipped.
+//! Binaries are looked up under `$ETCDBR_DEPS` (default `/opt/etcdbr-deps`), where
+//! `scripts/install-test-deps.sh` puts them.
+
+pub mod azurite;
+pub mod etcd;
+pub mod seaweed;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+pub use etcd::{Etcd, EtcdVersion};
+
+/// Where `scripts/install-test-deps.sh` installs the test dependencies.
+pub fn deps_dir() -> PathBuf {
+    std::env::var_os("ETCDBR_DEPS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/etcdbr-deps"))
+}
+
+/// The path of a required binary, or a panic that says how to install it.
+pub fn require_binary(path: PathBuf, what: &str) -> PathBuf {
+    if !path.is_file() {
+        panic!(
+            "{what} not found at {}: run `bash scripts/install-test-deps.sh` (as root) to install it",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// Ports are handed out from a per-process counter offset by the pid, then probed, so parallel
+/// test threads and processes rarely race for the same port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 2000) as u16 * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base.wrapping_add(n % 20000);
+        if port < 20000 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The folder of the shared test data (`../shared/testdata` beside the repository).
+pub fn shared_testdata() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
+    if !root.is_dir() {
+        panic!("shared test data not found at {}: the repository must sit beside shared/", root.display());
+    }
+    root.canonicalize().expect("canonical testdata path")
+}
