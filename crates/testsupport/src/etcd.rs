@@ -142,16 +142,7 @@ impl Etcd {
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Etcd {
-            version,
-            child: Some(child),
-            _tmp: tmp,
-            data_dir,
-            name: name.to_string(),
-            client_port,
-            peer_port,
-            log,
-        }
+        Etcd { version, child: Some(child), _tmp: tmp, data_dir, name: name.to_string(), client_port, peer_port, log }
     }
 
     fn poll_ready(&mut self, timeout: Duration) -> Result<(), String> {
@@ -245,11 +236,7 @@ impl Etcd {
         child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
         let out = child.wait_with_output().expect("run etcdctl");
         if !out.status.success() {
-            panic!(
-                "etcdctl {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("etcdctl {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         String::from_utf8(out.stdout).expect("etcdctl output is UTF-8")
     }

@@ -1,0 +1,511 @@
+//! The live etcd the snapshotter reads: the [`EtcdSource`] trait and its etcd-client
+//! implementation, [`EtcdClient`].
+//!
+//! The snapshotter needs five things from etcd: the Maintenance snapshot stream, a watch of the
+//! whole keyspace from a revision, the member's status, a defragmentation and a lease's TTL.
+//! Keeping them behind a small trait lets the snapshotter's state machine run against a
+//! scripted source in tests (faults on demand) as well as against real etcd.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::delta::{Event, EventKind};
+
+/// etcd's snapshot stream: the bbolt db followed by its 32-byte sha256.
+pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Bytes, EtcdError>> + Send + 'static>>;
+
+/// A watch: batches of events in revision order. The stream ends (or yields an error) when the
+/// watch is lost; [`EtcdError::Compacted`] says the start revision is gone.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, EtcdError>> + Send + 'static>>;
+
+/// One watch response's events: every event of each revision it holds (etcd never splits a
+/// revision across responses), or none for a progress notification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// The events, in revision order. Their `time` is when they were received.
+    pub events: Vec<Event>,
+    /// The store revision etcd reported with the response.
+    pub header_revision: i64,
+}
+
+/// What [`EtcdSource::status`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStatus {
+    /// The store's current revision.
+    pub revision: i64,
+    /// The db file's size in bytes.
+    pub db_size: i64,
+    /// The db bytes in use (etcd 3.4+).
+    pub db_size_in_use: i64,
+    /// The etcd server version.
+    pub version: String,
+    /// The member id of the leader (0 when there is none).
+    pub leader: u64,
+    /// The id of the member answering.
+    pub member_id: u64,
+}
+
+/// A lease's time to live, as etcd reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// The lease id.
+    pub id: i64,
+    /// The TTL the lease was granted with, in seconds.
+    pub granted_ttl: i64,
+    /// Seconds left when asked.
+    pub remaining_ttl: i64,
+}
+
+/// Why an etcd request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdError {
+    /// etcd could not be reached, timed out, lost its leader or closed the stream: trying again
+    /// later may work.
+    #[error("etcd at {endpoint} is unavailable: {message}")]
+    Unavailable {
+        /// The endpoint asked.
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
+    /// A watch asked for revisions that compaction removed.
+    #[error("etcd compacted revision {compact_revision}; a watch from {requested} is impossible")]
+    Compacted {
+        /// The revision the watch wanted to start at.
+        requested: i64,
+        /// etcd's compaction revision.
+        compact_revision: i64,
+    },
+    /// etcd refused the request (authentication, permission, invalid argument): retrying the
+    /// same request will fail the same way.
+    #[error("etcd at {endpoint} refused the request: {message}")]
+    Refused {
+        /// The endpoint asked.
+        endpoint: String,
+        /// What etcd said.
+        message: String,
+    },
+}
+
+impl EtcdError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EtcdError::Unavailable { .. })
+    }
+}
+
+impl From<EtcdError> for crate::error::Error {
+    fn from(e: EtcdError) -> Self {
+        crate::error::Error::Etcd { retryable: e.is_retryable(), message: e.to_string() }
+    }
+}
+
+/// The etcd a snapshotter backs up.
+///
+/// # Contract
+///
+/// - [`snapshot`](EtcdSource::snapshot) streams the whole db plus etcd's sha256 trailer; the
+///   caller verifies the trailer.
+/// - [`watch`](EtcdSource::watch) watches every key from `from_revision` (inclusive), without
+///   previous values. Events arrive in revision order, all events of one revision in one batch.
+///   A compacted start revision is reported as [`EtcdError::Compacted`] (as the stream's first
+///   item or as the call's error); a lost connection ends the stream with an error or `None`.
+/// - Every method may fail with [`EtcdError::Unavailable`] and be called again afterwards.
+#[async_trait]
+pub trait EtcdSource: Send + Sync + fmt::Debug {
+    /// The endpoint used, for logs and metric labels.
+    fn endpoint(&self) -> String;
+
+    /// Opens the Maintenance snapshot stream.
+    async fn snapshot(&self) -> Result<SnapshotStream, EtcdError>;
+
+    /// Watches the whole keyspace from `from_revision`.
+    async fn watch(&self, from_revision: i64) -> Result<WatchStream, EtcdError>;
+
+    /// The member's status (current revision, db size, leader).
+    async fn status(&self) -> Result<EtcdStatus, EtcdError>;
+
+    /// Defragments the member's db.
+    async fn defragment(&self) -> Result<(), EtcdError>;
+
+    /// A lease's TTL, or `None` when etcd no longer knows the lease (revoked or expired).
+    async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError>;
+}
+
+/// TLS for the connection to etcd (`--cert`, `--key`, `--cacert`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// Client certificate (PEM), with `key`.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM), with `cert`.
+    pub key: Option<PathBuf>,
+    /// CA bundle (PEM) that signs etcd's server certificate; the system roots when absent.
+    pub cacert: Option<PathBuf>,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Paths only: the files' content never reaches a log.
+        f.debug_struct("EtcdTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("cacert", &self.cacert)
+            .finish()
+    }
+}
+
+/// How to reach etcd.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client URLs; the first one is asked for status.
+    pub endpoints: Vec<String>,
+    /// Limit for connecting and for each unary request (`--etcd-connection-timeout`).
+    pub connection_timeout: Duration,
+    /// Limit for a whole full snapshot (`--etcd-snapshot-timeout`).
+    pub snapshot_timeout: Duration,
+    /// Limit for a defragmentation (`--etcd-defrag-timeout`).
+    pub defrag_timeout: Duration,
+    /// User name and password (`--etcd-username`, `--etcd-password`); both or neither.
+    pub user: Option<(String, String)>,
+    /// TLS; `None` for plain HTTP (`--insecure-transport`).
+    pub tls: Option<EtcdTls>,
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("snapshot_timeout", &self.snapshot_timeout)
+            .field("defrag_timeout", &self.defrag_timeout)
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, "<redacted>")))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl Default for EtcdConfig {
+    /// The reference's defaults.
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            connection_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(15 * 60),
+            defrag_timeout: Duration::from_secs(8 * 60),
+            user: None,
+            tls: None,
+        }
+    }
+}
+
+/// [`EtcdSource`] over etcd-client (gRPC).
+///
+/// Connects lazily and reconnects after a failure, so one value serves the snapshotter's whole
+/// life across etcd restarts.
+pub struct EtcdClient {
+    config: EtcdConfig,
+    client: Mutex<Option<etcd_client::Client>>,
+}
+
+impl fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdClient").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl EtcdClient {
+    /// A source for `config`; nothing is connected until the first request.
+    pub fn new(config: EtcdConfig) -> EtcdClient {
+        EtcdClient { config, client: Mutex::new(None) }
+    }
+
+    fn first_endpoint(&self) -> String {
+        self.config.endpoints.first().cloned().unwrap_or_default()
+    }
+
+    fn unavailable(&self, message: impl fmt::Display) -> EtcdError {
+        EtcdError::Unavailable { endpoint: self.first_endpoint(), message: message.to_string() }
+    }
+
+    /// Maps a client error to [`EtcdError`]: gRPC statuses that say "no" are refusals,
+    /// everything else is worth another try.
+    fn map_err(&self, e: etcd_client::Error) -> EtcdError {
+        use tonic_code::classify;
+        match &e {
+            etcd_client::Error::GRpcStatus(status) if classify(status.code() as i32) => {
+                EtcdError::Refused { endpoint: self.first_endpoint(), message: status.message().to_string() }
+            }
+            etcd_client::Error::InvalidArgs(m) => {
+                EtcdError::Refused { endpoint: self.first_endpoint(), message: m.clone() }
+            }
+            etcd_client::Error::InvalidUri(m) => {
+                EtcdError::Refused { endpoint: self.first_endpoint(), message: m.to_string() }
+            }
+            _ => self.unavailable(e),
+        }
+    }
+
+    async fn connect(&self) -> Result<etcd_client::Client, EtcdError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(self.config.connection_timeout)
+            .with_keep_alive(Duration::from_secs(10), self.config.connection_timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let Some((user, password)) = &self.config.user {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        let mut endpoints = self.config.endpoints.clone();
+        if let Some(tls) = &self.config.tls {
+            opts = opts.with_tls(self.tls_options(tls)?);
+            // etcd-client decides TLS by scheme: plain host:port and http:// become https://.
+            for e in &mut endpoints {
+                if let Some(rest) = e.strip_prefix("http://") {
+                    *e = format!("https://{rest}");
+                }
+            }
+        }
+        let connect = etcd_client::Client::connect(endpoints, Some(opts));
+        let client = tokio::time::timeout(self.config.connection_timeout, connect)
+            .await
+            .map_err(|_| self.unavailable(format!("no connection within {:?}", self.config.connection_timeout)))?
+            .map_err(|e| self.map_err(e))?;
+        debug!(endpoints = ?self.config.endpoints, "connected to etcd");
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    fn tls_options(&self, tls: &EtcdTls) -> Result<etcd_client::TlsOptions, EtcdError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| EtcdError::Refused {
+                endpoint: self.first_endpoint(),
+                message: format!("cannot read {}: {e}", p.display()),
+            })
+        };
+        let mut o = etcd_client::TlsOptions::new();
+        match &tls.cacert {
+            Some(ca) => o = o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
+            None => o = o.with_native_roots(),
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => o = o.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?)),
+            (None, None) => {}
+            _ => {
+                return Err(EtcdError::Refused {
+                    endpoint: self.first_endpoint(),
+                    message: "--cert and --key must be given together".into(),
+                });
+            }
+        }
+        Ok(o)
+    }
+
+    /// Forgets the connection after a failure, so the next request dials again.
+    async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    async fn unary<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, EtcdError>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.connect().await?;
+        match tokio::time::timeout(timeout, f(client)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let e = self.map_err(e);
+                if e.is_retryable() {
+                    self.reset().await;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.reset().await;
+                Err(self.unavailable(format!("no answer within {timeout:?}")))
+            }
+        }
+    }
+}
+
+/// gRPC status codes that mean "this request will not succeed as it is".
+mod tonic_code {
+    /// InvalidArgument 3, NotFound 5, AlreadyExists 6, PermissionDenied 7, FailedPrecondition 9,
+    /// OutOfRange 11, Unimplemented 12, Unauthenticated 16.
+    pub(super) fn classify(code: i32) -> bool {
+        matches!(code, 3 | 5 | 6 | 7 | 9 | 11 | 12 | 16)
+    }
+}
+
+fn convert_event(e: &etcd_client::Event, time: &str) -> Option<Event> {
+    let kv = e.kv()?;
+    let kind = match e.event_type() {
+        etcd_client::EventType::Put => EventKind::Put,
+        etcd_client::EventType::Delete => EventKind::Delete,
+    };
+    Some(Event {
+        kind,
+        key: kv.key().to_vec(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+        lease: kv.lease(),
+        time: time.to_string(),
+    })
+}
+
+#[async_trait]
+impl EtcdSource for EtcdClient {
+    fn endpoint(&self) -> String {
+        self.first_endpoint()
+    }
+
+    async fn snapshot(&self) -> Result<SnapshotStream, EtcdError> {
+        let mut client = self.connect().await?;
+        let endpoint = self.first_endpoint();
+        let open = tokio::time::timeout(self.config.connection_timeout, client.snapshot()).await;
+        let stream = match open {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.reset().await;
+                return Err(self.map_err(e));
+            }
+            Err(_) => {
+                self.reset().await;
+                return Err(self.unavailable("snapshot stream did not open in time"));
+            }
+        };
+        Ok(Box::pin(futures::stream::unfold((stream, endpoint, false), |(mut stream, endpoint, ended)| async move {
+            if ended {
+                return None;
+            }
+            match stream.message().await {
+                Ok(Some(resp)) => Some((Ok(Bytes::copy_from_slice(resp.blob())), (stream, endpoint, false))),
+                Ok(None) => None,
+                Err(e) => {
+                    let err =
+                        EtcdError::Unavailable { message: format!("snapshot stream: {e}"), endpoint: endpoint.clone() };
+                    Some((Err(err), (stream, endpoint, true)))
+                }
+            }
+        })))
+    }
+
+    async fn watch(&self, from_revision: i64) -> Result<WatchStream, EtcdError> {
+        let mut client = self.connect().await?;
+        let endpoint = self.first_endpoint();
+        let opts =
+            etcd_client::WatchOptions::new().with_all_keys().with_start_revision(from_revision).with_progress_notify();
+        let open = tokio::time::timeout(self.config.connection_timeout, client.watch(vec![0u8], Some(opts))).await;
+        let stream = match open {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.reset().await;
+                return Err(self.map_err(e));
+            }
+            Err(_) => {
+                self.reset().await;
+                return Err(self.unavailable("watch did not open in time"));
+            }
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            (stream, endpoint, false),
+            move |(mut stream, endpoint, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.compact_revision() > 0 {
+                                let err = EtcdError::Compacted {
+                                    requested: from_revision,
+                                    compact_revision: resp.compact_revision(),
+                                };
+                                return Some((Err(err), (stream, endpoint, true)));
+                            }
+                            if resp.canceled() {
+                                let err = EtcdError::Unavailable {
+                                    message: format!("watch canceled: {}", resp.cancel_reason()),
+                                    endpoint: endpoint.clone(),
+                                };
+                                return Some((Err(err), (stream, endpoint, true)));
+                            }
+                            if resp.created() && resp.events().is_empty() {
+                                continue;
+                            }
+                            let time = crate::delta::now_rfc3339_nanos();
+                            let batch = WatchBatch {
+                                events: resp.events().iter().filter_map(|e| convert_event(e, &time)).collect(),
+                                header_revision: resp.header().map_or(0, |h| h.revision()),
+                            };
+                            return Some((Ok(batch), (stream, endpoint, false)));
+                        }
+                        Ok(None) => {
+                            let err = EtcdError::Unavailable {
+                                message: "watch stream closed".into(),
+                                endpoint: endpoint.clone(),
+                            };
+                            return Some((Err(err), (stream, endpoint, true)));
+                        }
+                        Err(e) => {
+                            let err =
+                                EtcdError::Unavailable { message: format!("watch: {e}"), endpoint: endpoint.clone() };
+                            return Some((Err(err), (stream, endpoint, true)));
+                        }
+                    }
+                }
+            },
+        )))
+    }
+
+    async fn status(&self) -> Result<EtcdStatus, EtcdError> {
+        let endpoint = self.first_endpoint();
+        self.unary(self.config.connection_timeout, |c| async move {
+            let s = c.maintenance_client().status().await?;
+            Ok(EtcdStatus {
+                revision: s.header().map_or(0, |h| h.revision()),
+                db_size: s.db_size(),
+                db_size_in_use: s.raft_used_db_size(),
+                version: s.version().to_string(),
+                leader: s.leader(),
+                member_id: s.header().map_or(0, |h| h.member_id()),
+            })
+        })
+        .await
+        .map_err(|e| {
+            debug!(%endpoint, error = %e, "etcd status failed");
+            e
+        })
+    }
+
+    async fn defragment(&self) -> Result<(), EtcdError> {
+        self.unary(self.config.defrag_timeout, |c| async move {
+            c.maintenance_client().defragment().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
+        self.unary(self.config.connection_timeout, |c| async move {
+            let r = c.lease_client().time_to_live(id, None).await?;
+            // etcd answers an unknown lease with TTL -1.
+            Ok((r.ttl() >= 0).then(|| LeaseTtl { id, granted_ttl: r.granted_ttl(), remaining_ttl: r.ttl() }))
+        })
+        .await
+    }
+}

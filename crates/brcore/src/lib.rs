@@ -1,0 +1,20 @@
+//! etcdbr's domain: backups of etcd and their restore.
+//!
+//! Owns the words (snapshot, chain, revision, restore plan) and the traits ([`Snapstore`],
+//! [`Restorer`]). Talks to object stores only through [`Snapstore`] and reads and writes
+//! etcd's files through `etcd-format`.
+
+pub mod chain;
+pub mod compress;
+pub mod delta;
+pub mod error;
+pub mod etcd;
+pub mod gc;
+pub mod metrics;
+pub mod name;
+pub mod rebuild;
+pub mod restore;
+pub mod snapshotter;
+pub mod store;
+
+pub use store::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};

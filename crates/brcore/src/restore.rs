@@ -1,0 +1,585 @@
+//! Offline restore: the latest full snapshot plus every later delta, rebuilt into a data dir
+//! that etcd boots, without running etcd.
+//!
+//! The path, in one pass over each input:
+//! 1. [`crate::chain::list_chain`] lists the store and picks the full snapshot and its deltas.
+//! 2. The full snapshot streams from the store through decompression into a temp file (a bbolt
+//!    db must be random-access to read); its sha256 trailer is checked as it streams.
+//! 3. Deltas are fetched and decoded in parallel (bounded by `max_fetchers`), verified, and fed in
+//!    order to [`crate::rebuild::rebuild_db`], which writes the new `member/snap/db`.
+//! 4. The WAL and snap file of the new member are written, everything is fsynced, and the
+//!    result is renamed into place.
+//!
+//! Everything is built in `<data-dir>.part` on the data dir's filesystem; the data dir only ever
+//! holds a complete `member/` dir. The store is only read.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::chain::{self, Chain, Target};
+use crate::compress;
+use crate::delta::{self, Event};
+use crate::error::Error;
+use crate::name::Snapshot;
+use crate::rebuild::{self, LeasePolicy, Membership, RebuildOptions, RebuildStats};
+use crate::store::Snapstore;
+use etcd_format::membership::Cluster;
+
+/// Everything a restore needs to know.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The store prefix (`--store-prefix`), without the `v2` the layout appends.
+    pub prefix: String,
+    /// The data dir to create (`--data-dir`); it must not hold a `member/` dir.
+    pub data_dir: PathBuf,
+    /// Where the decompressed full snapshot is kept while it is read
+    /// (`--restoration-temp-snapshots-dir`); default: inside `<data-dir>.part`.
+    pub temp_dir: Option<PathBuf>,
+    /// The cluster the restored member(s) belong to (`--initial-cluster`, token).
+    pub cluster: Cluster,
+    /// This member's name (`--name`).
+    pub name: String,
+    /// Latest, or a point in time.
+    pub target: Target,
+    /// Deltas fetched at once (`--max-fetchers`).
+    pub max_fetchers: usize,
+    /// Accept a full snapshot without a sha256 trailer (`--skip-hash-check`).
+    pub skip_hash_check: bool,
+    /// Refuse a result larger than this many bytes (`--embedded-etcd-quota-bytes`).
+    pub quota_bytes: Option<u64>,
+    /// `--bump-revision N --mark-compacted`.
+    pub bump_revision: Option<i64>,
+    /// TTL of leases the deltas reference but the full lacks.
+    pub lease_policy: LeasePolicy,
+    /// Verify the whole chain and report, but leave no data dir.
+    pub dry_run: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// The full snapshot used.
+    pub full: String,
+    /// The deltas applied, in order.
+    pub deltas: Vec<String>,
+    /// The rebuild's numbers (revision, keys, events).
+    pub stats: RebuildStats,
+    /// Bytes read from the store.
+    pub bytes_fetched: u64,
+    /// Size of the written db.
+    pub db_size: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The data dir written (None for a dry run).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Progress of a long restore, for a progress bar or logs.
+pub trait Progress: Send + Sync {
+    /// The chain is known: the full snapshot's size and the number of deltas.
+    fn start(&self, _full_bytes: u64, _deltas: usize) {}
+    /// More bytes of the full snapshot arrived.
+    fn full_bytes(&self, _n: u64) {}
+    /// One more delta was applied.
+    fn delta_applied(&self, _name: &str, _events: usize) {}
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Rebuilds a data dir from backups.
+///
+/// # Contract
+/// - On success the data dir holds a complete `member/` dir etcd boots from; on any error it is
+///   left as it was (no `member/` appears) and temporary files are removed.
+/// - A data dir that already holds `member/` is refused with [`Error::Refused`].
+/// - The store is never written to.
+#[async_trait]
+pub trait Restorer: Send + Sync + std::fmt::Debug {
+    /// Runs the restore that `plan` describes.
+    async fn restore(&self, plan: &RestorePlan, progress: Arc<dyn Progress>) -> Result<RestoreReport, Error>;
+}
+
+/// The offline restorer: writes etcd's files itself, no etcd process.
+#[derive(Debug, Clone)]
+pub struct OfflineRestorer {
+    store: Arc<dyn Snapstore>,
+}
+
+impl OfflineRestorer {
+    /// A restorer reading backups from `store`.
+    pub fn new(store: Arc<dyn Snapstore>) -> Self {
+        OfflineRestorer { store }
+    }
+}
+
+#[async_trait]
+impl Restorer for OfflineRestorer {
+    async fn restore(&self, plan: &RestorePlan, progress: Arc<dyn Progress>) -> Result<RestoreReport, Error> {
+        let span = info_span!("restore", data_dir = %plan.data_dir.display(), prefix = %plan.prefix);
+        restore(self.store.clone(), plan, progress).instrument(span).await
+    }
+}
+
+async fn restore(
+    store: Arc<dyn Snapstore>,
+    plan: &RestorePlan,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    if !plan.dry_run {
+        refuse_existing_member(&plan.data_dir)?;
+    }
+    let chain = chain::list_chain(store.as_ref(), &plan.prefix, plan.target).await?;
+    info!(
+        full = %chain.full.key,
+        deltas = chain.deltas.len(),
+        "restoring from {} and {} deltas",
+        chain.full.key,
+        chain.deltas.len()
+    );
+    progress.start(chain.full.size, chain.deltas.len());
+
+    let part = part_dir(&plan.data_dir);
+    if part.exists() {
+        warn!(dir = %part.display(), "removing the leftovers of an earlier, unfinished restore");
+        fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
+    }
+    let result = build(store, plan, &chain, &part, progress).await;
+    match result {
+        Ok(mut report) => {
+            if plan.dry_run {
+                fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
+            } else {
+                move_into_place(&part, &plan.data_dir)?;
+                report.data_dir = Some(plan.data_dir.clone());
+            }
+            report.elapsed = started.elapsed();
+            Ok(report)
+        }
+        Err(e) => {
+            if let Err(cleanup) = fs::remove_dir_all(&part)
+                && cleanup.kind() != io::ErrorKind::NotFound
+            {
+                warn!(dir = %part.display(), error = %cleanup, "could not remove the unfinished restore");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `<data-dir>.part`, beside the data dir on the same filesystem.
+pub fn part_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+    name.push(".part");
+    data_dir.with_file_name(name)
+}
+
+fn refuse_existing_member(data_dir: &Path) -> Result<(), Error> {
+    let member = data_dir.join("member");
+    if member.exists() {
+        return Err(Error::Refused {
+            why: format!(
+                "{} already exists: etcd would boot from it. Move it aside (or remove it if it is \
+                 known to be bad) and run the restore again",
+                member.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+async fn build(
+    store: Arc<dyn Snapstore>,
+    plan: &RestorePlan,
+    chain: &Chain,
+    part: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreReport, Error> {
+    let snap_dir = part.join("member").join("snap");
+    create_private_dirs(&snap_dir)?;
+    let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
+    fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
+    let full_path = tempfile::Builder::new()
+        .prefix("full-snapshot-")
+        .tempfile_in(&temp_dir)
+        .map_err(|e| Error::io(&temp_dir, e))?
+        .into_temp_path();
+
+    let full_bytes =
+        fetch_full(store.as_ref(), &chain.full, &full_path, plan.skip_hash_check, progress.clone()).await?;
+
+    // Deltas: fetched and decoded in parallel, handed to the writer in order through a
+    // bounded channel, so memory is bounded by the fetch window, not by the chain.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, Error>>(plan.max_fetchers.max(1));
+    let fetch_store = store.clone();
+    // Events of delta i at or below what the objects before it cover are repeats: two
+    // deltas that overlap (two leaders uploading, the reference's #1043) must not apply twice.
+    let deltas: Vec<(Snapshot, i64)> =
+        chain.deltas.iter().enumerate().map(|(i, d)| (d.clone(), chain.covered_before(i) as i64)).collect();
+    let fetchers = plan.max_fetchers.max(1);
+    let fetch_progress = progress.clone();
+    let fetch_task = tokio::spawn(async move {
+        let mut fetched = 0u64;
+        let mut stream = futures::stream::iter(deltas)
+            .map(|(snap, covered)| {
+                let store = fetch_store.clone();
+                async move {
+                    let (mut events, n) = fetch_delta(store.as_ref(), &snap).await?;
+                    events.retain(|e| e.mod_revision > covered);
+                    Ok::<_, Error>((snap, events, n))
+                }
+            })
+            .buffered(fetchers);
+        while let Some(item) = stream.next().await {
+            let item = item.map(|(snap, events, n)| {
+                fetched += n;
+                fetch_progress.delta_applied(&snap.name.to_string(), events.len());
+                events
+            });
+            let failed = item.is_err();
+            // The writer hung up: it failed and reports its own error.
+            if tx.send(item).is_err() || failed {
+                break;
+            }
+        }
+        fetched
+    });
+
+    let db_path = snap_dir.join("db");
+    let opts = RebuildOptions {
+        to_revision: match plan.target {
+            Target::Revision(r) => Some(r as i64),
+            _ => None,
+        },
+        to_time_nanos: match plan.target {
+            Target::Time(t) => Some(t as i128 * 1_000_000_000 + 999_999_999),
+            _ => None,
+        },
+        membership: Membership::Replace {
+            members: plan.cluster.members_bucket_entries(),
+            consistent_index: plan.cluster.members.len() as u64,
+            term: 1,
+            conf_state_json: conf_state_json(&plan.cluster),
+        },
+        lease_policy: plan.lease_policy,
+        bump_revision: plan.bump_revision,
+        writer: bbolt::WriterOptions::default(),
+    };
+    let source_path = full_path.to_path_buf();
+    let db_out = db_path.clone();
+    let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
+        let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
+        let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
+        set_private(&db_out)?;
+        let events = rx.into_iter().flat_map(|batch| match batch {
+            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))?;
+        let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&db_out, e))?;
+        Ok(stats)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the db writer failed: {e}")))??;
+    let fetched = fetch_task.await.map_err(|e| Error::internal(format!("the delta fetcher failed: {e}")))?;
+    drop(full_path);
+
+    if let Some(to) = match plan.target {
+        Target::Revision(r) => Some(r as i64),
+        _ => None,
+    } && stats.ended_early
+    {
+        warn!(requested = to, reached = stats.revision, "the backups end before the requested revision");
+    }
+    let db_size = fs::metadata(&db_path).map_err(|e| Error::io(&db_path, e))?.len();
+    if let Some(quota) = plan.quota_bytes
+        && db_size > quota
+    {
+        return Err(Error::Refused {
+            why: format!(
+                "the restored db is {db_size} bytes, above --embedded-etcd-quota-bytes {quota}: \
+                 etcd would raise a NOSPACE alarm; raise the quota (etcd's --quota-backend-bytes too)"
+            ),
+        });
+    }
+
+    let member_dir = part.join("member");
+    let cluster = plan.cluster.clone();
+    let name = plan.name.clone();
+    tokio::task::spawn_blocking(move || {
+        etcd_format::membership::write_member_files(&member_dir, &cluster, &name)
+            .map_err(|e| Error::internal(format!("writing the WAL and snap files: {e}")))?;
+        fsync_dir(&member_dir.join("snap"))?;
+        fsync_dir(&member_dir)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the WAL writer failed: {e}")))??;
+
+    info!(
+        revision = stats.revision,
+        key_revisions = stats.key_revisions,
+        events = stats.events_applied,
+        db_size,
+        "rebuilt the db"
+    );
+    Ok(RestoreReport {
+        full: chain.full.key.clone(),
+        deltas: chain.deltas.iter().map(|d| d.key.clone()).collect(),
+        stats,
+        bytes_fetched: full_bytes + fetched,
+        db_size,
+        elapsed: Duration::ZERO,
+        data_dir: None,
+    })
+}
+
+/// `meta/confState` for the new cluster, as etcd 3.5+ writes it (Go's JSON of raftpb.ConfState):
+/// `{"voters":[<ids ascending>],"auto_leave":false}`. etcd 3.6 reads it to detect the schema.
+fn conf_state_json(cluster: &Cluster) -> Vec<u8> {
+    let mut ids = cluster.member_ids();
+    ids.sort_unstable();
+    let voters: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    format!("{{\"voters\":[{}],\"auto_leave\":false}}", voters.join(",")).into_bytes()
+}
+
+/// Streams the full snapshot into `path`: decompressed, its sha256 trailer checked and cut off.
+/// Returns the compressed bytes read from the store.
+async fn fetch_full(
+    store: &dyn Snapstore,
+    snap: &Snapshot,
+    path: &Path,
+    skip_hash_check: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, Error> {
+    let span = info_span!("fetch_full", object = %snap.key);
+    let mut stream = store.read(&snap.key, None).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
+    let key = snap.key.clone();
+    let compression = snap.name.compression;
+    let out_path = path.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let reader = ChannelReader { rx, current: Bytes::new() };
+        let mut decoder = compress::decoder(compression, reader);
+        let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
+        let mut out = TrailerSplitter::new(BufWriter::with_capacity(1 << 20, file));
+        io::copy(&mut decoder, &mut out).map_err(|e| read_error(&key, e))?;
+        let (file, db_len, trailer, digest_of_all_but_trailer) = out.finish().map_err(|e| Error::io(&out_path, e))?;
+        // An etcd snapshot is whole pages (a multiple of 512) plus the 32-byte sha256 of them.
+        let has_trailer = (db_len + 32) % 512 == 32 && trailer.len() == 32;
+        if has_trailer {
+            if digest_of_all_but_trailer.as_slice() != trailer.as_slice() {
+                return Err(Error::corrupt(
+                    &key,
+                    "its sha256 does not match the snapshot's trailer: the object is damaged; \
+                     restore from an older full snapshot",
+                ));
+            }
+            file.set_len(db_len).map_err(|e| Error::io(&out_path, e))?;
+        } else if !skip_hash_check {
+            return Err(Error::corrupt(
+                &key,
+                "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
+                 pass --skip-hash-check only if it is a raw db copied from a data dir",
+            ));
+        }
+        file.sync_all().map_err(|e| Error::io(&out_path, e))?;
+        Ok(())
+    });
+    let mut fetched = 0u64;
+    async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Error::from);
+            if let Ok(bytes) = &chunk {
+                fetched += bytes.len() as u64;
+                progress.full_bytes(bytes.len() as u64);
+            }
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    drop(tx);
+    writer.await.map_err(|e| Error::internal(format!("the snapshot writer failed: {e}")))??;
+    Ok(fetched)
+}
+
+/// Fetches, decompresses and verifies one delta. Returns its events and its stored size.
+async fn fetch_delta(store: &dyn Snapstore, snap: &Snapshot) -> Result<(Vec<Event>, u64), Error> {
+    let mut stream = store.read(&snap.key, None).await?;
+    let mut raw = Vec::with_capacity(snap.size as usize);
+    while let Some(chunk) = stream.next().await {
+        raw.extend_from_slice(&chunk?);
+    }
+    let n = raw.len() as u64;
+    let key = snap.key.clone();
+    let compression = snap.name.compression;
+    let events = tokio::task::spawn_blocking(move || -> Result<Vec<Event>, Error> {
+        let reader = compress::decoder(compression, io::Cursor::new(raw));
+        delta::read_events(reader, &key)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the delta decoder failed: {e}")))??;
+    Ok((events, n))
+}
+
+fn read_error(key: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
+            Error::corrupt(key, format!("it does not decompress: {e}; the object is damaged or truncated"))
+        }
+        _ => match e.into_inner() {
+            Some(inner) => match inner.downcast::<Error>() {
+                Ok(err) => *err,
+                Err(other) => Error::internal(format!("reading {key}: {other}")),
+            },
+            None => Error::internal(format!("reading {key} failed")),
+        },
+    }
+}
+
+/// A sync `Read` over chunks that an async task sends.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Writes everything but the last 32 bytes, hashing what it writes; keeps the last 32 bytes
+/// aside as the trailer candidate.
+struct TrailerSplitter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    tail: Vec<u8>,
+    written: u64,
+}
+
+impl<W: Write> TrailerSplitter<W> {
+    fn new(inner: W) -> Self {
+        TrailerSplitter { inner, hasher: Sha256::new(), tail: Vec::with_capacity(64), written: 0 }
+    }
+
+    /// Returns the file, the length written before the trailer, the trailer and the digest.
+    fn finish(mut self) -> io::Result<(W::Target, u64, Vec<u8>, Vec<u8>)>
+    where
+        W: IntoInnerFile,
+    {
+        // The tail is written too: if it turns out not to be a trailer it is part of the db.
+        self.inner.write_all(&self.tail)?;
+        let digest = self.hasher.finalize().to_vec();
+        let file = self.inner.into_file()?;
+        Ok((file, self.written, self.tail, digest))
+    }
+}
+
+impl<W: Write> Write for TrailerSplitter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > 32 {
+            let spill = self.tail.len() - 32;
+            self.inner.write_all(&self.tail[..spill])?;
+            self.hasher.update(&self.tail[..spill]);
+            self.written += spill as u64;
+            self.tail.drain(..spill);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A buffered writer that yields its file when done.
+trait IntoInnerFile: Write {
+    type Target;
+    fn into_file(self) -> io::Result<Self::Target>;
+}
+
+impl IntoInnerFile for BufWriter<File> {
+    type Target = File;
+    fn into_file(self) -> io::Result<File> {
+        self.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+fn create_private_dirs(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    // etcd wants 0700 on every level (3.5 warns otherwise); create each one explicitly.
+    let mut builder = fs::DirBuilder::new();
+    builder.mode(0o700).recursive(true);
+    builder.create(dir).map_err(|e| Error::io(dir, e))?;
+    let mut p = dir;
+    while let Some(parent) = p.parent() {
+        set_mode(p, 0o700)?;
+        if p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".part")) {
+            break;
+        }
+        p = parent;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
+}
+
+fn set_private(path: &Path) -> Result<(), Error> {
+    set_mode(path, 0o600)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Renames the finished `part` dir into place: the whole dir when the data dir is missing or
+/// empty, else its `member/` into the data dir. Either way `member/` appears in one rename.
+fn move_into_place(part: &Path, data_dir: &Path) -> Result<(), Error> {
+    let empty = match fs::read_dir(data_dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => return Err(Error::io(data_dir, e)),
+    };
+    if empty {
+        // rename(2) replaces an empty directory.
+        fs::rename(part, data_dir).map_err(|e| Error::io(data_dir, e))?;
+    } else {
+        refuse_existing_member(data_dir)?;
+        fs::rename(part.join("member"), data_dir.join("member")).map_err(|e| Error::io(data_dir, e))?;
+        fs::remove_dir_all(part).map_err(|e| Error::io(part, e))?;
+    }
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsync_dir(parent)?;
+    }
+    fsync_dir(data_dir)
+}

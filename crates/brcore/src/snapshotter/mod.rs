@@ -1,0 +1,803 @@
+//! The snapshotter: full snapshots on a schedule, delta snapshots from a watch, garbage
+//! collection and defragmentation, as the reference's `etcdbrctl snapshot` does, with every
+//! fault a state of one loop: [`Snapshotter`].
+//!
+//! # The chain it keeps
+//!
+//! The store holds a chain: a full snapshot at revision `R`, then deltas `Incr-<R+1>-<a>`,
+//! `Incr-<a+1>-<b>`… Two numbers carry it:
+//!
+//! - `chain`: the last revision stored (the previous object's last revision); the next delta
+//!   starts at `chain + 1`. It moves only after the store has confirmed an object.
+//! - `watched`: the last revision received from the watch. The events in memory are exactly the
+//!   revisions `chain+1 ..= watched`, with no hole, and the watch always resumes at `watched+1`.
+//!
+//! # Faults
+//!
+//! | what happens | state change |
+//! |---|---|
+//! | etcd unreachable, restarted, watch stream lost | keep the events; reopen the watch from `watched+1` with backoff |
+//! | watch start revision compacted | store what is in memory if possible, forget the chain, reopen the watch at etcd's current revision `C` and take a full snapshot; deltas resume only once a full snapshot at `≥ C` is stored, so no delta spans the hole |
+//! | store fails a delta | keep the events, retry with backoff; past `--delta-snapshot-memory-limit` × 4 stop reading the watch (etcd keeps the history; compaction in between is the previous row) |
+//! | full snapshot fails | retry with backoff (the very first one failing for a reason retrying cannot fix ends the run) |
+//! | SIGTERM / ctrl-c | read the watch up to etcd's current revision (bounded), store the events as a last delta, return |
+//!
+//! Full snapshots run beside the loop, so the watch is read while a large db streams: a full
+//! snapshot at `R` moves `chain` to at least `R` and drops events `≤ R` from memory.
+
+pub mod collect;
+pub mod dbrev;
+pub mod full;
+pub mod leases;
+pub mod schedule;
+pub mod spool;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::compress::Encoder;
+use crate::delta::{Event, EventKind, encode_events};
+use crate::error::Error;
+use crate::etcd::{EtcdError, EtcdSource, WatchStream};
+use crate::gc::{GcOptions, Policy};
+use crate::metrics::{KIND_DELTA, KIND_FULL, Metrics};
+use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName};
+use crate::store::{Snapstore, WriteOptions};
+use full::{FullOptions, FullSnapshot, take_full_snapshot};
+use leases::LeaseRecord;
+pub use schedule::Schedule;
+
+/// How long shutdown waits for events etcd has but the watch has not delivered yet.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Attempts to store the last delta at shutdown.
+const FINAL_FLUSH_ATTEMPTS: u32 = 3;
+
+/// Everything the snapshotter needs to know (the `snapshot` sub-command's flags, checked).
+#[derive(Debug, Clone)]
+pub struct SnapshotterConfig {
+    /// Store prefix (`--store-prefix`); objects go to `<prefix>/v2/`.
+    pub prefix: String,
+    /// When to take full snapshots (`--schedule`).
+    pub full_schedule: Schedule,
+    /// How often buffered events become a delta (`--delta-snapshot-period`); `None` disables
+    /// deltas and the watch (the reference does so below 1 s).
+    pub delta_period: Option<Duration>,
+    /// JSON bytes of buffered events that trigger a delta at once (`--delta-snapshot-memory-limit`).
+    pub delta_memory_limit: usize,
+    /// Buffered JSON bytes above which the watch is no longer read while the store fails.
+    pub max_pending_bytes: usize,
+    /// How often garbage is collected (`--garbage-collection-period`); `None` disables it.
+    pub gc_period: Option<Duration>,
+    /// Which full snapshots garbage collection keeps (`--garbage-collection-policy`, `--max-backups`).
+    pub gc_policy: Policy,
+    /// Deltas of older streams younger than this are kept (`--delta-snapshot-retention-period`).
+    pub delta_retention: Duration,
+    /// Compression of new objects (`--compress-snapshots`, `--compression-policy`).
+    pub compression: Compression,
+    /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`).
+    pub write: WriteOptions,
+    /// Where large full snapshots wait for their name (`--snapstore-temp-directory`).
+    pub temp_dir: PathBuf,
+    /// Limit for one full snapshot (`--etcd-snapshot-timeout`).
+    pub snapshot_timeout: Duration,
+    /// Limit for storing one delta before it is retried.
+    pub delta_upload_timeout: Duration,
+    /// When to defragment etcd, followed by a full snapshot (`--defragmentation-schedule`).
+    pub defrag_schedule: Option<Schedule>,
+}
+
+impl SnapshotterConfig {
+    /// The reference's defaults, for the store prefix `prefix`.
+    pub fn new(prefix: impl Into<String>) -> SnapshotterConfig {
+        let limit = 10 * 1024 * 1024;
+        SnapshotterConfig {
+            prefix: prefix.into(),
+            // The reference's default schedule; a constant that parses.
+            full_schedule: Schedule::parse("0 */1 * * *").expect("valid default schedule"),
+            delta_period: Some(Duration::from_secs(20)),
+            delta_memory_limit: limit,
+            max_pending_bytes: 4 * limit,
+            gc_period: Some(Duration::from_secs(60)),
+            gc_policy: Policy::Exponential,
+            delta_retention: Duration::ZERO,
+            compression: Compression::Gzip,
+            write: WriteOptions::default(),
+            temp_dir: std::env::temp_dir(),
+            snapshot_timeout: Duration::from_secs(15 * 60),
+            delta_upload_timeout: Duration::from_secs(120),
+            defrag_schedule: None,
+        }
+    }
+}
+
+/// What a run did, returned when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Full snapshots stored.
+    pub full_snapshots: usize,
+    /// Delta snapshots stored (including the last one).
+    pub delta_snapshots: usize,
+    /// The last revision stored when the run stopped.
+    pub last_revision: Option<u64>,
+    /// The delta stored at shutdown, if there were events to store.
+    pub final_delta: Option<Snapshot>,
+    /// Times the watch had to be reopened.
+    pub watch_reconnects: usize,
+    /// Times the watch found its start revision compacted.
+    pub compactions_seen: usize,
+}
+
+/// A simple capped exponential backoff.
+#[derive(Debug, Clone)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff { base, max, next: base }
+    }
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+/// Leases seen since the last full snapshot and those the buffered events introduce.
+#[derive(Debug, Default)]
+struct LeaseTracker {
+    known: HashSet<i64>,
+    pending: Vec<LeaseRecord>,
+}
+
+/// The JSON length of one event in a delta, as `DeltaWriter` writes it (without the separator).
+fn event_json_len(e: &Event) -> usize {
+    fn digits(n: i64) -> usize {
+        n.to_string().len()
+    }
+    fn b64(n: usize) -> usize {
+        n.div_ceil(3) * 4
+    }
+    let mut fields = Vec::with_capacity(6);
+    if !e.key.is_empty() {
+        fields.push(6 + b64(e.key.len()) + 2);
+    }
+    if e.create_revision != 0 {
+        fields.push(18 + digits(e.create_revision));
+    }
+    if e.mod_revision != 0 {
+        fields.push(15 + digits(e.mod_revision));
+    }
+    if e.version != 0 {
+        fields.push(10 + digits(e.version));
+    }
+    if !e.value.is_empty() {
+        fields.push(8 + b64(e.value.len()) + 2);
+    }
+    if e.lease != 0 {
+        fields.push(8 + digits(e.lease));
+    }
+    let kv: usize = fields.iter().sum::<usize>() + fields.len().saturating_sub(1);
+    let ty = if e.kind == EventKind::Delete { 9 } else { 0 };
+    14 + ty + 6 + kv + 2 + 8 + e.time.len() + 2 + 1
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Maps an error to the `error` label of `etcdbr_snapshotter_failure`.
+fn error_class(e: &Error) -> &'static str {
+    match e {
+        Error::Etcd { .. } => "etcd",
+        Error::Store(_) => "store",
+        Error::Corrupt { .. } => "corrupt",
+        Error::Io { .. } => "io",
+        _ => "other",
+    }
+}
+
+/// Takes full and delta snapshots of one etcd into one store until told to stop.
+#[derive(Debug)]
+pub struct Snapshotter {
+    source: Arc<dyn EtcdSource>,
+    store: Arc<dyn Snapstore>,
+    config: SnapshotterConfig,
+    metrics: Metrics,
+    /// Held while a delta and its lease sidecar are written, and during a GC cycle, so GC never
+    /// sees a sidecar whose delta is still being written.
+    store_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The loop's state besides the futures it polls (see the module docs).
+struct Core {
+    chain: Option<u64>,
+    /// While `chain` is `None`: the revision a full snapshot must reach to start a chain.
+    floor: Option<u64>,
+    watched: Option<u64>,
+    pending: Vec<Event>,
+    pending_json: usize,
+    leases: LeaseTracker,
+    full_wanted: bool,
+    full_done_once: bool,
+    full_backoff: Backoff,
+    full_retry_at: Option<Instant>,
+    watch_backoff: Backoff,
+    watch_retry_at: Instant,
+    flush_backoff: Backoff,
+    flush_retry_at: Option<Instant>,
+    next_flush: Option<Instant>,
+    next_full: Option<Instant>,
+    next_defrag: Option<Instant>,
+    deltas_since_full: usize,
+    revisions_since_full: u64,
+    report: RunReport,
+}
+
+fn instant_after(schedule: &Schedule) -> Option<Instant> {
+    schedule.until_next(SystemTime::now()).map(|d| Instant::now() + d)
+}
+
+fn min_instant(items: &[Option<Instant>]) -> Option<Instant> {
+    items.iter().flatten().min().copied()
+}
+
+impl Snapshotter {
+    /// A snapshotter of `source` into `store`, reporting into `metrics`.
+    pub fn new(
+        source: Arc<dyn EtcdSource>,
+        store: Arc<dyn Snapstore>,
+        config: SnapshotterConfig,
+        metrics: Metrics,
+    ) -> Snapshotter {
+        Snapshotter { source, store, config, metrics, store_lock: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    fn full_options(&self) -> FullOptions {
+        FullOptions {
+            prefix: self.config.prefix.clone(),
+            compression: self.config.compression,
+            write: self.config.write.clone(),
+            temp_dir: self.config.temp_dir.clone(),
+            timeout: self.config.snapshot_timeout,
+            is_final: false,
+        }
+    }
+
+    /// Runs until `shutdown` completes, then stores the buffered events as a last delta and
+    /// returns. Starts with a full snapshot, as the reference does.
+    ///
+    /// Errors only when the first full snapshot fails for a reason retrying cannot fix (etcd
+    /// refuses the credentials, the store denies access); every later fault is retried.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunReport, Error> {
+        let deltas = self.config.delta_period.is_some();
+        let mut core = Core {
+            chain: None,
+            floor: None,
+            watched: None,
+            pending: Vec::new(),
+            pending_json: 0,
+            leases: LeaseTracker::default(),
+            full_wanted: true,
+            full_done_once: false,
+            full_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            full_retry_at: None,
+            watch_backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(8)),
+            watch_retry_at: Instant::now(),
+            flush_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            flush_retry_at: None,
+            next_flush: self.config.delta_period.map(|p| Instant::now() + p),
+            next_full: instant_after(&self.config.full_schedule),
+            next_defrag: self.config.defrag_schedule.as_ref().and_then(instant_after),
+            deltas_since_full: 0,
+            revisions_since_full: 0,
+            report: RunReport::default(),
+        };
+        let gc_task = self.config.gc_period.map(|period| {
+            let store = self.store.clone();
+            let prefix = self.config.prefix.clone();
+            let policy = self.config.gc_policy;
+            let opts = GcOptions {
+                delta_retention_secs: self.config.delta_retention.as_secs() as i64,
+                last_uploaded_revision: None,
+                delete_chunks: false,
+            };
+            let metrics = self.metrics.clone();
+            let lock = self.store_lock.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let _guard = lock.lock().await;
+                    if let Err(e) =
+                        collect::collect_garbage(&*store, &prefix, policy, &opts, unix_now(), &metrics).await
+                    {
+                        warn!(error = %e, "garbage collection failed; trying again next period");
+                        metrics.failure("gc");
+                    }
+                }
+            })
+        });
+
+        let mut watch: Option<WatchStream> = None;
+        let mut full_task: Option<JoinHandle<Result<FullSnapshot, Error>>> = None;
+        let mut defrag_task: Option<JoinHandle<Result<Duration, EtcdError>>> = None;
+        tokio::pin!(shutdown);
+
+        let result = loop {
+            // Open the watch when it is down and its backoff has passed.
+            if deltas && watch.is_none() && Instant::now() >= core.watch_retry_at {
+                match self.open_watch(&mut core).await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => {
+                        let wait = core.watch_backoff.step();
+                        warn!(error = %e, retry_in = ?wait, "cannot watch etcd");
+                        self.metrics.failure("etcd");
+                        core.watch_retry_at = Instant::now() + wait;
+                    }
+                }
+            }
+            // Start a full snapshot when one is wanted, none runs, and a chain can be based on it.
+            let full_due = core.full_retry_at.is_none_or(|t| Instant::now() >= t);
+            let base_known = !deltas || core.chain.is_some() || core.floor.is_some();
+            if core.full_wanted && full_task.is_none() && full_due && base_known {
+                core.full_wanted = false;
+                let source = self.source.clone();
+                let store = self.store.clone();
+                let opts = self.full_options();
+                full_task = Some(tokio::spawn(async move { take_full_snapshot(&*source, &*store, &opts).await }));
+            }
+            self.metrics.snapshot_required.with_label_values(&[KIND_FULL]).set(if core.full_wanted {
+                1.0
+            } else {
+                0.0
+            });
+            self.metrics.snapshot_required.with_label_values(&[KIND_DELTA]).set(if core.pending.is_empty() {
+                0.0
+            } else {
+                1.0
+            });
+
+            let wake = min_instant(&[
+                core.next_flush.map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
+                core.next_full,
+                core.next_defrag,
+                core.full_retry_at.filter(|_| core.full_wanted && full_task.is_none()),
+                (deltas && watch.is_none()).then_some(core.watch_retry_at),
+            ])
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let read_watch = watch.is_some() && core.pending_json < self.config.max_pending_bytes;
+
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break Ok(()),
+                joined = async { full_task.as_mut().expect("guarded by the condition").await }, if full_task.is_some() => {
+                    full_task = None;
+                    let outcome = joined.unwrap_or_else(|e| Err(Error::internal(format!("full snapshot task: {e}"))));
+                    if let Err(e) = self.full_finished(&mut core, outcome) {
+                        break Err(e);
+                    }
+                }
+                joined = async { defrag_task.as_mut().expect("guarded by the condition").await }, if defrag_task.is_some() => {
+                    defrag_task = None;
+                    let endpoint = self.source.endpoint();
+                    match joined {
+                        Ok(Ok(took)) => {
+                            self.metrics.defragmentation_duration_seconds.with_label_values(&[&endpoint, "true"]).observe(took.as_secs_f64());
+                            info!(seconds = took.as_secs_f64(), "etcd defragmented; taking a full snapshot");
+                            core.full_wanted = true;
+                        }
+                        Ok(Err(e)) => {
+                            self.metrics.defragmentation_duration_seconds.with_label_values(&[&endpoint, "false"]).observe(0.0);
+                            self.metrics.failure("defragmentation");
+                            warn!(error = %e, "defragmentation failed");
+                        }
+                        Err(e) => warn!(error = %e, "defragmentation task failed"),
+                    }
+                }
+                item = async { watch.as_mut().expect("guarded by the condition").next().await }, if read_watch => {
+                    match item {
+                        Some(Ok(batch)) => {
+                            core.watch_backoff.reset();
+                            self.accept(&mut core, batch.events).await;
+                            if core.pending_json >= self.config.delta_memory_limit
+                                && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
+                            {
+                                debug!(bytes = core.pending_json, "delta memory limit reached");
+                                let _ = self.flush(&mut core).await;
+                            }
+                        }
+                        Some(Err(EtcdError::Compacted { requested, compact_revision })) => {
+                            watch = None;
+                            self.compacted(&mut core, requested, compact_revision).await;
+                        }
+                        Some(Err(e)) => {
+                            watch = None;
+                            self.watch_lost(&mut core, &e.to_string());
+                        }
+                        None => {
+                            watch = None;
+                            self.watch_lost(&mut core, "watch stream ended");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if core.next_flush.is_some_and(|t| now >= t) && core.flush_retry_at.is_none_or(|t| now >= t) {
+                        let _ = self.flush(&mut core).await;
+                        core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
+                    }
+                    if core.next_full.is_some_and(|t| now >= t) {
+                        core.next_full = instant_after(&self.config.full_schedule);
+                        if full_task.is_none() {
+                            info!("scheduled full snapshot");
+                            core.full_wanted = true;
+                        }
+                    }
+                    if core.next_defrag.is_some_and(|t| now >= t) {
+                        core.next_defrag = self.config.defrag_schedule.as_ref().and_then(instant_after);
+                        if defrag_task.is_none() {
+                            let source = self.source.clone();
+                            defrag_task = Some(tokio::spawn(async move {
+                                let started = std::time::Instant::now();
+                                source.defragment().await.map(|()| started.elapsed())
+                            }));
+                        } else {
+                            info!("skipping a scheduled defragmentation: the previous one still runs");
+                        }
+                    }
+                }
+            }
+        };
+
+        if let Some(t) = gc_task {
+            t.abort();
+        }
+        if let Some(t) = defrag_task {
+            t.abort();
+        }
+        if let Some(t) = full_task {
+            // Dropping the upload leaves nothing under the object's name (Snapstore contract).
+            t.abort();
+        }
+        result?;
+        info!("stopping: storing the buffered events as a last delta");
+        if deltas && core.chain.is_some() {
+            if watch.is_none() {
+                // Catch up on what etcd has, if it answers now.
+                if let Ok(Ok(w)) = tokio::time::timeout(DRAIN_LIMIT, self.open_watch(&mut core)).await {
+                    watch = Some(w);
+                }
+            }
+            if let Some(w) = watch.as_mut() {
+                self.drain(&mut core, w).await;
+            }
+        }
+        for attempt in 1..=FINAL_FLUSH_ATTEMPTS {
+            match self.flush(&mut core).await {
+                Ok(snap) => {
+                    core.report.final_delta = snap;
+                    break;
+                }
+                Err(e) if attempt < FINAL_FLUSH_ATTEMPTS => {
+                    warn!(error = %e, attempt, "storing the last delta failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, events = core.pending.len(), "storing the last delta failed; its events are lost")
+                }
+            }
+        }
+        core.report.last_revision = core.chain;
+        Ok(core.report)
+    }
+
+    /// Opens the watch at `watched + 1`, learning etcd's revision first when there is no
+    /// position yet (start, or after a compaction).
+    async fn open_watch(&self, core: &mut Core) -> Result<WatchStream, EtcdError> {
+        let from = match core.watched {
+            Some(w) => w,
+            None => {
+                let rev = self.source.status().await?.revision.max(0) as u64;
+                core.watched = Some(rev);
+                if core.chain.is_none() {
+                    core.floor = Some(rev);
+                }
+                rev
+            }
+        };
+        let w = self.source.watch(from as i64 + 1).await?;
+        debug!(from = from + 1, "watching etcd");
+        Ok(w)
+    }
+
+    fn watch_lost(&self, core: &mut Core, why: &str) {
+        let wait = core.watch_backoff.step();
+        warn!(reason = why, resume_at = core.watched.map(|w| w + 1), retry_in = ?wait, "etcd watch lost; resuming");
+        self.metrics.failure("etcd");
+        core.report.watch_reconnects += 1;
+        core.watch_retry_at = Instant::now() + wait;
+    }
+
+    async fn compacted(&self, core: &mut Core, requested: i64, compact_revision: i64) {
+        warn!(requested, compact_revision, "etcd compacted the revisions the watch needs; taking a full snapshot");
+        self.metrics.failure("compacted");
+        core.report.compactions_seen += 1;
+        if let Err(e) = self.flush(core).await {
+            warn!(error = %e, "could not store the events received before the compaction; the full snapshot covers them");
+        }
+        core.chain = None;
+        core.floor = None;
+        core.watched = None;
+        core.pending.clear();
+        core.pending_json = 0;
+        core.leases = LeaseTracker::default();
+        core.full_wanted = true;
+        core.full_retry_at = None;
+        core.watch_retry_at = Instant::now();
+    }
+
+    fn full_finished(&self, core: &mut Core, outcome: Result<FullSnapshot, Error>) -> Result<(), Error> {
+        match outcome {
+            Ok(f) => {
+                let r = f.snapshot.name.last_revision;
+                self.metrics.observe_snapshot(KIND_FULL, true, 0.0, r, f.snapshot.name.created_on);
+                core.full_backoff.reset();
+                core.full_retry_at = None;
+                core.full_done_once = true;
+                core.report.full_snapshots += 1;
+                match core.chain {
+                    Some(c) => core.chain = Some(c.max(r)),
+                    None if core.floor.is_none_or(|fl| r >= fl) => {
+                        core.chain = Some(r);
+                        core.floor = None;
+                    }
+                    None => {
+                        // Taken before the hole the watch jumped over: it cannot start a chain.
+                        info!(
+                            revision = r,
+                            needed = core.floor,
+                            "full snapshot predates the watch position; taking another"
+                        );
+                        core.full_wanted = true;
+                        return Ok(());
+                    }
+                }
+                let before = core.pending.len();
+                core.pending.retain(|e| e.mod_revision as u64 > r);
+                if core.pending.len() != before {
+                    core.pending_json = core.pending.iter().map(|e| event_json_len(e) + 1).sum();
+                }
+                core.watched = Some(core.watched.map_or(r, |w| w.max(r)));
+                core.leases = LeaseTracker::default();
+                core.deltas_since_full = 0;
+                core.revisions_since_full = 0;
+                self.metrics.snapstore_latest_deltas_total.set(0.0);
+                self.metrics.snapstore_latest_deltas_revisions_total.set(0.0);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.observe_snapshot(KIND_FULL, false, 0.0, 0, 0);
+                self.metrics.failure(error_class(&e));
+                if !core.full_done_once && !e.is_retryable() && !matches!(e, Error::Corrupt { .. }) {
+                    warn!(error = %e, "the first full snapshot failed; stopping");
+                    return Err(e);
+                }
+                let wait = core.full_backoff.step();
+                warn!(error = %e, retry_in = ?wait, "full snapshot failed");
+                core.full_wanted = true;
+                core.full_retry_at = Some(Instant::now() + wait);
+                Ok(())
+            }
+        }
+    }
+
+    /// Buffers a batch's new events, looking up leases not seen since the last full snapshot.
+    async fn accept(&self, core: &mut Core, events: Vec<Event>) {
+        // A batch holds whole revisions, so a revision is either entirely new or entirely seen.
+        let seen = core.watched;
+        for e in events {
+            let rev = e.mod_revision.max(0) as u64;
+            if seen.is_some_and(|w| rev <= w) {
+                continue; // already buffered or stored (a resumed watch repeats them)
+            }
+            if e.kind == EventKind::Put && e.lease != 0 && core.leases.known.insert(e.lease) {
+                let (granted, remaining) = match self.source.lease_ttl(e.lease).await {
+                    Ok(Some(t)) => (Some(t.granted_ttl), Some(t.remaining_ttl)),
+                    Ok(None) => (None, None),
+                    Err(err) => {
+                        warn!(lease = e.lease, error = %err, "cannot look up a lease's TTL; recording it as unknown");
+                        (None, None)
+                    }
+                };
+                core.leases.pending.push(LeaseRecord {
+                    id: e.lease,
+                    granted_ttl: granted,
+                    remaining_ttl: remaining,
+                    first_revision: e.mod_revision,
+                });
+            }
+            core.pending_json += event_json_len(&e) + 1;
+            core.watched = Some(rev);
+            core.pending.push(e);
+        }
+    }
+
+    /// Stores the buffered events as a delta (and their lease sidecar first). Does nothing when
+    /// nothing is buffered or no chain exists yet. On failure the events stay buffered and a
+    /// retry is scheduled.
+    async fn flush(&self, core: &mut Core) -> Result<Option<Snapshot>, Error> {
+        let Some(chain) = core.chain else { return Ok(None) };
+        let Some(last) = core.pending.last().map(|e| e.mod_revision.max(0) as u64) else {
+            debug!("no events since the last snapshot; no delta");
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let name = SnapshotName {
+            kind: SnapshotKind::Incr,
+            start_revision: chain + 1,
+            last_revision: last,
+            created_on: unix_now(),
+            compression: self.config.compression,
+            is_final: false,
+        };
+        let key = name.key_v2(&self.config.prefix);
+        let events = std::mem::take(&mut core.pending);
+        let compression = self.config.compression;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let content = encode_events(&events);
+            let mut enc = Encoder::new(compression, Vec::with_capacity(content.len() / 4));
+            let r = std::io::Write::write_all(&mut enc, &content).and_then(|()| enc.finish());
+            (events, r)
+        })
+        .await;
+        let (events, compressed) = match encoded {
+            Ok((events, Ok(bytes))) => (events, bytes),
+            Ok((events, Err(e))) => {
+                core.pending = events;
+                return Err(self.flush_failed(core, Error::internal(format!("compressing a delta: {e}"))));
+            }
+            Err(e) => return Err(self.flush_failed(core, Error::internal(format!("delta encoder: {e}")))),
+        };
+        let result = {
+            let _guard = self.store_lock.lock().await;
+            let write = async {
+                if !core.leases.pending.is_empty() {
+                    let body = leases::encode(&name, &core.leases.pending);
+                    let sidecar = leases::sidecar_key(&self.config.prefix, &name);
+                    let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(body))]));
+                    self.store.write(&sidecar, data, &self.config.write).await?;
+                }
+                let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(compressed))]));
+                self.store.write(&key, data, &self.config.write).await
+            };
+            match tokio::time::timeout(self.config.delta_upload_timeout, write).await {
+                Ok(r) => r.map_err(Error::from),
+                Err(_) => Err(Error::Store(crate::StoreError::Other {
+                    key: key.clone(),
+                    retryable: true,
+                    source: format!("no answer within {:?}", self.config.delta_upload_timeout).into(),
+                })),
+            }
+        };
+        match result {
+            Ok(size) => {
+                let secs = started.elapsed().as_secs_f64();
+                info!(object = %key, events = events.len(), size, leases = core.leases.pending.len(), "delta snapshot stored");
+                self.metrics.observe_snapshot(KIND_DELTA, true, secs, last, name.created_on);
+                core.chain = Some(last);
+                core.pending_json = 0;
+                core.leases.pending.clear();
+                core.flush_backoff.reset();
+                core.flush_retry_at = None;
+                core.report.delta_snapshots += 1;
+                core.deltas_since_full += 1;
+                core.revisions_since_full += last - chain;
+                self.metrics.snapstore_latest_deltas_total.set(core.deltas_since_full as f64);
+                self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
+                Ok(Some(Snapshot {
+                    name,
+                    key,
+                    prefix: self.config.prefix.trim_end_matches('/').to_string(),
+                    size,
+                    layout: crate::name::Layout::V2,
+                    is_chunk: false,
+                }))
+            }
+            Err(e) => {
+                core.pending = events;
+                self.metrics.observe_snapshot(KIND_DELTA, false, started.elapsed().as_secs_f64(), 0, 0);
+                Err(self.flush_failed(core, e))
+            }
+        }
+    }
+
+    fn flush_failed(&self, core: &mut Core, e: Error) -> Error {
+        let wait = core.flush_backoff.step();
+        warn!(error = %e, events = core.pending.len(), retry_in = ?wait, "storing a delta failed; keeping its events");
+        self.metrics.failure(error_class(&e));
+        core.flush_retry_at = Some(Instant::now() + wait);
+        e
+    }
+
+    /// Reads the watch until it has delivered etcd's current revision, within [`DRAIN_LIMIT`].
+    async fn drain(&self, core: &mut Core, watch: &mut WatchStream) {
+        let target = match tokio::time::timeout(DRAIN_LIMIT, self.source.status()).await {
+            Ok(Ok(s)) => s.revision.max(0) as u64,
+            _ => return,
+        };
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while core.watched.is_some_and(|w| w < target) {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Some(Ok(batch))) => {
+                    self.accept(core, batch.events).await;
+                    if core.pending_json >= self.config.delta_memory_limit && self.flush(core).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::DeltaWriter;
+
+    fn ev(kind: EventKind, key: &[u8], value: &[u8], rev: i64, lease: i64) -> Event {
+        Event {
+            kind,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: if kind == EventKind::Put { rev - 1 } else { 0 },
+            mod_revision: rev,
+            version: if kind == EventKind::Put { 3 } else { 0 },
+            lease,
+            time: "2026-11-25T11:40:06.17792404Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_computed_json_length_is_what_the_delta_writer_writes() {
+        let events = [
+            ev(EventKind::Put, b"k", b"v", 5, 0),
+            ev(EventKind::Put, b"key2", b"", 1234567, -3),
+            ev(EventKind::Delete, b"abc", b"", 99, 0),
+            ev(EventKind::Put, &[0u8; 100], &[7u8; 1001], 10, 7_587_883_020_383_514_628),
+            ev(EventKind::Put, b"", b"x", 2, 0),
+        ];
+        let mut w = DeltaWriter::new();
+        let mut sum = 1; // '['
+        for (i, e) in events.iter().enumerate() {
+            w.push(e);
+            sum += event_json_len(e) + usize::from(i > 0);
+            assert_eq!(w.json_len(), sum, "event {i}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let steps: Vec<u64> = (0..5).map(|_| b.step().as_secs()).collect();
+        assert_eq!(steps, [1, 2, 4, 5, 5]);
+        b.reset();
+        assert_eq!(b.step().as_secs(), 1);
+    }
+}

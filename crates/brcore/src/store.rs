@@ -1,0 +1,112 @@
+//! The object store seen by the domain: [`Snapstore`].
+//!
+//! Implementations live in the `snapstore` crate (opendal: Local, S3, Azure Blob, GCS, Swift,
+//! OSS). The domain never names a backend: it lists, reads, writes and deletes objects by key.
+
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+/// A stream of byte chunks: how large objects move, never as one `Vec<u8>`.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send + 'static>>;
+
+/// One complete object in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key, relative to the store's root (e.g. `etcd-main/v2/Full-00000000-00000166-1795607409.gz`).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Options for [`Snapstore::write`].
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Upload parts in flight at once, where the backend uploads in parts
+    /// (`--max-parallel-chunk-uploads`).
+    pub max_parallel_parts: usize,
+    /// Size of one part (`--min-chunk-size`); memory in flight is bounded by
+    /// `max_parallel_parts * part_size`.
+    pub part_size: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        // The reference's defaults: 5 parallel uploads of at least 5 MiB.
+        WriteOptions { max_parallel_parts: 5, part_size: 5 * 1024 * 1024 }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No object under this key.
+    #[error("object {key} not found")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// The store refused our credentials or permissions.
+    #[error("store denied access to {key}: {message}")]
+    PermissionDenied {
+        /// The key or prefix of the operation.
+        key: String,
+        /// What the store said.
+        message: String,
+    },
+    /// Anything else; `retryable` says whether trying again may help (timeouts, 5xx, resets).
+    #[error("store operation on {key} failed: {source}")]
+    Other {
+        /// The key or prefix of the operation.
+        key: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Other { retryable: true, .. })
+    }
+}
+
+/// An object store holding backups.
+///
+/// # Contract
+///
+/// - **Keys** are `/`-separated paths relative to the store's root (bucket/container/directory).
+/// - **`list(prefix)`** returns every *complete* object whose key starts with `prefix`, sorted by
+///   key. Objects of an upload in progress or of a failed upload are never listed.
+/// - **`write`** is all or nothing: the object becomes visible under `key` only once the whole
+///   stream has been stored (multipart/block uploads are committed at the end, local files are
+///   renamed into place after fsync). If the stream yields an error, or the store fails, the call
+///   returns an error and nothing is left under `key` (an existing object of that key is left as
+///   it was). Returns the number of bytes written.
+/// - **`read`** streams an object, or the byte `range` of it; a missing object is
+///   [`StoreError::NotFound`].
+/// - **`delete`** is idempotent: deleting a missing key succeeds.
+/// - After an error the store stays usable; errors say whether a retry may help
+///   ([`StoreError::is_retryable`]). Implementations do not retry forever on their own.
+#[async_trait]
+pub trait Snapstore: Send + Sync + fmt::Debug {
+    /// Every complete object under `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Streams the object `key`, or only `range` of its bytes.
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError>;
+
+    /// Stores `data` under `key`, atomically (see the trait's contract).
+    async fn write(&self, key: &str, data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError>;
+
+    /// Deletes `key`; succeeds if it does not exist.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,121 @@
+//! `etcdbrctl initialize`: validate the data dir and restore it from the latest backups when it
+//! is missing, corrupt or behind them (see `validator::initializer` for the decisions).
+
+use anyhow::{Context, bail};
+use brcore::chain::Target;
+use brcore::error::Error as CoreError;
+use clap::{Args, ValueEnum};
+use validator::{Action, InitError, InitOptions, Initializer, Mode, Outcome};
+
+use super::store_config;
+use crate::flags::RestoreArgs;
+
+/// `--validation-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidationMode {
+    /// Layout, db meta pages and revision, revision against the latest backup (milliseconds).
+    Sanity,
+    /// Sanity plus every bbolt page, the whole WAL and every snap file (reads the data dir).
+    Full,
+}
+
+/// `etcdbrctl initialize`.
+#[derive(Debug, Args)]
+pub struct InitializeArgs {
+    /// How deep to validate: `full` after a crash, `sanity` after a clean shutdown.
+    #[arg(long, value_enum, default_value = "full")]
+    pub validation_mode: ValidationMode,
+    /// Delete the invalid member dir after a successful restore instead of keeping it as
+    /// `<data-dir>/member.<unix-seconds>.bak`.
+    #[arg(long)]
+    pub delete_invalid_member_dir: bool,
+    /// The data dir, the store and how to restore: the flags of `etcdbrctl restore`.
+    #[command(flatten)]
+    pub restore: RestoreArgs,
+    /// Accepted for compatibility with the Go etcdbrctl (its multi-member handling); unused.
+    #[arg(short = 'e', long, hide = true)]
+    pub endpoints: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; unused.
+    #[arg(long, hide = true)]
+    pub service_endpoints: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; unused.
+    #[arg(long, hide = true)]
+    pub etcd_connection_timeout: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; unused.
+    #[arg(long, hide = true)]
+    pub insecure_transport: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; unused.
+    #[arg(long, hide = true)]
+    pub insecure_skip_tls_verify: Option<String>,
+}
+
+pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
+    if args.restore.to_revision.is_some() || args.restore.to_time.is_some() {
+        bail!("initialize restores the latest backup; --to-revision and --to-time belong to `etcdbrctl restore`");
+    }
+    if args.restore.dry_run {
+        bail!("--dry-run belongs to `etcdbrctl restore`; initialize either leaves the data dir alone or restores it");
+    }
+    let plan = super::restore::plan(&args.restore)?;
+    debug_assert!(matches!(plan.target, Target::Latest));
+    let mode = match args.validation_mode {
+        ValidationMode::Sanity => Mode::Sanity,
+        ValidationMode::Full => Mode::Full,
+    };
+    // An empty --storage-provider means Local, as for `etcdbrctl restore`. A store without
+    // backups (the reference's "no snapstore" case included) means a fresh start.
+    let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;
+    let initializer = Initializer::new(store);
+    let opts = InitOptions {
+        mode,
+        plan,
+        namespace: std::env::var("POD_NAMESPACE").ok().filter(|n| !n.trim().is_empty()),
+        remove_set_aside: args.delete_invalid_member_dir,
+    };
+    let outcome = initializer.initialize(&opts).await.map_err(to_anyhow)?;
+    print_outcome(&outcome);
+    Ok(())
+}
+
+/// Keeps brcore's error in the chain so the exit code follows it (see `cmd::exit_code`).
+fn to_anyhow(e: InitError) -> anyhow::Error {
+    match e {
+        InitError::Backup(core) => anyhow::Error::new(core).context("initialization failed"),
+        e @ (InitError::Untouchable { .. } | InitError::MultiMember { .. }) => {
+            anyhow::Error::new(CoreError::Refused { why: e.to_string() })
+        }
+        other => anyhow::Error::new(other).context("initialization failed"),
+    }
+}
+
+fn print_outcome(o: &Outcome) {
+    let v = &o.validation;
+    println!(
+        "validation ({} mode, {:.1} ms): {} [{}]",
+        v.mode,
+        v.elapsed.as_secs_f64() * 1e3,
+        v.verdict,
+        v.verdict.reference_status()
+    );
+    for f in &v.findings {
+        println!("  {f}");
+    }
+    match &o.action {
+        Action::Nothing => println!("data dir kept as it is"),
+        Action::Restored(r) => {
+            println!(
+                "restored revision {} from {} + {} deltas into {}",
+                r.stats.revision,
+                r.full,
+                r.deltas.len(),
+                v.data_dir.display()
+            );
+        }
+        Action::FreshStart => {
+            println!("no backups to restore from: etcd will start empty, as a new member");
+        }
+    }
+    if let Some(aside) = &o.set_aside {
+        println!("the previous member dir is kept at {} (delete it once the cluster is healthy)", aside.display());
+    }
+}

@@ -1,0 +1,71 @@
+//! The sub-commands: each turns flags into a checked config and calls the library crates.
+
+mod db;
+pub(crate) mod initialize;
+mod restore;
+
+use crate::flags::Command;
+
+/// Any failure not listed below.
+pub const EXIT_FAILURE: u8 = 1;
+/// A backup or db file is damaged, or a chain of backups has a gap.
+pub const EXIT_CORRUPT: u8 = 3;
+/// The operation was refused to protect data (a data dir that holds `member/`, a quota).
+pub const EXIT_REFUSED: u8 = 4;
+/// There is no backup to restore from.
+pub const EXIT_NO_BACKUP: u8 = 5;
+/// The object store (or etcd) could not be reached or refused our credentials.
+pub const EXIT_UNAVAILABLE: u8 = 6;
+
+/// Runs one sub-command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Restore(args) => restore::run(args).await,
+        Command::Db(cmd) => db::run(cmd),
+        Command::Initialize(args) => initialize::run(args).await,
+    }
+}
+
+/// The one line printed for an error: the context chain, outermost first.
+pub fn render_error(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// The exit code for an error, from the first domain error in its chain.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(err) = cause.downcast_ref::<brcore::error::Error>() {
+            return brcore_exit_code(err);
+        }
+        if cause.downcast_ref::<db::FindingsError>().is_some() {
+            return EXIT_CORRUPT;
+        }
+    }
+    EXIT_FAILURE
+}
+
+fn brcore_exit_code(err: &brcore::error::Error) -> u8 {
+    use brcore::error::Error;
+    match err {
+        Error::Corrupt { .. } | Error::Gap { .. } => EXIT_CORRUPT,
+        Error::Refused { .. } => EXIT_REFUSED,
+        Error::NotFound { .. } => EXIT_NO_BACKUP,
+        Error::Store(_) | Error::Etcd { .. } => EXIT_UNAVAILABLE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// The store config from the store flags.
+pub fn store_config(args: &crate::flags::StoreArgs) -> snapstore::StoreConfig {
+    snapstore::StoreConfig {
+        // The flag's value parser accepted only known names.
+        provider: args.storage_provider.parse().unwrap_or(snapstore::Provider::Local),
+        container: args.store_container.clone(),
+        prefix: args.store_prefix.clone(),
+        endpoint_override: args.store_endpoint_override.clone(),
+        max_parallel_chunk_uploads: args.max_parallel_chunk_uploads,
+        min_chunk_size: args.min_chunk_size,
+        temp_dir: args.snapstore_temp_directory.clone(),
+        env_prefix: String::new(),
+    }
+}

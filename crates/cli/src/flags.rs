@@ -1,0 +1,169 @@
+//! Command-line flags, spelled and defaulted as the Go etcdbrctl spells them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// etcd backup and restore: snapshots to an object store, offline restore, data-dir validation.
+#[derive(Debug, Parser)]
+#[command(name = "etcdbrctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rebuild a data dir from the latest full snapshot and every later delta, offline.
+    Restore(RestoreArgs),
+    /// Inspect an etcd db file or snapshot file offline.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Validate the data dir and restore it from the latest backups if it is missing, corrupt or stale.
+    Initialize(crate::cmd::initialize::InitializeArgs),
+}
+
+/// Where backups live (`--storage-provider` and friends).
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Object store: Local (default), S3, ABS, GCS, Swift, OSS, ECS, OCS.
+    #[arg(long, default_value = "", value_parser = provider_name)]
+    pub storage_provider: String,
+    /// Bucket / container; for Local a directory (relative ones live under $HOME).
+    #[arg(long, env = "STORAGE_CONTAINER")]
+    pub store_container: Option<String>,
+    /// Prefix of the backups inside the container; the layout appends `v2`.
+    #[arg(long, default_value = "")]
+    pub store_prefix: String,
+    /// Endpoint of an S3-compatible, Azure or GCS emulator or private store.
+    #[arg(long)]
+    pub store_endpoint_override: Option<String>,
+    /// Parts uploaded at once.
+    #[arg(long, default_value_t = 5)]
+    pub max_parallel_chunk_uploads: usize,
+    /// Size of one uploaded part, in bytes (at least 5 MiB).
+    #[arg(long, default_value_t = 5 * 1024 * 1024)]
+    pub min_chunk_size: usize,
+    /// Temp directory for store transfers.
+    #[arg(long, default_value = "/tmp")]
+    pub snapstore_temp_directory: PathBuf,
+}
+
+/// `etcdbrctl restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The store to read backups from (never written to).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The data dir to create; it must not hold `member/`.
+    #[arg(short = 'd', long, default_value = "default.etcd")]
+    pub data_dir: PathBuf,
+    /// Where the decompressed full snapshot is kept while it is read (default: beside the data dir).
+    #[arg(long)]
+    pub restoration_temp_snapshots_dir: Option<PathBuf>,
+    /// The restored member's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The cluster: name=peer-url pairs, comma separated.
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// The cluster token that seeds member and cluster ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs; must match its entry in --initial-cluster.
+    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Accept a full snapshot that carries no sha256 trailer.
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// Deltas downloaded at once.
+    #[arg(long, default_value_t = 6)]
+    pub max_fetchers: usize,
+    /// Refuse a restored db larger than this (etcd's --quota-backend-bytes).
+    #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub embedded_etcd_quota_bytes: u64,
+    /// Restore the state at this revision instead of the latest.
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_revision: Option<u64>,
+    /// Restore the state at this time (RFC 3339, e.g. 2026-11-25T13:00:00Z, or unix seconds).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Add this many revisions on top (with --mark-compacted), so Kubernetes watch caches re-list.
+    #[arg(long, requires = "mark_compacted")]
+    pub bump_revision: Option<i64>,
+    /// Schedule a compaction at the bumped revision (required by --bump-revision).
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// TTL in seconds for leases the deltas reference but the full snapshot lacks
+    /// (default: the largest TTL in the full snapshot, or 3600).
+    #[arg(long)]
+    pub lease_ttl: Option<i64>,
+    /// Fetch and verify the whole chain and print what would be restored; leave no data dir.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_request_bytes: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_txn_ops: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_call_send_message_size: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub auto_compaction_mode: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub auto_compaction_retention: Option<String>,
+}
+
+/// `etcdbrctl db ...`: offline inspection of a db or snapshot file.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Revision, compacted revision, keys, size and hash, as `etcdutl snapshot status` prints them.
+    Status {
+        /// A bbolt db (`member/snap/db`) or an etcd snapshot file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: OutputFormat,
+    },
+    /// etcd's HashKV of the file at a revision, computed offline.
+    Hashkv {
+        /// A bbolt db or an etcd snapshot file.
+        file: PathBuf,
+        /// The revision (default: the latest).
+        #[arg(long)]
+        rev: Option<i64>,
+        /// Output format.
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: OutputFormat,
+    },
+    /// Check the file's bbolt structure; exit 0 when clean, 3 with the findings otherwise.
+    Check {
+        /// A bbolt db or an etcd snapshot file.
+        file: PathBuf,
+    },
+}
+
+/// How `db` sub-commands print.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable.
+    Simple,
+    /// JSON, as etcdutl's `-w json`.
+    Json,
+}
+
+/// Accepts the reference's provider names (and the empty string), keeping the spelling: the
+/// server and initializer read an empty provider as "no store".
+fn provider_name(s: &str) -> Result<String, String> {
+    s.parse::<snapstore::Provider>().map(|_| s.to_string()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,38 @@
+//! `etcdbrctl`: etcd backup and restore.
+//!
+//! A thin binary: clap parses the flags (spelled as the Go etcdbrctl spells them), each
+//! sub-command builds a checked config and calls the library crates, and errors become one line
+//! on stderr and a documented exit code (see the README).
+
+mod cmd;
+mod flags;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = flags::Cli::parse();
+    init_logging(&cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cmd::EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(cmd::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", cmd::render_error(&e));
+            ExitCode::from(cmd::exit_code(&e))
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over --log-level so a user can turn on one module's debug output.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

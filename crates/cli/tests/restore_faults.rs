@@ -1,0 +1,172 @@
+//! Bad input to `etcdbrctl restore`: each case gets a clear error and a non-zero exit, leaves
+//! nothing where etcd would boot from it, and leaves the store untouched.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use testsupport::shared_testdata;
+
+const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
+
+/// A writable copy of a testdata store: (temp dir, container path).
+fn copy_store(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let container = tmp.path().join("store");
+    let src = shared_testdata().join(name).join("store");
+    fs::create_dir_all(container.join("v2")).unwrap();
+    for entry in fs::read_dir(src.join("v2")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), container.join("v2").join(entry.file_name())).unwrap();
+    }
+    (tmp, container)
+}
+
+/// Every file under `dir` with its bytes, to prove a restore changed nothing.
+fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn objects(container: &Path, starts_with: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(container.join("v2"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(starts_with))
+        .collect();
+    v.sort();
+    v
+}
+
+fn restore(container: &Path, data_dir: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
+        .args(["restore", "--storage-provider", "Local", "--store-container"])
+        .arg(container)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .output()
+        .expect("run etcdbrctl")
+}
+
+/// Runs a restore expected to fail with `code`, and checks what it left behind.
+fn expect_failure(container: &Path, data_dir: &Path, extra: &[&str], code: i32, message: &str) -> String {
+    let before = snapshot_tree(container);
+    let out = restore(container, data_dir, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    assert!(stderr.contains(message), "stderr should mention {message:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!data_dir.join("member").exists(), "a member dir was left where etcd would boot from it");
+    let part = data_dir.with_file_name(format!("{}.part", data_dir.file_name().unwrap().to_string_lossy()));
+    assert!(!part.exists(), "the unfinished restore was not cleaned up");
+    assert_eq!(before, snapshot_tree(container), "the store was modified");
+    stderr
+}
+
+fn flip_byte(path: &Path, offset_from_middle: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    let i = bytes.len() / 2 + offset_from_middle;
+    bytes[i] ^= 0x5a;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupted_full_snapshot_is_refused() {
+    let (tmp, container) = copy_store(STORE_34);
+    flip_byte(&objects(&container, "Full")[0], 0);
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "Full-00000000-00000166");
+}
+
+#[test]
+fn corrupted_delta_is_refused() {
+    let (tmp, container) = copy_store(STORE_34);
+    flip_byte(&objects(&container, "Incr-00000236")[0], 0);
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "Incr-00000236");
+}
+
+#[test]
+fn truncated_delta_is_refused() {
+    let (tmp, container) = copy_store(STORE_34);
+    let delta = &objects(&container, "Incr-00000270")[0];
+    let bytes = fs::read(delta).unwrap();
+    fs::write(delta, &bytes[..bytes.len() - 20]).unwrap();
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "Incr-00000270");
+}
+
+#[test]
+fn truncated_full_snapshot_is_refused() {
+    let (tmp, container) = copy_store(STORE_34);
+    let full = &objects(&container, "Full")[0];
+    let bytes = fs::read(full).unwrap();
+    fs::write(full, &bytes[..bytes.len() / 3]).unwrap();
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "Full-00000000-00000166");
+}
+
+#[test]
+fn missing_delta_is_a_gap_that_names_the_revisions() {
+    let (tmp, container) = copy_store(STORE_34);
+    fs::remove_file(&objects(&container, "Incr-00000236")[0]).unwrap();
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "236");
+}
+
+#[test]
+fn empty_store_says_there_is_no_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let container = tmp.path().join("empty");
+    fs::create_dir_all(container.join("v2")).unwrap();
+    expect_failure(&container, &tmp.path().join("data"), &[], 5, "no snapshots under v2/");
+}
+
+#[test]
+fn wrong_prefix_says_there_is_no_backup() {
+    let (tmp, container) = copy_store(STORE_34);
+    expect_failure(&container, &tmp.path().join("data"), &["--store-prefix", "etcd-other"], 5, "etcd-other");
+}
+
+#[test]
+fn existing_member_dir_is_refused_and_kept() {
+    let (tmp, container) = copy_store(STORE_34);
+    let data_dir = tmp.path().join("data");
+    fs::create_dir_all(data_dir.join("member/snap")).unwrap();
+    fs::write(data_dir.join("member/snap/db"), b"precious").unwrap();
+    let before = snapshot_tree(&container);
+    let out = restore(&container, &data_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("member"), "{stderr}");
+    assert_eq!(fs::read(data_dir.join("member/snap/db")).unwrap(), b"precious");
+    assert_eq!(before, snapshot_tree(&container));
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    // A 4 MiB tmpfs: the db fits, the WAL's 64,000,000-byte segment does not.
+    let (tmp, container) = copy_store(STORE_34);
+    let mnt = tmp.path().join("small");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "this test needs root to mount a small tmpfs (CI runs as root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let stderr = expect_failure(&container, &mnt.join("data"), &[], 1, "No space left on device");
+    assert!(!stderr.is_empty());
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0, "something was left on the full disk");
+}

@@ -1,0 +1,1 @@
+//! The HTTP server role of etcdbrctl.
