@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::chain::{self, Chain, Target};
@@ -33,6 +32,7 @@ use crate::name::Snapshot;
 use crate::rebuild::{self, LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::store::Snapstore;
 use etcd_format::membership::Cluster;
+use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus};
 
 /// Everything a restore needs to know.
 #[derive(Debug, Clone)]
@@ -374,26 +374,28 @@ async fn fetch_full(
         let reader = ChannelReader { rx, current: Bytes::new() };
         let mut decoder = compress::decoder(compression, reader);
         let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
-        let mut out = TrailerSplitter::new(BufWriter::with_capacity(1 << 20, file));
+        let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), trailer: Sha256Trailer::new() };
         io::copy(&mut decoder, &mut out).map_err(|e| read_error(&key, e))?;
-        let (file, db_len, trailer, digest_of_all_but_trailer) = out.finish().map_err(|e| Error::io(&out_path, e))?;
-        // An etcd snapshot is whole pages (a multiple of 512) plus the 32-byte sha256 of them.
-        let has_trailer = (db_len + 32) % 512 == 32 && trailer.len() == 32;
-        if has_trailer {
-            if digest_of_all_but_trailer.as_slice() != trailer.as_slice() {
+        let HashingWriter { inner, trailer } = out;
+        let file = inner.into_inner().map_err(|e| Error::io(&out_path, e.into_error()))?;
+        let db_len = trailer.data_len();
+        // An etcd snapshot is whole pages plus the 32-byte sha256 of them.
+        match trailer.finish(&key) {
+            Ok(TrailerStatus::Verified) => file.set_len(db_len).map_err(|e| Error::io(&out_path, e))?,
+            Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
+            Ok(TrailerStatus::NoTrailer) => {
                 return Err(Error::corrupt(
                     &key,
-                    "its sha256 does not match the snapshot's trailer: the object is damaged; \
-                     restore from an older full snapshot",
+                    "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
+                     pass --skip-hash-check only if it is a raw db copied from a data dir",
                 ));
             }
-            file.set_len(db_len).map_err(|e| Error::io(&out_path, e))?;
-        } else if !skip_hash_check {
-            return Err(Error::corrupt(
-                &key,
-                "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
-                 pass --skip-hash-check only if it is a raw db copied from a data dir",
-            ));
+            Err(e) => {
+                return Err(Error::corrupt(
+                    &key,
+                    format!("{e}: the object is damaged; restore from an older full snapshot"),
+                ));
+            }
         }
         file.sync_all().map_err(|e| Error::io(&out_path, e))?;
         Ok(())
@@ -474,61 +476,21 @@ impl Read for ChannelReader {
     }
 }
 
-/// Writes everything but the last 32 bytes, hashing what it writes; keeps the last 32 bytes
-/// aside as the trailer candidate.
-struct TrailerSplitter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    tail: Vec<u8>,
-    written: u64,
+/// Writes through to a file while feeding every byte to the trailer check.
+struct HashingWriter {
+    inner: BufWriter<File>,
+    trailer: Sha256Trailer,
 }
 
-impl<W: Write> TrailerSplitter<W> {
-    fn new(inner: W) -> Self {
-        TrailerSplitter { inner, hasher: Sha256::new(), tail: Vec::with_capacity(64), written: 0 }
-    }
-
-    /// Returns the file, the length written before the trailer, the trailer and the digest.
-    fn finish(mut self) -> io::Result<(W::Target, u64, Vec<u8>, Vec<u8>)>
-    where
-        W: IntoInnerFile,
-    {
-        // The tail is written too: if it turns out not to be a trailer it is part of the db.
-        self.inner.write_all(&self.tail)?;
-        let digest = self.hasher.finalize().to_vec();
-        let file = self.inner.into_file()?;
-        Ok((file, self.written, self.tail, digest))
-    }
-}
-
-impl<W: Write> Write for TrailerSplitter<W> {
+impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tail.extend_from_slice(buf);
-        if self.tail.len() > 32 {
-            let spill = self.tail.len() - 32;
-            self.inner.write_all(&self.tail[..spill])?;
-            self.hasher.update(&self.tail[..spill]);
-            self.written += spill as u64;
-            self.tail.drain(..spill);
-        }
-        Ok(buf.len())
+        let n = self.inner.write(buf)?;
+        self.trailer.update(&buf[..n]);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// A buffered writer that yields its file when done.
-trait IntoInnerFile: Write {
-    type Target;
-    fn into_file(self) -> io::Result<Self::Target>;
-}
-
-impl IntoInnerFile for BufWriter<File> {
-    type Target = File;
-    fn into_file(self) -> io::Result<File> {
-        self.into_inner().map_err(|e| e.into_error())
     }
 }
 

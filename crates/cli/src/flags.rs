@@ -27,6 +27,8 @@ pub enum Command {
     Db(DbCommand),
     /// Validate the data dir and restore it from the latest backups if it is missing, corrupt or stale.
     Initialize(crate::cmd::initialize::InitializeArgs),
+    /// Take full snapshots on a schedule and delta snapshots from a watch until SIGTERM.
+    Snapshot(crate::cmd::snapshot::SnapshotArgs),
 }
 
 /// Where backups live (`--storage-provider` and friends).

@@ -127,3 +127,53 @@ fn restored_lease_granted_after_the_full_snapshot_keeps_its_key_attached() {
     assert!(out.contains("/registry/leases/kube-node-lease/node-2"), "lease lost its key: {out}");
     assert!(out.contains("TTL(600s)"), "lease TTL: {out}");
 }
+
+#[test]
+fn three_member_restore_forms_a_healthy_cluster_with_identical_hashes() {
+    let (final_rev, _) = meta(STORE_34);
+    let container = shared_testdata().join(STORE_34).join("store");
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["m1", "m2", "m3"];
+    let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let clients: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let cluster: Vec<String> = names.iter().zip(&peers).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+    let cluster = cluster.join(",");
+    let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
+    for ((name, peer), dir) in names.iter().zip(&peers).zip(&dirs) {
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        expect_ok(&etcdbrctl(&[
+            "restore",
+            "--storage-provider",
+            "Local",
+            "--store-container",
+            container.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--name",
+            name,
+            "--initial-cluster",
+            &cluster,
+            "--initial-cluster-token",
+            "restored-3",
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ]));
+    }
+    let members: Vec<(&Path, &str, u16, u16)> =
+        (0..3).map(|i| (dirs[i].as_path(), names[i], peers[i], clients[i])).collect();
+    let etcds = Etcd::start_cluster(EtcdVersion::V3_5, &members);
+    let expected =
+        json_file(shared_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
+    for etcd in &etcds {
+        let (hash, _, _) = etcd.hashkv(final_rev);
+        assert_eq!(hash as u64, expected, "member {} serves different data", etcd.name());
+    }
+    let list = etcds[0].etcdctl(&["member", "list", "-w", "json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["members"].as_array().unwrap().len(), 3, "{list}");
+    // A write through one member is replicated to the others.
+    etcds[0].etcdctl(&["put", "/replicated", "yes"]);
+    for etcd in &etcds {
+        assert_eq!(etcd.revision(), final_rev + 1);
+    }
+}

@@ -291,8 +291,10 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// 64,000,000 bytes, file mode 0600, built in `<wal_dir>.tmp` (dir mode 0700) and renamed into
 /// place, with the file and both directories fsynced. Returns the segment's final path.
 ///
-/// The zeros are written rather than left as a hole, so the space is really allocated, which is
-/// what etcd's `fallocate` preallocation is for.
+/// The tail is preallocated with `fallocate(2)` as etcd's `fileutil.Preallocate` does, so the
+/// space is really reserved (a full disk fails here, not at etcd's first write) without writing
+/// 64 MB of zeros; where the filesystem cannot fallocate, the file is extended instead, as etcd
+/// falls back to.
 pub fn create_restore_wal(wal_dir: &Path, cluster: &Cluster, self_id: u64) -> Result<PathBuf, WalError> {
     if wal_dir.exists() {
         return Err(WalError::AlreadyExists(wal_dir.to_path_buf()));
@@ -311,13 +313,7 @@ pub fn create_restore_wal(wal_dir: &Path, cluster: &Cluster, self_id: u64) -> Re
             OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp_file).map_err(io_err(&tmp_file))?;
         let records = restore_wal_bytes(cluster, self_id);
         f.write_all(&records).map_err(io_err(&tmp_file))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = SEGMENT_SIZE_BYTES.saturating_sub(records.len() as u64);
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(io_err(&tmp_file))?;
-            left -= n as u64;
-        }
+        preallocate(&f, SEGMENT_SIZE_BYTES).map_err(io_err(&tmp_file))?;
         f.sync_all().map_err(io_err(&tmp_file))?;
     }
     sync_dir(&tmp).map_err(io_err(&tmp))?;
@@ -326,6 +322,16 @@ pub fn create_restore_wal(wal_dir: &Path, cluster: &Cluster, self_id: u64) -> Re
         sync_dir(parent).map_err(io_err(parent))?;
     }
     Ok(wal_dir.join(FIRST_SEGMENT))
+}
+
+/// Reserves `len` bytes for `f` (zeros past the written data), like etcd's
+/// `fileutil.Preallocate(f, len, true)`.
+fn preallocate(f: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => f.set_len(len),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One segment as the reader saw it.

@@ -1,4 +1,4 @@
-//! HashKV, snapshot status and key reconstruction, judged by real etcd 3.4.23 and 3.5.1.
+//! HashKV, snapshot status and key reconstruction, judged by real etcd 3.4.23, 3.5.1 and 3.5.30.
 //!
 //! Each test runs a workload on a real etcd (puts, updates, a multi-op txn, deletes, a range
 //! delete, leased keys, values spanning overflow pages, an empty value, a compaction at the
@@ -273,7 +273,7 @@ fn compacted_tail_matches(version: EtcdVersion) {
     assert_eq!(revs.last_key_revision, Some(last_key), "{version:?}");
     check_offline(&format!("{version:?} at compact"), &db1, &at_compact);
     let status = snapshot_status(&db1).unwrap();
-    assert_eq!(status.revision, status_rev, "status reports the last key, not currentRev");
+    assert_eq!(status.revision, status_rev, "status reports the last key in the bucket, not currentRev");
     assert_eq!(serde_json::to_value(status).unwrap(), etcd_snapshot_status(version, &snap1));
 
     check_offline(&format!("{version:?} final"), &live, &obs_final);

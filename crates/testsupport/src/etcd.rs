@@ -78,16 +78,38 @@ impl Etcd {
     pub fn start(version: EtcdVersion) -> Etcd {
         let tmp = tempfile::Builder::new().prefix("etcdbr-etcd-").tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
-        let mut etcd = Etcd::spawn(version, data_dir, "default", free_port(), free_port(), Some(tmp));
+        let (peer, client) = (free_port(), free_port());
+        let cluster = format!("default=http://127.0.0.1:{peer}");
+        let mut etcd = Etcd::spawn(version, data_dir, "default", &cluster, peer, client, Some(tmp));
         etcd.wait_ready();
         etcd
+    }
+
+    /// Starts the members of a multi-member cluster on existing data dirs (a restore's output)
+    /// and waits until every one serves. `members` holds (data dir, name, peer port, client port);
+    /// the cluster is `name=http://127.0.0.1:<peer port>` for each.
+    pub fn start_cluster(version: EtcdVersion, members: &[(&Path, &str, u16, u16)]) -> Vec<Etcd> {
+        let cluster: Vec<String> =
+            members.iter().map(|(_, name, peer, _)| format!("{name}=http://127.0.0.1:{peer}")).collect();
+        let cluster = cluster.join(",");
+        let mut etcds: Vec<Etcd> = members
+            .iter()
+            .map(|(dir, name, peer, client)| {
+                Etcd::spawn(version, dir.to_path_buf(), name, &cluster, *peer, *client, None)
+            })
+            .collect();
+        for etcd in &mut etcds {
+            etcd.wait_ready();
+        }
+        etcds
     }
 
     /// Boots an existing data dir as member `name` whose peer URL is
     /// `http://127.0.0.1:<peer_port>`; the dir must have been made for that member
     /// (`--initial-cluster name=http://127.0.0.1:<peer_port>`).
     pub fn start_on(version: EtcdVersion, data_dir: &Path, name: &str, peer_port: u16, client_port: u16) -> Etcd {
-        let mut etcd = Etcd::spawn(version, data_dir.to_path_buf(), name, peer_port, client_port, None);
+        let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+        let mut etcd = Etcd::spawn(version, data_dir.to_path_buf(), name, &cluster, peer_port, client_port, None);
         etcd.wait_ready();
         etcd
     }
@@ -102,7 +124,8 @@ impl Etcd {
         client_port: u16,
         timeout: Duration,
     ) -> Result<Etcd, String> {
-        let mut etcd = Etcd::spawn(version, data_dir.to_path_buf(), name, peer_port, client_port, None);
+        let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+        let mut etcd = Etcd::spawn(version, data_dir.to_path_buf(), name, &cluster, peer_port, client_port, None);
         match etcd.poll_ready(timeout) {
             Ok(()) => Ok(etcd),
             Err(why) => Err(format!("{why}\n{}", etcd.log_tail())),
@@ -113,6 +136,7 @@ impl Etcd {
         version: EtcdVersion,
         data_dir: PathBuf,
         name: &str,
+        initial_cluster: &str,
         peer_port: u16,
         client_port: u16,
         tmp: Option<tempfile::TempDir>,
@@ -132,7 +156,7 @@ impl Etcd {
             .arg(&data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("{name}={peer}")])
+            .args(["--initial-cluster", initial_cluster])
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", free_port())])
             // Keep test etcds small and quick; the default 10 ms heartbeat suits loopback.
             .args(["--snapshot-count", "100000"])

@@ -62,10 +62,14 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
         ValidationMode::Sanity => Mode::Sanity,
         ValidationMode::Full => Mode::Full,
     };
-    // An empty --storage-provider means Local, as for `etcdbrctl restore`. A store without
-    // backups (the reference's "no snapstore" case included) means a fresh start.
-    let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;
-    let initializer = Initializer::new(store);
+    // As in the reference's initializer, no provider means no store: the data dir is kept if
+    // valid, and otherwise etcd starts fresh. So does a store without backups.
+    let initializer = if args.restore.store.storage_provider.trim().is_empty() {
+        Initializer::without_store()
+    } else {
+        let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;
+        Initializer::new(store)
+    };
     let opts = InitOptions {
         mode,
         plan,

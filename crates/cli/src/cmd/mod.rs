@@ -3,6 +3,7 @@
 mod db;
 pub(crate) mod initialize;
 mod restore;
+pub(crate) mod snapshot;
 
 use crate::flags::Command;
 
@@ -23,6 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(args).await,
         Command::Db(cmd) => db::run(cmd),
         Command::Initialize(args) => initialize::run(args).await,
+        Command::Snapshot(args) => snapshot::run(args).await,
     }
 }
 

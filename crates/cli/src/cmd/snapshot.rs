@@ -1,0 +1,413 @@
+//! `etcdbrctl snapshot`: full snapshots on a schedule, delta snapshots from a watch, garbage
+//! collection and defragmentation, until SIGTERM or ctrl-c (then the buffered events are stored
+//! as a last delta and the command exits 0).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use brcore::etcd::{EtcdClient, EtcdConfig, EtcdTls};
+use brcore::gc::Policy;
+use brcore::name::Compression;
+use brcore::snapshotter::{Schedule, Snapshotter, SnapshotterConfig};
+use clap::{ArgAction, Args, ValueEnum};
+use tracing::{info, warn};
+
+use super::store_config;
+use crate::flags::StoreArgs;
+
+/// `--garbage-collection-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GcPolicyArg {
+    /// Keep the current hour's full snapshots, then one per hour, day and week.
+    #[value(name = "Exponential")]
+    Exponential,
+    /// Keep the newest `--max-backups` full snapshots.
+    #[value(name = "LimitBased")]
+    LimitBased,
+}
+
+/// `--compression-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    /// `.gz`
+    Gzip,
+    /// `.Z` (Go's compress/lzw)
+    Lzw,
+    /// `.zlib`
+    Zlib,
+}
+
+/// `etcdbrctl snapshot`: the reference's flags, names and defaults.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// etcd client URLs; the first one is asked for status.
+    #[arg(short = 'e', long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// When to take full snapshots: a 5-field cron expression (UTC).
+    #[arg(short = 's', long, default_value = "0 */1 * * *")]
+    pub schedule: String,
+    /// How often buffered watch events are stored as a delta snapshot; below 1s disables deltas.
+    #[arg(long, default_value = "20s", value_parser = parse_go_duration)]
+    pub delta_snapshot_period: Duration,
+    /// Bytes of buffered events (as JSON) that trigger a delta snapshot at once (0: the default).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub delta_snapshot_memory_limit: usize,
+    /// How often old snapshots are garbage-collected; 1s or less disables it.
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    pub garbage_collection_period: Duration,
+    /// Which full snapshots garbage collection keeps.
+    #[arg(long, value_enum, default_value = "Exponential")]
+    pub garbage_collection_policy: GcPolicyArg,
+    /// Full snapshots kept by the LimitBased policy.
+    #[arg(short = 'm', long, default_value_t = 7)]
+    pub max_backups: usize,
+    /// Deltas of older snapshot sets younger than this are kept by garbage collection.
+    #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
+    pub delta_snapshot_retention_period: Duration,
+    /// Compress snapshots (`--compress-snapshots=false` to store them as they are).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub compress_snapshots: bool,
+    /// Compression of new snapshots.
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression_policy: CompressionArg,
+    /// Where snapshots are stored.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Limit for connecting to etcd and for each request.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub etcd_connection_timeout: Duration,
+    /// Limit for one whole full snapshot (stream and upload).
+    #[arg(long, default_value = "15m", value_parser = parse_go_duration)]
+    pub etcd_snapshot_timeout: Duration,
+    /// Limit for one defragmentation.
+    #[arg(long, default_value = "8m", value_parser = parse_go_duration)]
+    pub etcd_defrag_timeout: Duration,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA bundle (PEM) that signs etcd's certificate.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Talk to etcd without TLS unless a certificate flag is given (`=false`: TLS with the
+    /// system's roots).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub insecure_transport: bool,
+    /// Accepted for compatibility; etcd's certificate is always verified (with --cacert or the
+    /// system's roots).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub insecure_skip_tls_verify: bool,
+    /// etcd user name (with --etcd-password).
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    /// etcd password (with --etcd-username).
+    #[arg(long)]
+    pub etcd_password: Option<String>,
+    /// When to defragment etcd (followed by a full snapshot): a 5-field cron expression (UTC).
+    #[arg(long, default_value = "0 0 */3 * *")]
+    pub defragmentation_schedule: String,
+    /// Accepted for compatibility with the Go etcdbrctl (snapshotter restarts are backed off
+    /// internally).
+    #[arg(long, hide = true)]
+    pub backoff_multiplier: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl.
+    #[arg(long, hide = true)]
+    pub backoff_attempt_limit: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl.
+    #[arg(long, hide = true)]
+    pub backoff_threshold_time: Option<String>,
+}
+
+/// Parses a Go duration (`20s`, `1m30s`, `500ms`, `1.5h`, `0`), as the reference's flags take.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.starts_with('-') {
+        return Err(format!("negative duration {s:?}"));
+    }
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_end == 0 {
+            return Err(format!("invalid duration {s:?}: expected a number"));
+        }
+        let value: f64 = rest[..num_end].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)")),
+            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?}")),
+        };
+        nanos += value * scale;
+        rest = &rest[unit_end..];
+    }
+    if !nanos.is_finite() || nanos > u64::MAX as f64 {
+        return Err(format!("duration {s:?} is too long"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// The checked configuration of a `snapshot` run.
+#[derive(Debug)]
+pub(crate) struct SnapshotPlan {
+    pub etcd: EtcdConfig,
+    pub snapshotter: SnapshotterConfig,
+}
+
+pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
+    if args.etcd_connection_timeout.is_zero()
+        || args.etcd_snapshot_timeout.is_zero()
+        || args.etcd_defrag_timeout.is_zero()
+    {
+        bail!("--etcd-connection-timeout, --etcd-snapshot-timeout and --etcd-defrag-timeout must be positive");
+    }
+    if args.etcd_snapshot_timeout < args.etcd_connection_timeout {
+        bail!("--etcd-snapshot-timeout must not be shorter than --etcd-connection-timeout");
+    }
+    let endpoints: Vec<String> =
+        args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    if endpoints.is_empty() {
+        bail!("--endpoints needs at least one etcd client URL");
+    }
+    let user = match (&args.etcd_username, &args.etcd_password) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        (Some(u), None) if u.is_empty() => None,
+        _ => bail!("--etcd-username and --etcd-password must be given together"),
+    };
+    let any_cert = args.cert.is_some() || args.key.is_some() || args.cacert.is_some();
+    let tls = (any_cert || !args.insecure_transport).then(|| EtcdTls {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        cacert: args.cacert.clone(),
+    });
+    if args.cert.is_some() != args.key.is_some() {
+        bail!("--cert and --key must be given together");
+    }
+    if args.insecure_skip_tls_verify && tls.is_some() {
+        warn!(
+            "--insecure-skip-tls-verify is not supported: etcd's certificate is verified against --cacert or the system roots"
+        );
+    }
+    let policy = match args.garbage_collection_policy {
+        GcPolicyArg::Exponential => Policy::Exponential,
+        GcPolicyArg::LimitBased => {
+            if args.max_backups == 0 {
+                bail!("--max-backups must be greater than 0 with --garbage-collection-policy LimitBased");
+            }
+            Policy::LimitBased { max_backups: args.max_backups }
+        }
+    };
+    let compression = if !args.compress_snapshots {
+        Compression::None
+    } else {
+        match args.compression_policy {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Lzw => Compression::Lzw,
+            CompressionArg::Zlib => Compression::Zlib,
+        }
+    };
+    let full_schedule = Schedule::parse(&args.schedule).context("invalid --schedule")?;
+    let defrag_schedule =
+        Schedule::parse(&args.defragmentation_schedule).context("invalid --defragmentation-schedule")?;
+    let memory_limit =
+        if args.delta_snapshot_memory_limit == 0 { 10 * 1024 * 1024 } else { args.delta_snapshot_memory_limit };
+    let store = store_config(&args.store);
+    let mut s = SnapshotterConfig::new(args.store.store_prefix.clone());
+    s.full_schedule = full_schedule;
+    s.delta_period = (args.delta_snapshot_period >= Duration::from_secs(1)).then_some(args.delta_snapshot_period);
+    s.delta_memory_limit = memory_limit;
+    s.max_pending_bytes = memory_limit.saturating_mul(4);
+    s.gc_period = (args.garbage_collection_period > Duration::from_secs(1)).then_some(args.garbage_collection_period);
+    s.gc_policy = policy;
+    s.delta_retention = args.delta_snapshot_retention_period;
+    s.compression = compression;
+    s.write = brcore::WriteOptions {
+        max_parallel_parts: store.max_parallel_chunk_uploads.max(1),
+        part_size: store.min_chunk_size,
+    };
+    s.temp_dir = store.temp_dir.clone();
+    s.snapshot_timeout = args.etcd_snapshot_timeout;
+    s.defrag_schedule = Some(defrag_schedule);
+    Ok(SnapshotPlan {
+        etcd: EtcdConfig {
+            endpoints,
+            connection_timeout: args.etcd_connection_timeout,
+            snapshot_timeout: args.etcd_snapshot_timeout,
+            defrag_timeout: args.etcd_defrag_timeout,
+            user,
+            tls,
+        },
+        snapshotter: s,
+    })
+}
+
+/// Completes on SIGTERM or ctrl-c.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the snapshotter until SIGTERM or ctrl-c.
+pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    info!(
+        endpoints = ?plan.etcd.endpoints,
+        schedule = plan.snapshotter.full_schedule.as_str(),
+        delta_period = ?plan.snapshotter.delta_period,
+        "starting the snapshotter"
+    );
+    let source = Arc::new(EtcdClient::new(plan.etcd));
+    let metrics = brcore::metrics::metrics().clone();
+    let report = Snapshotter::new(source, store, plan.snapshotter, metrics).run(stop_signal()).await?;
+    info!(
+        full_snapshots = report.full_snapshots,
+        delta_snapshots = report.delta_snapshots,
+        last_revision = report.last_revision,
+        "snapshotter stopped"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SnapshotArgs,
+    }
+
+    fn parse(argv: &[&str]) -> SnapshotArgs {
+        let mut full = vec!["etcdbrctl"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).unwrap().args
+    }
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        assert_eq!(parse_go_duration("20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_go_duration("1h0m0s").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_go_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "20", "s", "-1s", "3d", "1x"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let a = parse(&[]);
+        let p = plan(&a).unwrap();
+        assert_eq!(p.etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(p.etcd.connection_timeout, Duration::from_secs(30));
+        assert_eq!(p.etcd.snapshot_timeout, Duration::from_secs(900));
+        assert!(p.etcd.tls.is_none());
+        let s = p.snapshotter;
+        assert_eq!(s.full_schedule.as_str(), "0 */1 * * *");
+        assert_eq!(s.delta_period, Some(Duration::from_secs(20)));
+        assert_eq!(s.delta_memory_limit, 10 * 1024 * 1024);
+        assert_eq!(s.gc_period, Some(Duration::from_secs(60)));
+        assert_eq!(s.gc_policy, Policy::Exponential);
+        assert_eq!(s.compression, Compression::Gzip);
+        assert_eq!(s.write.max_parallel_parts, 5);
+        assert_eq!(s.write.part_size, 5 * 1024 * 1024);
+        assert_eq!(s.defrag_schedule.unwrap().as_str(), "0 0 */3 * *");
+    }
+
+    #[test]
+    fn flags_map_onto_the_config() {
+        let a = parse(&[
+            "-e",
+            "http://a:2379,http://b:2379",
+            "-s",
+            "*/5 * * * *",
+            "--delta-snapshot-period=500ms",
+            "--garbage-collection-period",
+            "1s",
+            "--garbage-collection-policy",
+            "LimitBased",
+            "-m",
+            "3",
+            "--compress-snapshots=false",
+            "--compression-policy",
+            "lzw",
+            "--store-prefix",
+            "etcd-main",
+            "--etcd-username",
+            "root",
+            "--etcd-password",
+            "secret",
+            "--cacert",
+            "/ca.pem",
+        ]);
+        let p = plan(&a).unwrap();
+        assert_eq!(p.etcd.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(p.etcd.user, Some(("root".into(), "secret".into())));
+        assert!(p.etcd.tls.is_some(), "a certificate flag turns TLS on");
+        assert!(!format!("{:?}", p.etcd).contains("secret"), "the password stays out of logs");
+        let s = p.snapshotter;
+        assert_eq!(s.delta_period, None, "below 1 s disables deltas");
+        assert_eq!(s.gc_period, None, "1 s or less disables garbage collection");
+        assert_eq!(s.gc_policy, Policy::LimitBased { max_backups: 3 });
+        assert_eq!(s.compression, Compression::None, "--compress-snapshots=false wins over the policy");
+        assert_eq!(s.prefix, "etcd-main");
+        let a = parse(&["--compression-policy", "zlib", "--insecure-transport=false"]);
+        let p = plan(&a).unwrap();
+        assert_eq!(p.snapshotter.compression, Compression::Zlib);
+        assert!(p.etcd.tls.is_some(), "--insecure-transport=false means TLS with system roots");
+    }
+
+    #[test]
+    fn inconsistent_flags_are_refused() {
+        for argv in [
+            &["--schedule", "every hour"][..],
+            &["--etcd-username", "root"],
+            &["--cert", "/c.pem"],
+            &["--garbage-collection-policy", "LimitBased", "-m", "0"],
+            &["--etcd-snapshot-timeout", "1s", "--etcd-connection-timeout", "2s"],
+        ] {
+            assert!(plan(&parse(argv)).is_err(), "{argv:?}");
+        }
+    }
+}
