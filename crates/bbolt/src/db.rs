@@ -497,3 +497,37 @@ impl<'a> Iterator for Iter<'a> {
 }
 
 impl std::iter::FusedIterator for Iter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Db>();
+        send_sync::<Bucket<'_>>();
+        send_sync::<Iter<'_>>();
+        send_sync::<Error>();
+    }
+
+    #[test]
+    fn odd_page_sizes_are_unsupported() {
+        for ps in [256u32, 3000, 1 << 21] {
+            let m = Meta {
+                slot: 0,
+                page_size: ps,
+                flags: 0,
+                root: 2,
+                sequence: 0,
+                freelist: None,
+                pgid: 3,
+                txid: 1,
+                checksum: 0,
+            };
+            let mut b = crate::page::encode_meta(&m, 4096);
+            b.resize(3 * 4096, 0);
+            assert!(matches!(Db::from_bytes(b), Err(Error::Unsupported { .. })), "{ps}");
+        }
+    }
+}

@@ -743,9 +743,9 @@ mod tests {
     #[test]
     fn random_models_round_trip_in_every_geometry() {
         let mut rng = Rng(0xDEAD_BEEF);
-        for round in 0..12 {
-            let ps = [512u32, 1024, 4096, 16384][round % 4];
-            let fill = [0.1, 0.5, 0.9, 1.0][(round / 4) % 4];
+        for round in 0..15 {
+            let ps = [512u32, 1024, 4096, 16384, 65536][round % 5];
+            let fill = [0.1, 0.5, 0.9, 1.0][round % 4];
             let mut model = Model::new();
             for _ in 0..(1 + rng.next() % 6) {
                 let n = 1 + (rng.next() % 12) as usize;

@@ -65,9 +65,13 @@ fn assert_copy_accepted_by_etcd(src: &Path, opts: WriterOptions, dir: &Path) {
 fn options() -> Vec<WriterOptions> {
     vec![
         WriterOptions::default(),
-        WriterOptions { page_size: 4096, fill: 1.0, freelist: FreelistMode::None },
+        WriterOptions { page_size: 4096, fill: 0.9, freelist: FreelistMode::None },
         // Tiny fill: many leaves and several branch levels even for a small db.
         WriterOptions { page_size: 4096, fill: 0.1, freelist: FreelistMode::Page },
+        // Other page sizes (64 KiB is the OS page size on some arm64 kernels): bbolt takes the
+        // page size from meta 0, so etcd must accept these on any host.
+        WriterOptions { page_size: 1024, fill: 1.0, freelist: FreelistMode::None },
+        WriterOptions { page_size: 65536, fill: 1.0, freelist: FreelistMode::Page },
     ]
 }
 
@@ -116,7 +120,7 @@ fn live_keys(db: &Db) -> BTreeMap<Vec<u8>, usize> {
 
 #[test]
 fn snapshots_of_a_live_etcd_read_back_and_copy_for_both_versions() {
-    for version in EtcdVersion::ALL {
+    for version in [EtcdVersion::V3_4, EtcdVersion::V3_5, EtcdVersion::V3_5Latest] {
         let etcd = Etcd::start(version);
         for i in 0..150 {
             etcd.etcdctl(&["put", &format!("/registry/pods/p{i:04}"), &format!("value-{i}")]);

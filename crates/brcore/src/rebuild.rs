@@ -138,7 +138,7 @@ where
         });
     }
 
-    let mut writer = BulkWriter::new(out, opts.writer.clone()).map_err(Error::db_write)?;
+    let mut writer = BulkWriter::new(out, opts.writer).map_err(Error::db_write)?;
     let names = bucket_names(source, &opts.membership)?;
     let mut events = events.into_iter();
     let mut delta_leases: HashMap<Vec<u8>, i64> = HashMap::new();

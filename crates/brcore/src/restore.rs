@@ -81,6 +81,9 @@ pub struct RestoreReport {
     pub elapsed: Duration,
     /// The data dir written (None for a dry run).
     pub data_dir: Option<PathBuf>,
+    /// For a dry run: etcd's HashKV of the rebuilt db at its revision, computed offline, to
+    /// compare with a live cluster's `etcdctl endpoint hashkv --rev`.
+    pub hashkv: Option<u32>,
 }
 
 /// Progress of a long restore, for a progress bar or logs.
@@ -316,10 +319,35 @@ async fn build(
         });
     }
 
+    let mut hashkv = None;
+    if plan.dry_run {
+        // Verify the result as etcd would see it: a clean bbolt check and its HashKV.
+        let path = db_path.clone();
+        hashkv = Some(
+            tokio::task::spawn_blocking(move || -> Result<u32, Error> {
+                let db =
+                    bbolt::Db::open(&path).map_err(|e| Error::internal(format!("reopening the rebuilt db: {e}")))?;
+                let report = db.check();
+                if !report.is_ok() {
+                    return Err(Error::internal(format!("the rebuilt db fails its check: {:?}", report.findings)));
+                }
+                let h = etcd_format::hashkv::hash_kv(&db, None)
+                    .map_err(|e| Error::internal(format!("hashing the rebuilt db: {e}")))?;
+                Ok(h.hash)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("the verifier failed: {e}")))??,
+        );
+    }
+
     let member_dir = part.join("member");
     let cluster = plan.cluster.clone();
     let name = plan.name.clone();
+    let dry_run = plan.dry_run;
     tokio::task::spawn_blocking(move || {
+        if dry_run {
+            return Ok(());
+        }
         etcd_format::membership::write_member_files(&member_dir, &cluster, &name)
             .map_err(|e| Error::internal(format!("writing the WAL and snap files: {e}")))?;
         fsync_dir(&member_dir.join("snap"))?;
@@ -343,6 +371,7 @@ async fn build(
         db_size,
         elapsed: Duration::ZERO,
         data_dir: None,
+        hashkv,
     })
 }
 

@@ -91,7 +91,7 @@ async fn workload(c: &mut Client, tag: &str) -> i64 {
 async fn wait_full(store: &dyn Snapstore, min_last: u64) -> Name {
     wait_for(Duration::from_secs(20), "a full snapshot", || async {
         let (names, _) = list(store, PREFIX).await;
-        names.into_iter().filter(|n| n.kind == "Full" && n.last >= min_last).last()
+        names.into_iter().rfind(|n| n.kind == "Full" && n.last >= min_last)
     })
     .await
 }

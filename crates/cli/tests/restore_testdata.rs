@@ -177,3 +177,17 @@ fn three_member_restore_forms_a_healthy_cluster_with_identical_hashes() {
         assert_eq!(etcd.revision(), final_rev + 1);
     }
 }
+
+#[test]
+fn dry_run_verifies_the_chain_reports_the_hash_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("restored");
+    let out = restore(STORE_34, &data_dir, free_port(), &["--dry-run"]);
+    expect_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected =
+        json_file(shared_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
+    assert!(stdout.contains(&format!("hashkv at revision 338: {expected}")), "{stdout}");
+    assert!(!data_dir.exists(), "a dry run wrote a data dir");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a dry run left files behind");
+}

@@ -402,7 +402,7 @@ impl RevisionScanner {
                 why: format!("only {} bytes, no meta page", self.head.len()),
             });
         }
-        if self.offset % self.page_size != 0 {
+        if !self.offset.is_multiple_of(self.page_size) {
             return Err(ScanError::Truncated { pgid: self.offset / self.page_size, size: self.offset });
         }
         if let Some(c) = self.collectors.first() {
@@ -686,12 +686,12 @@ fn summarise_leaf(buf: &[u8], run_len: u64) -> (LeafInfo, Option<(usize, usize)>
                 }
                 _ => BucketRef::Unknown,
             });
-        } else if flags & BUCKET_LEAF == 0 {
-            if let Some(v) = value.filter(|v| v.len() >= 8) {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&v[..8]);
-                info.compact[t - T_FINISHED] = Some(u64::from_be_bytes(a));
-            }
+        } else if flags & BUCKET_LEAF == 0
+            && let Some(v) = value.filter(|v| v.len() >= 8)
+        {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&v[..8]);
+            info.compact[t - T_FINISHED] = Some(u64::from_be_bytes(a));
         }
     }
     (info, None)

@@ -116,7 +116,7 @@ impl StreamVerifier {
             return Err(format!("{} bytes is too short for a snapshot with a sha256 trailer", self.total));
         }
         let db_len = self.total - TRAILER_LEN as u64;
-        if db_len % 512 != 0 {
+        if !db_len.is_multiple_of(512) {
             return Err(format!(
                 "{db_len} bytes before the trailer is not a whole number of pages: the sha256 trailer is missing"
             ));

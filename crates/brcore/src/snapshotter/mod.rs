@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -211,6 +212,64 @@ fn error_class(e: &Error) -> &'static str {
     }
 }
 
+/// Why a request to a snapshotter failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The snapshotter is not running (not started yet, or stopped).
+    #[error("the snapshotter is not running")]
+    NotRunning,
+    /// Delta snapshots are disabled (`--delta-snapshot-period` below 1 s).
+    #[error("delta snapshots are disabled (--delta-snapshot-period is below 1s)")]
+    DeltasDisabled,
+    /// The operation ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a [`SnapshotterHandle`] asks for.
+#[derive(Debug)]
+enum Request {
+    Full { is_final: bool, reply: oneshot::Sender<Result<Snapshot, RequestError>> },
+    Delta { reply: oneshot::Sender<Result<Option<Snapshot>, RequestError>> },
+    Defragment { reply: oneshot::Sender<Result<(), RequestError>> },
+}
+
+/// Asks a running [`Snapshotter`] for an out-of-schedule snapshot or defragmentation (what the
+/// HTTP API's `/snapshot/full`, `/snapshot/delta` and a defragmentation trigger call). Cheap to
+/// clone; requests are served in order by the snapshotter's loop.
+#[derive(Debug, Clone)]
+pub struct SnapshotterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl SnapshotterHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Request,
+    ) -> Result<T, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| RequestError::NotRunning)?;
+        answer.await.map_err(|_| RequestError::NotRunning)?
+    }
+
+    /// Takes a full snapshot now (started after this call, so it holds every write acknowledged
+    /// before it) and returns it; `is_final` names it `.final`.
+    pub async fn full_snapshot(&self, is_final: bool) -> Result<Snapshot, RequestError> {
+        self.ask(|reply| Request::Full { is_final, reply }).await
+    }
+
+    /// Stores the buffered events as a delta now; `None` when there were none.
+    pub async fn delta_snapshot(&self) -> Result<Option<Snapshot>, RequestError> {
+        self.ask(|reply| Request::Delta { reply }).await
+    }
+
+    /// Defragments etcd now; a full snapshot follows, as after a scheduled defragmentation.
+    pub async fn defragment(&self) -> Result<(), RequestError> {
+        self.ask(|reply| Request::Defragment { reply }).await
+    }
+}
+
 /// Takes full and delta snapshots of one etcd into one store until told to stop.
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -221,6 +280,8 @@ pub struct Snapshotter {
     /// Held while a delta and its lease sidecar are written, and during a GC cycle, so GC never
     /// sees a sidecar whose delta is still being written.
     store_lock: Arc<tokio::sync::Mutex<()>>,
+    requests_tx: mpsc::Sender<Request>,
+    requests: mpsc::Receiver<Request>,
 }
 
 /// The loop's state besides the futures it polls (see the module docs).
@@ -246,6 +307,12 @@ struct Core {
     deltas_since_full: usize,
     revisions_since_full: u64,
     report: RunReport,
+    /// Requests for a full snapshot not yet started, and whether one of them wants `.final`.
+    full_waiters_queued: Vec<oneshot::Sender<Result<Snapshot, RequestError>>>,
+    full_final_queued: bool,
+    /// Requests answered by the full snapshot running now.
+    full_waiters_running: Vec<oneshot::Sender<Result<Snapshot, RequestError>>>,
+    defrag_waiters: Vec<oneshot::Sender<Result<(), RequestError>>>,
 }
 
 fn instant_after(schedule: &Schedule) -> Option<Instant> {
@@ -264,7 +331,21 @@ impl Snapshotter {
         config: SnapshotterConfig,
         metrics: Metrics,
     ) -> Snapshotter {
-        Snapshotter { source, store, config, metrics, store_lock: Arc::new(tokio::sync::Mutex::new(())) }
+        let (requests_tx, requests) = mpsc::channel(16);
+        Snapshotter {
+            source,
+            store,
+            config,
+            metrics,
+            store_lock: Arc::new(tokio::sync::Mutex::new(())),
+            requests_tx,
+            requests,
+        }
+    }
+
+    /// A handle to ask the running snapshotter for snapshots out of schedule.
+    pub fn handle(&self) -> SnapshotterHandle {
+        SnapshotterHandle { tx: self.requests_tx.clone() }
     }
 
     fn full_options(&self) -> FullOptions {
@@ -283,7 +364,7 @@ impl Snapshotter {
     ///
     /// Errors only when the first full snapshot fails for a reason retrying cannot fix (etcd
     /// refuses the credentials, the store denies access); every later fault is retried.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunReport, Error> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunReport, Error> {
         let deltas = self.config.delta_period.is_some();
         let mut core = Core {
             chain: None,
@@ -306,6 +387,10 @@ impl Snapshotter {
             deltas_since_full: 0,
             revisions_since_full: 0,
             report: RunReport::default(),
+            full_waiters_queued: Vec::new(),
+            full_final_queued: false,
+            full_waiters_running: Vec::new(),
+            defrag_waiters: Vec::new(),
         };
         let gc_task = self.config.gc_period.map(|period| {
             let store = self.store.clone();
@@ -335,8 +420,9 @@ impl Snapshotter {
         });
 
         let mut watch: Option<WatchStream> = None;
-        let mut full_task: Option<JoinHandle<Result<FullSnapshot, Error>>> = None;
-        let mut defrag_task: Option<JoinHandle<Result<Duration, EtcdError>>> = None;
+        let mut full_task: Option<JoinHandle<(Result<FullSnapshot, Error>, Duration)>> = None;
+        let mut defrag_task: Option<JoinHandle<(Result<(), EtcdError>, Duration)>> = None;
+        let mut requests = std::mem::replace(&mut self.requests, mpsc::channel(1).1);
         tokio::pin!(shutdown);
 
         let result = loop {
@@ -359,8 +445,14 @@ impl Snapshotter {
                 core.full_wanted = false;
                 let source = self.source.clone();
                 let store = self.store.clone();
-                let opts = self.full_options();
-                full_task = Some(tokio::spawn(async move { take_full_snapshot(&*source, &*store, &opts).await }));
+                let mut opts = self.full_options();
+                opts.is_final = std::mem::take(&mut core.full_final_queued);
+                core.full_waiters_running = std::mem::take(&mut core.full_waiters_queued);
+                full_task = Some(tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let r = take_full_snapshot(&*source, &*store, &opts).await;
+                    (r, started.elapsed())
+                }));
             }
             self.metrics.snapshot_required.with_label_values(&[KIND_FULL]).set(if core.full_wanted {
                 1.0
@@ -388,26 +480,71 @@ impl Snapshotter {
                 _ = &mut shutdown => break Ok(()),
                 joined = async { full_task.as_mut().expect("guarded by the condition").await }, if full_task.is_some() => {
                     full_task = None;
-                    let outcome = joined.unwrap_or_else(|e| Err(Error::internal(format!("full snapshot task: {e}"))));
-                    if let Err(e) = self.full_finished(&mut core, outcome) {
+                    let (outcome, took) = joined
+                        .unwrap_or_else(|e| (Err(Error::internal(format!("full snapshot task: {e}"))), Duration::ZERO));
+                    let answer = match &outcome {
+                        Ok(f) => Ok(f.snapshot.clone()),
+                        Err(e) => Err(RequestError::Failed(e.to_string())),
+                    };
+                    for w in core.full_waiters_running.drain(..) {
+                        let _ = w.send(answer.clone());
+                    }
+                    if let Err(e) = self.full_finished(&mut core, outcome, took) {
                         break Err(e);
                     }
                 }
                 joined = async { defrag_task.as_mut().expect("guarded by the condition").await }, if defrag_task.is_some() => {
                     defrag_task = None;
+                    let (outcome, took) = joined.unwrap_or_else(|e| {
+                        (Err(EtcdError::Unavailable { endpoint: self.source.endpoint(), message: format!("defragmentation task: {e}") }), Duration::ZERO)
+                    });
                     let endpoint = self.source.endpoint();
-                    match joined {
-                        Ok(Ok(took)) => {
-                            self.metrics.defragmentation_duration_seconds.with_label_values(&[&endpoint, "true"]).observe(took.as_secs_f64());
+                    let ok = outcome.is_ok();
+                    self.metrics
+                        .defragmentation_duration_seconds
+                        .with_label_values(&[endpoint.as_str(), crate::metrics::succeeded(ok)])
+                        .observe(took.as_secs_f64());
+                    let answer = outcome.as_ref().map(|_| ()).map_err(|e| RequestError::Failed(e.to_string()));
+                    for w in core.defrag_waiters.drain(..) {
+                        let _ = w.send(answer.clone());
+                    }
+                    match outcome {
+                        Ok(()) => {
                             info!(seconds = took.as_secs_f64(), "etcd defragmented; taking a full snapshot");
                             core.full_wanted = true;
                         }
-                        Ok(Err(e)) => {
-                            self.metrics.defragmentation_duration_seconds.with_label_values(&[&endpoint, "false"]).observe(0.0);
+                        Err(e) => {
                             self.metrics.failure("defragmentation");
                             warn!(error = %e, "defragmentation failed");
                         }
-                        Err(e) => warn!(error = %e, "defragmentation task failed"),
+                    }
+                }
+                request = requests.recv() => {
+                    match request {
+                        Some(Request::Full { is_final, reply }) => {
+                            info!(is_final, "full snapshot requested");
+                            core.full_waiters_queued.push(reply);
+                            core.full_final_queued |= is_final;
+                            core.full_wanted = true;
+                            core.full_retry_at = None;
+                        }
+                        Some(Request::Delta { reply }) => {
+                            let answer = if !deltas {
+                                Err(RequestError::DeltasDisabled)
+                            } else {
+                                let r = self.flush(&mut core).await.map_err(|e| RequestError::Failed(e.to_string()));
+                                core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
+                                r
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        Some(Request::Defragment { reply }) => {
+                            core.defrag_waiters.push(reply);
+                            if defrag_task.is_none() {
+                                defrag_task = Some(self.spawn_defrag());
+                            }
+                        }
+                        None => {}
                     }
                 }
                 item = async { watch.as_mut().expect("guarded by the condition").next().await }, if read_watch => {
@@ -452,11 +589,7 @@ impl Snapshotter {
                     if core.next_defrag.is_some_and(|t| now >= t) {
                         core.next_defrag = self.config.defrag_schedule.as_ref().and_then(instant_after);
                         if defrag_task.is_none() {
-                            let source = self.source.clone();
-                            defrag_task = Some(tokio::spawn(async move {
-                                let started = std::time::Instant::now();
-                                source.defragment().await.map(|()| started.elapsed())
-                            }));
+                            defrag_task = Some(self.spawn_defrag());
                         } else {
                             info!("skipping a scheduled defragmentation: the previous one still runs");
                         }
@@ -507,6 +640,16 @@ impl Snapshotter {
         Ok(core.report)
     }
 
+    fn spawn_defrag(&self) -> JoinHandle<(Result<(), EtcdError>, Duration)> {
+        let source = self.source.clone();
+        info!(endpoint = %source.endpoint(), "defragmenting etcd");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = source.defragment().await;
+            (r, started.elapsed())
+        })
+    }
+
     /// Opens the watch at `watched + 1`, learning etcd's revision first when there is no
     /// position yet (start, or after a compaction).
     async fn open_watch(&self, core: &mut Core) -> Result<WatchStream, EtcdError> {
@@ -552,11 +695,16 @@ impl Snapshotter {
         core.watch_retry_at = Instant::now();
     }
 
-    fn full_finished(&self, core: &mut Core, outcome: Result<FullSnapshot, Error>) -> Result<(), Error> {
+    fn full_finished(
+        &self,
+        core: &mut Core,
+        outcome: Result<FullSnapshot, Error>,
+        took: Duration,
+    ) -> Result<(), Error> {
         match outcome {
             Ok(f) => {
                 let r = f.snapshot.name.last_revision;
-                self.metrics.observe_snapshot(KIND_FULL, true, 0.0, r, f.snapshot.name.created_on);
+                self.metrics.observe_snapshot(KIND_FULL, true, took.as_secs_f64(), r, f.snapshot.name.created_on);
                 core.full_backoff.reset();
                 core.full_retry_at = None;
                 core.full_done_once = true;
@@ -592,7 +740,7 @@ impl Snapshotter {
                 Ok(())
             }
             Err(e) => {
-                self.metrics.observe_snapshot(KIND_FULL, false, 0.0, 0, 0);
+                self.metrics.observe_snapshot(KIND_FULL, false, took.as_secs_f64(), 0, 0);
                 self.metrics.failure(error_class(&e));
                 if !core.full_done_once && !e.is_retryable() && !matches!(e, Error::Corrupt { .. }) {
                     warn!(error = %e, "the first full snapshot failed; stopping");

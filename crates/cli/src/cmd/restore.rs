@@ -108,6 +108,9 @@ fn print_summary(report: &RestoreReport, dry_run: bool) {
         report.bytes_fetched as f64 / 1e6 / secs,
         s.revisions_applied as f64 / secs
     );
+    if let Some(hash) = report.hashkv {
+        println!("hashkv at revision {}: {hash} (compare: etcdctl endpoint hashkv --rev {})", s.revision, s.revision);
+    }
     if let Some(dir) = &report.data_dir {
         println!("data dir: {}", dir.display());
     }
