@@ -41,7 +41,7 @@ impl Rng {
             let take = SKELETON.len().min(len - out.len()).min(40 + self.below(60) as usize);
             let start = self.below((SKELETON.len() - take + 1) as u64) as usize;
             out.extend_from_slice(&SKELETON[start..start + take]);
-            let random = (len - out.len()).min(8 + self.below(24) as usize);
+            let random = (len - out.len()).min(20 + self.below(60) as usize);
             for _ in 0..random {
                 out.push(ALNUM[self.below(ALNUM.len() as u64) as usize]);
             }

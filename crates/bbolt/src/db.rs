@@ -305,6 +305,37 @@ impl<'a> Bucket<'a> {
         Err(too_deep(page.pgid).into())
     }
 
+    /// The last entry in key order (bbolt's `Cursor.Last`), found by descending the rightmost
+    /// path: O(tree depth), not a scan. `None` for an empty bucket.
+    pub fn last(&self) -> Result<Option<Entry<'a>>, Error> {
+        let mut page = self.root_page_ref()?;
+        for _ in 0..MAX_TREE_DEPTH {
+            if page.count == 0 {
+                if page.is_leaf() {
+                    return Ok(None);
+                }
+                return Err(Corrupt::new(
+                    FindingKind::BadElement,
+                    Some(page.pgid),
+                    Some(page.at),
+                    "branch page with no elements",
+                )
+                .into());
+            }
+            let i = usize::from(page.count) - 1;
+            if page.is_leaf() {
+                let e = page.leaf(i)?;
+                return Ok(Some(if e.flags & BUCKET_LEAF_FLAG == 0 {
+                    Entry::Value { key: e.key, value: e.value }
+                } else {
+                    Entry::Bucket { name: e.key }
+                }));
+            }
+            page = self.view.tree_page(page.branch(i)?.child)?;
+        }
+        Err(too_deep(page.pgid).into())
+    }
+
     /// The value of the plain key `key`; `None` if absent or if `key` names a nested bucket
     /// (as bbolt's `Bucket.Get` returns nil for buckets).
     pub fn get(&self, key: &[u8]) -> Result<Option<&'a [u8]>, Error> {
@@ -500,6 +531,27 @@ impl std::iter::FusedIterator for Iter<'_> {}
 
 #[cfg(test)]
 mod tests {
+    use crate::{BulkWriter, WriterOptions};
+
+    #[test]
+    fn last_finds_the_rightmost_entry_of_single_and_multi_level_trees() {
+        for (n, page_size) in [(0u32, 4096u32), (1, 4096), (3, 4096), (5000, 512), (20000, 4096)] {
+            let mut w =
+                BulkWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions { page_size, ..Default::default() })
+                    .unwrap();
+            w.begin_bucket(b"b").unwrap();
+            for i in 0..n {
+                w.put(format!("key-{i:08}").as_bytes(), b"v").unwrap();
+            }
+            w.end_bucket().unwrap();
+            let (out, _) = w.finish().unwrap();
+            let db = Db::from_bytes(out.into_inner()).unwrap();
+            let bucket = db.bucket(b"b").unwrap().unwrap();
+            let scanned = bucket.iter().last().map(|e| e.unwrap().key().to_vec());
+            let last = bucket.last().unwrap().map(|e| e.key().to_vec());
+            assert_eq!(last, scanned, "{n} keys, page size {page_size}");
+        }
+    }
     use super::*;
 
     #[test]

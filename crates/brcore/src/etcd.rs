@@ -27,7 +27,7 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Bytes, EtcdError>> + 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, EtcdError>> + Send + 'static>>;
 
 /// One watch response's events: every event of each revision it holds (etcd never splits a
-/// revision across responses), or none for a progress notification.
+/// revision across responses), or none for the watch's creation or a progress notification.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchBatch {
     /// The events, in revision order. Their `time` is when they were received.
@@ -443,9 +443,6 @@ impl EtcdSource for EtcdClient {
                                     endpoint: endpoint.clone(),
                                 };
                                 return Some((Err(err), (stream, endpoint, true)));
-                            }
-                            if resp.created() && resp.events().is_empty() {
-                                continue;
                             }
                             let time = crate::delta::now_rfc3339_nanos();
                             let batch = WatchBatch {

@@ -16,7 +16,7 @@ use brcore::etcd::{EtcdError, EtcdSource, EtcdStatus, LeaseTtl, SnapshotStream, 
 use brcore::gc::{GcOptions, Policy};
 use brcore::metrics::Metrics;
 use brcore::snapshotter::collect::collect_garbage;
-use brcore::snapshotter::{RunReport, Schedule, Snapshotter, SnapshotterConfig};
+use brcore::snapshotter::{RequestError, RunReport, Schedule, Snapshotter, SnapshotterConfig, SnapshotterHandle};
 use brcore::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};
 use sha2::{Digest, Sha256};
 use support::*;
@@ -125,6 +125,9 @@ struct Script {
     down: bool,
     watchers: Vec<mpsc::UnboundedSender<Result<WatchBatch, EtcdError>>>,
     leases: HashMap<i64, i64>,
+    defragmentations: usize,
+    /// The next snapshot streams fail midway (`Some(true)`) or end with a wrong trailer.
+    break_next_snapshots: Vec<bool>,
     /// Puts applied right after the snapshot's status call: the db is newer than the status.
     puts_during_snapshot: usize,
 }
@@ -241,8 +244,23 @@ impl EtcdSource for Scripted {
         let mut bytes = bbolt_db(rev, compact);
         let hash = Sha256::digest(&bytes);
         bytes.extend_from_slice(&hash);
-        let chunks: Vec<Result<bytes::Bytes, EtcdError>> =
+        let mut chunks: Vec<Result<bytes::Bytes, EtcdError>> =
             bytes.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+        let breakage = {
+            let mut s = self.with();
+            if s.break_next_snapshots.is_empty() { None } else { Some(s.break_next_snapshots.remove(0)) }
+        };
+        match breakage {
+            Some(true) => {
+                chunks.truncate(5);
+                chunks.push(Err(unavailable("etcd died mid-stream")));
+            }
+            Some(false) => {
+                let last = chunks.len() - 1;
+                chunks[last] = Ok(bytes::Bytes::from_static(&[0u8; 32]));
+            }
+            None => {}
+        }
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
@@ -252,6 +270,8 @@ impl EtcdSource for Scripted {
             return Err(unavailable("down"));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        // etcd's first response: the watch's creation, with the current revision.
+        let _ = tx.send(Ok(WatchBatch { events: Vec::new(), header_revision: s.rev }));
         if from_revision <= s.compact {
             let _ = tx.send(Err(EtcdError::Compacted { requested: from_revision, compact_revision: s.compact }));
         } else {
@@ -287,6 +307,11 @@ impl EtcdSource for Scripted {
     }
 
     async fn defragment(&self) -> Result<(), EtcdError> {
+        let mut s = self.with();
+        if s.down {
+            return Err(unavailable("down"));
+        }
+        s.defragmentations += 1;
         Ok(())
     }
 
@@ -340,15 +365,17 @@ fn config(delta_period: Duration) -> SnapshotterConfig {
 struct Running {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<RunReport, brcore::error::Error>>,
+    handle: SnapshotterHandle,
 }
 
 fn start(source: &Scripted, store: Arc<dyn Snapstore>, cfg: SnapshotterConfig) -> Running {
     let (stop, rx) = oneshot::channel::<()>();
     let s = Snapshotter::new(Arc::new(source.clone()), store, cfg, Metrics::new());
+    let handle = s.handle();
     let task = tokio::spawn(s.run(async move {
         let _ = rx.await;
     }));
-    Running { stop, task }
+    Running { stop, task, handle }
 }
 
 impl Running {
@@ -652,4 +679,151 @@ async fn garbage_collection_spares_the_latest_set_and_drops_orphaned_sidecars() 
     let left: Vec<String> = store.list(PREFIX).await.unwrap().into_iter().map(|o| o.key).collect();
     assert_eq!(left.len(), 4, "{left:?}");
     assert!(metrics.encode_text().contains("etcdbr_snapshot_gc_total{kind=\"Full\",succeeded=\"true\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_take_snapshots_and_defragment_out_of_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    let run = start(&etcd, store.clone(), config(Duration::from_secs(60)));
+    wait_full(&*store, 1).await;
+    assert_eq!(run.handle.delta_snapshot().await.unwrap(), None, "no events, no delta");
+    etcd.put("b", "2");
+    etcd.put("c", "3");
+    // The watch may not have delivered yet: ask until the delta holds both.
+    let delta = wait_for(Duration::from_secs(10), "an on-demand delta", || async {
+        run.handle.delta_snapshot().await.unwrap().filter(|d| d.name.last_revision == 3)
+    })
+    .await;
+    assert_eq!((delta.name.start_revision, delta.name.last_revision), (2, 3));
+    etcd.put("d", "4");
+    let full = run.handle.full_snapshot(true).await.unwrap();
+    assert_eq!(full.name.last_revision, 4);
+    assert!(full.name.is_final && full.key.ends_with(".gz.final"), "{}", full.key);
+    run.handle.defragment().await.unwrap();
+    assert_eq!(etcd.with().defragmentations, 1);
+    etcd.put("e", "5");
+    // A full snapshot follows the defragmentation.
+    wait_full(&*store, 5).await;
+    let handle = run.handle.clone();
+    let report = run.stop().await;
+    assert_eq!(report.full_snapshots, 3, "{report:?}");
+    assert_eq!(handle.delta_snapshot().await, Err(RequestError::NotRunning));
+    check_chain(&*store, &etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_deltas_only_full_snapshots_are_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    let mut cfg = config(Duration::from_secs(1));
+    cfg.delta_period = None;
+    let run = start(&etcd, store.clone(), cfg);
+    wait_full(&*store, 1).await;
+    assert_eq!(run.handle.delta_snapshot().await, Err(RequestError::DeltasDisabled));
+    etcd.put("b", "2");
+    let report = run.stop().await;
+    assert_eq!((report.full_snapshots, report.delta_snapshots), (1, 0));
+    assert!(report.final_delta.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_garbage_collection_loop_deletes_older_sets_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    let mut cfg = config(Duration::from_millis(100));
+    cfg.gc_period = Some(Duration::from_millis(200));
+    cfg.gc_policy = Policy::LimitBased { max_backups: 1 };
+    let run = start(&etcd, store.clone(), cfg);
+    let first = wait_full(&*store, 1).await;
+    etcd.put("b", "2");
+    wait_delta_reaching(&*store, 2).await;
+    etcd.put("c", "3");
+    let second = run.handle.full_snapshot(false).await.unwrap();
+    assert_eq!(second.name.last_revision, 3);
+    wait_for(Duration::from_secs(10), "the older set to be collected", || async {
+        let (names, _) = list(&*store, PREFIX).await;
+        (!names.iter().any(|n| n.key == first.key || n.kind == "Incr" && n.last <= 3)).then_some(())
+    })
+    .await;
+    etcd.put("d", "4");
+    let report = run.stop().await;
+    assert_eq!(report.last_revision, Some(4));
+    let (full, deltas) = check_chain(&*store, &etcd).await;
+    assert_eq!(full.key, second.key, "the latest set is untouched");
+    assert_eq!(deltas.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_snapshot_stream_publishes_nothing_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    // The first stream dies midway, the second has a wrong sha256 trailer, the third is good.
+    etcd.with().break_next_snapshots = vec![true, false];
+    let metrics = Metrics::new();
+    let (stop, rx) = oneshot::channel::<()>();
+    let s =
+        Snapshotter::new(Arc::new(etcd.clone()), store.clone(), config(Duration::from_millis(200)), metrics.clone());
+    let task = tokio::spawn(s.run(async move {
+        let _ = rx.await;
+    }));
+    let full = wait_full(&*store, 1).await;
+    assert_eq!(full.last, 1);
+    etcd.put("b", "2");
+    wait_delta_reaching(&*store, 2).await;
+    let _ = stop.send(());
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.full_snapshots, 1);
+    let (names, others) = list(&*store, PREFIX).await;
+    assert_eq!(names.iter().filter(|n| n.kind == "Full").count(), 1, "failed attempts left no object: {names:?}");
+    assert!(others.is_empty(), "{others:?}");
+    let text = metrics.encode_text();
+    assert!(text.contains("etcdbr_snapshot_duration_seconds_count{kind=\"Full\",succeeded=\"false\"} 2"), "{text}");
+    assert!(text.contains("etcdbr_snapshotter_failure{error=\"corrupt\"} 1"), "{text}");
+    check_chain(&*store, &etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restored_to_an_older_revision_starts_a_new_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    for i in 0..10 {
+        etcd.put(&format!("k{i}"), "v");
+    }
+    let run = start(&etcd, store.clone(), config(Duration::from_millis(100)));
+    wait_full(&*store, 10).await;
+    etcd.put("x", "1");
+    wait_delta_reaching(&*store, 11).await;
+    // etcd is replaced by one restored from an older backup (revision 3), then written to.
+    etcd.go_down();
+    {
+        let mut s = etcd.with();
+        s.history.truncate(3);
+        s.rev = 3;
+        s.down = false;
+    }
+    let second = wait_for(Duration::from_secs(10), "a full snapshot of the restored etcd", || async {
+        let (names, _) = list(&*store, PREFIX).await;
+        names.into_iter().find(|n| n.kind == "Full" && n.last == 3)
+    })
+    .await;
+    etcd.put("after", "2");
+    etcd.put("after2", "3");
+    let report = run.stop().await;
+    assert_eq!(report.last_revision, Some(5), "{report:?}");
+    let (names, _) = list(&*store, PREFIX).await;
+    // The newest set by revision is still the old chain (its revisions are higher); the new
+    // chain must be continuous from the new full snapshot.
+    let newer: Vec<&Name> = names.iter().filter(|n| n.created >= second.created && n.kind == "Incr").collect();
+    assert_eq!(newer.first().map(|n| n.start), Some(4), "{names:?}");
+    assert_eq!(newer.last().map(|n| n.last), Some(5));
 }

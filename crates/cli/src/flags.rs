@@ -29,6 +29,8 @@ pub enum Command {
     Initialize(crate::cmd::initialize::InitializeArgs),
     /// Take full snapshots on a schedule and delta snapshots from a watch until SIGTERM.
     Snapshot(crate::cmd::snapshot::SnapshotArgs),
+    /// Serve the HTTP API (initialization, snapshots on demand, /config, /healthz, /metrics) and run the snapshotter while etcd is up.
+    Server(crate::cmd::server::ServerArgs),
 }
 
 /// Where backups live (`--storage-provider` and friends).

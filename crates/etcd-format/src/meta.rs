@@ -200,12 +200,15 @@ fn last_key_revision(db: &bbolt::Db) -> Result<Option<Revision>, Error> {
     let Some(bucket) = db.bucket(KEY_BUCKET)? else {
         return Ok(None);
     };
-    let mut last: Option<&[u8]> = None;
-    for entry in bucket.iter() {
-        if let bbolt::Entry::Value { key, .. } = entry? {
-            last = Some(key);
+    // The rightmost leaf's last key: constant time however large the bucket (validation's
+    // sanity mode reads this on every start).
+    let last = match bucket.last()? {
+        Some(bbolt::Entry::Value { key, .. }) => Some(key),
+        Some(bbolt::Entry::Bucket { name }) => {
+            return Err(Error::corrupt(KEY_BUCKET, name, "a nested bucket in the key bucket".to_string()));
         }
-    }
+        None => None,
+    };
     match last {
         None => Ok(None),
         Some(key) => {

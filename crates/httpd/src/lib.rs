@@ -1,1 +1,37 @@
-//! The HTTP server role of etcdbrctl.
+//! The HTTP server role of etcdbrctl (`etcdbrctl server`): [`Server`].
+//!
+//! The endpoints are the reference's (`pkg/server/httpAPI.go`), with its paths, status codes
+//! and bodies, so the etcd side's start script and existing probes work unchanged:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/initialization/start[?mode=full\|sanity]` | starts validation (and a restore if needed) in the background when the status is `New`; `200`, empty body; unknown mode `400` |
+//! | `/initialization/status` | `200`, `New`, `Progress`, `Successful` or `Failed`; reading a final state resets it to `New` |
+//! | `/snapshot/full[?final=true]` | `200` + the snapshot as JSON; `400` bad `final`; `405` without a store; `409` while initializing; `500` on failure |
+//! | `/snapshot/delta` | `200` + JSON or `null`; `503` when no snapshotter watches etcd |
+//! | `/snapshot/latest` | `200` `{"fullSnapshot":…,"deltaSnapshots":…}` listed from the store |
+//! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]) |
+//! | `/healthz` | `200 {"health":true}` or `503 {"health":false}` |
+//! | `/metrics` | the `etcdbr_*` metrics, Prometheus text format |
+//! | `/` | a status page: initialization, latest full snapshot and deltas, recent errors |
+//!
+//! Differences from the reference, on purpose: an unknown `mode` is a `400` instead of a silent
+//! full validation; a snapshot requested while initialization runs is a `409` instead of a
+//! `405`/proxy; an optional bearer token ([`ServerConfig::auth_token`]) guards the endpoints
+//! that change state; POD_NAME and POD_NAMESPACE are used when present, never required.
+//!
+//! Snapshots go through the [`SnapshotControl`] trait, so the server works with a running
+//! snapshotter or with [`StoreSnapshots`] (full snapshots taken here, deltas refused).
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod etcdconf;
+pub mod page;
+mod server;
+pub mod snapshots;
+mod tls;
+
+pub use error::Error;
+pub use server::{DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles};
+pub use snapshots::{Latest, SnapshotControl, SnapshotJson, StoreSnapshots};

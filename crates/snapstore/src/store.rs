@@ -207,10 +207,11 @@ impl OpendalStore {
         let op = &call.op;
         let span = debug_span!("snapstore.check", provider = %self.s.provider, container = %self.s.container);
         async {
-            let mut lister = op.lister_with("/").await.map_err(|e| call.err("", e))?;
+            let container = &self.s.container;
+            let mut lister = op.lister_with("/").await.map_err(|e| container_missing(container, call.err("", e)))?;
             match lister.try_next().await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(call.err("", e)),
+                Err(e) => Err(container_missing(container, call.err("", e))),
             }
         }
         .instrument(span)
@@ -336,12 +337,17 @@ impl Settings {
             }
             (Provider::OSS, Credentials::Oss(c)) => {
                 let endpoint = self.endpoint_override.clone().unwrap_or_else(|| c.endpoint.clone());
-                let builder = services::Oss::default()
+                let mut builder = services::Oss::default()
                     .bucket(&self.container)
                     .root("/")
                     .endpoint(&endpoint)
                     .access_key_id(&c.access_key_id)
                     .access_key_secret(c.access_key_secret.expose());
+                // An IP address cannot take the bucket as a subdomain; Alibaba's own SDK switches
+                // to path-style requests for IP endpoints, and so do we.
+                if host_is_ip(&endpoint) {
+                    builder = builder.addressing_style("path");
+                }
                 Operator::new(builder).map_err(backend)?
             }
             (p, c) => {
@@ -398,6 +404,29 @@ impl Settings {
             b = b.server_side_encryption_with_customer_key(alg, key.expose().as_bytes());
         }
         Ok(b)
+    }
+}
+
+/// Whether the host of `endpoint` (`scheme://host:port/...` or `host:port`) is an IP address.
+fn host_is_ip(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// A listing (or check) that finds no container at all must not read as "no objects".
+fn container_missing(container: &str, err: StoreError) -> StoreError {
+    match err {
+        StoreError::NotFound { key } => StoreError::Other {
+            key,
+            retryable: false,
+            source: format!("bucket/container {container:?} does not exist").into(),
+        },
+        other => other,
     }
 }
 
@@ -543,7 +572,11 @@ impl Snapstore for OpendalStore {
         let span = debug_span!("snapstore.list", provider = %self.s.provider, prefix, objects = field::Empty);
         async {
             let dir = list_dir(prefix);
-            let entries = op.list_with(dir).recursive(true).await.map_err(|e| call.err(prefix, e))?;
+            let entries = op
+                .list_with(dir)
+                .recursive(true)
+                .await
+                .map_err(|e| container_missing(&self.s.container, call.err(prefix, e)))?;
             let temp_prefix = format!("{LOCAL_TEMP_DIR}/");
             let mut out: Vec<ObjectMeta> = entries
                 .into_iter()
@@ -667,6 +700,16 @@ impl Snapstore for OpendalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_endpoints_are_recognised() {
+        assert!(host_is_ip("http://127.0.0.1:9000"));
+        assert!(host_is_ip("127.0.0.1:9000/x"));
+        assert!(host_is_ip("https://[::1]:443"));
+        assert!(host_is_ip("10.0.0.1"));
+        assert!(!host_is_ip("https://oss-eu-central-1.aliyuncs.com"));
+        assert!(!host_is_ip("localhost:9000"));
+    }
 
     #[test]
     fn list_dir_is_the_prefix_directory() {

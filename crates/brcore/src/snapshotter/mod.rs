@@ -423,6 +423,7 @@ impl Snapshotter {
         let mut full_task: Option<JoinHandle<(Result<FullSnapshot, Error>, Duration)>> = None;
         let mut defrag_task: Option<JoinHandle<(Result<(), EtcdError>, Duration)>> = None;
         let mut requests = std::mem::replace(&mut self.requests, mpsc::channel(1).1);
+        let mut requests_closed = false;
         tokio::pin!(shutdown);
 
         let result = loop {
@@ -519,7 +520,7 @@ impl Snapshotter {
                         }
                     }
                 }
-                request = requests.recv() => {
+                request = requests.recv(), if !requests_closed => {
                     match request {
                         Some(Request::Full { is_final, reply }) => {
                             info!(is_final, "full snapshot requested");
@@ -544,11 +545,25 @@ impl Snapshotter {
                                 defrag_task = Some(self.spawn_defrag());
                             }
                         }
-                        None => {}
+                        None => requests_closed = true,
                     }
                 }
                 item = async { watch.as_mut().expect("guarded by the condition").next().await }, if read_watch => {
                     match item {
+                        Some(Ok(batch)) if batch.events.is_empty()
+                            && batch.header_revision > 0
+                            && core.watched.is_some_and(|w| (batch.header_revision as u64) < w) =>
+                        {
+                            // etcd is behind revisions it already delivered: it was restored
+                            // from an older backup. Its history differs from the chain's.
+                            warn!(
+                                etcd_revision = batch.header_revision,
+                                watched = core.watched,
+                                "etcd's revision went backwards (restored from a backup?); starting a new chain"
+                            );
+                            watch = None;
+                            self.restart_chain(&mut core, false).await;
+                        }
                         Some(Ok(batch)) => {
                             core.watch_backoff.reset();
                             self.accept(&mut core, batch.events).await;
@@ -681,7 +696,14 @@ impl Snapshotter {
         warn!(requested, compact_revision, "etcd compacted the revisions the watch needs; taking a full snapshot");
         self.metrics.failure("compacted");
         core.report.compactions_seen += 1;
-        if let Err(e) = self.flush(core).await {
+        self.restart_chain(core, true).await;
+    }
+
+    /// Forgets the chain and takes a full snapshot to start a new one; the watch reopens at
+    /// etcd's current revision. `keep_buffered` first stores the events received so far (they
+    /// belong to the old chain and are still valid).
+    async fn restart_chain(&self, core: &mut Core, keep_buffered: bool) {
+        if keep_buffered && let Err(e) = self.flush(core).await {
             warn!(error = %e, "could not store the events received before the compaction; the full snapshot covers them");
         }
         core.chain = None;

@@ -3,6 +3,7 @@
 mod db;
 pub(crate) mod initialize;
 mod restore;
+pub(crate) mod server;
 pub(crate) mod snapshot;
 
 use crate::flags::Command;
@@ -25,6 +26,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Db(cmd) => db::run(cmd),
         Command::Initialize(args) => initialize::run(args).await,
         Command::Snapshot(args) => snapshot::run(args).await,
+        Command::Server(args) => server::run(args).await,
     }
 }
 

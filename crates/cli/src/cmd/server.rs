@@ -1,0 +1,520 @@
+//! `etcdbrctl server`: the HTTP API of the reference's sidecar (initialization, snapshots on
+//! demand, `/config`, `/healthz`, `/metrics`, a status page), plus the snapshotter whenever
+//! etcd is reachable, until SIGTERM or ctrl-c.
+//!
+//! The snapshotter is stopped while an initialization runs (the data dir is being replaced) and
+//! started again once etcd answers; `/healthz` is 200 only while it runs, as in the reference.
+//! Without `--storage-provider` there is no store: initialization keeps a valid data dir or
+//! lets etcd start empty, the snapshot endpoints answer 405, and `/healthz` follows etcd.
+
+use std::future::Future;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use brcore::etcd::{EtcdClient, EtcdSource};
+use brcore::snapshotter::Snapshotter;
+use brcore::snapshotter::full::FullOptions;
+use clap::Args;
+use httpd::{
+    InitStatus, Initialization, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots, TlsFiles,
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use validator::{InitOptions, Initializer, Mode};
+
+use super::initialize::ValidationMode;
+use super::snapshot::{SnapshotArgs, SnapshotPlan};
+use super::store_config;
+use crate::flags::RestoreArgs;
+
+/// How often etcd is asked whether it is up while the snapshotter waits for it.
+const ETCD_POLL: Duration = Duration::from_secs(2);
+
+/// `etcdbrctl server`: the reference's flags, names and defaults.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Port of the HTTP API (all interfaces).
+    #[arg(short = 'p', long, default_value_t = 8080)]
+    pub server_port: u16,
+    /// Certificate (PEM) to serve HTTPS with (with --server-key).
+    #[arg(long, requires = "server_key")]
+    pub server_cert: Option<PathBuf>,
+    /// Private key (PEM) of --server-cert.
+    #[arg(long, requires = "server_cert")]
+    pub server_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on the endpoints that change state
+    /// (/initialization/start, /snapshot/full, /snapshot/delta); reads stay open.
+    #[arg(long, env = "ETCDBR_SERVER_AUTH_TOKEN", hide_env_values = true)]
+    pub server_auth_token: Option<String>,
+    /// Validation depth when /initialization/start names no mode.
+    #[arg(long, value_enum, default_value = "full")]
+    pub validation_mode: ValidationMode,
+    /// Delete the invalid member dir after a successful restore instead of keeping it as
+    /// `<data-dir>/member.<unix-seconds>.bak`.
+    #[arg(long)]
+    pub delete_invalid_member_dir: bool,
+    /// etcd connection, snapshotter, store, compression and defragmentation flags: those of
+    /// `etcdbrctl snapshot`.
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+    /// The data dir and how to restore it: the flags of `etcdbrctl restore` (the store flags
+    /// are shared with the snapshotter).
+    #[command(flatten)]
+    pub restore: ServerRestoreArgs,
+    /// Not supported: pass flags instead (the reference's config file replaces every flag).
+    #[arg(long, hide = true)]
+    pub config_file: Option<PathBuf>,
+    /// Accepted for compatibility with the Go etcdbrctl; profiling endpoints are not served.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_profiling: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; etcd-wrapper restarts are not driven.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub use_etcd_wrapper: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl (multi-member features); unused.
+    #[arg(long, hide = true)]
+    pub service_endpoints: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl (Kubernetes leases); unused.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_snapshot_lease_renewal: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl (Kubernetes leases); unused.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_member_lease_renewal: Option<String>,
+}
+
+/// The restore flags of `etcdbrctl server` (the store flags come with the snapshotter's).
+#[derive(Debug, Args)]
+pub struct ServerRestoreArgs {
+    /// The data dir etcd runs on, validated and restored by /initialization/start.
+    #[arg(short = 'd', long, default_value = "default.etcd")]
+    pub data_dir: PathBuf,
+    /// Where the decompressed full snapshot is kept while it is read (default: beside the data dir).
+    #[arg(long)]
+    pub restoration_temp_snapshots_dir: Option<PathBuf>,
+    /// This member's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The cluster: name=peer-url pairs, comma separated.
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// The cluster token that seeds member and cluster ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs; must match its entry in --initial-cluster.
+    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Accept a full snapshot that carries no sha256 trailer.
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// Deltas downloaded at once.
+    #[arg(long, default_value_t = 6)]
+    pub max_fetchers: usize,
+    /// Refuse a restored db larger than this (etcd's --quota-backend-bytes).
+    #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub embedded_etcd_quota_bytes: u64,
+    /// TTL in seconds for leases the deltas reference but the full snapshot lacks.
+    #[arg(long)]
+    pub lease_ttl: Option<i64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_request_bytes: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_txn_ops: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub max_call_send_message_size: Option<u64>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub auto_compaction_mode: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
+    #[arg(long, hide = true)]
+    pub auto_compaction_retention: Option<String>,
+}
+
+impl ServerArgs {
+    /// The `restore` flags these amount to, for `restore::plan`.
+    fn restore_args(&self) -> RestoreArgs {
+        let r = &self.restore;
+        RestoreArgs {
+            store: self.snapshot.store.clone(),
+            data_dir: r.data_dir.clone(),
+            restoration_temp_snapshots_dir: r.restoration_temp_snapshots_dir.clone(),
+            name: r.name.clone(),
+            initial_cluster: r.initial_cluster.clone(),
+            initial_cluster_token: r.initial_cluster_token.clone(),
+            initial_advertise_peer_urls: r.initial_advertise_peer_urls.clone(),
+            skip_hash_check: r.skip_hash_check,
+            max_fetchers: r.max_fetchers,
+            embedded_etcd_quota_bytes: r.embedded_etcd_quota_bytes,
+            to_revision: None,
+            to_time: None,
+            bump_revision: None,
+            mark_compacted: false,
+            lease_ttl: r.lease_ttl,
+            dry_run: false,
+            max_request_bytes: None,
+            max_txn_ops: None,
+            max_call_send_message_size: None,
+            auto_compaction_mode: None,
+            auto_compaction_retention: None,
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Everything a server run needs, checked.
+struct Setup {
+    server: Server,
+    snapshots: Option<(Arc<dyn brcore::Snapstore>, SnapshotPlan)>,
+    etcd: Arc<EtcdClient>,
+    listen: SocketAddr,
+}
+
+fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
+    if args.config_file.is_some() {
+        bail!("--config-file is not supported; pass the settings as flags");
+    }
+    let plan = super::restore::plan(&args.restore_args())?;
+    let snap = super::snapshot::plan(&args.snapshot)?;
+    let mode = match args.validation_mode {
+        ValidationMode::Sanity => Mode::Sanity,
+        ValidationMode::Full => Mode::Full,
+    };
+    let etcd = Arc::new(EtcdClient::new(snap.etcd.clone()));
+    let metrics = brcore::metrics::metrics().clone();
+    let (initializer, snapshots, store) = if args.snapshot.store.storage_provider.trim().is_empty() {
+        (Initializer::without_store(), None, None)
+    } else {
+        let store = snapstore::open(&store_config(&args.snapshot.store)).context("cannot open the backup store")?;
+        let s = &snap.snapshotter;
+        let options = FullOptions {
+            prefix: s.prefix.clone(),
+            compression: s.compression,
+            write: s.write.clone(),
+            temp_dir: s.temp_dir.clone(),
+            timeout: s.snapshot_timeout,
+            is_final: false,
+        };
+        let control: Arc<dyn SnapshotControl> =
+            Arc::new(StoreSnapshots::new(etcd.clone(), store.clone(), options, metrics.clone()));
+        (Initializer::new(store.clone()), Some(control), Some(store))
+    };
+    let config = ServerConfig {
+        tls: match (&args.server_cert, &args.server_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
+        auth_token: args.server_auth_token.clone().filter(|t| !t.is_empty()),
+        etcd_conf: env("ETCD_CONF").map(PathBuf::from),
+        config_output: env("HOME").map(|h| PathBuf::from(h).join("etcd.conf.yaml")),
+        pod_name: env("POD_NAME"),
+        default_mode: mode,
+    };
+    let init = Initialization {
+        initializer,
+        options: InitOptions {
+            mode,
+            plan,
+            namespace: env("POD_NAMESPACE"),
+            remove_set_aside: args.delete_invalid_member_dir,
+        },
+    };
+    let server = Server::new(config, init, snapshots, metrics);
+    Ok(Setup {
+        server,
+        snapshots: store.map(|st| (st, snap)),
+        etcd,
+        listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
+    })
+}
+
+/// Runs the server until SIGTERM or ctrl-c.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let setup = setup(&args)?;
+    let listener = bind(setup.listen).await?;
+    serve(setup, listener, stop_signal()).await
+}
+
+/// Listens on all interfaces: IPv6 and IPv4 where the system allows both on one socket, IPv4
+/// alone otherwise.
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            warn!(error = %e, "cannot listen on {addr}; trying {v4}");
+            tokio::net::TcpListener::bind(v4).await.with_context(|| format!("cannot listen on port {}", addr.port()))
+        }
+    }
+}
+
+async fn serve(
+    setup: Setup,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
+    let handle = setup.server.handle();
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(setup.server.serve(listener, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    supervise(&handle, setup.etcd, setup.snapshots, stop_rx).await;
+    match server.await {
+        Ok(result) => result.context("the HTTP server failed"),
+        Err(e) => bail!("the HTTP server task died: {e}"),
+    }
+}
+
+/// Waits until `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Waits until etcd answers (and no initialization runs); `false` if told to stop first.
+async fn wait_for_etcd(etcd: &EtcdClient, handle: &ServerHandle, stop: &watch::Receiver<bool>) -> bool {
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        if handle.init_status() != InitStatus::Progress {
+            match etcd.status().await {
+                Ok(_) => return true,
+                Err(e) => tracing::debug!(error = %e, "etcd is not reachable yet"),
+            }
+        }
+        tokio::select! {
+            _ = stopped(stop.clone()) => return false,
+            _ = tokio::time::sleep(ETCD_POLL) => {}
+        }
+    }
+}
+
+/// Keeps the snapshotter running while etcd is up and no initialization runs, and `/healthz`
+/// in step with it, until `stop`.
+async fn supervise(
+    handle: &ServerHandle,
+    etcd: Arc<EtcdClient>,
+    snapshots: Option<(Arc<dyn brcore::Snapstore>, SnapshotPlan)>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if !wait_for_etcd(&etcd, handle, &stop).await {
+            return;
+        }
+        let Some((store, plan)) = &snapshots else {
+            // No store: healthy while etcd answers.
+            handle.set_healthy(true);
+            tokio::select! {
+                _ = stopped(stop.clone()) => return,
+                _ = tokio::time::sleep(ETCD_POLL) => {}
+            }
+            if etcd.status().await.is_err() {
+                handle.set_healthy(false);
+            }
+            continue;
+        };
+        info!(endpoints = ?plan.etcd.endpoints, schedule = plan.snapshotter.full_schedule.as_str(), "starting the snapshotter");
+        handle.set_healthy(true);
+        let mut init = handle.subscribe();
+        let until = {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stopped(stop) => {}
+                    _ = init.wait_for(|s| *s == InitStatus::Progress) => info!("initialization started: stopping the snapshotter"),
+                }
+            }
+        };
+        let source: Arc<dyn EtcdSource> = etcd.clone();
+        let snapshotter =
+            Snapshotter::new(source, store.clone(), plan.snapshotter.clone(), brcore::metrics::metrics().clone());
+        // The snapshotter rides out etcd outages by itself; /healthz follows etcd meanwhile.
+        let checker = {
+            let (etcd, handle) = (etcd.clone(), handle.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ETCD_POLL).await;
+                    let up = etcd.status().await.is_ok();
+                    if handle.init_status() != InitStatus::Progress {
+                        handle.set_healthy(up);
+                    }
+                }
+            })
+        };
+        let result = snapshotter.run(until).await;
+        checker.abort();
+        handle.set_healthy(false);
+        match result {
+            Ok(report) => {
+                backoff = Duration::from_secs(1);
+                info!(
+                    full_snapshots = report.full_snapshots,
+                    delta_snapshots = report.delta_snapshots,
+                    last_revision = report.last_revision,
+                    "snapshotter stopped"
+                );
+            }
+            Err(e) => {
+                error!(error = %e, retry_in = ?backoff, "the snapshotter failed");
+                tokio::select! {
+                    _ = stopped(stop.clone()) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(128));
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    use clap::Parser;
+    use testsupport::{Etcd, EtcdVersion};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ServerArgs, clap::Error> {
+        let mut full = vec!["etcdbrctl"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.server_port, 8080);
+        assert_eq!(a.validation_mode, ValidationMode::Full);
+        assert_eq!(a.restore.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(a.snapshot.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(a.snapshot.defragmentation_schedule, "0 0 */3 * *");
+        let s = setup(&a).unwrap();
+        assert!(s.snapshots.is_none(), "no --storage-provider, no store");
+        assert_eq!(s.listen.port(), 8080);
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        assert!(parse(&["--server-cert", "/c.pem"]).is_err(), "a certificate needs its key");
+        assert!(parse(&["--validation-mode", "deep"]).is_err());
+        let a = parse(&["-p", "9000", "--name", "m1", "--initial-cluster", "m0=http://a:2380"]).unwrap();
+        let e = setup(&a).err().expect("--name must be in --initial-cluster").to_string();
+        assert!(e.contains("m1"), "{e}");
+        let a = parse(&["--config-file", "/etc/br.yaml"]).unwrap();
+        assert!(setup(&a).is_err());
+        let a = parse(&["--use-etcd-wrapper", "--enable-profiling=false", "--server-auth-token", "x"]).unwrap();
+        assert!(setup(&a).is_ok(), "compatibility flags are accepted");
+    }
+
+    /// `GET path` over HTTP/1.0: (status code, body).
+    fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// The whole command against a real etcd and a Local store: the snapshotter starts once
+    /// etcd answers, `/healthz` follows it, its first full snapshot is listed, and the server
+    /// stops cleanly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_and_snapshots_a_real_etcd() {
+        let tmp = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(EtcdVersion::V3_5);
+        etcd.etcdctl(&["put", "k", "v"]);
+        let port = testsupport::free_port();
+        let store = tmp.path().join("store");
+        let data = tmp.path().join("data");
+        let tmpdir = tmp.path().join("tmp");
+        let argv = [
+            "-p",
+            &port.to_string(),
+            "--endpoints",
+            &etcd.endpoint(),
+            "--storage-provider",
+            "Local",
+            "--store-container",
+            store.to_str().unwrap(),
+            "--snapstore-temp-directory",
+            tmpdir.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        let args = parse(&argv).unwrap();
+        let setup = setup(&args).unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(serve(setup, listener, async {
+            let _ = rx.await;
+        }));
+        let revision = etcd.revision();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let latest = loop {
+            let got = tokio::task::spawn_blocking(move || http_get(port, "/snapshot/latest")).await.unwrap();
+            if let Some((200, body)) = got
+                && body.contains(&format!("Full-00000000-{revision:08}-"))
+            {
+                break body;
+            }
+            assert!(Instant::now() < deadline, "no full snapshot listed within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(latest.contains("\"fullSnapshot\":{\"kind\":\"Full\""), "{latest}");
+        let health = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
+        assert_eq!(health, Some((200, "{\"health\":true}".into())));
+        tx.send(()).unwrap();
+        run.await.unwrap().unwrap();
+        assert!(http_get(port, "/healthz").is_none(), "the port is closed after stopping");
+    }
+}

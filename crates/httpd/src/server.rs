@@ -1,0 +1,552 @@
+//! The HTTP server: [`Server`], its routes, the initialization state machine and HTTPS.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use brcore::metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use validator::{Action, InitOptions, Initializer, Mode, Outcome};
+
+use crate::error::Error;
+use crate::etcdconf;
+use crate::page::{self, PageData};
+use crate::snapshots::{LatestJson, SnapshotControl, SnapshotJson};
+
+/// Where `/config` reads the etcd config when `ETCD_CONF` is not set (the reference's default).
+pub const DEFAULT_ETCD_CONF: &str = "/var/etcd/config/etcd.conf.yaml";
+
+/// How many server-side failures the status page remembers.
+const KEPT_ERRORS: usize = 20;
+
+/// The initialization state machine of `/initialization/*`, as the reference's.
+///
+/// `New` → (`/initialization/start`) → `Progress` → `Successful` | `Failed`; reading a final
+/// state through `/initialization/status` returns it once and resets the machine to `New`, so
+/// the etcd side can start another initialization after its next restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitStatus {
+    /// Nothing running; `/initialization/start` starts one.
+    New,
+    /// Validation (and maybe a restore) is running.
+    Progress,
+    /// The last initialization finished; etcd may start.
+    Successful,
+    /// The last initialization failed; see the log or the status page.
+    Failed,
+}
+
+impl InitStatus {
+    /// The body of `/initialization/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitStatus::New => "New",
+            InitStatus::Progress => "Progress",
+            InitStatus::Successful => "Successful",
+            InitStatus::Failed => "Failed",
+        }
+    }
+}
+
+/// Certificate and key files for HTTPS (`--server-cert`, `--server-key`), PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How the server behaves (the `server` sub-command's flags and environment, checked).
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    /// Serve HTTPS with these files instead of HTTP.
+    pub tls: Option<TlsFiles>,
+    /// When set, `/initialization/start` and `/snapshot/*` triggers need
+    /// `Authorization: Bearer <token>`; reads stay open.
+    pub auth_token: Option<String>,
+    /// The etcd config `/config` reads (`$ETCD_CONF`; [`DEFAULT_ETCD_CONF`] when `None`).
+    pub etcd_conf: Option<PathBuf>,
+    /// Where `/config` also writes what it serves (the reference writes `$HOME/etcd.conf.yaml`).
+    pub config_output: Option<PathBuf>,
+    /// This member's name from the environment (`POD_NAME`), used by `/config`.
+    pub pod_name: Option<String>,
+    /// Validation mode when `/initialization/start` has no `mode` (`--validation-mode`).
+    pub default_mode: Mode,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches a log.
+        f.debug_struct("ServerConfig")
+            .field("tls", &self.tls)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field("etcd_conf", &self.etcd_conf)
+            .field("config_output", &self.config_output)
+            .field("pod_name", &self.pod_name)
+            .field("default_mode", &self.default_mode)
+            .finish()
+    }
+}
+
+/// What `/initialization/start` runs: the initializer and the options of every run (their
+/// `mode` is replaced by the request's).
+#[derive(Debug, Clone)]
+pub struct Initialization {
+    /// Validates and restores.
+    pub initializer: Initializer,
+    /// The data dir, restore plan and namespace.
+    pub options: InitOptions,
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    errors: VecDeque<(i64, String)>,
+    last_initialization: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ServerConfig,
+    init: Initialization,
+    snapshots: Option<Arc<dyn SnapshotControl>>,
+    metrics: Metrics,
+    status: watch::Sender<InitStatus>,
+    healthy: AtomicBool,
+    events: Mutex<Events>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Shared {
+    /// Remembers a server-side failure for the status page (4xx are the client's and are not kept).
+    fn record(&self, what: &str, e: &Error) {
+        if e.status().is_server_error() {
+            self.remember(format!("{what}: {e}"));
+        }
+    }
+
+    fn remember(&self, line: String) {
+        if let Ok(mut ev) = self.events.lock() {
+            if ev.errors.len() == KEPT_ERRORS {
+                ev.errors.pop_front();
+            }
+            ev.errors.push_back((unix_now(), line));
+        }
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Error> {
+        let Some(token) = self.config.auth_token.as_deref() else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            _ => Err(Error::Unauthorized),
+        }
+    }
+
+    fn snapshots(&self) -> Result<&Arc<dyn SnapshotControl>, Error> {
+        self.snapshots.as_ref().ok_or_else(|| {
+            Error::NotConfigured("snapshots are not configured on this server (no --storage-provider)".into())
+        })
+    }
+
+    fn refuse_while_initializing(&self) -> Result<(), Error> {
+        if *self.status.borrow() == InitStatus::Progress {
+            return Err(Error::Busy(
+                "initialization is running and replaces the data dir; snapshots resume once etcd is back".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Compares two secrets without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Go's `strconv.ParseBool`, which the reference uses for `?final=`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// The etcdbrctl HTTP server (see the crate docs for the endpoints).
+#[derive(Debug, Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+/// A handle on a running [`Server`] for the code around it: report health, follow
+/// initializations (to pause the snapshotter while the data dir is replaced).
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Sets what `/healthz` answers: 200 when `true` (etcd reachable and snapshots running), 503
+    /// otherwise. Starting an initialization sets it to `false`.
+    pub fn set_healthy(&self, healthy: bool) {
+        if self.shared.healthy.swap(healthy, Ordering::SeqCst) != healthy {
+            info!(healthy, "health changed");
+        }
+    }
+
+    /// The initialization status, without resetting a final one.
+    pub fn init_status(&self) -> InitStatus {
+        *self.shared.status.borrow()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<InitStatus> {
+        self.shared.status.subscribe()
+    }
+}
+
+impl Server {
+    /// A server that initializes with `init`, takes snapshots through `snapshots` (`None`: no
+    /// store, the snapshot endpoints answer 405 as the reference's) and exports `metrics`.
+    pub fn new(
+        config: ServerConfig,
+        init: Initialization,
+        snapshots: Option<Arc<dyn SnapshotControl>>,
+        metrics: Metrics,
+    ) -> Server {
+        let (status, _) = watch::channel(InitStatus::New);
+        Server {
+            shared: Arc::new(Shared {
+                config,
+                init,
+                snapshots,
+                metrics,
+                status,
+                healthy: AtomicBool::new(false),
+                events: Mutex::new(Events::default()),
+            }),
+        }
+    }
+
+    /// A handle for health and status.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone() }
+    }
+
+    /// The routes, for embedding in another axum app or serving by hand. As in the reference,
+    /// the handlers answer any method.
+    pub fn router(&self) -> Router {
+        let tls = self.shared.config.tls.is_some();
+        Router::new()
+            .route("/", any(page_handler))
+            .route("/initialization/start", any(init_start))
+            .route("/initialization/status", any(init_status))
+            .route("/snapshot/full", any(snapshot_full))
+            .route("/snapshot/delta", any(snapshot_delta))
+            .route("/snapshot/latest", any(snapshot_latest))
+            .route("/config", any(config))
+            .route("/healthz", any(healthz))
+            .route("/metrics", any(metrics))
+            .fallback(|| async { (StatusCode::NOT_FOUND, "not found; see / for the endpoints\n") })
+            .layer(axum::middleware::map_response(move |mut r: Response| async move {
+                let h = r.headers_mut();
+                h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+                // The status page has inline CSS and nothing else.
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+                );
+                if tls {
+                    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+                }
+                r
+            }))
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves on `listener` (HTTP, or HTTPS when the config has [`TlsFiles`]) until `shutdown`
+    /// completes. Fails only when the certificate or key cannot be loaded, or the listener
+    /// fails; a failing request or connection never stops the server.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+        let router = self.router();
+        match self.shared.config.tls.clone() {
+            None => {
+                info!(%addr, "serving HTTP");
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(|e| Error::Internal(format!("HTTP server on {addr}: {e}")))
+            }
+            Some(files) => {
+                let acceptor = crate::tls::acceptor(&files)?;
+                info!(%addr, cert = %files.cert.display(), "serving HTTPS");
+                crate::tls::serve(listener, acceptor, router, shutdown).await
+            }
+        }
+    }
+}
+
+async fn page_handler(State(s): State<Arc<Shared>>) -> Response {
+    let status = s.status.borrow().as_str();
+    let latest = match &s.snapshots {
+        None => None,
+        Some(c) => Some(c.latest().await.map_err(|e| e.to_string())),
+    };
+    let (errors, last) = match s.events.lock() {
+        Ok(ev) => (ev.errors.iter().cloned().collect(), ev.last_initialization.clone()),
+        Err(_) => (Vec::new(), None),
+    };
+    let member = s.config.pod_name.clone().or_else(|| Some(s.init.options.plan.name.clone()));
+    let html = page::render(&PageData {
+        init_status: status,
+        last_initialization: last.as_deref(),
+        healthy: s.healthy.load(Ordering::SeqCst),
+        latest,
+        errors,
+        member: member.as_deref(),
+    });
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+async fn init_start(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<StatusCode, Error> {
+    s.authorize(&headers)?;
+    let mode = match q.get("mode").map(String::as_str) {
+        None | Some("") => s.config.default_mode,
+        Some("full") => Mode::Full,
+        Some("sanity") => Mode::Sanity,
+        Some(other) => return Err(Error::BadRequest(format!("unknown mode {other:?}: use full or sanity"))),
+    };
+    let started = s.status.send_if_modified(|st| {
+        if *st == InitStatus::New {
+            *st = InitStatus::Progress;
+            true
+        } else {
+            false
+        }
+    });
+    if !started {
+        // As the reference: a second start while one runs (or before its result was read) is a
+        // no-op that still answers 200.
+        info!(status = s.status.borrow().as_str(), "initialization already started; nothing to do");
+        return Ok(StatusCode::OK);
+    }
+    s.healthy.store(false, Ordering::SeqCst);
+    info!(mode = %mode, "initialization started");
+    let shared = s.clone();
+    tokio::spawn(async move {
+        let mut opts = shared.init.options.clone();
+        opts.mode = mode;
+        let initializer = shared.init.initializer.clone();
+        // A separate task, so even a panic inside becomes `Failed` instead of a stuck `Progress`.
+        let run = tokio::spawn(async move { initializer.initialize(&opts).await });
+        let (status, line) = match run.await {
+            Ok(Ok(outcome)) => {
+                let line = summarize(&outcome);
+                info!("initialization succeeded: {line}");
+                (InitStatus::Successful, line)
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "initialization failed");
+                shared.remember(format!("initialization: {e}"));
+                (InitStatus::Failed, format!("failed: {e}"))
+            }
+            Err(e) => {
+                error!(error = %e, "initialization task died");
+                shared.remember(format!("initialization: {e}"));
+                (InitStatus::Failed, format!("failed: the initialization task died ({e})"))
+            }
+        };
+        if let Ok(mut ev) = shared.events.lock() {
+            ev.last_initialization = Some(format!("{} ({line})", humantime::format_rfc3339_seconds(SystemTime::now())));
+        }
+        shared.status.send_replace(status);
+    });
+    Ok(StatusCode::OK)
+}
+
+fn summarize(o: &Outcome) -> String {
+    let v = &o.validation;
+    let action = match &o.action {
+        Action::Nothing => "data dir kept".to_string(),
+        Action::Restored(r) => {
+            format!("restored revision {} from {} + {} delta(s)", r.stats.revision, r.full, r.deltas.len())
+        }
+        Action::FreshStart => "no backups to restore from: etcd starts empty".to_string(),
+    };
+    format!("{} validation: {}; {action}", v.mode, v.verdict)
+}
+
+async fn init_status(State(s): State<Arc<Shared>>) -> String {
+    let mut seen = InitStatus::New;
+    s.status.send_if_modified(|st| {
+        seen = *st;
+        if matches!(st, InitStatus::Successful | InitStatus::Failed) {
+            *st = InitStatus::New;
+            true
+        } else {
+            false
+        }
+    });
+    seen.as_str().to_string()
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Response, Error> {
+    serde_json::to_string(v).map(json).map_err(|e| Error::Internal(format!("cannot encode JSON: {e}")))
+}
+
+async fn snapshot_full(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
+    s.authorize(&headers)?;
+    let is_final = match q.get("final").map(String::as_str) {
+        None | Some("") => false,
+        Some(v) => parse_go_bool(v)
+            .ok_or_else(|| Error::BadRequest(format!("final={v:?} is not a boolean (true or false)")))?,
+    };
+    let ctl = s.snapshots()?;
+    s.refuse_while_initializing()?;
+    match ctl.full(is_final).await {
+        Ok(snap) => to_json(&SnapshotJson::from(&snap)),
+        Err(e) => {
+            s.record("full snapshot", &e);
+            Err(e)
+        }
+    }
+}
+
+async fn snapshot_delta(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, Error> {
+    s.authorize(&headers)?;
+    let ctl = s.snapshots()?;
+    s.refuse_while_initializing()?;
+    match ctl.delta().await {
+        Ok(snap) => to_json(&snap.as_ref().map(SnapshotJson::from)),
+        Err(e) => {
+            s.record("delta snapshot", &e);
+            Err(e)
+        }
+    }
+}
+
+async fn snapshot_latest(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
+    let ctl = s.snapshots()?;
+    match ctl.latest().await {
+        Ok(latest) => to_json(&LatestJson::from(&latest)),
+        Err(e) => {
+            s.record("latest snapshots", &e);
+            Err(e)
+        }
+    }
+}
+
+async fn config(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
+    let path = s.config.etcd_conf.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_CONF));
+    let result = render_config(&path, s.config.pod_name.as_deref(), s.config.config_output.as_deref()).await;
+    match result {
+        Ok(text) => Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response()),
+        Err(e) => {
+            s.record("config", &e);
+            Err(e)
+        }
+    }
+}
+
+async fn render_config(path: &Path, pod_name: Option<&str>, output: Option<&Path>) -> Result<String, Error> {
+    let shown = path.display().to_string();
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| Error::EtcdConfig {
+        path: shown.clone(),
+        why: format!("cannot read it ({e}); set ETCD_CONF to the etcd config file"),
+    })?;
+    let rendered =
+        etcdconf::render_for_member(&text, pod_name).map_err(|why| Error::EtcdConfig { path: shown, why })?;
+    if let Some(out) = output {
+        write_atomically(out, rendered.as_bytes())
+            .await
+            .map_err(|e| Error::Internal(format!("cannot write the rendered etcd config to {}: {e}", out.display())))?;
+    }
+    Ok(rendered)
+}
+
+/// Writes `bytes` to a temp file beside `path` and renames it over `path`, so a reader never
+/// sees half a config.
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    tokio::fs::write(&tmp, bytes).await?;
+    if let Err(e) = tokio::fs::rename(&tmp, path).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let healthy = s.healthy.load(Ordering::SeqCst);
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], format!("{{\"health\":{healthy}}}")).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let text = s.metrics.encode_text();
+    if text.is_empty() {
+        warn!("the metrics registry encoded to nothing");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_bools_and_token_comparison() {
+        assert_eq!(parse_go_bool("True"), Some(true));
+        assert_eq!(parse_go_bool("0"), Some(false));
+        assert_eq!(parse_go_bool("yes"), None);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn the_token_stays_out_of_debug_output() {
+        let c = ServerConfig { auth_token: Some("s3cret".into()), ..Default::default() };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,435 @@
+//! The HTTP server over real sockets on 127.0.0.1, with real etcd processes and a real Local
+//! store in a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use brcore::chain::Target;
+use brcore::error::Error as CoreError;
+use brcore::etcd::{EtcdClient, EtcdConfig};
+use brcore::metrics::Metrics;
+use brcore::name::Compression;
+use brcore::rebuild::LeasePolicy;
+use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
+use brcore::snapshotter::full::FullOptions;
+use brcore::{Snapstore, WriteOptions};
+use etcd_format::membership::Cluster;
+use httpd::{
+    InitStatus, Initialization, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots, TlsFiles,
+};
+use testsupport::{Etcd, EtcdVersion};
+use tokio::sync::{Semaphore, oneshot};
+use validator::{InitOptions, Initializer, Mode};
+
+/// A server running on a free loopback port until dropped.
+struct Running {
+    base: String,
+    handle: ServerHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), httpd::Error>>>,
+}
+
+impl Running {
+    async fn start(server: Server, scheme: &str) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let handle = server.handle();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Running { base: format!("{scheme}://localhost:{port}"), handle, stop: Some(tx), task: Some(task) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ends cleanly");
+        }
+    }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
+    let temp = dir.join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    snapstore::open(&snapstore::StoreConfig {
+        provider: snapstore::Provider::Local,
+        container: Some(dir.join("store").display().to_string()),
+        temp_dir: temp,
+        ..Default::default()
+    })
+    .expect("open the Local store")
+}
+
+fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
+    RestorePlan {
+        prefix: String::new(),
+        data_dir: data_dir.to_path_buf(),
+        temp_dir: None,
+        cluster: Cluster::from_initial_cluster(initial_cluster, "etcd-cluster").expect("cluster"),
+        name: name.to_string(),
+        target: Target::Latest,
+        max_fetchers: 4,
+        skip_hash_check: false,
+        quota_bytes: None,
+        bump_revision: None,
+        lease_policy: LeasePolicy::default(),
+        dry_run: false,
+    }
+}
+
+fn full_options(dir: &Path) -> FullOptions {
+    FullOptions {
+        prefix: String::new(),
+        compression: Compression::Gzip,
+        write: WriteOptions::default(),
+        temp_dir: dir.join("tmp"),
+        timeout: Duration::from_secs(120),
+        is_final: false,
+    }
+}
+
+/// The offline restorer behind a gate the test opens, so `Progress` can be observed.
+#[derive(Debug)]
+struct GatedRestorer {
+    inner: OfflineRestorer,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Restorer for GatedRestorer {
+    async fn restore(&self, plan: &RestorePlan, progress: Arc<dyn Progress>) -> Result<RestoreReport, CoreError> {
+        let _permit = self.gate.acquire().await.map_err(|e| CoreError::internal(e.to_string()))?;
+        self.inner.restore(plan, progress).await
+    }
+}
+
+/// Reads `/initialization/status` until it leaves `Progress`; returns the final state read.
+async fn wait_for_result(client: &reqwest::Client, s: &Running) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, body) = get(client, &s.url("/initialization/status")).await;
+        assert_eq!(code, 200);
+        if body != "Progress" {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "initialization still in progress after 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The seed's manual-restoration runbook, through the HTTP API: back up, lose the member dir
+/// with etcd down, initialize, boot etcd on the restored dir.
+async fn runbook(version: EtcdVersion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(version);
+    for i in 0..20 {
+        etcd.etcdctl(&["put", &format!("/registry/pods/p{i:02}"), &format!("spec-{i}")]);
+    }
+    etcd.etcdctl(&["del", "/registry/pods/p07"]);
+    let store = local_store(tmp.path());
+    let metrics = Metrics::new();
+    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let snapshots: Arc<dyn SnapshotControl> =
+        Arc::new(StoreSnapshots::new(source, store.clone(), full_options(tmp.path()), metrics.clone()));
+    let gate = Arc::new(Semaphore::new(0));
+    let restorer = Arc::new(GatedRestorer { inner: OfflineRestorer::new(store.clone()), gate: gate.clone() });
+    let peer_url = etcd.peer_url();
+    let init = Initialization {
+        initializer: Initializer::with_restorer(store.clone(), restorer),
+        options: InitOptions {
+            mode: Mode::Full,
+            plan: plan(etcd.data_dir(), &format!("default={peer_url}"), "default"),
+            namespace: None,
+            remove_set_aside: false,
+        },
+    };
+    let server = Server::new(ServerConfig::default(), init, Some(snapshots), metrics);
+    let s = Running::start(server, "http").await;
+    let client = reqwest::Client::new();
+
+    // A full snapshot on demand, at etcd's current revision.
+    let revision = etcd.revision() as u64;
+    let (code, body) = get(&client, &s.url("/snapshot/full")).await;
+    assert_eq!(code, 200, "{body}");
+    let full: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(full["kind"], "Full");
+    assert_eq!(full["lastRevision"].as_u64(), Some(revision), "{body}");
+    assert_eq!(full["isFinal"], false);
+    let name = full["snapName"].as_str().unwrap().to_string();
+    assert!(name.starts_with(&format!("Full-00000000-{revision:08}-")) && name.ends_with(".gz"), "{name}");
+
+    let (code, body) = get(&client, &s.url("/snapshot/latest")).await;
+    assert_eq!(code, 200);
+    let latest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(latest["fullSnapshot"]["snapName"], name.as_str());
+    assert!(latest["deltaSnapshots"].is_null(), "{body}");
+
+    // The status page names the latest full snapshot; the metrics record it.
+    let (code, page) = get(&client, &s.url("/")).await;
+    assert_eq!(code, 200);
+    assert!(page.contains(&name) && page.contains("<b id=\"init-status\">New</b>"), "{page}");
+    let (_, text) = get(&client, &s.url("/metrics")).await;
+    assert!(text.contains(&format!("etcdbr_snapshot_latest_revision{{kind=\"Full\"}} {revision}")), "{text}");
+    assert!(text.contains("etcdbr_snapshot_duration_seconds_count{kind=\"Full\",succeeded=\"true\"} 1"));
+
+    // Deltas need the snapshotter's watch.
+    let (code, body) = get(&client, &s.url("/snapshot/delta")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("own schedule"), "{body}");
+
+    // A write after the backup, then disaster: etcd dies and its member dir is gone.
+    etcd.etcdctl(&["put", "/after-backup", "lost"]);
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data_dir().join("member")).unwrap();
+
+    let (code, body) = get(&client, &s.url("/initialization/status")).await;
+    assert_eq!((code, body.as_str()), (200, "New"));
+    s.handle.set_healthy(true);
+    let (code, _) = get(&client, &s.url("/initialization/start?mode=full")).await;
+    assert_eq!(code, 200);
+    assert_eq!(s.handle.init_status(), InitStatus::Progress);
+    // While the restore waits at the gate: health is down, snapshots are refused, a second
+    // start is a no-op, and the status stays `Progress` however often it is read.
+    let (code, body) = get(&client, &s.url("/healthz")).await;
+    assert_eq!((code, body.as_str()), (503, "{\"health\":false}"));
+    let (code, body) = get(&client, &s.url("/snapshot/full")).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("initialization is running"), "{body}");
+    let (code, _) = get(&client, &s.url("/snapshot/delta")).await;
+    assert_eq!(code, 409);
+    let (code, body) = get(&client, &s.url("/initialization/start")).await;
+    assert_eq!((code, body.as_str()), (200, ""));
+    for _ in 0..3 {
+        assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "Progress");
+    }
+    gate.add_permits(1);
+    assert_eq!(wait_for_result(&client, &s).await, "Successful");
+    assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "New", "a final state is read once");
+    let (_, page) = get(&client, &s.url("/")).await;
+    assert!(page.contains(&format!("restored revision {revision}")), "{page}");
+
+    // etcd boots on the restored data dir as the same member and serves the backed-up data.
+    let peer_port: u16 = peer_url.rsplit(':').next().unwrap().parse().unwrap();
+    let data_dir = etcd.data_dir().to_path_buf();
+    let restored = Etcd::start_on(version, &data_dir, "default", peer_port, testsupport::free_port());
+    assert_eq!(restored.revision() as u64, revision);
+    assert_eq!(restored.etcdctl(&["get", "/registry/pods/p03", "--print-value-only"]).trim(), "spec-3");
+    assert_eq!(restored.etcdctl(&["get", "/registry/pods/p07", "--print-value-only"]).trim(), "");
+    assert_eq!(restored.etcdctl(&["get", "/after-backup", "--print-value-only"]).trim(), "");
+    let keys = restored.etcdctl(&["get", "/registry/", "--prefix", "--keys-only"]);
+    assert_eq!(keys.lines().filter(|l| !l.trim().is_empty()).count(), 19, "{keys}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_restoration_runbook_over_http_etcd_3_5() {
+    runbook(EtcdVersion::V3_5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_restoration_runbook_over_http_etcd_3_4() {
+    runbook(EtcdVersion::V3_4).await;
+}
+
+const ETCD_CONF: &str = "\
+name: etcd-main
+data-dir: /var/etcd/data/new.etcd
+advertise-client-urls:
+  etcd-main-0:
+  - http://etcd-main-0.etcd-main-peer.shoot.svc:2379
+initial-advertise-peer-urls:
+  etcd-main-0:
+  - http://etcd-main-0.etcd-main-peer.shoot.svc:2380
+initial-cluster: etcd-main-0=http://etcd-main-0.etcd-main-peer.shoot.svc:2380
+initial-cluster-state: existing
+";
+
+/// A server with an empty store, a token, an etcd config, and a two-member cluster whose
+/// missing data dir cannot be restored (so initialization fails).
+fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
+    let store = local_store(dir);
+    let conf = dir.join("etcd.conf.yaml");
+    std::fs::write(&conf, ETCD_CONF).unwrap();
+    let out = dir.join("served.conf.yaml");
+    let unreachable = Arc::new(EtcdClient::new(EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{}", testsupport::free_port())],
+        connection_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }));
+    let metrics = Metrics::new();
+    let snapshots: Arc<dyn SnapshotControl> =
+        Arc::new(StoreSnapshots::new(unreachable, store.clone(), full_options(dir), metrics.clone()));
+    let init = Initialization {
+        initializer: Initializer::new(store),
+        options: InitOptions {
+            mode: Mode::Sanity,
+            plan: plan(&dir.join("data"), "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381", "a"),
+            namespace: None,
+            remove_set_aside: false,
+        },
+    };
+    let config = ServerConfig {
+        tls,
+        auth_token: Some("t0ken".into()),
+        etcd_conf: Some(conf),
+        config_output: Some(out.clone()),
+        pod_name: Some("etcd-main-0".into()),
+        default_mode: Mode::Sanity,
+    };
+    (Server::new(config, init, Some(snapshots), metrics), out)
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, out) = guarded_server(tmp.path(), None);
+    let s = Running::start(server, "http").await;
+    let client = reqwest::Client::new();
+    let auth = |url: String| client.get(url).bearer_auth("t0ken");
+
+    // State-changing endpoints need the token; reads do not.
+    for path in ["/initialization/start", "/snapshot/full", "/snapshot/delta"] {
+        let r = client.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let r = client.get(s.url(path)).bearer_auth("wrong").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    assert_eq!(get(&client, &s.url("/initialization/status")).await, (200, "New".into()));
+
+    let r = auth(s.url("/initialization/start?mode=deep")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("unknown mode \"deep\""));
+    let r = auth(s.url("/snapshot/full?final=maybe")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "New", "a refused start changes nothing");
+
+    // etcd is unreachable: the snapshot fails with a 500 that says why, and the server goes on.
+    let r = auth(s.url("/snapshot/full?final=true")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    assert!(r.text().await.unwrap().contains("etcd"));
+    let (code, body) = get(&client, &s.url("/snapshot/latest")).await;
+    assert_eq!((code, body.as_str()), (200, "{\"fullSnapshot\":null,\"deltaSnapshots\":null}"));
+
+    // Initialization that cannot succeed ends as `Failed`, read once.
+    let r = auth(s.url("/initialization/start")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(wait_for_result(&client, &s).await, "Failed");
+    assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "New");
+    let (_, page) = get(&client, &s.url("/")).await;
+    assert!(page.contains("2-member cluster") && page.contains("full snapshot: "), "{page}");
+
+    // Health, metrics, config, unknown paths.
+    assert_eq!(get(&client, &s.url("/healthz")).await, (503, "{\"health\":false}".into()));
+    s.handle.set_healthy(true);
+    assert_eq!(get(&client, &s.url("/healthz")).await, (200, "{\"health\":true}".into()));
+    let (code, text) = get(&client, &s.url("/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(text.contains("etcdbr_snapshot_duration_seconds_count{kind=\"Full\",succeeded=\"false\"} 1"), "{text}");
+    let (code, conf) = get(&client, &s.url("/config")).await;
+    assert_eq!(code, 200, "{conf}");
+    assert!(conf.contains("name: etcd-main-0\n"), "{conf}");
+    assert!(conf.contains("advertise-client-urls: http://etcd-main-0.etcd-main-peer.shoot.svc:2379\n"), "{conf}");
+    assert!(conf.contains("initial-cluster-state: new\n"), "one member: new, whatever the file says\n{conf}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), conf, "the served config is also written");
+    assert_eq!(get(&client, &s.url("/nope")).await.0, 404);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn config_errors_are_500_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _) = guarded_server(tmp.path(), None);
+    std::fs::write(
+        tmp.path().join("etcd.conf.yaml"),
+        "name: x\nadvertise-client-urls:\n  other-0:\n  - http://o:2379\n",
+    )
+    .unwrap();
+    let s = Running::start(server, "http").await;
+    let client = reqwest::Client::new();
+    let (code, body) = get(&client, &s.url("/config")).await;
+    assert_eq!(code, 500);
+    assert!(body.contains("no URLs for member \"etcd-main-0\""), "{body}");
+    std::fs::remove_file(tmp.path().join("etcd.conf.yaml")).unwrap();
+    let (code, body) = get(&client, &s.url("/config")).await;
+    assert_eq!(code, 500);
+    assert!(body.contains("ETCD_CONF"), "{body}");
+    let (_, page) = get(&client, &s.url("/")).await;
+    assert!(page.contains("config: etcd config"), "the page lists the failures\n{page}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_with_a_certificate_from_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (tmp.path().join("ca.crt"), tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
+    // A CA and a leaf for localhost signed by it, as a cluster's cert-manager would issue.
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let (ca_s, ca_key, csr, cert_s, key_s, ext) = (
+        ca.display().to_string(),
+        p("ca.key"),
+        p("tls.csr"),
+        cert.display().to_string(),
+        key.display().to_string(),
+        p("ext"),
+    );
+    std::fs::write(&ext, "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for args in [
+        [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test-ca", "-keyout", &ca_key, "-out", &ca_s]]
+            .concat(),
+        [&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", &key_s, "-out", &csr]].concat(),
+        vec!["x509", "-req", "-in", &csr, "-CA", &ca_s, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2"]
+            .into_iter()
+            .chain(["-extfile", &ext, "-out", &cert_s])
+            .collect(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(tmp.path())
+            .output()
+            .expect("openssl (apt-get install openssl) makes the test certificates");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (server, _) = guarded_server(tmp.path(), Some(TlsFiles { cert: cert.clone(), key }));
+    let s = Running::start(server, "https").await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let r = client.get(s.url("/initialization/status")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(r.text().await.unwrap(), "New");
+    let r = client.get(s.url("/snapshot/full")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the token is checked over HTTPS too");
+    // A plain-HTTP client gets no answer, and the server keeps serving TLS clients.
+    let plain = reqwest::Client::new().get(s.url("/healthz").replacen("https", "http", 1)).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    assert_eq!(client.get(s.url("/healthz")).send().await.unwrap().status().as_u16(), 503);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_certificate_is_an_error_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("c.pem"), "not a certificate").unwrap();
+    let files = TlsFiles { cert: tmp.path().join("c.pem"), key: tmp.path().join("missing.pem") };
+    let (server, _) = guarded_server(tmp.path(), Some(files));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = server.serve(listener, async {}).await.unwrap_err();
+    assert!(e.to_string().contains("c.pem"), "{e}");
+}
