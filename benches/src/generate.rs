@@ -72,7 +72,7 @@ impl DatasetParams {
     /// The cache directory name: every parameter, so different sizes never collide.
     pub fn dir_name(&self) -> String {
         format!(
-            "k{}-v{}-r{}-e{}-dv{}-s{}",
+            "g2-k{}-v{}-r{}-e{}-dv{}-s{}",
             self.keys, self.value_size, self.revisions, self.events_per_delta, self.delta_value_size, self.seed
         )
     }

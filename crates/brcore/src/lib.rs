@@ -5,7 +5,9 @@
 //! etcd's files through `etcd-format`.
 
 pub mod chain;
+pub mod compact;
 pub mod compress;
+pub mod copy;
 pub mod delta;
 pub mod error;
 pub mod etcd;

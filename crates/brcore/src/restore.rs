@@ -212,54 +212,6 @@ async fn build(
 ) -> Result<RestoreReport, Error> {
     let snap_dir = part.join("member").join("snap");
     create_private_dirs(&snap_dir)?;
-    let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
-    fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
-    let full_path = tempfile::Builder::new()
-        .prefix("full-snapshot-")
-        .tempfile_in(&temp_dir)
-        .map_err(|e| Error::io(&temp_dir, e))?
-        .into_temp_path();
-
-    let full_bytes =
-        fetch_full(store.as_ref(), &chain.full, &full_path, plan.skip_hash_check, progress.clone()).await?;
-
-    // Deltas: fetched and decoded in parallel, handed to the writer in order through a
-    // bounded channel, so memory is bounded by the fetch window, not by the chain.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, Error>>(plan.max_fetchers.max(1));
-    let fetch_store = store.clone();
-    // Events of delta i at or below what the objects before it cover are repeats: two
-    // deltas that overlap (two leaders uploading, the reference's #1043) must not apply twice.
-    let deltas: Vec<(Snapshot, i64)> =
-        chain.deltas.iter().enumerate().map(|(i, d)| (d.clone(), chain.covered_before(i) as i64)).collect();
-    let fetchers = plan.max_fetchers.max(1);
-    let fetch_progress = progress.clone();
-    let fetch_task = tokio::spawn(async move {
-        let mut fetched = 0u64;
-        let mut stream = futures::stream::iter(deltas)
-            .map(|(snap, covered)| {
-                let store = fetch_store.clone();
-                async move {
-                    let (mut events, n) = fetch_delta(store.as_ref(), &snap).await?;
-                    events.retain(|e| e.mod_revision > covered);
-                    Ok::<_, Error>((snap, events, n))
-                }
-            })
-            .buffered(fetchers);
-        while let Some(item) = stream.next().await {
-            let item = item.map(|(snap, events, n)| {
-                fetched += n;
-                fetch_progress.delta_applied(&snap.name.to_string(), events.len());
-                events
-            });
-            let failed = item.is_err();
-            // The writer hung up: it failed and reports its own error.
-            if tx.send(item).is_err() || failed {
-                break;
-            }
-        }
-        fetched
-    });
-
     let db_path = snap_dir.join("db");
     let opts = RebuildOptions {
         to_revision: match plan.target {
@@ -280,25 +232,10 @@ async fn build(
         bump_revision: plan.bump_revision,
         writer: bbolt::WriterOptions::default(),
     };
-    let source_path = full_path.to_path_buf();
-    let db_out = db_path.clone();
-    let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
-        let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
-        let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
-        set_private(&db_out)?;
-        let events = rx.into_iter().flat_map(|batch| match batch {
-            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        });
-        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))?;
-        let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&db_out, e))?;
-        Ok(stats)
-    })
-    .await
-    .map_err(|e| Error::internal(format!("the db writer failed: {e}")))??;
-    let fetched = fetch_task.await.map_err(|e| Error::internal(format!("the delta fetcher failed: {e}")))?;
-    drop(full_path);
+    let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
+    fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
+    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: plan.skip_hash_check };
+    let (stats, fetched) = rebuild_chain(store, chain, opts, &db_path, &temp_dir, fetch, progress).await?;
 
     if let Some(to) = match plan.target {
         Target::Revision(r) => Some(r as i64),
@@ -367,7 +304,7 @@ async fn build(
         full: chain.full.key.clone(),
         deltas: chain.deltas.iter().map(|d| d.key.clone()).collect(),
         stats,
-        bytes_fetched: full_bytes + fetched,
+        bytes_fetched: fetched,
         db_size,
         elapsed: Duration::ZERO,
         data_dir: None,
@@ -382,6 +319,99 @@ fn conf_state_json(cluster: &Cluster) -> Vec<u8> {
     ids.sort_unstable();
     let voters: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
     format!("{{\"voters\":[{}],\"auto_leave\":false}}", voters.join(",")).into_bytes()
+}
+
+/// How the chain's objects are fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Deltas fetched at once.
+    pub max_fetchers: usize,
+    /// Accept a full snapshot without a sha256 trailer.
+    pub skip_hash_check: bool,
+}
+
+/// Fetches `chain` from `store` and rebuilds it into a fresh db at `db_path`: the full snapshot
+/// streams (decompressed, its trailer checked) into a temp file in `temp_dir`, the deltas are
+/// fetched and decoded in parallel and applied in order by [`rebuild::rebuild_db`]. The db is
+/// fsynced. Returns the rebuild's numbers and the bytes read from the store.
+///
+/// The shared core of restore, compact and verification.
+pub async fn rebuild_chain(
+    store: Arc<dyn Snapstore>,
+    chain: &Chain,
+    opts: RebuildOptions,
+    db_path: &Path,
+    temp_dir: &Path,
+    fetch: FetchOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<(RebuildStats, u64), Error> {
+    fs::create_dir_all(temp_dir).map_err(|e| Error::io(temp_dir, e))?;
+    let full_path = tempfile::Builder::new()
+        .prefix("full-snapshot-")
+        .tempfile_in(temp_dir)
+        .map_err(|e| Error::io(temp_dir, e))?
+        .into_temp_path();
+
+    let full_bytes =
+        fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await?;
+
+    // Deltas: fetched and decoded in parallel, handed to the writer in order through a
+    // bounded channel, so memory is bounded by the fetch window, not by the chain.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, Error>>(fetch.max_fetchers.max(1));
+    let fetch_store = store.clone();
+    // Events of delta i at or below what the objects before it cover are repeats: two
+    // deltas that overlap (two leaders uploading, the reference's #1043) must not apply twice.
+    let deltas: Vec<(Snapshot, i64)> =
+        chain.deltas.iter().enumerate().map(|(i, d)| (d.clone(), chain.covered_before(i) as i64)).collect();
+    let fetchers = fetch.max_fetchers.max(1);
+    let fetch_progress = progress.clone();
+    let fetch_task = tokio::spawn(async move {
+        let mut fetched = 0u64;
+        let mut stream = futures::stream::iter(deltas)
+            .map(|(snap, covered)| {
+                let store = fetch_store.clone();
+                async move {
+                    let (mut events, n) = fetch_delta(store.as_ref(), &snap).await?;
+                    events.retain(|e| e.mod_revision > covered);
+                    Ok::<_, Error>((snap, events, n))
+                }
+            })
+            .buffered(fetchers);
+        while let Some(item) = stream.next().await {
+            let item = item.map(|(snap, events, n)| {
+                fetched += n;
+                fetch_progress.delta_applied(&snap.name.to_string(), events.len());
+                events
+            });
+            let failed = item.is_err();
+            // The writer hung up: it failed and reports its own error.
+            if tx.send(item).is_err() || failed {
+                break;
+            }
+        }
+        fetched
+    });
+
+    let source_path = full_path.to_path_buf();
+    let db_out = db_path.to_path_buf();
+    let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
+        let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
+        let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
+        set_private(&db_out)?;
+        let events = rx.into_iter().flat_map(|batch| match batch {
+            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))?;
+        let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&db_out, e))?;
+        Ok(stats)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the db writer failed: {e}")))??;
+    let fetched = fetch_task.await.map_err(|e| Error::internal(format!("the delta fetcher failed: {e}")))?;
+    drop(full_path);
+    Ok((stats, full_bytes + fetched))
 }
 
 /// Streams the full snapshot into `path`: decompressed, its sha256 trailer checked and cut off.

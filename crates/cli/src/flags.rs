@@ -31,6 +31,10 @@ pub enum Command {
     Snapshot(crate::cmd::snapshot::SnapshotArgs),
     /// Serve the HTTP API (initialization, snapshots on demand, /config, /healthz, /metrics) and run the snapshotter while etcd is up.
     Server(crate::cmd::server::ServerArgs),
+    /// Fold the latest full snapshot and its deltas into a new full snapshot in the same store.
+    Compact(crate::cmd::compact::CompactArgs),
+    /// Copy backups from a source store to a destination store.
+    Copy(crate::cmd::copy::CopyArgs),
 }
 
 /// Where backups live (`--storage-provider` and friends).

@@ -122,6 +122,8 @@ struct Shared {
     snapshots: Option<Arc<dyn SnapshotControl>>,
     metrics: Metrics,
     status: watch::Sender<InitStatus>,
+    /// Counts initializations started; unlike `status`, no start can be missed by a receiver.
+    starts: watch::Sender<u64>,
     healthy: AtomicBool,
     events: Mutex<Events>,
 }
@@ -222,9 +224,17 @@ impl ServerHandle {
         *self.shared.status.borrow()
     }
 
-    /// A receiver that sees every status change.
+    /// A receiver of the status. A fast initialization can pass from `Progress` to its final
+    /// state between two looks; [`ServerHandle::initialization_starts`] never misses one.
     pub fn subscribe(&self) -> watch::Receiver<InitStatus> {
         self.shared.status.subscribe()
+    }
+
+    /// A receiver whose `changed()` completes when an initialization starts after this call
+    /// (the value counts the starts): the cue to stop the snapshotter, whose view of etcd's
+    /// history a restore invalidates.
+    pub fn initialization_starts(&self) -> watch::Receiver<u64> {
+        self.shared.starts.subscribe()
     }
 }
 
@@ -238,6 +248,7 @@ impl Server {
         metrics: Metrics,
     ) -> Server {
         let (status, _) = watch::channel(InitStatus::New);
+        let (starts, _) = watch::channel(0);
         Server {
             shared: Arc::new(Shared {
                 config,
@@ -245,6 +256,7 @@ impl Server {
                 snapshots,
                 metrics,
                 status,
+                starts,
                 healthy: AtomicBool::new(false),
                 events: Mutex::new(Events::default()),
             }),
@@ -363,6 +375,7 @@ async fn init_start(
         return Ok(StatusCode::OK);
     }
     s.healthy.store(false, Ordering::SeqCst);
+    s.starts.send_modify(|n| *n += 1);
     info!(mode = %mode, "initialization started");
     let shared = s.clone();
     tokio::spawn(async move {

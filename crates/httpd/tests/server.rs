@@ -200,9 +200,12 @@ async fn runbook(version: EtcdVersion) {
     let (code, body) = get(&client, &s.url("/initialization/status")).await;
     assert_eq!((code, body.as_str()), (200, "New"));
     s.handle.set_healthy(true);
+    let mut starts = s.handle.initialization_starts();
     let (code, _) = get(&client, &s.url("/initialization/start?mode=full")).await;
     assert_eq!(code, 200);
     assert_eq!(s.handle.init_status(), InitStatus::Progress);
+    assert!(starts.has_changed().unwrap(), "the snapshotter's cue to stop");
+    assert_eq!(*starts.borrow_and_update(), 1);
     // While the restore waits at the gate: health is down, snapshots are refused, a second
     // start is a no-op, and the status stays `Progress` however often it is read.
     let (code, body) = get(&client, &s.url("/healthz")).await;
@@ -217,6 +220,7 @@ async fn runbook(version: EtcdVersion) {
     for _ in 0..3 {
         assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "Progress");
     }
+    assert!(!starts.has_changed().unwrap(), "a second start while one runs starts nothing");
     gate.add_permits(1);
     assert_eq!(wait_for_result(&client, &s).await, "Successful");
     assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "New", "a final state is read once");

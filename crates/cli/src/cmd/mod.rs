@@ -1,5 +1,7 @@
 //! The sub-commands: each turns flags into a checked config and calls the library crates.
 
+pub(crate) mod compact;
+pub(crate) mod copy;
 mod db;
 pub(crate) mod initialize;
 mod restore;
@@ -27,6 +29,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Initialize(args) => initialize::run(args).await,
         Command::Snapshot(args) => snapshot::run(args).await,
         Command::Server(args) => server::run(args).await,
+        Command::Compact(args) => compact::run(args).await,
+        Command::Copy(args) => copy::run(args).await,
     }
 }
 

@@ -59,11 +59,11 @@ pub struct ServerArgs {
     /// etcd connection, snapshotter, store, compression and defragmentation flags: those of
     /// `etcdbrctl snapshot`.
     #[command(flatten)]
-    pub snapshot: SnapshotArgs,
+    pub snapshot: Box<SnapshotArgs>,
     /// The data dir and how to restore it: the flags of `etcdbrctl restore` (the store flags
     /// are shared with the snapshotter).
     #[command(flatten)]
-    pub restore: ServerRestoreArgs,
+    pub restore: Box<ServerRestoreArgs>,
     /// Not supported: pass flags instead (the reference's config file replaces every flag).
     #[arg(long, hide = true)]
     pub config_file: Option<PathBuf>,
@@ -327,13 +327,17 @@ async fn supervise(
         };
         info!(endpoints = ?plan.etcd.endpoints, schedule = plan.snapshotter.full_schedule.as_str(), "starting the snapshotter");
         handle.set_healthy(true);
-        let mut init = handle.subscribe();
+        // Subscribed before the snapshotter starts, so no initialization can slip past it.
+        let mut starts = handle.initialization_starts();
+        if handle.init_status() == InitStatus::Progress {
+            continue;
+        }
         let until = {
             let stop = stop.clone();
             async move {
                 tokio::select! {
                     _ = stopped(stop) => {}
-                    _ = init.wait_for(|s| *s == InitStatus::Progress) => info!("initialization started: stopping the snapshotter"),
+                    _ = starts.changed() => info!("initialization started: stopping the snapshotter"),
                 }
             }
         };

@@ -1,0 +1,171 @@
+//! Compaction of backups: the latest full snapshot and its deltas folded into one new full
+//! snapshot, so the next restore reads one object instead of a long chain.
+//!
+//! The same rebuild as a restore ([`crate::restore::rebuild_chain`]), with the db's membership
+//! kept as it is; the result is uploaded as `Full-00000000-<revision>-<now>` in the configured
+//! compression, with etcd's sha256 trailer, exactly like a full snapshot taken from etcd. The
+//! objects it was made from are left in place: garbage collection removes them later.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::chain::{self, Target};
+use crate::compress::Encoder;
+use crate::error::Error;
+use crate::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
+use crate::rebuild::{LeasePolicy, Membership, RebuildOptions, RebuildStats};
+use crate::restore::{FetchOptions, Progress, rebuild_chain};
+use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
+
+/// What to compact and how to store the result.
+#[derive(Debug, Clone)]
+pub struct CompactPlan {
+    /// The store prefix (`--store-prefix`).
+    pub prefix: String,
+    /// Where the temporary files go (the full snapshot and the rebuilt db).
+    pub temp_dir: PathBuf,
+    /// Compression of the new full snapshot; `None`: that of the newest object folded, as the
+    /// reference does.
+    pub compression: Option<Compression>,
+    /// Upload parts.
+    pub write: WriteOptions,
+    /// Deltas fetched at once.
+    pub max_fetchers: usize,
+    /// TTL of leases the deltas reference but the full snapshot lacks: the new full snapshot
+    /// holds a record for each, so later restores keep them.
+    pub lease_policy: LeasePolicy,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone)]
+pub struct CompactReport {
+    /// The new full snapshot.
+    pub snapshot: Snapshot,
+    /// The objects it replaces (the old full snapshot and its deltas).
+    pub folded: Vec<String>,
+    /// The rebuild's numbers.
+    pub stats: RebuildStats,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Folds the latest full snapshot and its deltas into a new full snapshot in the same store.
+///
+/// With no deltas after the latest full snapshot there is nothing to fold: [`Error::Refused`].
+pub async fn compact(
+    store: Arc<dyn Snapstore>,
+    plan: &CompactPlan,
+    progress: Arc<dyn Progress>,
+) -> Result<CompactReport, Error> {
+    let started = Instant::now();
+    let chain = chain::list_chain(store.as_ref(), &plan.prefix, Target::Latest).await?;
+    if chain.deltas.is_empty() {
+        return Err(Error::Refused {
+            why: format!("{} has no deltas after it: it is already compact", chain.full.key),
+        });
+    }
+    std::fs::create_dir_all(&plan.temp_dir).map_err(|e| Error::io(&plan.temp_dir, e))?;
+    let work = tempfile::Builder::new()
+        .prefix("etcdbr-compact-")
+        .tempdir_in(&plan.temp_dir)
+        .map_err(|e| Error::io(&plan.temp_dir, e))?;
+    let db_path = work.path().join("db");
+    let opts = RebuildOptions {
+        to_revision: None,
+        to_time_nanos: None,
+        membership: Membership::Keep,
+        lease_policy: plan.lease_policy,
+        bump_revision: None,
+        writer: bbolt::WriterOptions::default(),
+    };
+    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: false };
+    let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, work.path(), fetch, progress).await?;
+
+    let compression = plan.compression.unwrap_or(chain.deltas.last().unwrap_or(&chain.full).name.compression);
+    let name = SnapshotName {
+        kind: SnapshotKind::Full,
+        start_revision: 0,
+        last_revision: stats.revision as u64,
+        created_on: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        compression,
+        is_final: false,
+    };
+    let key = name.key_v2(&plan.prefix);
+    let data = snapshot_stream(db_path, compression, key.clone());
+    let size = store.write(&key, data, &plan.write).await?;
+    let folded: Vec<String> = chain.objects().map(|s| s.key.clone()).collect();
+    info!(object = %key, revision = stats.revision, folded = folded.len(), size, "compacted full snapshot stored");
+    Ok(CompactReport {
+        snapshot: Snapshot {
+            name,
+            key,
+            prefix: plan.prefix.trim_end_matches('/').to_string(),
+            size,
+            layout: Layout::V2,
+            is_chunk: false,
+        },
+        folded,
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Streams the db at `path` as etcd's snapshot format (the db, then the sha256 of it),
+/// compressed, for [`Snapstore::write`]. The file is read once, by a blocking thread; memory is
+/// bounded by the channel's few chunks.
+pub fn snapshot_stream(path: PathBuf, compression: Compression, key: String) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
+    tokio::task::spawn_blocking(move || {
+        let result = encode_snapshot(&path, compression, ChannelWriter { tx: tx.clone() });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(StoreError::Other {
+                key,
+                retryable: false,
+                source: format!("reading {}: {e}", path.display()).into(),
+            }));
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+fn encode_snapshot(path: &Path, compression: Compression, out: ChannelWriter) -> io::Result<()> {
+    let mut file = File::open(path)?;
+    let mut enc = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        enc.write_all(&buf[..n])?;
+    }
+    enc.write_all(&hasher.finalize())?;
+    enc.finish()?.flush()
+}
+
+/// A `Write` whose bytes go to an async receiver, chunk by chunk.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, StoreError>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped reading"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

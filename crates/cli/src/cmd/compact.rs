@@ -1,0 +1,83 @@
+//! `etcdbrctl compact`: fold the latest full snapshot and its deltas into a new full snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use brcore::compact::{CompactPlan, compact};
+use brcore::name::Compression;
+use brcore::rebuild::LeasePolicy;
+use clap::Args;
+
+use super::store_config;
+use crate::flags::StoreArgs;
+
+/// `etcdbrctl compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The store to compact (read, and the new full snapshot written to it).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where the temporary full snapshot and rebuilt db are kept.
+    #[arg(long, default_value = "/tmp")]
+    pub restoration_temp_snapshots_dir: PathBuf,
+    /// Deltas downloaded at once.
+    #[arg(long, default_value_t = 6)]
+    pub max_fetchers: usize,
+    /// Compress the new full snapshot (default: as the newest object folded).
+    #[arg(long)]
+    pub compress_snapshots: Option<bool>,
+    /// gzip, lzw or zlib.
+    #[arg(long)]
+    pub compression_policy: Option<String>,
+    /// TTL in seconds for leases the deltas reference but the full snapshot lacks.
+    #[arg(long)]
+    pub lease_ttl: Option<i64>,
+    /// Accepted for compatibility with the Go etcdbrctl: the rebuilt db is always compact.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub defragment: Option<bool>,
+    /// Accepted for compatibility with the Go etcdbrctl (no etcd runs here).
+    #[arg(long, hide = true)]
+    pub etcd_snapshot_timeout: Option<String>,
+    /// Accepted for compatibility with the Go etcdbrctl (no etcd runs here).
+    #[arg(long, hide = true)]
+    pub etcd_defrag_timeout: Option<String>,
+}
+
+pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
+    let compression = match (args.compress_snapshots, args.compression_policy.as_deref()) {
+        (Some(false), _) => Some(Compression::None),
+        (_, Some(policy)) => Some(
+            Compression::from_policy(policy)
+                .with_context(|| format!("--compression-policy {policy}: expected gzip, lzw or zlib"))?,
+        ),
+        (Some(true), None) => Some(Compression::Gzip),
+        (None, None) => None,
+    };
+    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let plan = CompactPlan {
+        prefix: args.store.store_prefix.clone(),
+        temp_dir: args.restoration_temp_snapshots_dir.clone(),
+        compression,
+        write: brcore::WriteOptions {
+            max_parallel_parts: args.store.max_parallel_chunk_uploads.max(1),
+            part_size: args.store.min_chunk_size,
+        },
+        max_fetchers: args.max_fetchers.max(1),
+        lease_policy: match args.lease_ttl {
+            Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
+            Some(_) => anyhow::bail!("--lease-ttl must be positive"),
+            None => LeasePolicy::default(),
+        },
+    };
+    let report = compact(store, &plan, Arc::new(brcore::restore::NoProgress)).await?;
+    println!(
+        "compacted {} objects into {} (revision {}, {} bytes) in {:.3} s",
+        report.folded.len(),
+        report.snapshot.key,
+        report.stats.revision,
+        report.snapshot.size,
+        report.seconds
+    );
+    Ok(())
+}
