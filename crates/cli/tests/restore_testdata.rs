@@ -191,3 +191,74 @@ fn dry_run_verifies_the_chain_reports_the_hash_and_writes_nothing() {
     assert!(!data_dir.exists(), "a dry run wrote a data dir");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a dry run left files behind");
 }
+
+/// Every (revision, event time in unix seconds) of the store's deltas.
+fn event_times(store: &str) -> Vec<(i64, i64)> {
+    let dir = shared_testdata().join(store).join("store/v2");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("Incr") {
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = brcore::compress::decoder(brcore::name::Compression::Gzip, file);
+        for e in brcore::delta::read_events(reader, &name).unwrap() {
+            let nanos = e.time_nanos().expect("event time");
+            out.push((e.mod_revision, (nanos / 1_000_000_000) as i64));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dry_run_line(out: &Output) -> String {
+    expect_ok(out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout.lines().find(|l| l.starts_with("hashkv at revision")).unwrap_or_else(|| panic!("{stdout}")).to_string()
+}
+
+#[test]
+fn to_time_restores_the_last_revision_at_or_before_that_second() {
+    let times = event_times(STORE_34);
+    // A second in the middle of the deltas, with later events after it.
+    let second = times[times.len() / 2].1;
+    let rev = times.iter().filter(|(_, t)| *t <= second).map(|(r, _)| *r).max().unwrap();
+    assert!(times.iter().any(|(_, t)| *t > second), "the cut must leave later events out");
+    let tmp = tempfile::tempdir().unwrap();
+    let by_time = dry_run_line(&restore(
+        STORE_34,
+        &tmp.path().join("a"),
+        free_port(),
+        &["--dry-run", "--to-time", &second.to_string()],
+    ));
+    let by_rev = dry_run_line(&restore(
+        STORE_34,
+        &tmp.path().join("b"),
+        free_port(),
+        &["--dry-run", "--to-revision", &rev.to_string()],
+    ));
+    assert_eq!(by_time, by_rev);
+    assert!(by_time.starts_with(&format!("hashkv at revision {rev}:")), "{by_time}");
+}
+
+#[test]
+fn bump_revision_mark_compacted_boots_at_the_bumped_revision_with_the_same_keys() {
+    let (final_rev, _) = meta(STORE_34);
+    for version in EtcdVersion::ALL {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("restored");
+        let peer = free_port();
+        expect_ok(&restore(STORE_34, &data_dir, peer, &["--bump-revision", "1000", "--mark-compacted"]));
+        let etcd = Etcd::start_on(version, &data_dir, "n1", peer, free_port());
+        assert_eq!(etcd.revision(), final_rev + 1000, "{version:?}");
+        let (kvs, _) = etcd.get_all(0);
+        let expected = json_file(shared_testdata().join(STORE_34).join("expected-final.json"));
+        assert_eq!(&kvs, expected["kvs"].as_array().unwrap(), "{version:?}: keys after the bump");
+        let (_, compact, _) = etcd.hashkv(0);
+        assert_eq!(compact, final_rev + 1000, "{version:?}: watchers must see everything before as compacted");
+        etcd.etcdctl(&["put", "/after-bump", "x"]);
+        assert_eq!(etcd.revision(), final_rev + 1001);
+    }
+}

@@ -48,7 +48,7 @@ pub struct ServerArgs {
     /// Require `Authorization: Bearer <token>` on the endpoints that change state
     /// (/initialization/start, /snapshot/full, /snapshot/delta); reads stay open.
     #[arg(long, env = "ETCDBR_SERVER_AUTH_TOKEN", hide_env_values = true)]
-    pub server_auth_token: Option<String>,
+    pub server_auth_token: Option<Token>,
     /// Validation depth when /initialization/start names no mode.
     #[arg(long, value_enum, default_value = "full")]
     pub validation_mode: ValidationMode,
@@ -82,6 +82,24 @@ pub struct ServerArgs {
     /// Accepted for compatibility with the Go etcdbrctl (Kubernetes leases); unused.
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub enable_member_lease_renewal: Option<String>,
+}
+
+/// The bearer token of `--server-auth-token`; its `Debug` output is redacted so printing the
+/// flags never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Token, Self::Err> {
+        Ok(Token(s.to_string()))
+    }
 }
 
 /// The restore flags of `etcdbrctl server` (the store flags come with the snapshotter's).
@@ -210,7 +228,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
             (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         },
-        auth_token: args.server_auth_token.clone().filter(|t| !t.is_empty()),
+        auth_token: args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
         etcd_conf: env("ETCD_CONF").map(PathBuf::from),
         config_output: env("HOME").map(|h| PathBuf::from(h).join("etcd.conf.yaml")),
         pod_name: env("POD_NAME"),
@@ -453,7 +471,8 @@ mod tests {
         assert!(e.contains("m1"), "{e}");
         let a = parse(&["--config-file", "/etc/br.yaml"]).unwrap();
         assert!(setup(&a).is_err());
-        let a = parse(&["--use-etcd-wrapper", "--enable-profiling=false", "--server-auth-token", "x"]).unwrap();
+        let a = parse(&["--use-etcd-wrapper", "--enable-profiling=false", "--server-auth-token", "s3cret"]).unwrap();
+        assert!(!format!("{a:?}").contains("s3cret"), "the token stays out of debug output");
         assert!(setup(&a).is_ok(), "compatibility flags are accepted");
     }
 
