@@ -1,7 +1,7 @@
 //! The bbolt crate on a big etcd db (default ~1 GiB, written by real etcd): open + iterate
 //! every key, `check()`, and `BulkWriter` writing it all again (Throughput in bytes of db).
 //!
-//! Size: `ETCDBR_BENCH_BBOLT_KEYS` (default 560000 keys of ~1.6 KB ≈ 1 GiB). The dataset is
+//! Size: `ETCDBR_BENCH_BBOLT_KEYS` (default 400000 keys of ~1.6 KB ≈ 1 GiB). The dataset is
 //! generated once under /tmp/etcdbr-bench-data.
 
 use std::hint::black_box;
@@ -13,7 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etcdbr_benches::{Dataset, DatasetParams, ETCD_3_5_30_DIR, default_data_root};
 
 fn dataset() -> Dataset {
-    let keys = std::env::var("ETCDBR_BENCH_BBOLT_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(560_000);
+    let keys = std::env::var("ETCDBR_BENCH_BBOLT_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
     let params = DatasetParams { keys, revisions: 1000, ..Default::default() };
     let etcd = PathBuf::from(ETCD_3_5_30_DIR).join("etcd");
     Dataset::open_or_generate(&default_data_root(), &params, &etcd).expect("generating the benchmark dataset")

@@ -8,7 +8,7 @@
 //! | `/initialization/start[?mode=full\|sanity]` | starts validation (and a restore if needed) in the background when the status is `New`; `200`, empty body; unknown mode `400` |
 //! | `/initialization/status` | `200`, `New`, `Progress`, `Successful` or `Failed`; reading a final state resets it to `New` |
 //! | `/snapshot/full[?final=true]` | `200` + the snapshot as JSON; `400` bad `final`; `405` without a store; `409` while initializing; `500` on failure |
-//! | `/snapshot/delta` | `200` + JSON or `null`; `503` when no snapshotter watches etcd |
+//! | `/snapshot/delta` | `200` + JSON or `null`; `503` when no snapshotter watches etcd or deltas are disabled |
 //! | `/snapshot/latest` | `200` `{"fullSnapshot":…,"deltaSnapshots":…}` listed from the store |
 //! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]) |
 //! | `/healthz` | `200 {"health":true}` or `503 {"health":false}` |
@@ -20,8 +20,9 @@
 //! `405`/proxy; an optional bearer token ([`ServerConfig::auth_token`]) guards the endpoints
 //! that change state; POD_NAME and POD_NAMESPACE are used when present, never required.
 //!
-//! Snapshots go through the [`SnapshotControl`] trait, so the server works with a running
-//! snapshotter or with [`StoreSnapshots`] (full snapshots taken here, deltas refused).
+//! Snapshots go through the [`SnapshotControl`] trait: [`LiveSnapshots`] asks the running
+//! snapshotter (through its handle) and falls back to [`StoreSnapshots`] (full snapshots taken
+//! here, deltas refused) while none runs.
 
 #![warn(missing_docs)]
 
@@ -34,4 +35,4 @@ mod tls;
 
 pub use error::Error;
 pub use server::{DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles};
-pub use snapshots::{Latest, SnapshotControl, SnapshotJson, StoreSnapshots};
+pub use snapshots::{Latest, LiveSnapshots, SnapshotControl, SnapshotJson, StoreSnapshots};

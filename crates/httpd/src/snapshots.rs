@@ -13,6 +13,7 @@ use brcore::etcd::EtcdSource;
 use brcore::metrics::{KIND_FULL, Metrics};
 use brcore::name::{Layout, Snapshot};
 use brcore::snapshotter::full::{FullOptions, take_full_snapshot};
+use brcore::snapshotter::{RequestError, SnapshotterHandle};
 use serde::Serialize;
 use tracing::info;
 
@@ -172,6 +173,75 @@ impl SnapshotControl for StoreSnapshots {
 
     async fn latest(&self) -> Result<Latest, Error> {
         latest_in(self.store.as_ref(), &self.options.prefix).await
+    }
+}
+
+/// [`SnapshotControl`] in front of the running snapshotter, which is started and stopped with
+/// etcd (and around every initialization): while one is attached, full and delta snapshots are
+/// asked of it, so they join its chain and its one-at-a-time scheduling; while none is, full
+/// snapshots are taken directly by the [`StoreSnapshots`] behind it and deltas answer 503.
+/// `/snapshot/latest` always lists the store.
+#[derive(Debug)]
+pub struct LiveSnapshots {
+    current: std::sync::RwLock<Option<SnapshotterHandle>>,
+    direct: StoreSnapshots,
+}
+
+impl LiveSnapshots {
+    /// No snapshotter attached yet; `direct` serves meanwhile.
+    pub fn new(direct: StoreSnapshots) -> Self {
+        LiveSnapshots { current: std::sync::RwLock::new(None), direct }
+    }
+
+    /// Routes requests to the snapshotter `handle` belongs to (call once it runs).
+    pub fn attach(&self, handle: SnapshotterHandle) {
+        if let Ok(mut c) = self.current.write() {
+            *c = Some(handle);
+        }
+    }
+
+    /// Stops routing requests to the snapshotter (call when it stops).
+    pub fn detach(&self) {
+        if let Ok(mut c) = self.current.write() {
+            *c = None;
+        }
+    }
+
+    fn handle(&self) -> Option<SnapshotterHandle> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+}
+
+fn from_request(e: RequestError) -> Error {
+    match e {
+        RequestError::NotRunning => {
+            Error::Unavailable("the snapshotter is not running (etcd is not reachable yet); try again later".into())
+        }
+        RequestError::DeltasDisabled => Error::Unavailable(e.to_string()),
+        other => Error::Internal(format!("snapshot failed: {other}")),
+    }
+}
+
+#[async_trait]
+impl SnapshotControl for LiveSnapshots {
+    async fn full(&self, is_final: bool) -> Result<Snapshot, Error> {
+        match self.handle() {
+            Some(h) => h.full_snapshot(is_final).await.map_err(from_request),
+            None => self.direct.full(is_final).await,
+        }
+    }
+
+    async fn delta(&self) -> Result<Option<Snapshot>, Error> {
+        match self.handle() {
+            Some(h) => h.delta_snapshot().await.map_err(from_request),
+            None => Err(Error::Unavailable(
+                "delta snapshots need the snapshotter, which is not running (etcd is not reachable yet)".into(),
+            )),
+        }
+    }
+
+    async fn latest(&self) -> Result<Latest, Error> {
+        self.direct.latest().await
     }
 }
 

@@ -437,3 +437,89 @@ async fn a_bad_certificate_is_an_error_at_start() {
     let e = server.serve(listener, async {}).await.unwrap_err();
     assert!(e.to_string().contains("c.pem"), "{e}");
 }
+
+/// `/snapshot/full` and `/snapshot/delta` through a running snapshotter's handle, and the
+/// fallbacks once it is detached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_on_demand_from_a_running_snapshotter() {
+    use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
+    use httpd::LiveSnapshots;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V3_5);
+    etcd.etcdctl(&["put", "before", "1"]);
+    let store = local_store(tmp.path());
+    let metrics = Metrics::new();
+    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let mut config = SnapshotterConfig::new("");
+    config.temp_dir = tmp.path().join("tmp");
+    // Scheduled deltas far apart: the deltas seen here are the ones asked for.
+    config.delta_period = Some(Duration::from_secs(3600));
+    config.gc_period = None;
+    let snapshotter = Snapshotter::new(source.clone(), store.clone(), config, metrics.clone());
+    let live = Arc::new(LiveSnapshots::new(StoreSnapshots::new(
+        source,
+        store.clone(),
+        full_options(tmp.path()),
+        metrics.clone(),
+    )));
+    live.attach(snapshotter.handle());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(snapshotter.run(async {
+        let _ = stop_rx.await;
+    }));
+    let init = Initialization {
+        initializer: Initializer::new(store.clone()),
+        options: InitOptions {
+            mode: Mode::Sanity,
+            plan: plan(&tmp.path().join("unused"), "default=http://127.0.0.1:2380", "default"),
+            namespace: None,
+            remove_set_aside: false,
+        },
+    };
+    let control: Arc<dyn SnapshotControl> = live.clone();
+    let s = Running::start(Server::new(ServerConfig::default(), init, Some(control), metrics), "http").await;
+    let client = reqwest::Client::new();
+
+    // The snapshotter starts with a full snapshot; then writes arrive through its watch.
+    let first = etcd.revision() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !get(&client, &s.url("/snapshot/latest")).await.1.contains(&format!("Full-00000000-{first:08}-")) {
+        assert!(Instant::now() < deadline, "the snapshotter's first full snapshot never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..5 {
+        etcd.etcdctl(&["put", &format!("after{i}"), "x"]);
+    }
+    let target = etcd.revision() as u64;
+    // A delta holds what the watch delivered so far; ask until it reaches the last write.
+    let mut covered = first;
+    while covered < target {
+        let (code, body) = get(&client, &s.url("/snapshot/delta")).await;
+        assert_eq!(code, 200, "{body}");
+        if body != "null" {
+            let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(d["kind"], "Incr");
+            assert_eq!(d["startRevision"].as_u64(), Some(covered + 1), "deltas continue the chain: {body}");
+            covered = d["lastRevision"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the watch never delivered revision {target}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(covered, target);
+    let (code, body) = get(&client, &s.url("/snapshot/full?final=true")).await;
+    assert_eq!(code, 200, "{body}");
+    let full: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((full["isFinal"].as_bool(), full["lastRevision"].as_u64()), (Some(true), Some(target)), "{body}");
+    assert!(full["snapName"].as_str().unwrap().ends_with(".gz.final"), "{body}");
+
+    // Without a snapshotter: deltas are refused, full snapshots are taken directly.
+    live.detach();
+    stop_tx.send(()).unwrap();
+    run.await.unwrap().expect("the snapshotter stops cleanly");
+    let (code, body) = get(&client, &s.url("/snapshot/delta")).await;
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = get(&client, &s.url("/snapshot/full")).await;
+    assert_eq!(code, 200, "{body}");
+    s.shutdown().await;
+}

@@ -57,9 +57,9 @@ pub struct S3Credentials {
     pub endpoint: Option<String>,
     /// `s3ForcePathStyle`; opendal sends path-style requests unless this is explicitly false.
     pub force_path_style: Option<bool>,
-    /// `insecureSkipVerify` (TLS verification off); accepted but refused at open, see `open`.
+    /// `insecureSkipVerify`: TLS certificates of the endpoint are not verified (logged as a warning).
     pub insecure_skip_verify: bool,
-    /// `trustedCaCert` (PEM); accepted but refused at open, see `open`.
+    /// `trustedCaCert`: a PEM CA certificate trusted in addition to the system roots.
     pub trusted_ca_cert: Option<String>,
     /// `sseCustomerKey` for SSE-C.
     pub sse_customer_key: Option<Secret>,

@@ -24,9 +24,10 @@ use crate::credentials::{self, Credentials, Fingerprint, Loaded, S3Credentials};
 /// on the same file system as the objects, so the rename is atomic, and it is never listed.
 pub const LOCAL_TEMP_DIR: &str = ".etcdbr-tmp";
 
-/// Time for one control request (stat, list page, delete, commit) before it counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time for one I/O step (a part upload or a read of a chunk); the reference allows 180 s per part.
+/// Time for one control request (stat, list page, delete) before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for one I/O step (a part upload, the commit, or a read of a chunk); the reference allows
+/// 180 s per part.
 const IO_TIMEOUT: Duration = Duration::from_secs(180);
 /// Time to open a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

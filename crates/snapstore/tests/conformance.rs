@@ -12,6 +12,10 @@ use snapstore::{LOCAL_TEMP_DIR, OpendalStore, Provider, StoreConfig};
 
 const MIB: usize = 1024 * 1024;
 
+/// A guard, not a timing assertion: a suite that has not finished by then hangs, and the test
+/// says so with the server's log instead of stalling CI.
+const SUITE_LIMIT: Duration = Duration::from_secs(600);
+
 /// Deterministic pseudo-random bytes (xorshift), so a misplaced part shows up as a mismatch.
 fn data(len: usize, seed: u64) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -255,7 +259,9 @@ async fn seaweedfs_s3_store_conforms() {
     let env = env_with("AWS_APPLICATION_CREDENTIALS", creds.path().display().to_string());
     let store = OpendalStore::open_with_env(&s3_config(seaweed.endpoint(), seaweed.bucket()), &env).expect("open S3");
     store.check().await.expect("bucket reachable");
-    run_conformance(Arc::new(store)).await;
+    if tokio::time::timeout(SUITE_LIMIT, run_conformance(Arc::new(store))).await.is_err() {
+        panic!("the conformance suite hung on SeaweedFS; its log:\n{}", seaweed.log_tail());
+    }
 }
 
 /// Azure credentials as the reference reads them: a JSON file.
@@ -283,5 +289,7 @@ async fn azurite_blob_store_conforms() {
     let store =
         OpendalStore::open_with_env(&abs_config(azurite.endpoint(), azurite.container()), &env).expect("open ABS");
     store.check().await.expect("container reachable");
-    run_conformance(Arc::new(store)).await;
+    if tokio::time::timeout(SUITE_LIMIT, run_conformance(Arc::new(store))).await.is_err() {
+        panic!("the conformance suite hung on Azurite; its log:\n{}", azurite.log_tail());
+    }
 }

@@ -19,7 +19,8 @@ use brcore::snapshotter::Snapshotter;
 use brcore::snapshotter::full::FullOptions;
 use clap::Args;
 use httpd::{
-    InitStatus, Initialization, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots, TlsFiles,
+    InitStatus, Initialization, LiveSnapshots, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots,
+    TlsFiles,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -189,9 +190,16 @@ fn env(name: &str) -> Option<String> {
 /// Everything a server run needs, checked.
 struct Setup {
     server: Server,
-    snapshots: Option<(Arc<dyn brcore::Snapstore>, SnapshotPlan)>,
+    snapshots: Option<Snapshotting>,
     etcd: Arc<EtcdClient>,
     listen: SocketAddr,
+}
+
+/// What the snapshotter needs, and where the HTTP API reaches it.
+struct Snapshotting {
+    store: Arc<dyn brcore::Snapstore>,
+    plan: SnapshotPlan,
+    live: Arc<LiveSnapshots>,
 }
 
 fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
@@ -206,7 +214,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     };
     let etcd = Arc::new(EtcdClient::new(snap.etcd.clone()));
     let metrics = brcore::metrics::metrics().clone();
-    let (initializer, snapshots, store) = if args.snapshot.store.storage_provider.trim().is_empty() {
+    let (initializer, control, snapshotting) = if args.snapshot.store.storage_provider.trim().is_empty() {
         (Initializer::without_store(), None, None)
     } else {
         let store = snapstore::open(&store_config(&args.snapshot.store)).context("cannot open the backup store")?;
@@ -219,9 +227,10 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
             timeout: s.snapshot_timeout,
             is_final: false,
         };
-        let control: Arc<dyn SnapshotControl> =
-            Arc::new(StoreSnapshots::new(etcd.clone(), store.clone(), options, metrics.clone()));
-        (Initializer::new(store.clone()), Some(control), Some(store))
+        let direct = StoreSnapshots::new(etcd.clone(), store.clone(), options, metrics.clone());
+        let live = Arc::new(LiveSnapshots::new(direct));
+        let control: Arc<dyn SnapshotControl> = live.clone();
+        (Initializer::new(store.clone()), Some(control), Some((store, live)))
     };
     let config = ServerConfig {
         tls: match (&args.server_cert, &args.server_key) {
@@ -243,10 +252,10 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
             remove_set_aside: args.delete_invalid_member_dir,
         },
     };
-    let server = Server::new(config, init, snapshots, metrics);
+    let server = Server::new(config, init, control, metrics);
     Ok(Setup {
         server,
-        snapshots: store.map(|st| (st, snap)),
+        snapshots: snapshotting.map(|(store, live)| Snapshotting { store, plan: snap, live }),
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
     })
@@ -323,7 +332,7 @@ async fn wait_for_etcd(etcd: &EtcdClient, handle: &ServerHandle, stop: &watch::R
 async fn supervise(
     handle: &ServerHandle,
     etcd: Arc<EtcdClient>,
-    snapshots: Option<(Arc<dyn brcore::Snapstore>, SnapshotPlan)>,
+    snapshots: Option<Snapshotting>,
     stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
@@ -331,7 +340,7 @@ async fn supervise(
         if !wait_for_etcd(&etcd, handle, &stop).await {
             return;
         }
-        let Some((store, plan)) = &snapshots else {
+        let Some(Snapshotting { store, plan, live }) = &snapshots else {
             // No store: healthy while etcd answers.
             handle.set_healthy(true);
             tokio::select! {
@@ -375,7 +384,9 @@ async fn supervise(
                 }
             })
         };
+        live.attach(snapshotter.handle());
         let result = snapshotter.run(until).await;
+        live.detach();
         checker.abort();
         handle.set_healthy(false);
         match result {
@@ -536,6 +547,19 @@ mod tests {
         assert!(latest.contains("\"fullSnapshot\":{\"kind\":\"Full\""), "{latest}");
         let health = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
         assert_eq!(health, Some((200, "{\"health\":true}".into())));
+        // On-demand deltas reach the running snapshotter (through the handle the supervisor attached).
+        etcd.etcdctl(&["put", "k2", "v2"]);
+        let target = etcd.revision();
+        loop {
+            let got = tokio::task::spawn_blocking(move || http_get(port, "/snapshot/delta")).await.unwrap();
+            if let Some((200, body)) = &got
+                && body.contains(&format!("\"lastRevision\":{target},"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no on-demand delta reached revision {target}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         tx.send(()).unwrap();
         run.await.unwrap().unwrap();
         assert!(http_get(port, "/healthz").is_none(), "the port is closed after stopping");
