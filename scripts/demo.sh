@@ -64,7 +64,7 @@ say "more writes while it runs: updates, deletes, a txn, a lease"
 for i in $(seq 1 20); do ctl put "/demo/key-$i" "updated-$i" >/dev/null; done
 ctl del /demo/key-50 >/dev/null
 ctl del --prefix /demo/key-4 >/dev/null
-printf '\nput /demo/txn-a 1\nput /demo/txn-b 2\n\n' | ctl txn >/dev/null
+printf 'mod("/demo/key-1") > "0"\n\nput /demo/txn-a 1\nput /demo/txn-b 2\n\nput /demo/never x\n\n' | ctl txn >/dev/null
 LEASE=$(ctl lease grant 600 | awk '{print $2}')
 ctl put --lease="$LEASE" /demo/leased "I expire" >/dev/null
 sleep 4
