@@ -2,9 +2,10 @@
 # Restore benchmark: etcdbr's offline restore against etcd's own restore tools and against the
 # Go etcdbrctl's algorithm (etcdutl restore + replay of every delta revision through etcd), on
 # the same generated data (full snapshot written by real etcd 3.5 + synthetic deltas, see
-# benches/src/generate.rs). Prints one table: median wall time of REPEAT runs, ratio, peak RSS.
+# benches/src/generate.rs). Prints one table: min and median wall time of REPEAT runs, ratio
+# (on the minimum: the box is shared, the least disturbed run is the fairest), peak RSS.
 #
-# Usage: scripts/bench-restore.sh            (reference size: ~165 MB full, 60,000 revisions)
+# Usage: scripts/bench-restore.sh            (reference size: 165 MB full, 60,000 revisions)
 #        KEYS=12000 REVISIONS=5000 scripts/bench-restore.sh   (quick check)
 # Env: KEYS, VALUE_SIZE, REVISIONS, EVENTS_PER_DELTA, REPEAT (3), ETCDBRCTL (a prebuilt binary;
 #      default: build target/release/etcdbrctl), WORK (scratch dir, same filesystem as the data),
@@ -55,15 +56,16 @@ REVS=$((LAST - BASE))
 PEER=http://127.0.0.1:2380
 CLUSTER=(--name n1 --initial-cluster "n1=$PEER" --initial-advertise-peer-urls "$PEER")
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # Warm the page cache with every input, so no tool pays for the first read from disk.
 cat "$DS"/snapshot.db "$DS"/stores/gz/v2/* >/dev/null
 
 # run NAME REPEAT CMD... : runs CMD with {DIR} replaced by a fresh data dir, REPEAT times;
-# records median wall seconds and the largest peak RSS (KiB) in $RESULTS.
+# records median and minimum wall seconds and the largest peak RSS (KiB) in $RESULTS.
 run() {
     local name=$1 n=$2
     shift 2
-    local walls=() rss_max=0
+    local walls=() cpus=() rss_max=0
     for ((i = 0; i < n; i++)); do
         local dir=$WORK/$name.$i.etcd
         rm -rf "$dir" "$dir.part"
@@ -80,14 +82,18 @@ run() {
         walls+=("$(echo "$t1 - $t0" | bc -l)")
         local rss
         rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.$i.time")
+        cpus+=("$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$WORK/$name.$i.time")")
         ((rss > rss_max)) && rss_max=$rss
         # Keep the last data dir of each case for verification; drop the others.
         if ((i < n - 1)); then rm -rf "$dir"; fi
     done
-    local median
+    local median min
     median=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    printf '%s\t%s\t%s\n' "$name" "$median" "$rss_max" >>"$RESULTS"
-    echo "bench-restore: $name median ${median}s over $n, peak RSS $((rss_max / 1024)) MiB" >&2
+    min=$(printf '%s\n' "${walls[@]}" | sort -g | head -1)
+    local cpu
+    cpu=$(printf '%s\n' "${cpus[@]}" | sort -g | head -1)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$median" "$min" "$rss_max" "$cpu" >>"$RESULTS"
+    echo "bench-restore: $name median ${median}s min ${min}s over $n, peak RSS $((rss_max / 1024)) MiB" >&2
 }
 
 ours() { # ours PREFIX
@@ -161,33 +167,46 @@ print(len(kvs), h.hexdigest())' >"$2.kvs"
 fi
 
 REPLAY_LINE=$(cat "$WORK/replay_baseline.0.out")
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$RESULTS" <<EOF
 import sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, wall, rss = line.split("\t")
-    rows[name] = (float(wall), int(rss))
+    name, median, low, rss, cpu = line.split("\t")
+    rows[name] = (float(median), float(low), int(rss), float(cpu))
 revs = $REVS
 replay = dict(kv.split("=") for kv in "$REPLAY_LINE".split())
 print()
 print("dataset: $DS")
 print(f"  full: $SNAP_BYTES B snapshot ({$SNAP_BYTES/1e6:.0f} MB; gzip {$FULL_GZ_BYTES/1e6:.0f} MB), revision $BASE")
 print(f"  deltas: $NDELTAS objects, {revs} revisions, $EVENTS events, gzip {$DELTAS_GZ_BYTES/1e6:.0f} MB")
-print(f"  runs: median of $REPEAT (replay baseline: 1), page cache warm, 2-core box")
+print(f"  runs: $REPEAT each (replay baseline: 1), page cache warm, 2-core box, load average $LOAD_BEFORE before / $LOAD_AFTER after")
+print("  ratios use the minimum wall time of each command (the least disturbed run); CPU s is the")
+print("  least user+sys time of the runs (children included: etcdutl and etcd for the replay)")
 print()
+LABELS = {
+    "ours_full_gz": "etcdbrctl restore, Full .gz from the store",
+    "ours_full_raw": "etcdbrctl restore, Full uncompressed in the store",
+    "etcdutl_3.5.30": "etcdutl 3.5.30 snapshot restore",
+    "etcdutl_3.5.1": "etcdutl 3.5.1 snapshot restore",
+    "etcdctl_3.4": "etcdctl 3.4.23 snapshot restore",
+    "ours_deltas_gz": "etcdbrctl restore, Full .gz + Incr .gz",
+    "ours_deltas_raw": "etcdbrctl restore, Full uncompressed + Incr .gz",
+    "replay_baseline": "Go tool's algorithm: etcdutl + etcd + txn replay",
+}
 def table(title, names, ref, ratio_label, per_rev=False):
     print(f"{title}")
-    print(f"| command | wall s | {ratio_label} | peak RSS MiB |" + (" revisions/s |" if per_rev else ""))
-    print("|---|---:|---:|---:|" + ("---:|" if per_rev else ""))
+    print(f"| command | min s | median s | {ratio_label} | CPU s (user+sys) | peak RSS MiB |" + (" revisions/s |" if per_rev else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if per_rev else ""))
     for n in names:
-        wall, rss = rows[n]
+        median, low, rss, cpu = rows[n]
         if ratio_label.startswith("speed-up"):
-            ratio = rows[ref][0] / wall
+            ratio = rows[ref][1] / low
         else:
-            ratio = wall / rows[ref][0]
-        extra = f" {revs / wall:,.0f} |" if per_rev else ""
-        print(f"| {n} | {wall:.2f} | {ratio:.2f}x | {rss / 1024:.0f} |{extra}")
+            ratio = low / rows[ref][1]
+        extra = f" {revs / low:,.0f} |" if per_rev else ""
+        print(f"| {LABELS[n]} | {low:.2f} | {median:.2f} | {ratio:.2f}x | {cpu:.2f} | {rss / 1024:.0f} |{extra}")
     print()
 table("(a) full snapshot only (ratio = time / etcdutl 3.5.30)",
       ["ours_full_gz", "ours_full_raw", "etcdutl_3.5.30", "etcdutl_3.5.1", "etcdctl_3.4"], "etcdutl_3.5.30", "time ratio")

@@ -4,6 +4,9 @@
 //! Size: `ETCDBR_BENCH_BBOLT_KEYS` (default 400000 keys of ~1.6 KB ≈ 1 GiB). The dataset is
 //! generated once under /tmp/etcdbr-bench-data.
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,9 +22,12 @@ fn dataset() -> Dataset {
     Dataset::open_or_generate(&default_data_root(), &params, &etcd).expect("generating the benchmark dataset")
 }
 
+/// One entry of [`Flat::bytes`]: offset, key length, value length.
+type Span = (usize, usize, usize);
+
 /// Every top-level bucket with its entries, flattened, for the writer bench.
 struct Flat {
-    buckets: Vec<(Vec<u8>, Vec<(usize, usize, usize)>)>,
+    buckets: Vec<(Vec<u8>, Vec<Span>)>,
     bytes: Vec<u8>,
 }
 
@@ -63,7 +69,7 @@ fn bench_bbolt(c: &mut Criterion) {
     let size = std::fs::metadata(&path).expect("db size").len();
 
     let mut g = c.benchmark_group("bbolt");
-    g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
+    g.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes(size));
     g.bench_function("open_iterate_all", |b| {
         b.iter(|| black_box(iterate_all(&Db::open(&path).expect("open"))));

@@ -14,7 +14,7 @@ use etcdbr_benches::{Dataset, DatasetParams, default_data_root};
 #[derive(Debug, Parser)]
 struct Args {
     /// Keys written into the full snapshot.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 64_000)]
     keys: u64,
     /// Average value size of the full's keys.
     #[arg(long, default_value_t = 1600)]

@@ -70,7 +70,10 @@ impl Chain {
                 Ok(s) if s.prefix == prefix => snaps.push(s),
                 Ok(_) => {}
                 Err(e) => {
-                    if under_layout_dir(&meta.key, prefix) {
+                    // Lease sidecars (`Leases-…json`) live beside the deltas on purpose.
+                    if under_layout_dir(&meta.key, prefix)
+                        && crate::snapshotter::leases::parse_sidecar_key(&meta.key).is_none()
+                    {
                         warn!(key = %meta.key, error = %e, "ignoring an object that is not a snapshot");
                     }
                 }

@@ -84,6 +84,7 @@ pub async fn compact(
         lease_policy: plan.lease_policy,
         bump_revision: None,
         writer: bbolt::WriterOptions::default(),
+        known_lease_ttls: crate::restore::lease_sidecars(store.as_ref(), &plan.prefix, &chain).await?,
     };
     let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: false };
     let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, work.path(), fetch, progress).await?;

@@ -427,44 +427,36 @@ impl EtcdSource for EtcdClient {
                 if ended {
                     return None;
                 }
-                loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
-                            if resp.compact_revision() > 0 {
-                                let err = EtcdError::Compacted {
-                                    requested: from_revision,
-                                    compact_revision: resp.compact_revision(),
-                                };
-                                return Some((Err(err), (stream, endpoint, true)));
-                            }
-                            if resp.canceled() {
-                                let err = EtcdError::Unavailable {
-                                    message: format!("watch canceled: {}", resp.cancel_reason()),
-                                    endpoint: endpoint.clone(),
-                                };
-                                return Some((Err(err), (stream, endpoint, true)));
-                            }
-                            let time = crate::delta::now_rfc3339_nanos();
-                            let batch = WatchBatch {
-                                events: resp.events().iter().filter_map(|e| convert_event(e, &time)).collect(),
-                                header_revision: resp.header().map_or(0, |h| h.revision()),
-                            };
-                            return Some((Ok(batch), (stream, endpoint, false)));
-                        }
-                        Ok(None) => {
-                            let err = EtcdError::Unavailable {
-                                message: "watch stream closed".into(),
-                                endpoint: endpoint.clone(),
-                            };
-                            return Some((Err(err), (stream, endpoint, true)));
-                        }
-                        Err(e) => {
-                            let err =
-                                EtcdError::Unavailable { message: format!("watch: {e}"), endpoint: endpoint.clone() };
-                            return Some((Err(err), (stream, endpoint, true)));
-                        }
+                let (item, ended) = match stream.message().await {
+                    Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                        let err = EtcdError::Compacted {
+                            requested: from_revision,
+                            compact_revision: resp.compact_revision(),
+                        };
+                        (Err(err), true)
                     }
-                }
+                    Ok(Some(resp)) if resp.canceled() => {
+                        let message = format!("watch canceled: {}", resp.cancel_reason());
+                        (Err(EtcdError::Unavailable { message, endpoint: endpoint.clone() }), true)
+                    }
+                    Ok(Some(resp)) => {
+                        let time = crate::delta::now_rfc3339_nanos();
+                        let batch = WatchBatch {
+                            events: resp.events().iter().filter_map(|e| convert_event(e, &time)).collect(),
+                            header_revision: resp.header().map_or(0, |h| h.revision()),
+                        };
+                        (Ok(batch), false)
+                    }
+                    Ok(None) => {
+                        let message = "watch stream closed".to_string();
+                        (Err(EtcdError::Unavailable { message, endpoint: endpoint.clone() }), true)
+                    }
+                    Err(e) => {
+                        let message = format!("watch: {e}");
+                        (Err(EtcdError::Unavailable { message, endpoint: endpoint.clone() }), true)
+                    }
+                };
+                Some((item, (stream, endpoint, ended)))
             },
         )))
     }

@@ -84,6 +84,9 @@ pub struct RebuildOptions {
     pub bump_revision: Option<i64>,
     /// bbolt page size and fill of the written db.
     pub writer: WriterOptions,
+    /// TTLs (seconds) of leases granted after the full snapshot, as the snapshotter recorded
+    /// them beside the deltas; they win over `lease_policy`.
+    pub known_lease_ttls: HashMap<i64, i64>,
 }
 
 /// What a rebuild did.
@@ -159,7 +162,8 @@ where
                 }
             }
             mvcc::LEASE_BUCKET => {
-                stats.leases_added = write_leases(source, &delta_leases, opts.lease_policy, &mut writer)?;
+                stats.leases_added =
+                    write_leases(source, &delta_leases, opts.lease_policy, &opts.known_lease_ttls, &mut writer)?;
             }
             meta::META_BUCKET => write_meta(source, opts, &stats, &mut writer)?,
             MEMBERS | MEMBERS_REMOVED => match &opts.membership {
@@ -326,6 +330,7 @@ fn write_leases<W: Write + Seek>(
     source: &Db,
     delta_leases: &HashMap<Vec<u8>, i64>,
     policy: LeasePolicy,
+    known_ttls: &HashMap<i64, i64>,
     writer: &mut BulkWriter<W>,
 ) -> Result<u64, Error> {
     let mut records: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -346,16 +351,17 @@ fn write_leases<W: Write + Seek>(
         LeasePolicy::MaxOfSourceOr(fallback) => Some(if max_ttl > 0 { max_ttl } else { fallback }),
     };
     let mut added = 0;
-    if let Some(ttl) = ttl {
+    let in_use: BTreeSet<i64> = delta_leases.values().copied().filter(|&id| id != 0).collect();
+    for id in in_use {
+        let Some(ttl) = known_ttls.get(&id).copied().filter(|&t| t > 0).or(ttl) else {
+            continue;
+        };
         // A TTL of 0 would make etcd expire the lease (and delete its keys) seconds after boot.
         let ttl = ttl.max(1);
-        let in_use: BTreeSet<i64> = delta_leases.values().copied().filter(|&id| id != 0).collect();
-        for id in in_use {
-            let key = Lease::bucket_key(id).to_vec();
-            if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(key) {
-                slot.insert(Lease { id, ttl, remaining_ttl: 0 }.encode());
-                added += 1;
-            }
+        let key = Lease::bucket_key(id).to_vec();
+        if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(key) {
+            slot.insert(Lease { id, ttl, remaining_ttl: 0 }.encode());
+            added += 1;
         }
     }
     for (k, v) in &records {

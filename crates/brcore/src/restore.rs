@@ -231,6 +231,7 @@ async fn build(
         lease_policy: plan.lease_policy,
         bump_revision: plan.bump_revision,
         writer: bbolt::WriterOptions::default(),
+        known_lease_ttls: lease_sidecars(store.as_ref(), &plan.prefix, chain).await?,
     };
     let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
     fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
@@ -319,6 +320,44 @@ fn conf_state_json(cluster: &Cluster) -> Vec<u8> {
     ids.sort_unstable();
     let voters: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
     format!("{{\"voters\":[{}],\"auto_leave\":false}}", voters.join(",")).into_bytes()
+}
+
+/// The TTLs the snapshotter recorded (in `Leases-…json` sidecars beside the deltas) for leases
+/// granted after the full snapshot: lease id → granted TTL. Stores without sidecars (the Go
+/// tool's) give an empty map. A sidecar that does not parse is corrupt: it is ours, so it
+/// should.
+pub async fn lease_sidecars(
+    store: &dyn Snapstore,
+    prefix: &str,
+    chain: &Chain,
+) -> Result<std::collections::HashMap<i64, i64>, Error> {
+    use crate::snapshotter::leases;
+    let mut ttls = std::collections::HashMap::new();
+    if chain.deltas.is_empty() {
+        return Ok(ttls);
+    }
+    let ranges: std::collections::HashSet<(u64, u64)> =
+        chain.deltas.iter().map(|d| (d.name.start_revision, d.name.last_revision)).collect();
+    let p = prefix.trim_matches('/');
+    let dir = if p.is_empty() { "v2/".to_string() } else { format!("{p}/v2/") };
+    for object in store.list(&dir).await? {
+        let Some(range) = leases::parse_sidecar_key(&object.key) else { continue };
+        if !ranges.contains(&range) {
+            continue;
+        }
+        let mut stream = store.read(&object.key, None).await?;
+        let mut raw = Vec::with_capacity(object.size as usize);
+        while let Some(chunk) = stream.next().await {
+            raw.extend_from_slice(&chunk?);
+        }
+        let sidecar = leases::decode(&raw).map_err(|why| Error::corrupt(&object.key, why))?;
+        for lease in sidecar.leases {
+            if let Some(ttl) = lease.granted_ttl.filter(|&t| t > 0) {
+                ttls.insert(lease.id, ttl);
+            }
+        }
+    }
+    Ok(ttls)
 }
 
 /// How the chain's objects are fetched.

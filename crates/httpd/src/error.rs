@@ -40,6 +40,10 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// The leader's sidecar, to which a follower forwards snapshot requests, could not be
+    /// reached or answered garbage (502).
+    #[error("the leader's sidecar: {0}")]
+    Upstream(String),
     /// Anything else that is the server's fault (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -54,6 +58,7 @@ impl Error {
             Error::NotConfigured(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Busy(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::Backup(_) | Error::EtcdConfig { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +92,7 @@ mod tests {
         assert_eq!(Error::NotConfigured("x".into()).status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(Error::Busy("x".into()).status(), StatusCode::CONFLICT);
         assert_eq!(Error::Unavailable("x".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(Error::Upstream("x".into()).status(), StatusCode::BAD_GATEWAY);
         let e = Error::from(brcore::error::Error::not_found("no full snapshot"));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let r = Error::Unauthorized.into_response();

@@ -10,6 +10,7 @@
 //! | `/snapshot/full[?final=true]` | `200` + the snapshot as JSON; `400` bad `final`; `405` without a store; `409` while initializing; `500` on failure |
 //! | `/snapshot/delta` | `200` + JSON or `null`; `503` when no snapshotter watches etcd or deltas are disabled |
 //! | `/snapshot/latest` | `200` `{"fullSnapshot":…,"deltaSnapshots":…}` listed from the store |
+//! | (follower) `/snapshot/full`, `/snapshot/delta` | forwarded to the leader's sidecar after checking its `/healthz`, answer passed through; `503` when it is not ready, no leader is known or the request was already forwarded; `502` when it does not answer |
 //! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]) |
 //! | `/healthz` | `200 {"health":true}` or `503 {"health":false}` |
 //! | `/metrics` | the `etcdbr_*` metrics, Prometheus text format |
@@ -20,6 +21,11 @@
 //! `405`/proxy; an optional bearer token ([`ServerConfig::auth_token`]) guards the endpoints
 //! that change state; POD_NAME and POD_NAMESPACE are used when present, never required.
 //!
+//! In a multi-member cluster only the raft leader's sidecar snapshots: a [`LeaderElector`]
+//! publishes this sidecar's [`Role`] ([`ServerConfig::leadership`]); followers forward snapshot
+//! requests to the leader's sidecar, found by a [`SidecarLocator`], and answer
+//! `/snapshot/latest` from the shared store themselves (see [`leader`]).
+//!
 //! Snapshots go through the [`SnapshotControl`] trait: [`LiveSnapshots`] asks the running
 //! snapshotter (through its handle) and falls back to [`StoreSnapshots`] (full snapshots taken
 //! here, deltas refused) while none runs.
@@ -28,11 +34,13 @@
 
 mod error;
 pub mod etcdconf;
+pub mod leader;
 pub mod page;
 mod server;
 pub mod snapshots;
 mod tls;
 
 pub use error::Error;
+pub use leader::{LeaderElector, Role, SidecarLocator};
 pub use server::{DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles};
 pub use snapshots::{Latest, LiveSnapshots, SnapshotControl, SnapshotJson, StoreSnapshots};

@@ -21,6 +21,8 @@ pub struct PageData<'a> {
     pub errors: Vec<(i64, String)>,
     /// The member name, when known.
     pub member: Option<&'a str>,
+    /// This sidecar's role in a multi-member cluster (leader, follower of whom), when elected.
+    pub role: Option<String>,
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -76,6 +78,9 @@ pub fn render(d: &PageData<'_>) -> String {
     );
     let (cls, word) = if d.healthy { ("ok", "healthy") } else { ("bad", "not ready") };
     let _ = write!(h, "<p>Health: <span class=\"{cls}\" id=\"health\">{word}</span></p>");
+    if let Some(role) = &d.role {
+        let _ = write!(h, "<p>Role: <b id=\"role\">{}</b></p>", escape(role));
+    }
 
     let _ = write!(h, "<h2>Initialization</h2><p>Status: <b id=\"init-status\">{}</b></p>", escape(d.init_status));
     if let Some(last) = d.last_initialization {
@@ -150,7 +155,9 @@ mod tests {
             latest: Some(Ok(Latest { full: Some(full), deltas: vec![delta] })),
             errors: vec![(1795606904, "store said <no>".into())],
             member: Some("etcd-main-0"),
+            role: Some("follower of <m2>".into()),
         });
+        assert!(page.contains("follower of &lt;m2&gt;"));
         assert!(page.contains("Full-00000000-00000010-1795606904.gz"));
         assert!(page.contains("Incr-00000011-00000015-1795606964.gz"));
         assert!(page.contains("reaches revision 15"));

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use brcore::metrics::Metrics;
@@ -20,6 +20,7 @@ use validator::{Action, InitOptions, Initializer, Mode, Outcome};
 
 use crate::error::Error;
 use crate::etcdconf;
+use crate::leader::{FORWARDED_HEADER, Role};
 use crate::page::{self, PageData};
 use crate::snapshots::{LatestJson, SnapshotControl, SnapshotJson};
 
@@ -83,6 +84,10 @@ pub struct ServerConfig {
     pub pod_name: Option<String>,
     /// Validation mode when `/initialization/start` has no `mode` (`--validation-mode`).
     pub default_mode: Mode,
+    /// This sidecar's role in a multi-member cluster (from a [`crate::LeaderElector`]): while
+    /// it is a follower, `/snapshot/full` and `/snapshot/delta` are forwarded to the leader's
+    /// sidecar; while the role is unknown they answer 503. `None`: always served here.
+    pub leadership: Option<watch::Receiver<Role>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -95,6 +100,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("config_output", &self.config_output)
             .field("pod_name", &self.pod_name)
             .field("default_mode", &self.default_mode)
+            .field("leadership", &self.leadership.as_ref().map(|r| r.borrow().clone()))
             .finish()
     }
 }
@@ -126,6 +132,16 @@ struct Shared {
     starts: watch::Sender<u64>,
     healthy: AtomicBool,
     events: Mutex<Events>,
+    /// The client that forwards snapshot requests to the leader's sidecar, made on first use.
+    upstream: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// Where a snapshot request is served.
+enum Route {
+    /// By this sidecar's snapshotter.
+    Here,
+    /// By the leader's sidecar at this base URL.
+    Forward(String),
 }
 
 fn unix_now() -> i64 {
@@ -168,6 +184,75 @@ impl Shared {
         self.snapshots.as_ref().ok_or_else(|| {
             Error::NotConfigured("snapshots are not configured on this server (no --storage-provider)".into())
         })
+    }
+
+    /// Decides who serves a snapshot request: here, or the leader's sidecar.
+    fn route(&self, headers: &HeaderMap) -> Result<Route, Error> {
+        let Some(role) = &self.config.leadership else {
+            return Ok(Route::Here);
+        };
+        let role = role.borrow().clone();
+        match role {
+            Role::Leader => Ok(Route::Here),
+            Role::Unknown => Err(Error::Unavailable(
+                "this sidecar does not know which etcd member leads (etcd unreachable, or no quorum); try again later"
+                    .into(),
+            )),
+            Role::Follower { .. } if headers.contains_key(FORWARDED_HEADER) => Err(Error::Unavailable(
+                "forwarded here as to the leader's sidecar, but this etcd member no longer leads; try again".into(),
+            )),
+            Role::Follower { sidecar: Some(url), .. } => Ok(Route::Forward(url)),
+            Role::Follower { sidecar: None, leader_name, leader_id } => Err(Error::Unavailable(format!(
+                "etcd member {leader_name:?} ({leader_id:x}) leads, but where its sidecar listens is unknown; \
+                 name it in --sidecar-endpoints"
+            ))),
+        }
+    }
+
+    fn upstream(&self) -> Result<&reqwest::Client, Error> {
+        if let Some(c) = self.upstream.get() {
+            return Ok(c);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client for forwarding: {e}")))?;
+        Ok(self.upstream.get_or_init(|| client))
+    }
+
+    /// Forwards a snapshot request to the leader's sidecar at `base` after checking its
+    /// `/healthz` (as the reference's reverse proxy does), passing the bearer token on, and
+    /// returns its answer unchanged.
+    async fn forward(&self, base: &str, method: Method, uri: &Uri, headers: &HeaderMap) -> Result<Response, Error> {
+        let client = self.upstream()?;
+        let health = client
+            .get(format!("{base}/healthz"))
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| Error::Upstream(format!("{base} does not answer: {e}")))?;
+        if !health.status().is_success() {
+            return Err(Error::Unavailable(format!(
+                "the leader's sidecar at {base} is not ready (its /healthz answered {}); try again later",
+                health.status().as_u16()
+            )));
+        }
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let mut request = client.request(method, format!("{base}{path}")).header(FORWARDED_HEADER, "1");
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let answer = request.send().await.map_err(|e| Error::Upstream(format!("{base}{path}: {e}")))?;
+        let status = answer.status();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        let body =
+            answer.bytes().await.map_err(|e| Error::Upstream(format!("{base}{path}: reading the answer: {e}")))?;
+        info!(leader = base, path, status = status.as_u16(), "snapshot request forwarded to the leader's sidecar");
+        let mut response = (status, body).into_response();
+        if let Some(ct) = content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        Ok(response)
     }
 
     fn refuse_while_initializing(&self) -> Result<(), Error> {
@@ -259,6 +344,7 @@ impl Server {
                 starts,
                 healthy: AtomicBool::new(false),
                 events: Mutex::new(Events::default()),
+                upstream: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -344,6 +430,7 @@ async fn page_handler(State(s): State<Arc<Shared>>) -> Response {
         latest,
         errors,
         member: member.as_deref(),
+        role: s.config.leadership.as_ref().map(|r| r.borrow().to_string()),
     });
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
@@ -445,6 +532,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Response, Error> {
 
 async fn snapshot_full(
     State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
@@ -456,6 +545,9 @@ async fn snapshot_full(
     };
     let ctl = s.snapshots()?;
     s.refuse_while_initializing()?;
+    if let Route::Forward(base) = s.route(&headers)? {
+        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("full snapshot", e));
+    }
     match ctl.full(is_final).await {
         Ok(snap) => to_json(&SnapshotJson::from(&snap)),
         Err(e) => {
@@ -465,10 +557,18 @@ async fn snapshot_full(
     }
 }
 
-async fn snapshot_delta(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, Error> {
+async fn snapshot_delta(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
     s.authorize(&headers)?;
     let ctl = s.snapshots()?;
     s.refuse_while_initializing()?;
+    if let Route::Forward(base) = s.route(&headers)? {
+        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("delta snapshot", e));
+    }
     match ctl.delta().await {
         Ok(snap) => to_json(&snap.as_ref().map(SnapshotJson::from)),
         Err(e) => {

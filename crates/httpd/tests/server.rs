@@ -294,6 +294,7 @@ fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
         config_output: Some(out.clone()),
         pod_name: Some("etcd-main-0".into()),
         default_mode: Mode::Sanity,
+        leadership: None,
     };
     (Server::new(config, init, Some(snapshots), metrics), out)
 }

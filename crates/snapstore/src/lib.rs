@@ -15,7 +15,8 @@
 //! aborted, so no object appears (multipart uploads are aborted; uncommitted Azure blocks expire
 //! on their own). Local writes go to a temp file under `<container>/.etcdbr-tmp/` (opendal's
 //! `atomic_write_dir`, the same file system as the target), which is fsynced and renamed into
-//! place; the directory is fsynced after the rename. Listings never show that temp directory.
+//! place; the directory is fsynced after the rename. Listings never show that temp directory, and
+//! it is only created by the first write: opening or reading a store writes nothing into it.
 //!
 //! # Credentials that change
 //!

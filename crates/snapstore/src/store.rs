@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -92,6 +92,9 @@ pub struct OpendalStore {
     /// Credential files and dirs to stat before each operation (empty: nothing to reload).
     watched: RwLock<Vec<PathBuf>>,
     current: RwLock<Current>,
+    /// Local only: the operator that stages writes in [`LOCAL_TEMP_DIR`], built at the first
+    /// write (building it creates that directory).
+    local_writer: OnceLock<Operator>,
 }
 
 impl fmt::Debug for OpendalStore {
@@ -144,7 +147,12 @@ impl OpendalStore {
         let op = s.build_operator(&loaded.credentials)?;
         let fingerprint = credentials::fingerprint(&loaded.watched);
         debug!(provider = %s.provider, container = %s.container, "opened snapstore");
-        Ok(OpendalStore { s, watched: RwLock::new(loaded.watched), current: RwLock::new(Current { op, fingerprint }) })
+        Ok(OpendalStore {
+            s,
+            watched: RwLock::new(loaded.watched),
+            current: RwLock::new(Current { op, fingerprint }),
+            local_writer: OnceLock::new(),
+        })
     }
 
     /// The provider.
@@ -199,6 +207,28 @@ impl OpendalStore {
             source: "store lock poisoned".into(),
         })?;
         Ok(Call::new(base, self.s.provider))
+    }
+
+    /// The call for a write: for Local, the staging operator (built once); else [`Self::call`].
+    fn write_call(&self, key: &str) -> Result<Call, StoreError> {
+        let Some(root) = &self.s.local_root else { return self.call(key) };
+        if let Some(op) = self.local_writer.get() {
+            return Ok(Call::new(op.clone(), self.s.provider));
+        }
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Other {
+            key: key.to_string(),
+            retryable: false,
+            source: e,
+        };
+        let temp = root.join(LOCAL_TEMP_DIR);
+        create_private_dir(&temp).map_err(|e| fail(Box::new(e)))?;
+        remove_stale_staging_files(&temp);
+        let builder = services::Fs::default().root(&root.to_string_lossy()).atomic_write_dir(&temp.to_string_lossy());
+        let op = Operator::new(builder)
+            .map_err(|e| fail(Box::new(e)))?
+            .layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT));
+        let op = self.local_writer.get_or_init(|| op).clone();
+        Ok(Call::new(op, self.s.provider))
     }
 
     /// Checks that the bucket/container exists and the credentials are accepted, by listing at
@@ -274,11 +304,9 @@ impl Settings {
             (Provider::Local, _) => {
                 let root =
                     self.local_root.as_ref().ok_or_else(|| Error::Config("Local store without a root".into()))?;
-                let temp = root.join(LOCAL_TEMP_DIR);
-                create_private_dir(&temp)?;
-                let builder =
-                    services::Fs::default().root(&root.to_string_lossy()).atomic_write_dir(&temp.to_string_lossy());
-                Operator::new(builder).map_err(backend)?
+                // Reads and deletes only: this operator stages nothing, so opening a store (for a
+                // restore, say) never writes into it. Writes use `local_writer`.
+                Operator::new(services::Fs::default().root(&root.to_string_lossy())).map_err(backend)?
             }
             (Provider::S3 | Provider::ECS | Provider::OCS, Credentials::S3(c)) => {
                 tls.insecure_skip_verify = c.insecure_skip_verify;
@@ -408,6 +436,25 @@ impl Settings {
     }
 }
 
+/// Staging files older than this were left by a writer that crashed (a live one renames its file
+/// away long before): the first write of a process removes them.
+const STALE_STAGING_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes staging files of crashed writers; failures only cost disk space, so they are logged.
+fn remove_stale_staging_files(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if path.is_file() && age.is_some_and(|a| a > STALE_STAGING_AGE) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => debug!(path = %path.display(), "removed a stale staging file"),
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot remove a stale staging file"),
+            }
+        }
+    }
+}
+
 /// Whether the host of `endpoint` (`scheme://host:port/...` or `host:port`) is an IP address.
 fn host_is_ip(endpoint: &str) -> bool {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
@@ -456,9 +503,14 @@ fn http_client(tls: &TlsOptions) -> Result<reqwest::Client, String> {
         b = b.tls_danger_accept_invalid_certs(true);
     }
     if let Some(pem) = &tls.trusted_ca_cert {
-        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
             .map_err(|e| format!("trustedCaCert is not a PEM certificate: {e}"))?;
-        b = b.add_root_certificate(cert);
+        if certs.is_empty() {
+            return Err("trustedCaCert holds no PEM certificate".to_string());
+        }
+        for cert in certs {
+            b = b.add_root_certificate(cert);
+        }
     }
     b.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
@@ -635,7 +687,7 @@ impl Snapstore for OpendalStore {
 
     async fn write(&self, key: &str, mut data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
         self.check_key(key)?;
-        let call = self.call(key)?;
+        let call = self.write_call(key)?;
         let op = &call.op;
         let part_size = opts.part_size.max(1);
         let parts = opts.max_parallel_parts.max(1);
@@ -701,6 +753,20 @@ impl Snapstore for OpendalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_staging_files_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("Full-1.gz.stale");
+        let fresh = dir.path().join("Full-2.gz.live");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&fresh, b"y").unwrap();
+        let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days_ago).unwrap();
+        remove_stale_staging_files(dir.path());
+        assert!(!old.exists(), "a staging file of a crashed writer stays");
+        assert!(fresh.exists(), "a live writer's staging file was removed");
+    }
 
     #[test]
     fn ip_endpoints_are_recognised() {

@@ -212,6 +212,8 @@ async fn local_store_conforms() {
     let config = StoreConfig { container: Some(root.display().to_string()), ..StoreConfig::default() };
     let store = Arc::new(OpendalStore::open_with_env(&config, &|_| None).expect("open Local"));
     assert_eq!(store.local_root(), Some(root.as_path()));
+    // Opening (and reading) writes nothing into the store: restores may read read-only stores.
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "open created something in the store");
     run_conformance(store.clone()).await;
 
     // Objects are plain files under the root, and failed writes left no staging files behind.

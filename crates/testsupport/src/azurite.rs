@@ -108,8 +108,11 @@ impl Azurite {
              Authorization: SharedKey {ACCOUNT}:{signature}\r\nContent-Length: 0\r\n\r\n",
             self.port
         );
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        // Bounded everywhere, so a stuck peer cannot stall the start-up loop past its deadline.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
         s.write_all(request.as_bytes()).ok()?;
         let mut response = Vec::new();
         let _ = s.read_to_end(&mut response);

@@ -194,8 +194,11 @@ impl Drop for SeaweedS3 {
 
 /// One HTTP/1.0 request to 127.0.0.1:`port`; the response status, or None if nothing answered.
 fn http_status(port: u16, method: &str, path: &str, body: &[u8]) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    // Bounded everywhere, so a stuck peer cannot stall the readiness loop past its deadline.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     let head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).ok()?;
     s.write_all(body).ok()?;

@@ -619,11 +619,21 @@ impl Snapshotter {
         if let Some(t) = defrag_task {
             t.abort();
         }
-        if let Some(t) = full_task {
-            // Dropping the upload leaves nothing under the object's name (Snapstore contract).
-            t.abort();
-        }
         result?;
+        if let Some(t) = full_task {
+            if t.is_finished() {
+                // Stored, but not yet taken into account: the last delta builds on it.
+                let (outcome, took) = t
+                    .await
+                    .unwrap_or_else(|e| (Err(Error::internal(format!("full snapshot task: {e}"))), Duration::ZERO));
+                if let Err(e) = self.full_finished(&mut core, outcome, took) {
+                    warn!(error = %e, "the full snapshot failed");
+                }
+            } else {
+                // Dropping the upload leaves nothing under the object's name (Snapstore contract).
+                t.abort();
+            }
+        }
         info!("stopping: storing the buffered events as a last delta");
         if deltas && core.chain.is_some() {
             if watch.is_none() {

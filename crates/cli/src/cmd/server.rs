@@ -6,6 +6,16 @@
 //! started again once etcd answers; `/healthz` is 200 only while it runs, as in the reference.
 //! Without `--storage-provider` there is no store: initialization keeps a valid data dir or
 //! lets etcd start empty, the snapshot endpoints answer 405, and `/healthz` follows etcd.
+//!
+//! In a multi-member cluster only the sidecar of the raft leader snapshots (the reference's
+//! leader elector): a [`LeaderElector`] asks the local member every `--reelection-period`; the
+//! snapshotter runs while this member leads and stops, storing its buffered events as a last
+//! delta, when leadership moves. A new leader first waits (bounded) for the previous leader's
+//! sidecar to finish that last delta, then starts its own chain with a full snapshot, so the
+//! two never upload at the same time. Followers forward `/snapshot/full` and `/snapshot/delta`
+//! to the leader's sidecar (found through `--sidecar-endpoints`, else the leader's client URL
+//! host and this server's port, as the reference) and answer `/snapshot/latest` from the
+//! shared store themselves; their `/healthz` is 503, as the reference's non-leaders.
 
 use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -18,21 +28,25 @@ use brcore::etcd::{EtcdClient, EtcdSource};
 use brcore::snapshotter::Snapshotter;
 use brcore::snapshotter::full::FullOptions;
 use clap::Args;
+use httpd::leader::{EtcdClusterView, wait_for_handoff};
 use httpd::{
-    InitStatus, Initialization, LiveSnapshots, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots,
-    TlsFiles,
+    InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig, ServerHandle, SidecarLocator,
+    SnapshotControl, StoreSnapshots, TlsFiles,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use validator::{InitOptions, Initializer, Mode};
 
 use super::initialize::ValidationMode;
-use super::snapshot::{SnapshotArgs, SnapshotPlan};
+use super::snapshot::{SnapshotArgs, SnapshotPlan, parse_go_duration};
 use super::store_config;
 use crate::flags::RestoreArgs;
 
 /// How often etcd is asked whether it is up while the snapshotter waits for it.
 const ETCD_POLL: Duration = Duration::from_secs(2);
+/// How long a new leader waits for the previous leader's sidecar beyond one reelection period:
+/// the snapshotter's shutdown drain (5 s) and its last delta's upload.
+const HANDOFF_GRACE: Duration = Duration::from_secs(15);
 
 /// `etcdbrctl server`: the reference's flags, names and defaults.
 #[derive(Debug, Args)]
@@ -74,6 +88,18 @@ pub struct ServerArgs {
     /// Accepted for compatibility with the Go etcdbrctl; etcd-wrapper restarts are not driven.
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub use_etcd_wrapper: Option<String>,
+    /// How often the local etcd member is asked whether it leads (only the leader's sidecar
+    /// snapshots); at least 1s.
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    pub reelection_period: Duration,
+    /// Limit for each leader-election request to etcd.
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    pub etcd_connection_timeout_leader_election: Duration,
+    /// Where each member's sidecar listens, `member-name=url` pairs, comma separated: followers
+    /// forward snapshot requests there. Members not named: the host of the member's client URL
+    /// and this server's --server-port (the reference's rule; needs one sidecar per host).
+    #[arg(long, default_value = "")]
+    pub sidecar_endpoints: String,
     /// Accepted for compatibility with the Go etcdbrctl (multi-member features); unused.
     #[arg(long, hide = true)]
     pub service_endpoints: Option<String>,
@@ -191,6 +217,8 @@ fn env(name: &str) -> Option<String> {
 struct Setup {
     server: Server,
     snapshots: Option<Snapshotting>,
+    /// Decides who snapshots; present with a store.
+    elector: Option<LeaderElector>,
     etcd: Arc<EtcdClient>,
     listen: SocketAddr,
 }
@@ -200,12 +228,23 @@ struct Snapshotting {
     store: Arc<dyn brcore::Snapstore>,
     plan: SnapshotPlan,
     live: Arc<LiveSnapshots>,
+    /// This sidecar's role; the snapshotter runs while it is [`Role::Leader`].
+    role: watch::Receiver<Role>,
+    /// How long a new leader waits for the previous leader's sidecar to stop.
+    handoff_limit: Duration,
 }
 
 fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     if args.config_file.is_some() {
         bail!("--config-file is not supported; pass the settings as flags");
     }
+    if args.reelection_period < Duration::from_secs(1)
+        || args.etcd_connection_timeout_leader_election < Duration::from_secs(1)
+    {
+        bail!("--reelection-period and --etcd-connection-timeout-leader-election must be at least 1s");
+    }
+    let sidecars = SidecarLocator::parse_endpoints(&args.sidecar_endpoints)
+        .map_err(|e| anyhow::anyhow!("--sidecar-endpoints: {e}"))?;
     let plan = super::restore::plan(&args.restore_args())?;
     let snap = super::snapshot::plan(&args.snapshot)?;
     let mode = match args.validation_mode {
@@ -232,11 +271,18 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         let control: Arc<dyn SnapshotControl> = live.clone();
         (Initializer::new(store.clone()), Some(control), Some((store, live)))
     };
+    let tls = match (&args.server_cert, &args.server_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    };
+    let elector = snapshotting.is_some().then(|| {
+        let view = Arc::new(EtcdClusterView::new(snap.etcd.clone(), args.etcd_connection_timeout_leader_election));
+        let locator = SidecarLocator::new(sidecars, args.server_port, tls.is_some());
+        LeaderElector::new(view, locator, args.reelection_period)
+    });
     let config = ServerConfig {
-        tls: match (&args.server_cert, &args.server_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
-            _ => None,
-        },
+        leadership: elector.as_ref().map(LeaderElector::subscribe),
+        tls,
         auth_token: args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
         etcd_conf: env("ETCD_CONF").map(PathBuf::from),
         config_output: env("HOME").map(|h| PathBuf::from(h).join("etcd.conf.yaml")),
@@ -253,9 +299,13 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         },
     };
     let server = Server::new(config, init, control, metrics);
+    let handoff_limit = args.reelection_period + HANDOFF_GRACE;
     Ok(Setup {
         server,
-        snapshots: snapshotting.map(|(store, live)| Snapshotting { store, plan: snap, live }),
+        snapshots: snapshotting
+            .zip(elector.as_ref().map(LeaderElector::subscribe))
+            .map(|((store, live), role)| Snapshotting { store, plan: snap, live, role, handoff_limit }),
+        elector,
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
     })
@@ -292,11 +342,15 @@ async fn serve(
         let _ = stop_tx.send(true);
     });
     let handle = setup.server.handle();
+    let elector = setup.elector.map(|e| tokio::spawn(e.run(stopped(stop_rx.clone()))));
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(setup.server.serve(listener, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
     supervise(&handle, setup.etcd, setup.snapshots, stop_rx).await;
+    if let Some(e) = elector {
+        let _ = e.await;
+    }
     match server.await {
         Ok(result) => result.context("the HTTP server failed"),
         Err(e) => bail!("the HTTP server task died: {e}"),
@@ -327,8 +381,51 @@ async fn wait_for_etcd(etcd: &EtcdClient, handle: &ServerHandle, stop: &watch::R
     }
 }
 
-/// Keeps the snapshotter running while etcd is up and no initialization runs, and `/healthz`
-/// in step with it, until `stop`.
+/// Waits until this sidecar leads; `None` if told to stop first, else the sidecar of the leader
+/// seen last before (the one to hand off from). Not leading, `/healthz` answers 503.
+async fn wait_for_leadership(
+    role: &mut watch::Receiver<Role>,
+    handle: &ServerHandle,
+    stop: &watch::Receiver<bool>,
+) -> Option<Option<String>> {
+    let mut previous = None;
+    let mut told = false;
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let now = role.borrow_and_update().clone();
+        match now {
+            Role::Leader => return Some(previous),
+            Role::Follower { sidecar, leader_name, .. } => {
+                if !told {
+                    info!(leader = leader_name, "this etcd member does not lead: the leader's sidecar snapshots");
+                    told = true;
+                }
+                previous = sidecar;
+            }
+            Role::Unknown => {}
+        }
+        handle.set_healthy(false);
+        tokio::select! {
+            _ = stopped(stop.clone()) => return None,
+            changed = role.changed() => if changed.is_err() { return None },
+        }
+    }
+}
+
+/// Completes when `role` is no longer [`Role::Leader`] (or its elector is gone).
+async fn leadership_lost(mut role: watch::Receiver<Role>) {
+    loop {
+        let leading = *role.borrow_and_update() == Role::Leader;
+        if !leading || role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the snapshotter running while etcd is up, this member leads and no initialization
+/// runs, and `/healthz` in step with it, until `stop`.
 async fn supervise(
     handle: &ServerHandle,
     etcd: Arc<EtcdClient>,
@@ -340,7 +437,7 @@ async fn supervise(
         if !wait_for_etcd(&etcd, handle, &stop).await {
             return;
         }
-        let Some(Snapshotting { store, plan, live }) = &snapshots else {
+        let Some(Snapshotting { store, plan, live, role, handoff_limit }) = &snapshots else {
             // No store: healthy while etcd answers.
             handle.set_healthy(true);
             tokio::select! {
@@ -352,6 +449,21 @@ async fn supervise(
             }
             continue;
         };
+        // Only the raft leader's sidecar snapshots.
+        let mut role = role.clone();
+        let Some(previous) = wait_for_leadership(&mut role, handle, &stop).await else {
+            return;
+        };
+        if let Some(previous) = previous {
+            info!(
+                previous = previous.as_str(),
+                "leadership moved here: waiting for the previous leader's sidecar to stop"
+            );
+            tokio::select! {
+                _ = stopped(stop.clone()) => return,
+                _ = wait_for_handoff(&previous, *handoff_limit) => {}
+            }
+        }
         info!(endpoints = ?plan.etcd.endpoints, schedule = plan.snapshotter.full_schedule.as_str(), "starting the snapshotter");
         handle.set_healthy(true);
         // Subscribed before the snapshotter starts, so no initialization can slip past it.
@@ -365,6 +477,7 @@ async fn supervise(
                 tokio::select! {
                     _ = stopped(stop) => {}
                     _ = starts.changed() => info!("initialization started: stopping the snapshotter"),
+                    _ = leadership_lost(role) => info!("leadership moved away: stopping the snapshotter"),
                 }
             }
         };
@@ -485,6 +598,23 @@ mod tests {
         let a = parse(&["--use-etcd-wrapper", "--enable-profiling=false", "--server-auth-token", "s3cret"]).unwrap();
         assert!(!format!("{a:?}").contains("s3cret"), "the token stays out of debug output");
         assert!(setup(&a).is_ok(), "compatibility flags are accepted");
+        for bad in [
+            &["--reelection-period", "500ms"][..],
+            &["--etcd-connection-timeout-leader-election", "0s"],
+            &["--sidecar-endpoints", "m0"],
+            &["--sidecar-endpoints", "m0=host:8080"],
+        ] {
+            let a = parse(bad).unwrap();
+            assert!(setup(&a).is_err(), "{bad:?} must be refused");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().to_str().unwrap();
+        let a =
+            parse(&["--storage-provider", "Local", "--store-container", store, "--sidecar-endpoints", "m0=http://a:1"])
+                .unwrap();
+        let s = setup(&a).unwrap();
+        assert!(s.elector.is_some() && s.snapshots.is_some(), "a store brings the leader elector");
+        assert_eq!(a.reelection_period, Duration::from_secs(5), "the reference's default");
     }
 
     /// `GET path` over HTTP/1.0: (status code, body).
