@@ -20,7 +20,7 @@ use std::io::{Seek, Write};
 use bbolt::{BulkWriter, Db, Entry, WriterOptions};
 use etcd_format::lease::Lease;
 use etcd_format::meta;
-use etcd_format::mvcc::{self, KeyValue, RevKey, Revision};
+use etcd_format::mvcc::{self, KeyValueRef, RevKey, Revision};
 
 use crate::delta::{Event, EventKind};
 use crate::error::Error;
@@ -259,7 +259,8 @@ where
     let base = stats.base_revision;
     let mut current = base; // the last main revision written
     let mut sub: i64 = 0;
-    let mut keys_in_rev: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut keys_in_rev = KeysInRevision::default();
+    let mut value_buf: Vec<u8> = Vec::with_capacity(256);
     let mut stopped = false;
     for event in events {
         let event = event?;
@@ -292,38 +293,81 @@ where
             keys_in_rev.clear();
             stats.revisions_applied += 1;
         }
-        if !keys_in_rev.insert(event.key.clone()) {
+        if keys_in_rev.contains(&event.key) {
             return Err(Error::corrupt(
                 "delta chain",
                 format!("key {:?} changes twice in revision {rev}", String::from_utf8_lossy(&event.key)),
             ));
         }
         let revision = Revision::new(rev, sub);
-        match event.kind {
+        value_buf.clear();
+        let (rev_key, lease) = match event.kind {
             EventKind::Put => {
-                let kv = KeyValue {
-                    key: event.key.clone(),
+                KeyValueRef {
+                    key: &event.key,
                     create_revision: event.create_revision,
                     mod_revision: rev,
                     version: event.version,
-                    value: event.value,
+                    value: &event.value,
                     lease: event.lease,
-                };
-                writer.put(&RevKey::put(revision).to_bytes(), &kv.encode()).map_err(Error::db_write)?;
-                delta_leases.insert(event.key, event.lease);
+                }
+                .encode_to(&mut value_buf);
+                (RevKey::put(revision), event.lease)
             }
             EventKind::Delete => {
-                let tomb = KeyValue::tombstone(event.key.clone());
-                writer.put(&RevKey::tombstone(revision).to_bytes(), &tomb.encode()).map_err(Error::db_write)?;
-                delta_leases.insert(event.key, 0);
+                // A tombstone's value is the key alone (etcd fills mod_revision in only on the
+                // watch copy): `0a <len> key`.
+                KeyValueRef { key: &event.key, create_revision: 0, mod_revision: 0, version: 0, value: &[], lease: 0 }
+                    .encode_to(&mut value_buf);
+                (RevKey::tombstone(revision), 0)
             }
+        };
+        writer.put(&rev_key.to_bytes(), &value_buf).map_err(Error::db_write)?;
+        // Lease bookkeeping only for keys that have or had a lease: most keys never do.
+        if lease != 0 {
+            delta_leases.insert(event.key.clone(), lease);
+        } else if !delta_leases.is_empty()
+            && let Some(slot) = delta_leases.get_mut(&event.key)
+        {
+            *slot = 0;
         }
+        keys_in_rev.insert(event.key);
         stats.events_applied += 1;
         stats.key_revisions += 1;
     }
     stats.revision = current;
     stats.ended_early = opts.to_revision.is_some_and(|to| current < to);
     Ok(())
+}
+
+/// The keys changed in the current revision, to refuse a key changing twice in one revision.
+/// Almost every revision changes one key, so a short Vec serves them; a range delete of many
+/// keys moves to a set so the check stays linear.
+#[derive(Default)]
+struct KeysInRevision {
+    few: Vec<Vec<u8>>,
+    many: std::collections::HashSet<Vec<u8>>,
+}
+
+impl KeysInRevision {
+    const FEW: usize = 16;
+
+    fn clear(&mut self) {
+        self.few.clear();
+        self.many.clear();
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.few.iter().any(|k| k == key) || (!self.many.is_empty() && self.many.contains(key))
+    }
+
+    fn insert(&mut self, key: Vec<u8>) {
+        if self.few.len() < Self::FEW {
+            self.few.push(key);
+        } else {
+            self.many.insert(key);
+        }
+    }
 }
 
 fn write_leases<W: Write + Seek>(

@@ -391,12 +391,9 @@ pub async fn rebuild_chain(
         .map_err(|e| Error::io(temp_dir, e))?
         .into_temp_path();
 
-    let full_bytes =
-        fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await?;
-
     // Deltas: fetched and decoded in parallel, handed to the writer in order through a
     // bounded channel, so memory is bounded by the fetch window, not by the chain.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Event>, Error>>(fetch.max_fetchers.max(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Event>, Error>>(fetch.max_fetchers.max(1));
     let fetch_store = store.clone();
     // Events of delta i at or below what the objects before it cover are repeats: two
     // deltas that overlap (two leaders uploading, the reference's #1043) must not apply twice.
@@ -424,22 +421,35 @@ pub async fn rebuild_chain(
             });
             let failed = item.is_err();
             // The writer hung up: it failed and reports its own error.
-            if tx.send(item).is_err() || failed {
+            if tx.send(item).await.is_err() || failed {
                 break;
             }
         }
         fetched
     });
 
+    // The deltas are already being fetched and decoded (up to the channel's bound) while the
+    // full snapshot streams in.
+    let full_bytes =
+        match fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                fetch_task.abort();
+                return Err(e);
+            }
+        };
     let source_path = full_path.to_path_buf();
     let db_out = db_path.to_path_buf();
     let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
         let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
         let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
         set_private(&db_out)?;
-        let events = rx.into_iter().flat_map(|batch| match batch {
-            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
+        let batches = std::iter::from_fn(move || rx.blocking_recv());
+        let events = batches.flat_map(|batch| -> Box<dyn Iterator<Item = Result<Event, Error>> + Send> {
+            match batch {
+                Ok(events) => Box::new(events.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
         });
         let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))?;
         let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
@@ -495,7 +505,9 @@ async fn fetch_full(
                 ));
             }
         }
-        file.sync_all().map_err(|e| Error::io(&out_path, e))?;
+        // No fsync: this file is a temporary input, read back at once and removed; the db
+        // written from it is what gets fsynced.
+        drop(file);
         Ok(())
     });
     let mut fetched = 0u64;

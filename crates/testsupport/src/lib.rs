@@ -35,15 +35,15 @@ pub fn require_binary(path: PathBuf, what: &str) -> PathBuf {
 /// Ports are handed out from a per-process counter offset by the pid, then probed, so parallel
 /// test threads and processes rarely race for the same port.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 2000) as u16 * 20;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Ports in [20000, 50000): below the kernel's ephemeral range (32768+ on most systems is
+    // shared, but outgoing connections rarely sit on a port for long), and with room above for
+    // helpers that derive a second port at +10000 (SeaweedFS).
+    let start = (std::process::id() % 1500) * 20;
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = base.wrapping_add(n % 20000);
-        if port < 20000 {
-            continue;
-        }
+        let port = 20000 + ((start + n) % 30000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
