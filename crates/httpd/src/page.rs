@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use brcore::name::{Snapshot, SnapshotKind};
+
 use crate::snapshots::Latest;
 
 /// Everything the page shows.
@@ -57,18 +59,82 @@ fn ago(secs: i64) -> String {
     }
 }
 
+/// Deltas the timeline draws individually; older ones collapse into one "earlier" block, so
+/// hours of 20-second deltas still take a line or two.
+const TIMELINE_DELTAS: usize = 12;
+
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:70em}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
-th{background:#f3f3f3}.ok{color:#176317;font-weight:bold}.bad{color:#a31515;font-weight:bold}\
-.muted{color:#777}code{font-family:ui-monospace,monospace}";
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}td.when{white-space:nowrap}td.what{overflow-wrap:anywhere}\
+.ok{color:#176317;font-weight:bold}.bad{color:#a31515;font-weight:bold}\
+.muted{color:#777}summary{cursor:pointer;margin:.4em 0}code{font-family:ui-monospace,monospace}\
+.timeline{display:flex;flex-wrap:wrap;align-items:stretch;gap:4px;margin:.8em 0 1em}\
+.seg{flex:0 0 auto;padding:.35em .6em;border-radius:4px;font-size:.85em;line-height:1.4;white-space:nowrap}\
+.seg.full{background:#dce8fb;border:1px solid #6b93d6}\
+.seg.incr{background:#e2f3df;border:1px solid #79b570}\
+.seg.gap{background:repeating-linear-gradient(135deg,#f4f4f4 0 6px,#e9e9e9 6px 12px);border:1px dashed #bbb;color:#555}\
+.seg.now{flex:0 0 auto;background:none;border:none;border-left:3px solid #222;border-radius:0;color:#222}\
+.seg small{color:#555}";
+
+/// A byte count the way an operator reads it: `872 B`, `1.5 KiB`, `203.4 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// One block of the timeline: a snapshot's kind, revisions and age; the name in the tooltip.
+fn segment(h: &mut String, s: &Snapshot) {
+    let (class, label) = match s.name.kind {
+        SnapshotKind::Full => ("full", "Full"),
+        SnapshotKind::Incr => ("incr", "Delta"),
+    };
+    let _ = write!(
+        h,
+        "<div class=\"seg {class}\" title=\"{}\"><b>{label}</b> <small>{}</small><br>rev {}–{}<br><small>{}</small></div>",
+        escape(&s.name.to_string()),
+        size(s.size),
+        s.name.start_revision,
+        s.name.last_revision,
+        ago(s.name.created_on)
+    );
+}
+
+/// The chain from the full snapshot to the newest delta, oldest left, ending at "now": what a
+/// restore replays, in order.
+fn timeline(h: &mut String, latest: &Latest, full: &Snapshot) {
+    h.push_str("<div class=\"timeline\" id=\"timeline\">");
+    segment(h, full);
+    let hidden = latest.deltas.len().saturating_sub(TIMELINE_DELTAS);
+    if let (Some(first), Some(last)) = (latest.deltas.first(), hidden.checked_sub(1).and_then(|i| latest.deltas.get(i)))
+    {
+        let _ = write!(
+            h,
+            "<div class=\"seg gap\" title=\"{hidden} earlier deltas, listed in the table below\"><b>{hidden} earlier</b><br>rev {}–{}<br><small>deltas</small></div>",
+            first.name.start_revision, last.name.last_revision
+        );
+    }
+    for d in latest.deltas.iter().skip(hidden) {
+        segment(h, d);
+    }
+    h.push_str("<div class=\"seg now\"><b>now</b></div></div>");
+}
 
 /// Renders the page.
 pub fn render(d: &PageData<'_>) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>etcdbr{}</title><style>{STYLE}</style></head><body>",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>etcdbr{}</title><style>{STYLE}</style></head><body>",
         d.member.map(|m| format!(" — {}", escape(m))).unwrap_or_default()
     );
     let _ = write!(
@@ -96,27 +162,37 @@ pub fn render(d: &PageData<'_>) -> String {
         Some(Ok(latest)) => match &latest.full {
             None => h.push_str("<p class=\"muted\">The store holds no full snapshot yet.</p>"),
             Some(full) => {
+                timeline(&mut h, latest, full);
+                let last = latest.deltas.last().map_or(full.name.last_revision, |d| d.name.last_revision);
+                let deltas = match latest.deltas.len() {
+                    0 => "No delta snapshot".to_string(),
+                    1 => "1 delta snapshot".to_string(),
+                    n => format!("{n} delta snapshots"),
+                };
+                let _ = write!(h, "<p>{deltas} after the full snapshot; a restore now reaches revision {last}.</p>");
+                // A long chain's table is folded: the timeline already shows the newest part.
+                let fold = latest.deltas.len() > TIMELINE_DELTAS;
+                if fold {
+                    let _ = write!(h, "<details><summary>All {} snapshots</summary>", latest.deltas.len() + 1);
+                }
                 h.push_str("<table><tr><th>kind</th><th>name</th><th>revisions</th><th>created</th><th>size</th></tr>");
                 for s in std::iter::once(full).chain(latest.deltas.iter()) {
                     let _ = write!(
                         h,
-                        "<tr><td>{}</td><td><code>{}</code></td><td>{}–{}</td><td>{} ({})</td><td>{} B</td></tr>",
+                        "<tr><td>{}</td><td><code>{}</code></td><td>{}–{}</td><td>{} ({})</td><td class=\"num\">{}</td></tr>",
                         s.name.kind.as_str(),
                         escape(&s.name.to_string()),
                         s.name.start_revision,
                         s.name.last_revision,
                         time(s.name.created_on),
                         ago(s.name.created_on),
-                        s.size
+                        size(s.size)
                     );
                 }
                 h.push_str("</table>");
-                let last = latest.deltas.last().map_or(full.name.last_revision, |d| d.name.last_revision);
-                let _ = write!(
-                    h,
-                    "<p>{} delta snapshot(s) after the full snapshot; a restore now reaches revision {last}.</p>",
-                    latest.deltas.len()
-                );
+                if fold {
+                    h.push_str("</details>");
+                }
             }
         },
     }
@@ -127,7 +203,13 @@ pub fn render(d: &PageData<'_>) -> String {
     } else {
         h.push_str("<table><tr><th>when</th><th>what</th></tr>");
         for (at, what) in d.errors.iter().rev() {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", time(*at), escape(what));
+            let _ = write!(
+                h,
+                "<tr><td class=\"when\">{} ({})</td><td class=\"what\">{}</td></tr>",
+                time(*at),
+                ago(*at),
+                escape(what)
+            );
         }
         h.push_str("</table>");
     }
@@ -142,7 +224,6 @@ pub fn render(d: &PageData<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brcore::name::Snapshot;
 
     #[test]
     fn shows_the_chain_and_escapes_text() {
@@ -163,5 +244,78 @@ mod tests {
         assert!(page.contains("reaches revision 15"));
         assert!(page.contains("store said &lt;no&gt;") && page.contains("restored &lt;revision&gt; 15"));
         assert!(!page.contains("<no>") && !page.contains("src=") && !page.contains("<script"));
+    }
+
+    fn chain(deltas: u64) -> Latest {
+        let full = Snapshot::parse_key("v2/Full-00000000-00000100-1795606904.gz", 3 * 1024 * 1024 / 2).unwrap();
+        let deltas = (0..deltas)
+            .map(|i| {
+                let key = format!("v2/Incr-{:08}-{:08}-{}.gz", 101 + i * 10, 110 + i * 10, 1795606924 + i * 20);
+                Snapshot::parse_key(&key, 500 + i).unwrap()
+            })
+            .collect();
+        Latest { full: Some(full), deltas }
+    }
+
+    fn page(latest: Latest) -> String {
+        render(&PageData {
+            init_status: "Successful",
+            last_initialization: None,
+            healthy: false,
+            latest: Some(Ok(latest)),
+            errors: Vec::new(),
+            member: None,
+            role: None,
+        })
+    }
+
+    #[test]
+    fn sizes_read_like_an_operator_reads_them() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+        assert_eq!(size(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn the_timeline_draws_the_chain_in_order_and_ends_at_now() {
+        let p = page(chain(2));
+        let tl = &p[p.find("id=\"timeline\"").unwrap()..];
+        let full = tl.find("title=\"Full-00000000-00000100-1795606904.gz\"").unwrap();
+        let d1 = tl.find("title=\"Incr-00000101-00000110-1795606924.gz\"").unwrap();
+        let d2 = tl.find("title=\"Incr-00000111-00000120-1795606944.gz\"").unwrap();
+        let now = tl.find("<b>now</b>").unwrap();
+        assert!(full < d1 && d1 < d2 && d2 < now);
+        assert!(tl.contains("<b>Full</b> <small>1.5 MiB</small>"));
+        assert!(p.contains("2 delta snapshots after the full snapshot; a restore now reaches revision 120."));
+        assert!(!p.contains("earlier") && !p.contains("<details>"));
+        assert!(!p.contains("1 delta snapshot after"));
+        assert!(
+            page(chain(1)).contains("1 delta snapshot after the full snapshot; a restore now reaches revision 110.")
+        );
+        assert!(
+            page(chain(0)).contains("No delta snapshot after the full snapshot; a restore now reaches revision 100.")
+        );
+    }
+
+    #[test]
+    fn a_long_chain_collapses_its_older_deltas_on_the_timeline_but_not_in_the_table() {
+        let n = TIMELINE_DELTAS as u64 + 30;
+        let p = page(chain(n));
+        let tl = &p[p.find("id=\"timeline\"").unwrap()..p.find("<table>").unwrap()];
+        assert_eq!(tl.matches("class=\"seg incr\"").count(), TIMELINE_DELTAS);
+        // The 30 oldest deltas, revisions 101 to 400, are one block before the drawn ones.
+        assert!(tl.contains("<b>30 earlier</b><br>rev 101–400<br>"), "{tl}");
+        assert!(!tl.contains("Incr-00000391-00000400"));
+        assert!(tl.contains("title=\"Incr-00000401-00000410-"));
+        // The table still lists every snapshot, folded.
+        assert!(p.contains(&format!("<details><summary>All {} snapshots</summary><table>", n + 1)));
+        assert_eq!(p.matches("<tr><td>Incr</td>").count(), n as usize);
+        let last = 110 + (n - 1) * 10;
+        assert!(
+            p.contains(&format!("{n} delta snapshots after the full snapshot; a restore now reaches revision {last}."))
+        );
     }
 }
