@@ -28,7 +28,7 @@ use crate::chain::{self, Chain, Target};
 use crate::compress;
 use crate::delta::{self, Event};
 use crate::error::Error;
-use crate::name::Snapshot;
+use crate::name::{Compression, Snapshot};
 use crate::rebuild::{self, LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::store::Snapstore;
 use etcd_format::membership::Cluster;
@@ -429,16 +429,25 @@ pub async fn rebuild_chain(
     });
 
     // The deltas are already being fetched and decoded (up to the channel's bound) while the
-    // full snapshot streams in.
-    let full_bytes =
-        match fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await {
-            Ok(n) => n,
-            Err(e) => {
-                fetch_task.abort();
-                return Err(e);
-            }
-        };
-    let source_path = full_path.to_path_buf();
+    // full snapshot streams in. An uncompressed full snapshot on the local filesystem is read in
+    // place (its trailer checked in one read pass): no copy, as etcd's own restore.
+    let in_place = match chain.full.name.compression {
+        Compression::None => store.local_path(&chain.full.key),
+        _ => None,
+    };
+    let fetched_full = match &in_place {
+        Some(path) => verify_in_place(path, &chain.full.key, fetch.skip_hash_check, progress.as_ref()).await,
+        None => fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await,
+    };
+    let full_bytes = match fetched_full {
+        Ok(n) => n,
+        Err(e) => {
+            fetch_task.abort();
+            return Err(e);
+        }
+    };
+    // bbolt reads only up to the db's high-water mark, so the trailer after it is ignored.
+    let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
     let db_out = db_path.to_path_buf();
     let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
         let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
@@ -461,6 +470,34 @@ pub async fn rebuild_chain(
     let fetched = fetch_task.await.map_err(|e| Error::internal(format!("the delta fetcher failed: {e}")))?;
     drop(full_path);
     Ok((stats, full_bytes + fetched))
+}
+
+/// Checks the sha256 trailer of an uncompressed full snapshot that is read in place.
+async fn verify_in_place(path: &Path, key: &str, skip_hash_check: bool, progress: &dyn Progress) -> Result<u64, Error> {
+    let p = path.to_path_buf();
+    let status = tokio::task::spawn_blocking(move || etcd_format::snapshot_file::verify_snapshot_file(&p))
+        .await
+        .map_err(|e| Error::internal(format!("the snapshot verifier failed: {e}")))?;
+    match status {
+        Ok(TrailerStatus::Verified) => {}
+        Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
+        Ok(TrailerStatus::NoTrailer) => {
+            return Err(Error::corrupt(
+                key,
+                "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
+                 pass --skip-hash-check only if it is a raw db copied from a data dir",
+            ));
+        }
+        Err(e) => {
+            return Err(Error::corrupt(
+                key,
+                format!("{e}: the object is damaged; restore from an older full snapshot"),
+            ));
+        }
+    }
+    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    progress.full_bytes(len);
+    Ok(len)
 }
 
 /// Streams the full snapshot into `path`: decompressed, its sha256 trailer checked and cut off.

@@ -109,4 +109,11 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
 
     /// Deletes `key`; succeeds if it does not exist.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// For a store on the local filesystem: the path of the complete object `key`, so a reader
+    /// that needs random access (a bbolt db) can read it in place instead of copying it. Callers
+    /// only read through it. `None` (the default) for remote stores or a missing object.
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }

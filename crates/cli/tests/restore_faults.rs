@@ -170,3 +170,36 @@ fn full_disk_fails_cleanly() {
     assert!(!stderr.is_empty());
     assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0, "something was left on the full disk");
 }
+
+/// The store with its full snapshot stored uncompressed (`Full-…-<ts>` without a suffix), which
+/// the restore reads in place.
+fn uncompressed_store() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, container) = copy_store(STORE_34);
+    let gz = objects(&container, "Full")[0].clone();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(fs::File::open(&gz).unwrap()), &mut raw).unwrap();
+    let name = gz.file_name().unwrap().to_string_lossy().trim_end_matches(".gz").to_string();
+    fs::write(container.join("v2").join(name), raw).unwrap();
+    fs::remove_file(gz).unwrap();
+    (tmp, container)
+}
+
+#[test]
+fn corrupted_uncompressed_full_snapshot_read_in_place_is_refused_and_untouched() {
+    let (tmp, container) = uncompressed_store();
+    flip_byte(&objects(&container, "Full")[0], 0);
+    expect_failure(&container, &tmp.path().join("data"), &[], 3, "Full-00000000-00000166");
+}
+
+#[test]
+fn uncompressed_full_snapshot_is_read_in_place_and_left_as_it_was() {
+    let (tmp, container) = uncompressed_store();
+    let before = snapshot_tree(&container);
+    let data_dir = tmp.path().join("data");
+    let out = restore(&container, &data_dir, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same data as the Go tool's source at revision 338 (hashkv-final.json).
+    assert!(stdout.contains("hashkv at revision 338: 3022581004"), "{stdout}");
+    assert_eq!(before, snapshot_tree(&container), "the store was modified");
+}

@@ -612,6 +612,17 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
 
 #[async_trait]
 impl Snapstore for OpendalStore {
+    /// The Local provider's objects are plain files under the container directory; complete
+    /// ones only, since writes go through a staging directory and a rename.
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let root = self.s.local_root.as_deref()?;
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s == ".." || s.is_empty()) {
+            return None;
+        }
+        let path = root.join(key);
+        path.is_file().then_some(path)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         if prefix.starts_with('/') || prefix.split('/').any(|s| s == "..") {
             return Err(StoreError::Other {
