@@ -40,29 +40,55 @@ impl Azurite {
 
     /// Starts `azurite-blob` on a free loopback port and creates the container.
     pub fn start() -> Azurite {
-        let bin = Self::azurite_bin();
         let tmp = tempfile::Builder::new().prefix("etcdbr-azurite-").tempdir().expect("temp dir");
-        let location = tmp.path().join("data");
-        std::fs::create_dir(&location).expect("azurite location");
-        let log = tmp.path().join("azurite.log");
-        let log_file = std::fs::File::create(&log).expect("azurite log file");
-        let port = free_port();
+        std::fs::create_dir(tmp.path().join("data")).expect("azurite location");
+        let mut a = Azurite { child: None, tmp, port: free_port() };
+        a.spawn();
+        a
+    }
+
+    /// Runs `azurite-blob` on this value's workspace and port (output appended to
+    /// `azurite.log`) and creates the container if it is missing; panics with the log on failure.
+    fn spawn(&mut self) {
+        let bin = Self::azurite_bin();
+        let dir = self.tmp.path();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("azurite.log"))
+            .expect("azurite log file");
         let child = Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string()])
             .arg("--location")
-            .arg(&location)
+            .arg(dir.join("data"))
             .args(["--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"])
-            .current_dir(tmp.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut a = Azurite { child: Some(child), tmp, port };
-        if let Err(why) = a.create_container(Duration::from_secs(60)) {
-            panic!("Azurite on {}: {why}\n{}", a.endpoint(), a.log_tail());
+        self.child = Some(child);
+        if let Err(why) = self.create_container(Duration::from_secs(60)) {
+            panic!("Azurite on {}: {why}\n{}", self.endpoint(), self.log_tail());
         }
-        a
+    }
+
+    /// Kills Azurite with SIGKILL and waits for it, as a crash would end it; its workspace is
+    /// kept. Does nothing if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Azurite again on the same workspace and port (killing it first if it still runs).
+    /// Azurite saves its metadata periodically, so what it keeps across a SIGKILL is whatever it
+    /// had saved; the container is created again if it was lost.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// Creates the container, retrying until Azurite answers; an existing container is fine.
@@ -153,10 +179,7 @@ impl Azurite {
 
 impl Drop for Azurite {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 

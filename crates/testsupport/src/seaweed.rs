@@ -8,6 +8,8 @@
 //!
 //! The process is killed with SIGKILL on drop: a graceful stop takes up to 25 s (the filer's gRPC
 //! drain plus the volume server's pre-stop delay) and a throwaway store has nothing to save.
+//! Fault tests call [`SeaweedS3::kill`] mid-transfer and [`SeaweedS3::restart`] to boot the same
+//! data dir on the same ports, so a client configured before the crash reaches it again.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,8 +34,9 @@ pub struct SeaweedS3 {
     tmp: tempfile::TempDir,
     s3_port: u16,
     filer_port: u16,
-    // Every port handed to weed, so the unix sockets it derives from them can be removed on drop.
-    ports: Vec<u16>,
+    // Every port flag handed to weed, kept so a restart binds the same ports, and so the unix
+    // sockets weed derives from them can be removed on drop.
+    named: Vec<(&'static str, u16)>,
 }
 
 /// A free port `p` whose `p + 10000` is free too: SeaweedFS's admin worker dials the admin gRPC
@@ -58,7 +61,6 @@ impl SeaweedS3 {
     /// Starts `weed mini` on free loopback ports with a bucket and signed-request credentials,
     /// and returns once an object can be stored in the bucket.
     pub fn start() -> SeaweedS3 {
-        let bin = Self::weed_bin();
         let tmp = tempfile::Builder::new().prefix("etcdbr-seaweed-").tempdir().expect("temp dir");
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).expect("seaweed data dir");
@@ -71,11 +73,9 @@ impl SeaweedS3 {
             }]
         });
         std::fs::write(&identities, config.to_string()).expect("write s3.json");
-        let log = tmp.path().join("weed.log");
-        let log_file = std::fs::File::create(&log).expect("weed log file");
 
         let (admin_port, admin_grpc_port) = free_port_pair();
-        let named: Vec<(&str, u16)> = vec![
+        let named: Vec<(&'static str, u16)> = vec![
             ("-master.port", free_port()),
             ("-master.port.grpc", free_port()),
             ("-volume.port", free_port()),
@@ -94,30 +94,67 @@ impl SeaweedS3 {
         let s3_port = port_of("-s3.port");
         let filer_port = port_of("-filer.port");
 
+        let mut s = SeaweedS3 { child: None, tmp, s3_port, filer_port, named };
+        s.spawn();
+        s
+    }
+
+    /// Runs `weed mini` on this value's data dir and ports (its log appended to `weed.log`) and
+    /// waits until it stores objects; panics with the log if it does not come up.
+    fn spawn(&mut self) {
+        let bin = Self::weed_bin();
+        let dir = self.tmp.path();
+        let log_file =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weed.log")).expect("weed log file");
         let mut cmd = Command::new(&bin);
         cmd.arg("mini")
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-dir={}", data.display()))
+            .arg(format!("-dir={}", dir.join("data").display()))
             .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-s3.config={}", identities.display()))
+            .arg(format!("-s3.config={}", dir.join("s3.json").display()))
             .args(["-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-volume.preStopSeconds=0"]);
-        for (flag, port) in &named {
+        for (flag, port) in &self.named {
             cmd.arg(format!("{flag}={port}"));
         }
         let child = cmd
-            .current_dir(tmp.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-
-        let mut s =
-            SeaweedS3 { child: Some(child), tmp, s3_port, filer_port, ports: named.iter().map(|(_, p)| *p).collect() };
-        if let Err(why) = s.wait_ready(Duration::from_secs(60)) {
-            panic!("SeaweedFS on {}: {why}\n{}", s.endpoint(), s.log_tail());
+        self.child = Some(child);
+        if let Err(why) = self.wait_ready(Duration::from_secs(60)) {
+            panic!("SeaweedFS on {}: {why}\n{}", self.endpoint(), self.log_tail());
         }
-        s
+    }
+
+    /// Kills weed with SIGKILL and waits for it, as a crash or an OOM kill would end it: no
+    /// graceful shutdown, connections in flight are cut. The data dir is kept. Does nothing if
+    /// it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_sockets();
+    }
+
+    /// Starts weed again on the same data dir, ports, bucket and credentials (killing it first if
+    /// it still runs), and returns once it stores objects again.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// weed derives unix sockets in /tmp from its ports and leaves them behind after SIGKILL;
+    /// a stale one would also stop a restart from binding.
+    fn remove_sockets(&self) {
+        for (_, port) in &self.named {
+            for kind in ["master-grpc", "volume-grpc", "filer", "filer-grpc", "s3", "s3-grpc", "admin-grpc"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
+            }
+        }
     }
 
     /// Ready means: the S3 gateway answers HTTP, and the filer stores (and deletes) a probe object
@@ -179,16 +216,7 @@ impl SeaweedS3 {
 
 impl Drop for SeaweedS3 {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // weed derives unix sockets in /tmp from its ports and leaves them behind after SIGKILL.
-        for port in &self.ports {
-            for kind in ["master-grpc", "volume-grpc", "filer", "filer-grpc", "s3", "s3-grpc", "admin-grpc"] {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
-            }
-        }
+        self.kill();
     }
 }
 
