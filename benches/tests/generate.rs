@@ -77,5 +77,8 @@ fn generated_store_rebuilds_to_the_last_revision_with_consistent_keys() {
     // A second open finds the cache instead of generating again.
     let again = Dataset::open_or_generate(root.path(), &params, &etcd).unwrap();
     // The cached info comes back from JSON: compare the float with a tolerance.
-    assert!((again.info.generation_seconds - ds.info.generation_seconds).abs() < 1e-6, "regenerated instead of reusing the cache");
+    assert!(
+        (again.info.generation_seconds - ds.info.generation_seconds).abs() < 1e-6,
+        "regenerated instead of reusing the cache"
+    );
 }

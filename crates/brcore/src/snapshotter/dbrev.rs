@@ -60,7 +60,7 @@ const UNKNOWN_CHILD: u64 = u64::MAX;
 /// What the scanner learnt about a db.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DbRevision {
-    /// etcd's revision of the db: what etcd reports after opening it.
+    /// etcd's revision of the db: what etcd reports after opening it (at least 1).
     pub revision: u64,
     /// The main revision of the newest key in the `key` bucket (0 if it is empty).
     pub last_key_revision: u64,
@@ -437,7 +437,9 @@ impl RevisionScanner {
             None => None,
         };
         Ok(DbRevision {
-            revision: last_key_revision.max(compact_revision.unwrap_or(0)),
+            // etcd's store starts at revision 1 before the first write, so a db without keys or
+            // compaction marks is at revision 1 (etcd reports 1 after opening it), not 0.
+            revision: last_key_revision.max(compact_revision.unwrap_or(0)).max(1),
             last_key_revision,
             compact_revision,
             txid: meta.txid,
@@ -845,6 +847,25 @@ mod tests {
             assert_eq!(r.txid, 10);
             assert_eq!(r.db_size, 9 * PS as u64);
         }
+    }
+
+    #[test]
+    fn a_db_without_keys_is_at_revision_1() {
+        // A brand-new etcd: `key` is an empty inline bucket, no compaction marks. etcd reports
+        // revision 1 for it, and the snapshot must be named so (not 0, below the watch position).
+        let mut empty_key = bucket_value(0);
+        empty_key.extend_from_slice(&page(0, LEAF_PAGE, 0, 0, &[], 16));
+        let root = leaf_body(&[(BUCKET_LEAF, b"key".to_vec(), empty_key)]);
+        let db = Db {
+            pages: vec![
+                meta_page(0, 3, 4, 4),
+                meta_page(1, 3, 4, 3),
+                page(2, 0x10, 0, 0, &[], PS),
+                page(3, LEAF_PAGE, 1, 0, &root, PS),
+            ],
+        };
+        let r = scan(&db.bytes(), 4096).unwrap();
+        assert_eq!((r.revision, r.last_key_revision, r.compact_revision), (1, 0, None));
     }
 
     #[test]

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Snapshot benchmark: etcdbr's `etcdbrctl snapshot` against `etcdctl snapshot save` on the same
+# etcd 3.5 member with a large db (default 1 GiB of Kubernetes-like values), then delta ingest.
+#
+# Part 1, full snapshot (one run each, the same db):
+#   - etcdctl snapshot save to a local file;
+#   - etcdbrctl snapshot to the Local store, uncompressed and gzip;
+#   - etcdbrctl snapshot to SeaweedFS's S3 gateway (`weed mini`), gzip.
+#   etcdbrctl has no "one full and exit" mode: the time is from its start until its log says
+#   "full snapshot stored" (the object is complete and visible then), after which it gets SIGTERM.
+#   Throughput = db bytes / that time; peak RSS from /usr/bin/time -v. Goal: >= 0.9x etcdctl's
+#   throughput, <= 64 MiB RSS.
+# Part 2, delta ingest: a fresh etcd (fsync on). `etcd-load burst` puts as fast as etcd takes it
+#   for BURST_SECONDS alone (etcd's rate), then again while etcdbrctl snapshot watches it with
+#   --delta-snapshot-period 1s; the persist rate is the burst's revisions divided by the time
+#   from the burst's start until a stored delta reaches its last revision.
+#
+# Usage: scripts/bench-snapshot.sh                  (1 GiB db; generated once, cached)
+#        SIZE_MIB=64 BURST_SECONDS=5 scripts/bench-snapshot.sh   (quick check)
+# Env: SIZE_MIB (1024), VALUE_SIZE (16384), BURST_SECONDS (20), BURST_VALUE_SIZE (1024),
+#      BURST_CONCURRENCY (64), WORK (scratch dir; default $ETCDBR_BENCH_DATA or
+#      /tmp/etcdbr-bench-data, under snapshot-bench/), SKIP_S3 (1 to skip SeaweedFS),
+#      PROFILE (1: record `perf` of the gzip Local run, if perf is installed).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE_MIB=${SIZE_MIB:-1024}
+VALUE_SIZE=${VALUE_SIZE:-16384}
+BURST_SECONDS=${BURST_SECONDS:-20}
+BURST_VALUE_SIZE=${BURST_VALUE_SIZE:-1024}
+BURST_CONCURRENCY=${BURST_CONCURRENCY:-64}
+SKIP_S3=${SKIP_S3:-0}
+PROFILE=${PROFILE:-0}
+EBIN=/opt/etcdbr-deps/etcd-sid/usr/bin
+WEED=/opt/etcdbr-deps/venv/bin/weed
+DATA_ROOT=${ETCDBR_BENCH_DATA:-/tmp/etcdbr-bench-data}
+WORK=${WORK:-$DATA_ROOT/snapshot-bench}
+
+for need in /usr/bin/time "$EBIN/etcd" "$EBIN/etcdctl" curl python3; do
+    if ! command -v "$need" >/dev/null 2>&1; then
+        echo "bench-snapshot: $need is missing" >&2
+        exit 1
+    fi
+done
+
+echo "== building (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p etcdbrctl --bin etcdbrctl && cargo build --release -q -p etcdbr-benches --bin etcd-load)
+BRCTL=$ROOT/target/release/etcdbrctl
+LOAD=$ROOT/target/release/etcd-load
+
+mkdir -p "$WORK"
+RUN=$(mktemp -d "$WORK/run.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+
+# start_etcd DATA_DIR PEER_PORT [extra flags...]: sets ETCD_PID and ENDPOINT.
+start_etcd() {
+    local dir=$1 peer=$2
+    shift 2
+    local client
+    client=$(free_port)
+    ENDPOINT=http://127.0.0.1:$client
+    "$EBIN/etcd" --name bench --data-dir "$dir" \
+        --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" \
+        --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
+    ETCD_PID=$!
+    PIDS+=("$ETCD_PID")
+    for _ in $(seq 600); do
+        if curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "etcd did not become healthy:" >&2
+    tail -20 "$dir.log" >&2
+    exit 1
+}
+
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# Peak RSS (KiB) and elapsed wall time from a /usr/bin/time -v report.
+rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+
+# ---- the db, cached by size -------------------------------------------------------------------
+DB_DIR=$WORK/etcd-${SIZE_MIB}mib-v${VALUE_SIZE}
+if [[ ! -f $DB_DIR.done ]]; then
+    rm -rf "$DB_DIR" "$DB_DIR.peer"
+    free_port >"$DB_DIR.peer"
+    echo "== generating a ${SIZE_MIB} MiB db ($VALUE_SIZE-byte values, etcd --unsafe-no-fsync)" >&2
+    start_etcd "$DB_DIR" "$(cat "$DB_DIR.peer")" --unsafe-no-fsync
+    "$LOAD" fill --endpoint "$ENDPOINT" --bytes $((SIZE_MIB * 1024 * 1024)) --value-size "$VALUE_SIZE" >&2
+    stop_pid "$ETCD_PID"
+    touch "$DB_DIR.done"
+fi
+start_etcd "$DB_DIR" "$(cat "$DB_DIR.peer")"
+SRC=$ENDPOINT
+SRC_PID=$ETCD_PID
+DB_BYTES=$("$EBIN/etcdctl" --endpoints "$SRC" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
+echo "== db: $DB_BYTES bytes at $SRC" >&2
+
+declare -A SECS RSS
+# ---- etcdctl snapshot save --------------------------------------------------------------------
+echo "== etcdctl snapshot save" >&2
+start=$(now)
+/usr/bin/time -v -o "$RUN/etcdctl.time" "$EBIN/etcdctl" --endpoints "$SRC" snapshot save "$RUN/etcdctl.db" >/dev/null 2>&1
+SECS[etcdctl]=$(calc "$(now) - $start")
+RSS[etcdctl]=$(rss_kib "$RUN/etcdctl.time")
+SNAP_BYTES=$(stat -c %s "$RUN/etcdctl.db")
+rm -f "$RUN/etcdctl.db"
+
+# run_brctl LABEL [flags...]: one etcdbrctl snapshot run until its first full snapshot is stored.
+run_brctl() {
+    local label=$1
+    shift
+    local log=$RUN/$label.log
+    local wrap=(/usr/bin/time -v -o "$RUN/$label.time")
+    if [[ $PROFILE == 1 && $label == local-gzip ]] && command -v perf >/dev/null; then
+        wrap=(perf record -g -o "$WORK/perf-$label.data" -- "${wrap[@]}")
+    fi
+    mkdir -p "$RUN/spool-$label"
+    local start
+    start=$(now)
+    "${wrap[@]}" "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" \
+        --delta-snapshot-period 0s --garbage-collection-period 0s \
+        --snapstore-temp-directory "$RUN/spool-$label" "$@" >/dev/null 2>"$log" &
+    local wrapper=$!
+    PIDS+=("$wrapper")
+    local deadline=$(($(date +%s) + 1800))
+    until grep -q "full snapshot stored" "$log"; do
+        if ! kill -0 "$wrapper" 2>/dev/null; then
+            echo "etcdbrctl ($label) exited early:" >&2
+            tail -20 "$log" >&2
+            exit 1
+        fi
+        if (($(date +%s) > deadline)); then
+            echo "etcdbrctl ($label) took no full snapshot in 30 min" >&2
+            exit 1
+        fi
+        sleep 0.02
+    done
+    SECS[$label]=$(calc "$(now) - $start")
+    # /usr/bin/time (and perf) do not forward SIGTERM: signal etcdbrctl itself, found as the
+    # wrapper's descendant.
+    local pid
+    pid=$(pgrep -P "$wrapper" || true)
+    if [[ -n $pid ]] && ! ps -o comm= -p "$pid" | grep -q etcdbrctl; then
+        pid=$(pgrep -P "$pid" || true)
+    fi
+    if [[ -n $pid ]]; then kill -TERM "$pid"; fi
+    wait "$wrapper" || true
+    RSS[$label]=$(rss_kib "$RUN/$label.time")
+    grep "full snapshot stored" "$log" | tail -1 | sed 's/^/   /' >&2
+}
+
+echo "== etcdbrctl snapshot, Local, uncompressed" >&2
+run_brctl local-none --storage-provider Local --store-container "$RUN/local-none" --store-prefix bench \
+    --compress-snapshots=false
+echo "== etcdbrctl snapshot, Local, gzip" >&2
+run_brctl local-gzip --storage-provider Local --store-container "$RUN/local-gzip" --store-prefix bench
+rm -rf "$RUN/local-none" "$RUN/local-gzip"
+
+if [[ $SKIP_S3 != 1 ]]; then
+    echo "== SeaweedFS (weed mini)" >&2
+    W=$RUN/weed
+    mkdir -p "$W/data" "$W/creds"
+    cat >"$W/s3.json" <<'EOF'
+{"identities":[{"name":"admin","credentials":[{"accessKey":"benchaccess","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+EOF
+    printf benchaccess >"$W/creds/accessKeyID"
+    printf benchsecret >"$W/creds/secretAccessKey"
+    printf us-east-1 >"$W/creds/region"
+    S3PORT=$(free_port)
+    wflags=()
+    for f in -master.port -master.port.grpc -volume.port -volume.port.grpc -filer.port -filer.port.grpc \
+        -s3.port.grpc -s3.port.iceberg -s3.port.lance -metricsPort; do
+        wflags+=("$f=$(free_port)")
+    done
+    # weed's admin gRPC port is its HTTP port + 10000.
+    while :; do
+        ap=$(free_port)
+        if ((ap + 10000 < 65536)) && python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',$ap+10000))" 2>/dev/null; then
+            break
+        fi
+    done
+    (cd "$W" && exec "$WEED" mini -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$W/data" -bucket=bench \
+        -s3.config="$W/s3.json" -admin.ui=false -webdav=false -master.telemetry=false -volume.preStopSeconds=0 \
+        -s3.port="$S3PORT" -admin.port="$ap" -admin.port.grpc=$((ap + 10000)) "${wflags[@]}" >"$W/weed.log" 2>&1) &
+    WEED_PID=$!
+    PIDS+=("$WEED_PID")
+    # Ready when the bucket answers a signed-less listing with any HTTP status and the filer is up.
+    for _ in $(seq 600); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$S3PORT/bench" || true)
+        if [[ $code != 000 ]]; then break; fi
+        sleep 0.1
+    done
+    sleep 3
+    echo "== etcdbrctl snapshot, S3 (SeaweedFS), gzip" >&2
+    AWS_APPLICATION_CREDENTIALS=$W/creds run_brctl s3-gzip --storage-provider S3 --store-container bench \
+        --store-prefix bench --store-endpoint-override "http://127.0.0.1:$S3PORT"
+    stop_pid "$WEED_PID"
+fi
+stop_pid "$SRC_PID"
+
+# ---- delta ingest ------------------------------------------------------------------------------
+echo "== delta ingest: burst alone (${BURST_SECONDS}s)" >&2
+INGEST=$RUN/ingest-etcd
+start_etcd "$INGEST" "$(free_port)"
+ALONE=$("$LOAD" burst --endpoint "$ENDPOINT" --seconds "$BURST_SECONDS" --value-size "$BURST_VALUE_SIZE" \
+    --concurrency "$BURST_CONCURRENCY")
+echo "   $ALONE" >&2
+echo "== delta ingest: burst while etcdbrctl snapshot watches (--delta-snapshot-period 1s, gzip)" >&2
+DC=$RUN/ingest-store
+/usr/bin/time -v -o "$RUN/ingest.time" "$BRCTL" snapshot --endpoints "$ENDPOINT" --schedule "0 0 1 1 *" \
+    --delta-snapshot-period 1s --garbage-collection-period 0s --storage-provider Local \
+    --store-container "$DC" --store-prefix bench --snapstore-temp-directory "$RUN" >/dev/null 2>"$RUN/ingest.log" &
+IW=$!
+PIDS+=("$IW")
+until grep -q "full snapshot stored" "$RUN/ingest.log"; do sleep 0.05; done
+bstart=$(now)
+WITH=$("$LOAD" burst --endpoint "$ENDPOINT" --seconds "$BURST_SECONDS" --value-size "$BURST_VALUE_SIZE" \
+    --concurrency "$BURST_CONCURRENCY")
+echo "   $WITH" >&2
+LAST=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["last_revision"])' "$WITH")
+FIRST=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["first_revision"])' "$WITH")
+stored_last() {
+    ls "$DC/bench/v2" 2>/dev/null | awk -F- '/^Incr-/ {r=$3+0; if (r>m) m=r} END {print m+0}'
+}
+until (($(stored_last) >= LAST)); do sleep 0.05; done
+persisted=$(now)
+IPID=$(pgrep -P "$IW" || true)
+if [[ -n $IPID ]]; then kill -TERM "$IPID"; fi
+wait "$IW" || true
+DELTAS=$(ls "$DC/bench/v2" | grep -c '^Incr-' || true)
+PERSIST_SECS=$(calc "$persisted - $bstart")
+stop_pid "$ETCD_PID"
+
+# ---- report ------------------------------------------------------------------------------------
+python3 - "$DB_BYTES" "$SNAP_BYTES" "$ALONE" "$WITH" "$FIRST" "$LAST" "$PERSIST_SECS" "$DELTAS" \
+    "$(rss_kib "$RUN/ingest.time")" "$(declare -p SECS RSS)" <<'EOF'
+import json, re, sys
+db, snap = int(sys.argv[1]), int(sys.argv[2])
+alone, with_ = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+first, last, persist_secs, deltas, ingest_rss = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
+decl = sys.argv[10]
+def parse(name):
+    m = re.search(r'declare -A %s=\((.*?)\)' % name, decl)
+    return {k: v for k, v in re.findall(r'\[([^\]]+)\]="([^"]*)"', m.group(1))} if m else {}
+secs, rss = parse("SECS"), parse("RSS")
+mib = 1024 * 1024
+print(f"db {db / mib:.0f} MiB, snapshot stream {snap / mib:.0f} MiB")
+print(f"{'run':<12} {'seconds':>8} {'MiB/s':>8} {'vs etcdctl':>10} {'peak RSS MiB':>13}")
+base = snap / float(secs["etcdctl"])
+for label in ["etcdctl", "local-none", "local-gzip", "s3-gzip"]:
+    if label not in secs:
+        continue
+    s = float(secs[label]); tp = snap / s
+    print(f"{label:<12} {s:8.2f} {tp / mib:8.1f} {tp / base:9.2f}x {int(rss[label]) / 1024:13.1f}")
+revs = last - first + 1
+print(f"delta ingest: etcd alone {alone['revisions_per_second']:.0f} rev/s ({alone['mib_per_second']:.1f} MiB/s of values); "
+      f"with etcdbrctl watching {with_['revisions_per_second']:.0f} rev/s")
+print(f"  snapshotter persisted revisions {first}..{last} ({revs}) in {deltas} deltas within {persist_secs:.2f}s of the burst's start: "
+      f"{revs / persist_secs:.0f} rev/s ({revs / persist_secs / alone['revisions_per_second']:.2f}x etcd's rate alone); "
+      f"lag after the burst {persist_secs - with_['seconds']:.2f}s; peak RSS {ingest_rss / 1024:.1f} MiB")
+EOF
