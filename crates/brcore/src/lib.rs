@@ -1,7 +1,7 @@
 //! etcdbr's domain: backups of etcd and their restore.
 //!
 //! Owns the words (snapshot, chain, revision, restore plan) and the traits ([`Snapstore`],
-//! [`Restorer`]). Talks to object stores only through [`Snapstore`] and reads and writes
+//! [`restore::Restorer`]). Talks to object stores only through [`Snapstore`] and reads and writes
 //! etcd's files through `etcd-format`.
 
 pub mod chain;
