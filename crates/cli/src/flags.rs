@@ -63,12 +63,10 @@ pub struct StoreArgs {
     pub snapstore_temp_directory: PathBuf,
 }
 
-/// `etcdbrctl restore`.
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// The store to read backups from (never written to).
-    #[command(flatten)]
-    pub store: StoreArgs,
+/// The member(s) a restore creates and how it reads the backups: the reference's restoration
+/// flags, shared by `restore`, `initialize` and `server`.
+#[derive(Debug, Clone, Args)]
+pub struct RestorationArgs {
     /// The data dir to create; it must not hold `member/`.
     #[arg(short = 'd', long, default_value = "default.etcd")]
     pub data_dir: PathBuf,
@@ -96,25 +94,10 @@ pub struct RestoreArgs {
     /// Refuse a restored db larger than this (etcd's --quota-backend-bytes).
     #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
     pub embedded_etcd_quota_bytes: u64,
-    /// Restore the state at this revision instead of the latest.
-    #[arg(long, conflicts_with = "to_time")]
-    pub to_revision: Option<u64>,
-    /// Restore the state at this time (RFC 3339, e.g. 2026-11-25T13:00:00Z, or unix seconds).
-    #[arg(long)]
-    pub to_time: Option<String>,
-    /// Add this many revisions on top (with --mark-compacted), so Kubernetes watch caches re-list.
-    #[arg(long, requires = "mark_compacted")]
-    pub bump_revision: Option<i64>,
-    /// Schedule a compaction at the bumped revision (required by --bump-revision).
-    #[arg(long)]
-    pub mark_compacted: bool,
     /// TTL in seconds for leases the deltas reference but the full snapshot lacks
     /// (default: the largest TTL in the full snapshot, or 3600).
     #[arg(long)]
     pub lease_ttl: Option<i64>,
-    /// Fetch and verify the whole chain and print what would be restored; leave no data dir.
-    #[arg(long)]
-    pub dry_run: bool,
     /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
     #[arg(long, hide = true)]
     pub max_request_bytes: Option<u64>,
@@ -130,6 +113,32 @@ pub struct RestoreArgs {
     /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
     #[arg(long, hide = true)]
     pub auto_compaction_retention: Option<String>,
+}
+
+/// `etcdbrctl restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The store to read backups from (never written to).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The new member and how to read the backups.
+    #[command(flatten)]
+    pub restoration: RestorationArgs,
+    /// Restore the state at this revision instead of the latest.
+    #[arg(long, conflicts_with = "to_time")]
+    pub to_revision: Option<u64>,
+    /// Restore the state at this time (RFC 3339, e.g. 2026-11-25T13:00:00Z, or unix seconds).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Add this many revisions on top (with --mark-compacted), so Kubernetes watch caches re-list.
+    #[arg(long, requires = "mark_compacted")]
+    pub bump_revision: Option<i64>,
+    /// Schedule a compaction at the bumped revision (required by --bump-revision).
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// Fetch and verify the whole chain and print what would be restored; leave no data dir.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `etcdbrctl db ...`: offline inspection of a db or snapshot file.

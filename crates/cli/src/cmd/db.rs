@@ -64,8 +64,16 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the db file. A damaged file (bad meta pages, shorter than its meta says, a layout we do
+/// not read) is a finding and exits with `EXIT_CORRUPT`; a file that cannot be read at all (missing,
+/// no permission) is an ordinary failure, so that a typo in the path is not reported as corruption.
 fn open(file: &Path) -> anyhow::Result<bbolt::Db> {
     bbolt::Db::open(file)
-        .map_err(|e| anyhow::Error::new(FindingsError { count: 1 }).context(e.to_string()))
+        .map_err(|e| match e {
+            bbolt::Error::Corrupted { .. } | bbolt::Error::Truncated { .. } | bbolt::Error::Unsupported { .. } => {
+                anyhow::Error::new(FindingsError { count: 1 }).context(e.to_string())
+            }
+            other => anyhow::Error::new(other),
+        })
         .with_context(|| format!("cannot open {}", file.display()))
 }

@@ -28,13 +28,15 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
     if args.bump_revision.is_some_and(|b| b <= 0) {
         bail!("--bump-revision must be positive");
     }
-    let cluster = Cluster::from_initial_cluster(&args.initial_cluster, &args.initial_cluster_token)
-        .context("invalid --initial-cluster")?;
+    let cluster =
+        Cluster::from_initial_cluster(&args.restoration.initial_cluster, &args.restoration.initial_cluster_token)
+            .context("invalid --initial-cluster")?;
     let me = cluster
-        .member_by_name(&args.name)
-        .with_context(|| format!("--name {} must be one of --initial-cluster's names", args.name))?;
+        .member_by_name(&args.restoration.name)
+        .with_context(|| format!("--name {} must be one of --initial-cluster's names", args.restoration.name))?;
     let mut mine: Vec<String> = me.peer_urls.clone();
     let mut advertised = args
+        .restoration
         .initial_advertise_peer_urls
         .iter()
         .map(|u| etcd_format::membership::canonical_url(u))
@@ -46,7 +48,7 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
         bail!(
             "--initial-advertise-peer-urls {} does not match {}'s entry in --initial-cluster ({})",
             advertised.join(","),
-            args.name,
+            args.restoration.name,
             mine.join(",")
         );
     }
@@ -57,16 +59,16 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
     };
     Ok(RestorePlan {
         prefix: args.store.store_prefix.clone(),
-        data_dir: args.data_dir.clone(),
-        temp_dir: args.restoration_temp_snapshots_dir.clone(),
+        data_dir: args.restoration.data_dir.clone(),
+        temp_dir: args.restoration.restoration_temp_snapshots_dir.clone(),
         cluster,
-        name: args.name.clone(),
+        name: args.restoration.name.clone(),
         target,
-        max_fetchers: args.max_fetchers.max(1),
-        skip_hash_check: args.skip_hash_check,
-        quota_bytes: Some(args.embedded_etcd_quota_bytes),
+        max_fetchers: args.restoration.max_fetchers.max(1),
+        skip_hash_check: args.restoration.skip_hash_check,
+        quota_bytes: Some(args.restoration.embedded_etcd_quota_bytes),
         bump_revision: args.bump_revision,
-        lease_policy: match args.lease_ttl {
+        lease_policy: match args.restoration.lease_ttl {
             Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
             Some(_) => bail!("--lease-ttl must be positive: a lease with TTL 0 expires at boot"),
             None => LeasePolicy::default(),

@@ -40,7 +40,7 @@ use validator::{InitOptions, Initializer, Mode};
 use super::initialize::ValidationMode;
 use super::snapshot::{SnapshotArgs, SnapshotPlan, parse_go_duration};
 use super::store_config;
-use crate::flags::RestoreArgs;
+use crate::flags::{RestorationArgs, RestoreArgs};
 
 /// How often etcd is asked whether it is up while the snapshotter waits for it.
 const ETCD_POLL: Duration = Duration::from_secs(2);
@@ -78,7 +78,7 @@ pub struct ServerArgs {
     /// The data dir and how to restore it: the flags of `etcdbrctl restore` (the store flags
     /// are shared with the snapshotter).
     #[command(flatten)]
-    pub restore: Box<ServerRestoreArgs>,
+    pub restore: Box<RestorationArgs>,
     /// Not supported: pass flags instead (the reference's config file replaces every flag).
     #[arg(long, hide = true)]
     pub config_file: Option<PathBuf>,
@@ -129,82 +129,17 @@ impl std::str::FromStr for Token {
     }
 }
 
-/// The restore flags of `etcdbrctl server` (the store flags come with the snapshotter's).
-#[derive(Debug, Args)]
-pub struct ServerRestoreArgs {
-    /// The data dir etcd runs on, validated and restored by /initialization/start.
-    #[arg(short = 'd', long, default_value = "default.etcd")]
-    pub data_dir: PathBuf,
-    /// Where the decompressed full snapshot is kept while it is read (default: beside the data dir).
-    #[arg(long)]
-    pub restoration_temp_snapshots_dir: Option<PathBuf>,
-    /// This member's name.
-    #[arg(long, default_value = "default")]
-    pub name: String,
-    /// The cluster: name=peer-url pairs, comma separated.
-    #[arg(long, default_value = "default=http://localhost:2380")]
-    pub initial_cluster: String,
-    /// The cluster token that seeds member and cluster ids.
-    #[arg(long, default_value = "etcd-cluster")]
-    pub initial_cluster_token: String,
-    /// This member's peer URLs; must match its entry in --initial-cluster.
-    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
-    pub initial_advertise_peer_urls: Vec<String>,
-    /// Accept a full snapshot that carries no sha256 trailer.
-    #[arg(long)]
-    pub skip_hash_check: bool,
-    /// Deltas downloaded at once.
-    #[arg(long, default_value_t = 6)]
-    pub max_fetchers: usize,
-    /// Refuse a restored db larger than this (etcd's --quota-backend-bytes).
-    #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
-    pub embedded_etcd_quota_bytes: u64,
-    /// TTL in seconds for leases the deltas reference but the full snapshot lacks.
-    #[arg(long)]
-    pub lease_ttl: Option<i64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_request_bytes: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_txn_ops: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_call_send_message_size: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub auto_compaction_mode: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub auto_compaction_retention: Option<String>,
-}
-
 impl ServerArgs {
     /// The `restore` flags these amount to, for `restore::plan`.
     fn restore_args(&self) -> RestoreArgs {
-        let r = &self.restore;
         RestoreArgs {
             store: self.snapshot.store.clone(),
-            data_dir: r.data_dir.clone(),
-            restoration_temp_snapshots_dir: r.restoration_temp_snapshots_dir.clone(),
-            name: r.name.clone(),
-            initial_cluster: r.initial_cluster.clone(),
-            initial_cluster_token: r.initial_cluster_token.clone(),
-            initial_advertise_peer_urls: r.initial_advertise_peer_urls.clone(),
-            skip_hash_check: r.skip_hash_check,
-            max_fetchers: r.max_fetchers,
-            embedded_etcd_quota_bytes: r.embedded_etcd_quota_bytes,
+            restoration: (*self.restore).clone(),
             to_revision: None,
             to_time: None,
             bump_revision: None,
             mark_compacted: false,
-            lease_ttl: r.lease_ttl,
             dry_run: false,
-            max_request_bytes: None,
-            max_txn_ops: None,
-            max_call_send_message_size: None,
-            auto_compaction_mode: None,
-            auto_compaction_retention: None,
         }
     }
 }
