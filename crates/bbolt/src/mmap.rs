@@ -16,3 +16,13 @@ pub(crate) fn map(file: &File) -> std::io::Result<memmap2::Mmap> {
     // of the mapped bytes is bounds-checked against the length captured at open time.
     unsafe { memmap2::Mmap::map(file) }
 }
+
+/// Drops the mapping's pages from this process's resident set; they stay in the page cache, and
+/// the next access faults them back in from the file, unchanged.
+pub(crate) fn release(map: &memmap2::Mmap) -> std::io::Result<()> {
+    // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only discards this
+    // process's page table entries: later reads fault the same bytes back from the file (which
+    // nobody modifies while the mapping lives, see `map`), so outstanding `&[u8]` stay valid and
+    // see the same contents.
+    unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+}

@@ -150,8 +150,7 @@ where
         writer.begin_bucket(name).map_err(Error::db_write)?;
         match name.as_slice() {
             mvcc::KEY_BUCKET => {
-                copy_bucket(source, name, &mut writer)?;
-                stats.key_revisions = count_bucket(source, name)?;
+                stats.key_revisions = copy_bucket(source, name, &mut writer)?;
                 append_events(&mut events, opts, &mut writer, &mut stats, &mut delta_leases)?;
                 if let Some(bump) = opts.bump_revision {
                     let rev = stats.revision + bump;
@@ -167,7 +166,9 @@ where
             }
             meta::META_BUCKET => write_meta(source, opts, &stats, &mut writer)?,
             MEMBERS | MEMBERS_REMOVED => match &opts.membership {
-                Membership::Keep => copy_bucket(source, name, &mut writer)?,
+                Membership::Keep => {
+                    copy_bucket(source, name, &mut writer)?;
+                }
                 Membership::Replace { members, .. } => {
                     if name.as_slice() == MEMBERS {
                         for (k, v) in members {
@@ -176,7 +177,9 @@ where
                     }
                 }
             },
-            _ => copy_bucket(source, name, &mut writer)?,
+            _ => {
+                copy_bucket(source, name, &mut writer)?;
+            }
         }
         writer.end_bucket().map_err(Error::db_write)?;
     }
@@ -210,13 +213,27 @@ fn bucket_names(source: &Db, membership: &Membership) -> Result<Vec<Vec<u8>>, Er
     Ok(names.into_iter().collect())
 }
 
-fn copy_bucket<W: Write + Seek>(source: &Db, name: &[u8], writer: &mut BulkWriter<W>) -> Result<(), Error> {
+/// Bytes read from the source between two [`Db::release_pages`] calls: bounds the resident
+/// set of a rebuild of a large db to about this much of the mapped source.
+const RELEASE_EVERY: usize = 64 << 20;
+
+/// Copies bucket `name` of `source` as it is; returns the number of entries copied.
+fn copy_bucket<W: Write + Seek>(source: &Db, name: &[u8], writer: &mut BulkWriter<W>) -> Result<u64, Error> {
     let Some(bucket) = source.bucket(name).map_err(|e| Error::corrupt("full snapshot", e))? else {
-        return Ok(());
+        return Ok(0);
     };
+    let (mut n, mut since_release) = (0u64, 0usize);
     for entry in bucket.iter() {
         match entry.map_err(|e| Error::corrupt("full snapshot", e))? {
-            Entry::Value { key, value } => writer.put(key, value).map_err(Error::db_write)?,
+            Entry::Value { key, value } => {
+                writer.put(key, value).map_err(Error::db_write)?;
+                n += 1;
+                since_release += key.len() + value.len();
+                if since_release >= RELEASE_EVERY {
+                    source.release_pages();
+                    since_release = 0;
+                }
+            }
             Entry::Bucket { name: nested } => {
                 return Err(Error::corrupt(
                     "full snapshot",
@@ -228,18 +245,6 @@ fn copy_bucket<W: Write + Seek>(source: &Db, name: &[u8], writer: &mut BulkWrite
                 ));
             }
         }
-    }
-    Ok(())
-}
-
-fn count_bucket(source: &Db, name: &[u8]) -> Result<u64, Error> {
-    let Some(bucket) = source.bucket(name).map_err(|e| Error::corrupt("full snapshot", e))? else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    for entry in bucket.iter() {
-        entry.map_err(|e| Error::corrupt("full snapshot", e))?;
-        n += 1;
     }
     Ok(n)
 }
