@@ -250,7 +250,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let setup = setup(&args)?;
     let listener = bind(setup.listen).await?;
-    serve(setup, listener, stop_signal()).await
+    serve(setup, listener, super::stop_signal()).await
 }
 
 /// Listens on all interfaces: IPv6 and IPv4 where the system allows both on one socket, IPv4
@@ -459,30 +459,6 @@ async fn supervise(
         if *stop.borrow() {
             return;
         }
-    }
-}
-
-/// Completes on SIGTERM or ctrl-c.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => info!("interrupt received"),
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; stopping on ctrl-c only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

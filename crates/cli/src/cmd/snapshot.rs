@@ -258,30 +258,6 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
     })
 }
 
-/// Completes on SIGTERM or ctrl-c.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => info!("interrupt received"),
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; stopping on ctrl-c only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Runs the snapshotter until SIGTERM or ctrl-c.
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
@@ -294,7 +270,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
     );
     let source = Arc::new(EtcdClient::new(plan.etcd));
     let metrics = brcore::metrics::metrics().clone();
-    let report = Snapshotter::new(source, store, plan.snapshotter, metrics).run(stop_signal()).await?;
+    let report = Snapshotter::new(source, store, plan.snapshotter, metrics).run(super::stop_signal()).await?;
     info!(
         full_snapshots = report.full_snapshots,
         delta_snapshots = report.delta_snapshots,
