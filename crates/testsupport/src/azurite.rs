@@ -171,9 +171,7 @@ impl Azurite {
 
     /// The last lines of Azurite's output, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.tmp.path().join("azurite.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::log_tail_of(&self.tmp.path().join("azurite.log"), 30)
     }
 }
 

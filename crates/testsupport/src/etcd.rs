@@ -210,9 +210,7 @@ impl Etcd {
 
     /// The last lines of etcd's own log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::log_tail_of(&self.log, 30)
     }
 
     /// Which etcd this is.

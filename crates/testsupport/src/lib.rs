@@ -30,6 +30,13 @@ pub fn require_binary(path: PathBuf, what: &str) -> PathBuf {
     path
 }
 
+/// The last `n` lines of a log file (empty if unreadable), for failure messages.
+pub(crate) fn log_tail_of(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Ports are handed out from a per-process counter offset by the pid, then probed, so parallel

@@ -208,9 +208,7 @@ impl SeaweedS3 {
 
     /// The last lines of weed's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.tmp.path().join("weed.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::log_tail_of(&self.tmp.path().join("weed.log"), 30)
     }
 }
 
