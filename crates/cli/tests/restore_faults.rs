@@ -176,10 +176,8 @@ fn full_disk_fails_cleanly() {
 fn uncompressed_store() -> (tempfile::TempDir, PathBuf) {
     let (tmp, container) = copy_store(STORE_34);
     let gz = objects(&container, "Full")[0].clone();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(fs::File::open(&gz).unwrap()), &mut raw).unwrap();
     let name = gz.file_name().unwrap().to_string_lossy().trim_end_matches(".gz").to_string();
-    fs::write(container.join("v2").join(name), raw).unwrap();
+    testsupport::shared_full_snapshot(STORE_34, &container.join("v2").join(name));
     fs::remove_file(gz).unwrap();
     (tmp, container)
 }

@@ -5,7 +5,6 @@
 //! they are, and booted; its `hashkv --rev R` and `get --rev R` must equal what we compute from
 //! the unrestored snapshot file.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,21 +13,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use etcd_format::hashkv::hash_kv;
 use etcd_format::meta::DbRevisions;
 use etcd_format::mvcc;
-use testsupport::{Etcd, EtcdVersion, free_port, shared_testdata};
+use testsupport::{Etcd, EtcdVersion, free_port};
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    let folder = shared_testdata().join(store).join("store/v2");
-    let full = std::fs::read_dir(&folder)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("Full-"))
-        .unwrap_or_else(|| panic!("no Full snapshot in {}", folder.display()));
-    let mut bytes = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(&full).unwrap()).read_to_end(&mut bytes).unwrap();
-    let out = dir.join("full.db");
-    std::fs::write(&out, bytes).unwrap();
-    out
+    testsupport::shared_full_snapshot(store, &dir.join("full.db"))
 }
 
 fn restore_and_boot(version: EtcdVersion, snapshot: &Path, dir: &Path, skip_hash_check: bool) -> Etcd {

@@ -2,28 +2,16 @@
 //! and 3.5.30): every `key`, `lease` and `meta` entry decodes, and re-encoding gives back the
 //! exact bytes etcd wrote (HashKV covers them, so a restore must reproduce them).
 
-use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use etcd_format::lease::{Lease, read_leases};
 use etcd_format::meta::{ConfState, DbRevisions, Meta};
 use etcd_format::mvcc::{self, KeyValue, LEASE_BUCKET, Revision};
-use testsupport::shared_testdata;
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    let folder = shared_testdata().join(store).join("store/v2");
-    let full = std::fs::read_dir(&folder)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("Full-"))
-        .unwrap_or_else(|| panic!("no Full snapshot in {}", folder.display()));
-    let mut bytes = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(&full).unwrap()).read_to_end(&mut bytes).unwrap();
-    let out = dir.join(format!("{store}.db"));
-    std::fs::write(&out, bytes).unwrap();
-    out
+    testsupport::shared_full_snapshot(store, &dir.join(format!("{store}.db")))
 }
 
 /// Every entry of the `key` bucket re-encodes to the bytes etcd wrote, and obeys etcd's

@@ -1,29 +1,18 @@
 //! `snapshot status` of the full snapshots written by the real Go etcdbrctl, judged by
 //! `etcdctl snapshot status` (3.4.23) and `etcdutl snapshot status` (3.5.1) on the same files.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus, verify_snapshot_file};
 use etcd_format::status::snapshot_status;
-use testsupport::{EtcdVersion, shared_testdata};
+use testsupport::EtcdVersion;
 
 const STORES: [&str; 2] = ["etcdbrctl-0.28.4-etcd-3.4.23", "etcdbrctl-0.43.0-etcd-3.5.30"];
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    let folder = shared_testdata().join(store).join("store/v2");
-    let full = std::fs::read_dir(&folder)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("Full-"))
-        .unwrap_or_else(|| panic!("no Full snapshot in {}", folder.display()));
-    let mut bytes = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(&full).unwrap()).read_to_end(&mut bytes).unwrap();
-    let out = dir.join(format!("{store}.db"));
-    std::fs::write(&out, bytes).unwrap();
-    out
+    testsupport::shared_full_snapshot(store, &dir.join(format!("{store}.db")))
 }
 
 fn etcd_snapshot_status(version: EtcdVersion, file: &Path) -> serde_json::Value {

@@ -65,3 +65,23 @@ pub fn shared_testdata() -> PathBuf {
     }
     root.canonicalize().expect("canonical testdata path")
 }
+
+/// Decompresses the Full snapshot of the shared test store `store` (a folder of
+/// [`shared_testdata`]) into the file `out` (etcd's snapshot format: the db and its sha256), and
+/// returns `out`.
+pub fn shared_full_snapshot(store: &str, out: &std::path::Path) -> PathBuf {
+    let folder = shared_testdata().join(store).join("store/v2");
+    let full = std::fs::read_dir(&folder)
+        .expect("read the test store")
+        .map(|e| e.expect("test store entry").path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("Full-")))
+        .unwrap_or_else(|| panic!("no Full snapshot in {}", folder.display()));
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&full).expect("open the Full snapshot")),
+        &mut bytes,
+    )
+    .expect("gunzip the Full snapshot");
+    std::fs::write(out, bytes).expect("write the decompressed snapshot");
+    out.to_path_buf()
+}
