@@ -141,8 +141,9 @@ pub trait EtcdSource: Send + Sync + fmt::Debug {
     async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError>;
 }
 
-/// TLS for the connection to etcd (`--cert`, `--key`, `--cacert`).
-#[derive(Clone, Default, PartialEq, Eq)]
+/// TLS for the connection to etcd (`--cert`, `--key`, `--cacert`). Holds paths only, so its
+/// `Debug` never shows the files' content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcdTls {
     /// Client certificate (PEM), with `key`.
     pub cert: Option<PathBuf>,
@@ -150,17 +151,6 @@ pub struct EtcdTls {
     pub key: Option<PathBuf>,
     /// CA bundle (PEM) that signs etcd's server certificate; the system roots when absent.
     pub cacert: Option<PathBuf>,
-}
-
-impl fmt::Debug for EtcdTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Paths only: the files' content never reaches a log.
-        f.debug_struct("EtcdTls")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("cacert", &self.cacert)
-            .finish()
-    }
 }
 
 /// How to reach etcd.
