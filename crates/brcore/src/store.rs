@@ -110,6 +110,25 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
     /// Deletes `key`; succeeds if it does not exist.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Moves the complete object `from` to `to`, replacing any object under `to`, and returns
+    /// its size. A full snapshot is uploaded under a staging key while etcd streams it, because
+    /// its name holds a revision that is only known at the end; this gives it its name.
+    ///
+    /// Readers of `to` see its old content (or nothing) until the whole object is there, never a
+    /// part of it. After success `from` is gone; if only deleting `from` failed, that is logged
+    /// and the call still succeeds, since `to` is complete. After an error `from` is unchanged.
+    ///
+    /// The default reads `from` and writes it to `to` through [`Snapstore::write`], then deletes
+    /// `from`; stores override it with a rename (Local) or a server-side copy.
+    async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let data = self.read(from, None).await?;
+        let size = self.write(to, data, &WriteOptions::default()).await?;
+        if let Err(e) = self.delete(from).await {
+            tracing::warn!(key = from, error = %e, "renamed object: could not delete the source; it is left behind");
+        }
+        Ok(size)
+    }
+
     /// For a store on the local filesystem: the path of the complete object `key`, so a reader
     /// that needs random access (a bbolt db) can read it in place instead of copying it. Callers
     /// only read through it. `None` (the default) for remote stores or a missing object.

@@ -18,6 +18,26 @@
 //! place; the directory is fsynced after the rename. Listings never show that temp directory, and
 //! it is only created by the first write: opening or reading a store writes nothing into it.
 //!
+//! # Renames
+//!
+//! [`Snapstore::rename`](brcore::Snapstore::rename) gives a full snapshot, uploaded under a
+//! staging key, its final name; it never shows a part of the object under the new key, and
+//! after an error the source is unchanged.
+//!
+//! - **Local**: a `rename(2)` within the container (the new key's directories are created
+//!   0700), then the directories whose entries changed are fsynced. Costs nothing per byte.
+//! - **S3, ECS, OCS, Azure Blob, GCS, Swift, OSS**: a server-side copy (CopyObject, Copy Blob,
+//!   rewrite, copy), then a stat of the new key until it holds the whole object, then the source
+//!   is deleted (a failed delete is logged: the new key is complete). Azure's Copy Blob may finish
+//!   in the background: the store reads its `x-ms-copy-status` and waits (up to 5 minutes) for
+//!   `success`; while it is `pending` Azure already lists the destination, which is the one
+//!   window where a listing can show an incomplete object. A copy that ends `failed`/`aborted`
+//!   has its destination deleted; one that does not finish in time is a retryable error.
+//! - **Streaming fallback**: objects beyond the service's copy limit (S3 5 GiB, Swift 5 GiB,
+//!   OSS 1 GiB), or a copy the service refuses (a non-retryable error such as 400 or 501), are
+//!   read and written through the ordinary atomic write, then the source is deleted. A store
+//!   that is down or denies access fails the rename instead.
+//!
 //! # Credentials that change
 //!
 //! Before every operation the store stats the credential files it read (following symlinks, so

@@ -5,15 +5,15 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use brcore::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};
 use futures::{StreamExt, TryStreamExt};
 use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
-use opendal::{ErrorKind, HttpTransporter, Operator, services};
+use opendal::{Buffer, ErrorKind, HttpBody, HttpTransport, HttpTransporter, Operator, services};
 use tracing::{Instrument, debug, debug_span, field, info_span, warn};
 
 use crate::Error;
@@ -35,6 +35,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRIES: usize = 4;
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// The largest object S3's CopyObject takes (AWS's limit; SeaweedFS copies more); a larger one
+/// is renamed by streaming it. For a larger object opendal switches to its multipart copier
+/// (UploadPartCopy), which retries a failed part in place, at once and without bound: when the
+/// store died mid-copy in our fault test, the rename hung until the I/O timeout (180 s) for
+/// each of the retry layer's attempts. CopyObject is one request that fails like any other.
+const S3_COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// The largest object OSS's CopyObject takes; a larger one is renamed by streaming it.
+const OSS_COPY_MAX: u64 = 1024 * 1024 * 1024;
+/// The largest object Swift's server-side copy takes; a larger one is renamed by streaming it.
+const SWIFT_COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// How long a server-side copy may take to show up complete under its new key. Azure's Copy
+/// Blob may answer "pending" and finish in the background (a few GiB at tens of MB/s); the
+/// source is only deleted once the copy is complete.
+const COPY_SETTLE_LIMIT: Duration = Duration::from_secs(300);
+/// First and longest pause between two checks of a copy that is not complete yet.
+const COPY_POLL_MIN: Duration = Duration::from_millis(200);
+const COPY_POLL_MAX: Duration = Duration::from_secs(5);
 
 /// The environment variables a store may read, captured once at open so a reload sees the same.
 type EnvSnapshot = BTreeMap<String, String>;
@@ -92,9 +110,8 @@ pub struct OpendalStore {
     /// Credential files and dirs to stat before each operation (empty: nothing to reload).
     watched: RwLock<Vec<PathBuf>>,
     current: RwLock<Current>,
-    /// Local only: the operator that stages writes in [`LOCAL_TEMP_DIR`], built at the first
-    /// write (building it creates that directory).
-    local_writer: OnceLock<Operator>,
+    /// Local only: set once [`LOCAL_TEMP_DIR`] exists, which the first write creates.
+    local_temp_ready: OnceLock<()>,
 }
 
 impl fmt::Debug for OpendalStore {
@@ -151,7 +168,7 @@ impl OpendalStore {
             s,
             watched: RwLock::new(loaded.watched),
             current: RwLock::new(Current { op, fingerprint }),
-            local_writer: OnceLock::new(),
+            local_temp_ready: OnceLock::new(),
         })
     }
 
@@ -209,26 +226,19 @@ impl OpendalStore {
         Ok(Call::new(base, self.s.provider))
     }
 
-    /// The call for a write: for Local, the staging operator (built once); else [`Self::call`].
-    fn write_call(&self, key: &str) -> Result<Call, StoreError> {
-        let Some(root) = &self.s.local_root else { return self.call(key) };
-        if let Some(op) = self.local_writer.get() {
-            return Ok(Call::new(op.clone(), self.s.provider));
-        }
-        let fail = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Other {
-            key: key.to_string(),
-            retryable: false,
-            source: e,
-        };
+    /// The Local staging directory, created (0700) and swept of stale files at the first write.
+    fn local_temp_dir(&self, root: &Path, key: &str) -> Result<PathBuf, StoreError> {
         let temp = root.join(LOCAL_TEMP_DIR);
-        create_private_dir(&temp).map_err(|e| fail(Box::new(e)))?;
-        remove_stale_staging_files(&temp);
-        let builder = services::Fs::default().root(&root.to_string_lossy()).atomic_write_dir(&temp.to_string_lossy());
-        let op = Operator::new(builder)
-            .map_err(|e| fail(Box::new(e)))?
-            .layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT));
-        let op = self.local_writer.get_or_init(|| op).clone();
-        Ok(Call::new(op, self.s.provider))
+        if self.local_temp_ready.get().is_none() {
+            create_private_dir(&temp).map_err(|e| StoreError::Other {
+                key: key.to_string(),
+                retryable: false,
+                source: Box::new(e),
+            })?;
+            remove_stale_staging_files(&temp);
+            let _ = self.local_temp_ready.set(());
+        }
+        Ok(temp)
     }
 
     /// Checks that the bucket/container exists and the credentials are accepted, by listing at
@@ -274,19 +284,6 @@ impl OpendalStore {
         }
         Ok(())
     }
-
-    /// fsyncs the directory holding a Local object so the rename survives a crash.
-    async fn sync_parent_dir(&self, key: &str) -> Result<(), StoreError> {
-        let Some(root) = &self.s.local_root else { return Ok(()) };
-        let dir = root.join(key).parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
-        let joined = tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|d| d.sync_all())).await;
-        let err: Box<dyn std::error::Error + Send + Sync> = match joined {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => Box::new(e),
-            Err(e) => Box::new(e),
-        };
-        Err(StoreError::Other { key: key.to_string(), retryable: false, source: err })
-    }
 }
 
 impl Settings {
@@ -304,8 +301,8 @@ impl Settings {
             (Provider::Local, _) => {
                 let root =
                     self.local_root.as_ref().ok_or_else(|| Error::Config("Local store without a root".into()))?;
-                // Reads and deletes only: this operator stages nothing, so opening a store (for a
-                // restore, say) never writes into it. Writes use `local_writer`.
+                // Reads and deletes only: opening a store (for a restore, say) never writes into
+                // it. Writes go through `write_local_file`.
                 Operator::new(services::Fs::default().root(&root.to_string_lossy())).map_err(backend)?
             }
             (Provider::S3 | Provider::ECS | Provider::OCS, Credentials::S3(c)) => {
@@ -698,7 +695,19 @@ impl Snapstore for OpendalStore {
 
     async fn write(&self, key: &str, mut data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
         self.check_key(key)?;
-        let call = self.write_call(key)?;
+        if let Some(root) = &self.s.local_root {
+            let temp = self.local_temp_dir(root, key)?;
+            let span = info_span!("snapstore.write", provider = %self.s.provider, key, bytes = field::Empty);
+            return async {
+                let written = write_local_file(root, &temp, key, data).await?;
+                tracing::Span::current().record("bytes", written);
+                debug!(bytes = written, "object stored");
+                Ok(written)
+            }
+            .instrument(span)
+            .await;
+        }
+        let call = self.call(key)?;
         let op = &call.op;
         let part_size = opts.part_size.max(1);
         let parts = opts.max_parallel_parts.max(1);
@@ -735,7 +744,6 @@ impl Snapstore for OpendalStore {
                 warn!(error = %e, bytes = written, "upload failed and was aborted");
                 return Err(e);
             }
-            self.sync_parent_dir(key).await?;
             tracing::Span::current().record("bytes", written);
             debug!(bytes = written, "object stored");
             Ok(written)
@@ -759,6 +767,366 @@ impl Snapstore for OpendalStore {
         .instrument(span)
         .await
     }
+
+    /// Local: a rename within the store's file system, fsynced. Object stores: a server-side
+    /// copy (CopyObject on S3, Copy Blob on Azure, rewrite on GCS), waited for until the new
+    /// key holds the whole object, then the source is deleted; where the service has no copy,
+    /// or the object is beyond its copy limit, or the copy is refused, the object is streamed
+    /// through [`Snapstore::write`] instead. Either way `to` is never seen partial, except
+    /// that Azure lists the destination of a Copy Blob that finishes in the background while
+    /// it runs (see the crate docs).
+    async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        self.check_key(from)?;
+        self.check_key(to)?;
+        let call = self.call(from)?;
+        let span = debug_span!(
+            "snapstore.rename",
+            provider = %self.s.provider,
+            from,
+            to,
+            method = field::Empty,
+            bytes = field::Empty
+        );
+        async {
+            if from == to {
+                // Nothing moves; deleting "the source" afterwards would lose the object.
+                let meta = call.op.stat(from).await.map_err(|e| call.err(from, e))?;
+                return Ok(meta.content_length());
+            }
+            let size = match &self.s.local_root {
+                Some(root) => {
+                    tracing::Span::current().record("method", "fs-rename");
+                    let (root, src, dst) = (root.clone(), from.to_string(), to.to_string());
+                    let joined = tokio::task::spawn_blocking(move || rename_local_file(&root, &src, &dst)).await;
+                    let fail = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Other {
+                        key: from.to_string(),
+                        retryable: false,
+                        source,
+                    };
+                    match joined {
+                        Ok(Ok(size)) => size,
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(StoreError::NotFound { key: from.to_string() });
+                        }
+                        Ok(Err(e)) => return Err(fail(Box::new(e))),
+                        Err(e) => return Err(fail(Box::new(e))),
+                    }
+                }
+                None => self.rename_object(&call, from, to).await?,
+            };
+            tracing::Span::current().record("bytes", size);
+            debug!(bytes = size, "object renamed");
+            Ok(size)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Renaming on object stores: the server-side copy, its fallback, and the wait for the copy.
+impl OpendalStore {
+    /// Renames on an object store: server-side copy where it can, else streaming; then deletes
+    /// `from`. `from` is untouched on every error path.
+    async fn rename_object(&self, call: &Call, from: &str, to: &str) -> Result<u64, StoreError> {
+        let size = call.op.stat(from).await.map_err(|e| call.err(from, e))?.content_length();
+        let span = tracing::Span::current();
+        if let Some(why) = self.no_server_copy(&call.op, size) {
+            span.record("method", "stream");
+            debug!(reason = why, bytes = size, "streaming the object to its new key");
+            return self.rename_by_streaming(from, to).await;
+        }
+        span.record("method", "server-copy");
+        // On Azure, a transport that notes x-ms-copy-status, which tells a Copy Blob still
+        // running in the background from a finished one.
+        let (op, copy_status) = match self.s.provider {
+            Provider::ABS => {
+                let (op, slot) = with_copy_status_probe(&call.op);
+                (op, Some(slot))
+            }
+            _ => (call.op.clone(), None),
+        };
+        debug!(bytes = size, "server-side copy started");
+        // One request per copy (no `chunk`): S3's CopyObject, Azure's Copy Blob, Swift's and
+        // OSS's copy; GCS's rewrite loops on its token.
+        if let Err(e) = op.copy(from, to).await {
+            // A failed copy leaves nothing new under `to` (the copies are atomic). A refusal
+            // (400, 501, too large) is worth a try by streaming; a store that is down or denies
+            // access is not.
+            return match call.err(from, e) {
+                StoreError::Other { retryable: false, source, .. } => {
+                    span.record("method", "stream");
+                    warn!(error = %source, "server-side copy refused; streaming the object to its new key instead");
+                    self.rename_by_streaming(from, to).await
+                }
+                other => Err(other),
+            };
+        }
+        self.await_complete_copy(call, &op, copy_status.as_ref(), to, size).await?;
+        self.delete_renamed_source(from).await;
+        Ok(size)
+    }
+
+    /// Why `op` should not copy an object of `size` bytes server-side, if it should not.
+    fn no_server_copy(&self, op: &Operator, size: u64) -> Option<&'static str> {
+        if !op.info().capability().copy {
+            return Some("the service has no server-side copy");
+        }
+        match self.s.provider {
+            Provider::S3 | Provider::ECS | Provider::OCS if size > S3_COPY_MAX => {
+                Some("larger than S3 CopyObject's 5 GiB limit")
+            }
+            Provider::OSS if size > OSS_COPY_MAX => Some("larger than OSS CopyObject's 1 GiB limit"),
+            Provider::Swift if size > SWIFT_COPY_MAX => Some("larger than Swift's 5 GiB copy limit"),
+            _ => None,
+        }
+    }
+
+    /// The fallback: read `from`, write it to `to` (all or nothing, like every write), delete
+    /// `from`.
+    async fn rename_by_streaming(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let data = self.read(from, None).await?;
+        let size = self.write(to, data, &WriteOptions::default()).await?;
+        self.delete_renamed_source(from).await;
+        Ok(size)
+    }
+
+    /// Waits until `to` holds all `size` bytes of a finished copy. An Azure copy that ended
+    /// failed or aborted leaves a partial blob, which is deleted; a copy that does not finish
+    /// within [`COPY_SETTLE_LIMIT`] is a retryable error, and nothing is deleted.
+    async fn await_complete_copy(
+        &self,
+        call: &Call,
+        op: &Operator,
+        copy_status: Option<&CopyStatusSlot>,
+        to: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + COPY_SETTLE_LIMIT;
+        let mut pause = COPY_POLL_MIN;
+        loop {
+            if let Some(slot) = copy_status {
+                slot.clear();
+            }
+            let len = match op.stat(to).await {
+                Ok(meta) => Some(meta.content_length()),
+                // Some S3-compatible stores show a new key a moment late.
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(call.err(to, e)),
+            };
+            let status = copy_status.and_then(CopyStatusSlot::get);
+            match copy_progress(status.as_deref(), len, size) {
+                CopyProgress::Complete => {
+                    debug!(status = status.as_deref().unwrap_or("none"), bytes = size, "server-side copy complete");
+                    return Ok(());
+                }
+                CopyProgress::Failed(why) => {
+                    if let Err(e) = self.delete(to).await {
+                        warn!(key = to, error = %e, "cannot delete the partial copy");
+                    }
+                    return Err(StoreError::Other { key: to.to_string(), retryable: true, source: why.into() });
+                }
+                CopyProgress::Running => {}
+            }
+            if Instant::now() + pause > deadline {
+                return Err(StoreError::Other {
+                    key: to.to_string(),
+                    retryable: true,
+                    source: format!(
+                        "the server-side copy did not complete within {COPY_SETTLE_LIMIT:?} (copy status {}, \
+                         {} of {size} bytes visible); the source is kept",
+                        status.as_deref().unwrap_or("none"),
+                        len.map_or_else(|| "no object".to_string(), |l| l.to_string()),
+                    )
+                    .into(),
+                });
+            }
+            debug!(status = status.as_deref().unwrap_or("none"), len = ?len, size, "copy not complete yet");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(COPY_POLL_MAX);
+        }
+    }
+
+    /// Deletes the source of a finished rename; a failure only leaves a stray object behind.
+    async fn delete_renamed_source(&self, from: &str) {
+        if let Err(e) = self.delete(from).await {
+            warn!(key = from, error = %e, "renamed object: could not delete the source; it is left behind");
+        }
+    }
+}
+
+/// Where a server-side copy stands, from the destination's size and, on Azure, its
+/// `x-ms-copy-status`.
+#[derive(Debug, PartialEq, Eq)]
+enum CopyProgress {
+    /// `to` holds the whole object.
+    Complete,
+    /// Not there yet: still copying, or not visible yet.
+    Running,
+    /// The copy ended without the object (Azure `failed` or `aborted`).
+    Failed(String),
+}
+
+fn copy_progress(status: Option<&str>, len: Option<u64>, size: u64) -> CopyProgress {
+    match status {
+        Some(s) if s.eq_ignore_ascii_case("failed") || s.eq_ignore_ascii_case("aborted") => {
+            CopyProgress::Failed(format!("the server-side copy ended {s}; the source is kept"))
+        }
+        // The destination of a running Azure copy may already show the full length.
+        Some(s) if s.eq_ignore_ascii_case("pending") => CopyProgress::Running,
+        _ if len == Some(size) => CopyProgress::Complete,
+        _ => CopyProgress::Running,
+    }
+}
+
+/// The last `x-ms-copy-status` a probed operator received.
+#[derive(Clone, Default)]
+struct CopyStatusSlot(Arc<Mutex<Option<String>>>);
+
+impl CopyStatusSlot {
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn clear(&self) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = None;
+        }
+    }
+
+    fn set(&self, v: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(v.to_string());
+        }
+    }
+}
+
+/// An HTTP transport that passes every request on and notes the `x-ms-copy-status` header of
+/// the responses: Azure reports with it whether a Copy Blob finished, and opendal drops it.
+struct CopyStatusProbe {
+    inner: HttpTransporter,
+    slot: CopyStatusSlot,
+}
+
+impl HttpTransport for CopyStatusProbe {
+    async fn fetch(&self, req: http::Request<Buffer>) -> opendal::Result<http::Response<HttpBody>> {
+        let resp = self.inner.fetch(req).await?;
+        if let Some(v) = resp.headers().get("x-ms-copy-status").and_then(|v| v.to_str().ok()) {
+            self.slot.set(v);
+        }
+        Ok(resp)
+    }
+}
+
+/// `op` with its HTTP transport wrapped in a [`CopyStatusProbe`] (layers kept), and the probe's slot.
+fn with_copy_status_probe(op: &Operator) -> (Operator, CopyStatusSlot) {
+    let slot = CopyStatusSlot::default();
+    let base = op.base_context();
+    let probe = CopyStatusProbe { inner: base.http_transport().clone(), slot: slot.clone() };
+    let ctx = base.with_http_transport(HttpTransporter::new(probe));
+    (op.clone().with_context(ctx), slot)
+}
+
+/// Writes a Local object: the chunks go to a temp file in `temp` (on the container's file
+/// system) from a thread of its own, which writes each chunk as it comes, with no copy and no
+/// async file layer between; then the file is fsynced, renamed to `key` (its directories created
+/// 0700) and the directory fsynced. A failed stream or write removes the temp file, so nothing
+/// appears under `key`.
+async fn write_local_file(root: &Path, temp: &Path, key: &str, mut data: ByteStream) -> Result<u64, StoreError> {
+    let fail = |e: std::io::Error| StoreError::Other {
+        key: key.to_string(),
+        // A full disk may be freed by garbage collection; a permission error needs a person.
+        retryable: e.kind() != std::io::ErrorKind::PermissionDenied,
+        source: Box::new(e),
+    };
+    let file = tempfile::Builder::new().prefix(".write-").tempfile_in(temp).map_err(fail)?;
+    // `Some(chunk)` to write, then `None` once the stream has ended well. A channel closed
+    // without that `None` (the stream failed) leaves the temp file to be dropped, i.e. removed.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(2);
+    let target = root.join(key);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        use std::io::Write as _;
+        let mut file = file;
+        let mut written = 0u64;
+        loop {
+            match rx.blocking_recv() {
+                Some(Some(chunk)) => {
+                    file.write_all(&chunk)?;
+                    written += chunk.len() as u64;
+                }
+                Some(None) => break,
+                None => return Err(std::io::Error::other("the stream ended in an error")),
+            }
+        }
+        file.as_file().sync_all()?;
+        let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
+        create_private_dir(&dir).map_err(std::io::Error::other)?;
+        file.persist(&target).map_err(|e| e.error)?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all())?;
+        Ok(written)
+    });
+    let mut streamed: Result<(), StoreError> = Ok(());
+    while let Some(item) = data.next().await {
+        match item {
+            Ok(chunk) => {
+                if tx.send(Some(chunk)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                streamed = Err(e);
+                break;
+            }
+        }
+    }
+    if streamed.is_ok() {
+        let _ = tx.send(None).await;
+    }
+    drop(tx);
+    let result = writer.await;
+    streamed?;
+    match result {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            warn!(key, error = %e, "write to the Local store failed; nothing was stored");
+            Err(fail(e))
+        }
+        Err(e) => Err(fail(std::io::Error::other(e.to_string()))),
+    }
+}
+
+/// Renames the Local object `from` to `to` under `root` and returns its size: creates `to`'s
+/// directories (0700), renames, and fsyncs the directories whose entries changed, so the
+/// rename survives a crash. A missing `from` (or a directory there) is `NotFound`.
+fn rename_local_file(root: &Path, from: &str, to: &str) -> std::io::Result<u64> {
+    let src = root.join(from);
+    let dst = root.join(to);
+    let meta = std::fs::metadata(&src)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{from} is not an object")));
+    }
+    let src_dir = src.parent().unwrap_or(root).to_path_buf();
+    let dst_dir = dst.parent().unwrap_or(root).to_path_buf();
+    // The nearest directory that exists already: the new directories' entries land in it.
+    let mut existing = dst_dir.as_path();
+    while !existing.is_dir() {
+        existing = existing.parent().unwrap_or(root);
+    }
+    let existing = existing.to_path_buf();
+    create_private_dir(&dst_dir).map_err(std::io::Error::other)?;
+    std::fs::rename(&src, &dst)?;
+    let sync = |dir: &Path| std::fs::File::open(dir).and_then(|d| d.sync_all());
+    let mut dir = dst_dir.as_path();
+    loop {
+        sync(dir)?;
+        if dir == existing {
+            break;
+        }
+        dir = dir.parent().unwrap_or(&existing);
+    }
+    if src_dir != dst_dir {
+        sync(&src_dir)?;
+    }
+    Ok(meta.len())
 }
 
 #[cfg(test)]
@@ -831,6 +1199,74 @@ mod tests {
         assert!(matches!(map_io_error(Provider::S3, "k", plain, false), StoreError::Other { retryable: false, .. }));
         let e: std::io::Error = opendal::Error::new(ErrorKind::Unexpected, "reset").set_persistent().into();
         assert!(map_io_error(Provider::S3, "k", e, true).is_retryable());
+    }
+
+    #[test]
+    fn copy_progress_waits_for_azure_status_and_full_size() {
+        use CopyProgress::*;
+        // S3, GCS, Swift, OSS: no status; complete once the whole size is there.
+        assert_eq!(copy_progress(None, Some(10), 10), Complete);
+        assert_eq!(copy_progress(None, Some(4), 10), Running);
+        assert_eq!(copy_progress(None, None, 10), Running);
+        assert_eq!(copy_progress(None, Some(0), 0), Complete);
+        // Azure: a pending copy may already show the full length; it is not complete.
+        assert_eq!(copy_progress(Some("pending"), Some(10), 10), Running);
+        assert_eq!(copy_progress(Some("success"), Some(10), 10), Complete);
+        assert_eq!(copy_progress(Some("success"), Some(9), 10), Running);
+        for ended in ["failed", "aborted", "Failed"] {
+            assert!(matches!(copy_progress(Some(ended), Some(10), 10), Failed(m) if m.contains(ended)), "{ended}");
+        }
+    }
+
+    #[test]
+    fn local_rename_creates_private_dirs_and_reports_missing_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("p/.staging")).unwrap();
+        std::fs::write(root.join("p/.staging/obj"), b"12345").unwrap();
+        assert_eq!(rename_local_file(root, "p/.staging/obj", "p/v2/x/obj").unwrap(), 5);
+        assert_eq!(std::fs::read(root.join("p/v2/x/obj")).unwrap(), b"12345");
+        assert!(!root.join("p/.staging/obj").exists());
+        let missing = rename_local_file(root, "p/.staging/obj", "p/v2/y").unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        assert!(!root.join("p/v2/y").exists());
+        // A directory is not an object.
+        let dir_src = rename_local_file(root, "p/v2", "p/v3").unwrap_err();
+        assert_eq!(dir_src.kind(), std::io::ErrorKind::NotFound);
+        assert!(root.join("p/v2/x/obj").exists());
+    }
+
+    /// The fallback for objects beyond a service's copy limit (5 GiB on S3), run directly on
+    /// a real SeaweedFS with a multi-part object.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streaming_rename_moves_the_object_on_seaweedfs() {
+        let seaweed = testsupport::seaweed::SeaweedS3::start();
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("accessKeyID"), seaweed.access_key()).unwrap();
+        std::fs::write(creds.path().join("secretAccessKey"), seaweed.secret_key()).unwrap();
+        std::fs::write(creds.path().join("region"), "us-east-1\n").unwrap();
+        let dir = creds.path().display().to_string();
+        let config = StoreConfig {
+            provider: Provider::S3,
+            container: Some(seaweed.bucket().to_string()),
+            endpoint_override: Some(seaweed.endpoint()),
+            ..StoreConfig::default()
+        };
+        let store =
+            OpendalStore::open_with_env(&config, &|k| (k == "AWS_APPLICATION_CREDENTIALS").then(|| dir.clone()))
+                .unwrap();
+        let bytes: Vec<u8> =
+            (0..12 * 1024 * 1024 + 7).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let input: ByteStream = Box::pin(futures::stream::iter(
+            bytes.chunks(1 << 20).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+        ));
+        store.write("s/.staging/a", input, &WriteOptions::default()).await.unwrap();
+        assert_eq!(store.rename_by_streaming("s/.staging/a", "s/v2/a").await.unwrap(), bytes.len() as u64);
+        let chunks: Vec<bytes::Bytes> = store.read("s/v2/a", None).await.unwrap().try_collect().await.unwrap();
+        let back = chunks.concat();
+        assert!(back == bytes, "streamed rename changed the object");
+        let listed = store.list("s/").await.unwrap();
+        assert_eq!(listed, vec![ObjectMeta { key: "s/v2/a".into(), size: bytes.len() as u64 }]);
     }
 
     #[test]

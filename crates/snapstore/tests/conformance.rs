@@ -198,11 +198,93 @@ pub async fn run_conformance(store: Arc<dyn Snapstore>) {
     assert!(all.windows(2).all(|w| w[0].key < w[1].key), "list(\"\") not sorted: {:?}", keys(&all));
     assert!(all.iter().any(|m| m.key == "conf/n/b/d/e"), "list(\"\") is recursive");
 
+    run_rename_cases(store.clone()).await;
+
     // Clean up what we wrote; the store is usable after every error above.
     for m in s.list("conf/").await.unwrap() {
         s.delete(&m.key).await.unwrap();
     }
     assert!(s.list("conf/").await.unwrap().is_empty());
+}
+
+/// Size of the object the rename cases move while a lister watches: large enough that the
+/// store takes a while to copy it (SeaweedFS copies the data).
+const WATCHED_RENAME: usize = 70 * MIB;
+
+/// `Snapstore::rename`: the snapshotter uploads a full snapshot under a staging key and renames
+/// it once the revision is known.
+async fn run_rename_cases(store: Arc<dyn Snapstore>) {
+    let s = store.as_ref();
+    let opts = small_parts();
+    let staging = "conf/rename/.etcdbr-staging/Full-1795606800-1.part";
+    let full = "conf/rename/v2/Full-00000000-00000042-1795606800.gz";
+
+    // A multi-part object (13 MiB in 5 MiB parts) moves whole, byte for byte.
+    let obj = data(13 * MIB + 12_345, 9);
+    s.write(staging, stream_of(obj.clone(), 999_999), &opts).await.expect("write the staged object");
+    let n = s.rename(staging, full).await.expect("rename");
+    assert_eq!(n, obj.len() as u64, "rename returns the object's size");
+    let back = read_all(s, full, None).await.expect("read the renamed object");
+    assert!(back == obj, "renamed object differs ({} vs {} bytes)", back.len(), obj.len());
+    // The source is gone, from reads and from the listing.
+    assert!(matches!(s.read(staging, None).await.map(|_| ()), Err(StoreError::NotFound { .. })));
+    assert_eq!(s.list("conf/rename/").await.unwrap(), vec![ObjectMeta { key: full.into(), size: n }]);
+
+    // Renaming onto an existing object replaces it.
+    let newer = data(6 * MIB + 1, 10);
+    s.write(staging, stream_of(newer.clone(), MIB), &opts).await.unwrap();
+    assert_eq!(s.rename(staging, full).await.expect("rename over an existing object"), newer.len() as u64);
+    assert!(read_all(s, full, None).await.unwrap() == newer, "the replaced object does not hold the new bytes");
+    assert_eq!(keys(&s.list("conf/rename/").await.unwrap()), [full]);
+
+    // A missing source is NotFound, names the source, and creates nothing.
+    match s.rename("conf/rename/.etcdbr-staging/missing.part", "conf/rename/v2/never").await {
+        Err(StoreError::NotFound { key }) => assert_eq!(key, "conf/rename/.etcdbr-staging/missing.part"),
+        other => panic!("rename of a missing key: wanted NotFound, got {:?}", other.map_err(|e| e.to_string())),
+    }
+    assert_eq!(keys(&s.list("conf/rename/").await.unwrap()), [full]);
+
+    // Into a "directory" that does not exist yet (on Local, directories are created), and back.
+    let deep = "conf/rename/deep/a/b/c/object";
+    assert_eq!(s.rename(full, deep).await.expect("rename into new directories"), newer.len() as u64);
+    assert!(read_all(s, deep, None).await.unwrap() == newer);
+    assert_eq!(keys(&s.list("conf/rename/").await.unwrap()), [deep]);
+    // Renaming an object onto itself keeps it.
+    assert_eq!(s.rename(deep, deep).await.expect("rename onto itself"), newer.len() as u64);
+    assert!(read_all(s, deep, None).await.unwrap() == newer, "rename onto itself changed the object");
+    // Invalid keys are refused before reaching the store.
+    assert!(s.rename(deep, "/abs").await.is_err());
+    assert!(s.rename("a/../b", deep).await.is_err());
+    s.delete(deep).await.unwrap();
+
+    // While a large rename runs, the listing shows the source, the complete target, or both,
+    // never a part of the target.
+    let big = data(WATCHED_RENAME, 11);
+    let (src, dst) = ("conf/rename/.etcdbr-staging/big.part", "conf/rename/v2/Full-00000000-00000099-1.gz");
+    s.write(src, stream_of(big.clone(), 3 * MIB + 17), &opts).await.expect("write the big object");
+    let renamer = {
+        let store = store.clone();
+        tokio::spawn(async move { store.rename(src, dst).await })
+    };
+    let mut listings = 0;
+    loop {
+        let done = renamer.is_finished();
+        for m in s.list("conf/rename/").await.expect("list during the rename") {
+            assert!(m.key == src || m.key == dst, "unexpected object during the rename: {m:?}");
+            assert_eq!(m.size, big.len() as u64, "partial object listed during the rename: {m:?}");
+        }
+        listings += 1;
+        if done {
+            break;
+        }
+    }
+    let n = renamer.await.expect("join").expect("rename of the big object");
+    assert_eq!(n, big.len() as u64);
+    assert!(listings >= 1);
+    assert_eq!(s.list("conf/rename/").await.unwrap(), vec![ObjectMeta { key: dst.into(), size: n }]);
+    let back = read_all(s, dst, None).await.unwrap();
+    assert!(back == big, "big renamed object differs ({} vs {} bytes)", back.len(), big.len());
+    s.delete(dst).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +307,17 @@ async fn local_store_conforms() {
     assert_eq!(on_disk, b"full");
     let staged: Vec<_> = std::fs::read_dir(root.join(LOCAL_TEMP_DIR)).unwrap().collect();
     assert!(staged.is_empty(), "staging files left behind: {staged:?}");
+    // A rename is a rename of the file: same inode, and the directories it creates are private.
+    let (from, to) = ("etcd-main/.etcdbr-staging/Full.part", "etcd-main/v9/new/Full-00000000-00000002-2.gz");
+    s.write(from, stream_of(Bytes::from_static(b"renamed"), 3), &small_parts()).await.unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(from)).unwrap());
+    assert_eq!(s.rename(from, to).await.unwrap(), 7);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(to)).unwrap()), inode);
+    assert!(!root.join(from).exists());
+    for dir in ["etcd-main/v9", "etcd-main/v9/new"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join(dir)).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "{dir} was created with mode {mode:o}");
+    }
     // A relative container lives under $HOME.
     let home = dir.path().display().to_string();
     let config = StoreConfig { container: Some("rel.bkp".into()), ..StoreConfig::default() };
@@ -293,5 +386,43 @@ async fn azurite_blob_store_conforms() {
     store.check().await.expect("container reachable");
     if tokio::time::timeout(SUITE_LIMIT, run_conformance(Arc::new(store))).await.is_err() {
         panic!("the conformance suite hung on Azurite; its log:\n{}", azurite.log_tail());
+    }
+}
+
+/// Time to rename a 256 MiB object on each store (run with `--ignored --nocapture`; debug
+/// events show whether the rename copied server-side or streamed). A measurement, no assertion
+/// on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test -p snapstore --test conformance -- --ignored --nocapture"]
+async fn rename_256_mib_timing() {
+    let _ = tracing_subscriber::fmt().with_env_filter("snapstore=debug").with_test_writer().try_init();
+    let obj = data(256 * MIB, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StoreConfig { container: Some(dir.path().join("store").display().to_string()), ..StoreConfig::default() };
+    let local: Arc<dyn Snapstore> = Arc::new(OpendalStore::open_with_env(&config, &|_| None).unwrap());
+    let seaweed = testsupport::seaweed::SeaweedS3::start();
+    let creds = aws_credentials_dir(seaweed.access_key(), seaweed.secret_key());
+    let env = env_with("AWS_APPLICATION_CREDENTIALS", creds.path().display().to_string());
+    let s3: Arc<dyn Snapstore> =
+        Arc::new(OpendalStore::open_with_env(&s3_config(seaweed.endpoint(), seaweed.bucket()), &env).unwrap());
+    let azurite = testsupport::azurite::Azurite::start();
+    let abs_creds = azure_credentials_json(azurite.account(), azurite.key());
+    let env = env_with("AZURE_APPLICATION_CREDENTIALS_JSON", abs_creds.path().join("abs.json").display().to_string());
+    let abs: Arc<dyn Snapstore> =
+        Arc::new(OpendalStore::open_with_env(&abs_config(azurite.endpoint(), azurite.container()), &env).unwrap());
+    for (name, store) in [("Local", local), ("SeaweedFS S3", s3), ("Azurite", abs)] {
+        let s = store.as_ref();
+        let started = std::time::Instant::now();
+        s.write("bench/staging/obj.part", stream_of(obj.clone(), MIB), &WriteOptions::default()).await.unwrap();
+        let written = started.elapsed();
+        let started = std::time::Instant::now();
+        let n = s.rename("bench/staging/obj.part", "bench/v2/obj.gz").await.expect("rename");
+        let renamed = started.elapsed();
+        assert_eq!(n, obj.len() as u64);
+        let started = std::time::Instant::now();
+        assert!(read_all(s, "bench/v2/obj.gz", None).await.unwrap() == obj, "{name}: renamed object differs");
+        let read = started.elapsed();
+        println!("{name}: write {written:.2?}, rename {renamed:.2?}, read back {read:.2?} (256 MiB)");
     }
 }

@@ -3,11 +3,14 @@
 //! and once the store is back on the same data nothing is listed under the key (no partial
 //! object); a read must end in an error, never in a short stream that looks complete.
 //!
+//! A rename is killed from a tracing hook on the store's own "server-side copy started" event,
+//! so the kill precedes the copy request, and once more 300 ms into the copy.
+//!
 //! Kills are placed deterministically: the upload's input stream stops after a given amount,
 //! signals the test, and resumes only once the server is dead, so the multipart/block upload is
 //! open with parts in flight when the process goes away.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brcore::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};
@@ -280,7 +283,126 @@ async fn azurite_killed_mid_upload_fails_the_write_and_leaves_no_blob() {
     assert_content(store.as_ref(), "faults/big", 12 * MIB as u64, 3).await;
 }
 
-/// The three scenarios run at once, each on its own server: most of their time is the store's
+/// What to do when the store logs "server-side copy started" (the rename's copy request is
+/// about to go out), armed by a test; run once.
+type CopyStartAction = Box<dyn FnOnce() + Send>;
+static ON_COPY_START: Mutex<Option<CopyStartAction>> = Mutex::new(None);
+
+/// A tracing layer that runs [`ON_COPY_START`] on the store's "server-side copy started"
+/// event, in the renaming task itself, so a kill placed there precedes the copy request.
+struct CopyStartHook;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CopyStartHook {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0 == "server-side copy started"
+            && let Some(action) = ON_COPY_START.lock().unwrap().take()
+        {
+            action();
+        }
+    }
+}
+
+/// Installs [`CopyStartHook`] as this test binary's global subscriber (once).
+fn install_copy_start_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(CopyStartHook);
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in this binary");
+    });
+}
+
+/// After a failed or interrupted rename, once the store is back: `from` holds the whole object,
+/// and `to` holds either nothing or the whole object, never a part (by read and by listing).
+async fn assert_source_kept_and_no_partial_target(store: &dyn Snapstore, from: &str, to: &str, seed: u64) {
+    assert_content(store, from, BIG, seed).await;
+    match store.read(to, None).await {
+        Err(StoreError::NotFound { .. }) => {}
+        Ok(_) => assert_content(store, to, BIG, seed).await,
+        Err(e) => panic!("reading {to} after the restart: {e}"),
+    }
+    for m in store.list("faults/rename/").await.expect("list after restart") {
+        assert!(m.key == from || m.key == to, "unexpected object {m:?}");
+        assert_eq!(m.size, BIG, "partial object listed: {m:?}");
+    }
+}
+
+/// SeaweedFS SIGKILLed during renames of a 200 MiB object (server-side multipart copy):
+/// first just as the copy request goes out (the rename must fail, retryably), then 300 ms into
+/// the copy (wherever that lands, the invariants hold). Then the rename succeeds once the
+/// store is back.
+async fn seaweedfs_killed_mid_rename_keeps_the_source_and_exposes_no_partial_object() {
+    install_copy_start_hook();
+    let seaweed = Arc::new(std::sync::Mutex::new(testsupport::seaweed::SeaweedS3::start()));
+    let (store, _creds) = seaweed_store(&seaweed.lock().unwrap());
+    let (from, to) = ("faults/rename/.etcdbr-staging/Full.part", "faults/rename/v2/Full-00000000-00000007-1.gz");
+    store.write(from, generated(BIG, 9), &opts()).await.expect("write the staged object");
+
+    // Killed as the copy starts: the copy request meets a dead store.
+    let killer = seaweed.clone();
+    *ON_COPY_START.lock().unwrap() = Some(Box::new(move || killer.lock().unwrap().kill()));
+    let renamer = {
+        let store = store.clone();
+        tokio::spawn(async move { store.rename(from, to).await })
+    };
+    let result = tokio::time::timeout(GUARD, renamer).await.expect("the rename hung after the store died");
+    match result.expect("rename task") {
+        Ok(n) => panic!("the store died as the copy started, yet the rename reported {n} bytes moved"),
+        Err(e) => assert!(e.is_retryable(), "a store that went away is worth a retry: {e}"),
+    }
+    assert!(ON_COPY_START.lock().unwrap().is_none(), "the rename never reached its copy");
+    seaweed.lock().unwrap().restart();
+    assert_source_kept_and_no_partial_target(store.as_ref(), from, to, 9).await;
+    assert!(matches!(store.read(to, None).await, Err(StoreError::NotFound { .. })), "a copy nobody served left {to}");
+
+    // Killed 300 ms into the copy: it may have finished or not; either way no partial object.
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    *ON_COPY_START.lock().unwrap() = Some(Box::new(move || {
+        let _ = started_tx.send(());
+    }));
+    let renamer = {
+        let store = store.clone();
+        tokio::spawn(async move { store.rename(from, to).await })
+    };
+    tokio::time::timeout(GUARD, started_rx).await.expect("the rename never started its copy").expect("hook");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    seaweed.lock().unwrap().kill();
+    let result = tokio::time::timeout(GUARD, renamer).await.expect("the rename hung after the store died");
+    seaweed.lock().unwrap().restart();
+    match result.expect("rename task") {
+        Ok(n) => {
+            // The copy and the check finished before the kill: `to` is whole; the source may
+            // survive only if its delete was what the kill cut.
+            assert_eq!(n, BIG);
+            assert_content(store.as_ref(), to, BIG, 9).await;
+            eprintln!("note: the rename completed before the kill 300 ms into the copy");
+        }
+        Err(e) => {
+            assert!(e.is_retryable(), "a store that went away is worth a retry: {e}");
+            assert_source_kept_and_no_partial_target(store.as_ref(), from, to, 9).await;
+        }
+    }
+
+    // Once the store is back, the rename goes through.
+    if store.list(from).await.unwrap().is_empty() {
+        store.write(from, generated(BIG, 9), &opts()).await.expect("write the staged object again");
+    }
+    assert_eq!(store.rename(from, to).await.expect("rename after the restart"), BIG);
+    assert_content(store.as_ref(), to, BIG, 9).await;
+    assert_eq!(keys(&store.list("faults/rename/").await.unwrap()), [to]);
+}
+
+/// The scenarios run at once, each on its own server: most of their time is the store's
 /// retry backoff after the kill (a write fails only once its part upload and then the abort
 /// have each used up their retries), which is waiting, so running them side by side keeps the
 /// test short on a small machine. Each scenario's panic is re-raised as is.
@@ -290,6 +412,7 @@ async fn stores_killed_mid_transfer() {
         tokio::spawn(seaweedfs_killed_mid_upload_fails_the_write_and_leaves_no_object()),
         tokio::spawn(seaweedfs_killed_mid_download_ends_the_stream_in_an_error()),
         tokio::spawn(azurite_killed_mid_upload_fails_the_write_and_leaves_no_blob()),
+        tokio::spawn(seaweedfs_killed_mid_rename_keeps_the_source_and_exposes_no_partial_object()),
     ];
     for scenario in scenarios {
         if let Err(e) = scenario.await
