@@ -2,10 +2,10 @@
 # Snapshot benchmark: etcdbr's `etcdbrctl snapshot` against `etcdctl snapshot save` on the same
 # etcd 3.5 member with a large db (default 1 GiB of Kubernetes-like values), then delta ingest.
 #
-# Part 1, full snapshot (one run each, the same db):
+# Part 1, full snapshot (ROUNDS rounds of every case, the same db; medians reported):
 #   - etcdctl snapshot save to a local file;
-#   - etcdbrctl snapshot to the Local store, uncompressed and gzip;
-#   - etcdbrctl snapshot to SeaweedFS's S3 gateway (`weed mini`), gzip.
+#   - etcdbrctl snapshot to the Local store: uncompressed, gzip at the default level, gzip at 6;
+#   - etcdbrctl snapshot to SeaweedFS's S3 gateway (`weed mini`): uncompressed and gzip.
 #   etcdbrctl has no "one full and exit" mode: the time is from its start until its log says
 #   "full snapshot stored" (the object is complete and visible then), after which it gets SIGTERM.
 #   Throughput = db bytes / that time; peak RSS from /usr/bin/time -v. Goal: >= 0.9x etcdctl's
@@ -17,7 +17,7 @@
 #
 # Usage: scripts/bench-snapshot.sh                  (1 GiB db; generated once, cached)
 #        SIZE_MIB=64 BURST_SECONDS=5 scripts/bench-snapshot.sh   (quick check)
-# Env: SIZE_MIB (1024), VALUE_SIZE (16384), BURST_SECONDS (20), BURST_VALUE_SIZE (1024),
+# Env: ROUNDS (3), SIZE_MIB (1024), VALUE_SIZE (16384), BURST_SECONDS (20), BURST_VALUE_SIZE (1024),
 #      BURST_CONCURRENCY (64), WORK (scratch dir; default $ETCDBR_BENCH_DATA or
 #      /tmp/etcdbr-bench-data, under snapshot-bench/), SKIP_S3 (1 to skip SeaweedFS),
 #      PROFILE (1: record `perf` of the gzip Local run, if perf is installed).
@@ -30,6 +30,7 @@ BURST_SECONDS=${BURST_SECONDS:-20}
 BURST_VALUE_SIZE=${BURST_VALUE_SIZE:-1024}
 BURST_CONCURRENCY=${BURST_CONCURRENCY:-64}
 SKIP_S3=${SKIP_S3:-0}
+ROUNDS=${ROUNDS:-3}
 PROFILE=${PROFILE:-0}
 EBIN=/opt/etcdbr-deps/etcd-sid/usr/bin
 WEED=/opt/etcdbr-deps/venv/bin/weed
@@ -46,6 +47,7 @@ done
 echo "== building (release)" >&2
 (cd "$ROOT" && cargo build --release -q -p etcdbrctl --bin etcdbrctl && cargo build --release -q -p etcdbr-benches --bin etcd-load)
 BRCTL=$ROOT/target/release/etcdbrctl
+DEFAULT_LEVEL=$("$BRCTL" snapshot --help | sed -n 's/.*--compression-level.*\[default: \([0-9]*\)\].*/\1/p')
 LOAD=$ROOT/target/release/etcd-load
 
 mkdir -p "$WORK"
@@ -115,14 +117,24 @@ DB_BYTES=$("$EBIN/etcdctl" --endpoints "$SRC" endpoint status -w json | python3 
 echo "== db: $DB_BYTES bytes at $SRC" >&2
 
 declare -A SECS RSS
+# record LABEL SECONDS TIMEFILE: adds one run's time and keeps the label's highest peak RSS.
+record() {
+    SECS[$1]="${SECS[$1]:-} $2"
+    local rss
+    rss=$(rss_kib "$3")
+    if ((rss > ${RSS[$1]:-0})); then RSS[$1]=$rss; fi
+}
+
 # ---- etcdctl snapshot save --------------------------------------------------------------------
-echo "== etcdctl snapshot save" >&2
-start=$(now)
-/usr/bin/time -v -o "$RUN/etcdctl.time" "$EBIN/etcdctl" --endpoints "$SRC" snapshot save "$RUN/etcdctl.db" >/dev/null 2>&1
-SECS[etcdctl]=$(calc "$(now) - $start")
-RSS[etcdctl]=$(rss_kib "$RUN/etcdctl.time")
-SNAP_BYTES=$(stat -c %s "$RUN/etcdctl.db")
-rm -f "$RUN/etcdctl.db"
+run_etcdctl() {
+    echo "== etcdctl snapshot save" >&2
+    local start
+    start=$(now)
+    /usr/bin/time -v -o "$RUN/etcdctl.time" "$EBIN/etcdctl" --endpoints "$SRC" snapshot save "$RUN/etcdctl.db" >/dev/null 2>&1
+    record etcdctl "$(calc "$(now) - $start")" "$RUN/etcdctl.time"
+    SNAP_BYTES=$(stat -c %s "$RUN/etcdctl.db")
+    rm -f "$RUN/etcdctl.db"
+}
 
 # run_brctl LABEL [flags...]: one etcdbrctl snapshot run until its first full snapshot is stored.
 run_brctl() {
@@ -154,7 +166,8 @@ run_brctl() {
         fi
         sleep 0.02
     done
-    SECS[$label]=$(calc "$(now) - $start")
+    local secs
+    secs=$(calc "$(now) - $start")
     # /usr/bin/time (and perf) do not forward SIGTERM: signal etcdbrctl itself, found as the
     # wrapper's descendant.
     local pid
@@ -164,16 +177,10 @@ run_brctl() {
     fi
     if [[ -n $pid ]]; then kill -TERM "$pid"; fi
     wait "$wrapper" || true
-    RSS[$label]=$(rss_kib "$RUN/$label.time")
+    record "$label" "$secs" "$RUN/$label.time"
     grep "full snapshot stored" "$log" | tail -1 | sed 's/^/   /' >&2
+    rm -rf "$RUN/spool-$label"
 }
-
-echo "== etcdbrctl snapshot, Local, uncompressed" >&2
-run_brctl local-none --storage-provider Local --store-container "$RUN/local-none" --store-prefix bench \
-    --compress-snapshots=false
-echo "== etcdbrctl snapshot, Local, gzip" >&2
-run_brctl local-gzip --storage-provider Local --store-container "$RUN/local-gzip" --store-prefix bench
-rm -rf "$RUN/local-none" "$RUN/local-gzip"
 
 if [[ $SKIP_S3 != 1 ]]; then
     echo "== SeaweedFS (weed mini)" >&2
@@ -210,9 +217,36 @@ EOF
         sleep 0.1
     done
     sleep 3
-    echo "== etcdbrctl snapshot, S3 (SeaweedFS), gzip" >&2
-    AWS_APPLICATION_CREDENTIALS=$W/creds run_brctl s3-gzip --storage-provider S3 --store-container bench \
-        --store-prefix bench --store-endpoint-override "http://127.0.0.1:$S3PORT"
+fi
+
+# Each round runs etcdctl and every etcdbrctl case once; the report takes each case's median.
+# (The page cache and the VM's memory make single runs vary by ±20 %.)
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round of $ROUNDS" >&2
+    run_etcdctl
+    echo "== etcdbrctl snapshot, Local, uncompressed" >&2
+    run_brctl local-none --storage-provider Local --store-container "$RUN/local-none" --store-prefix bench \
+        --compress-snapshots=false
+    echo "== etcdbrctl snapshot, Local, gzip (default level $DEFAULT_LEVEL)" >&2
+    run_brctl local-gzip --storage-provider Local --store-container "$RUN/local-gzip" --store-prefix bench
+    echo "== etcdbrctl snapshot, Local, gzip level 6 (the reference's level)" >&2
+    run_brctl local-gzip6 --storage-provider Local --store-container "$RUN/local-gzip6" --store-prefix bench \
+        --compression-level 6
+    SIZES=""
+    for label in local-none local-gzip local-gzip6; do
+        SIZES="$SIZES $label=$(find "$RUN/$label/bench/v2" -name 'Full-*' -printf '%s')"
+    done
+    rm -rf "$RUN/local-none" "$RUN/local-gzip" "$RUN/local-gzip6"
+    if [[ $SKIP_S3 != 1 ]]; then
+        echo "== etcdbrctl snapshot, S3 (SeaweedFS), uncompressed" >&2
+        AWS_APPLICATION_CREDENTIALS=$W/creds run_brctl s3-none --storage-provider S3 --store-container bench \
+            --store-prefix "none-$round" --store-endpoint-override "http://127.0.0.1:$S3PORT" --compress-snapshots=false
+        echo "== etcdbrctl snapshot, S3 (SeaweedFS), gzip" >&2
+        AWS_APPLICATION_CREDENTIALS=$W/creds run_brctl s3-gzip --storage-provider S3 --store-container bench \
+            --store-prefix "gzip-$round" --store-endpoint-override "http://127.0.0.1:$S3PORT"
+    fi
+done
+if [[ $SKIP_S3 != 1 ]]; then
     stop_pid "$WEED_PID"
 fi
 stop_pid "$SRC_PID"
@@ -252,7 +286,7 @@ stop_pid "$ETCD_PID"
 
 # ---- report ------------------------------------------------------------------------------------
 python3 - "$DB_BYTES" "$SNAP_BYTES" "$ALONE" "$WITH" "$FIRST" "$LAST" "$PERSIST_SECS" "$DELTAS" \
-    "$(rss_kib "$RUN/ingest.time")" "$(declare -p SECS RSS)" <<'EOF'
+    "$(rss_kib "$RUN/ingest.time")" "$(declare -p SECS RSS)" "$SIZES" <<'EOF'
 import json, re, sys
 db, snap = int(sys.argv[1]), int(sys.argv[2])
 alone, with_ = json.loads(sys.argv[3]), json.loads(sys.argv[4])
@@ -261,16 +295,23 @@ decl = sys.argv[10]
 def parse(name):
     m = re.search(r'declare -A %s=\((.*?)\)' % name, decl)
     return {k: v for k, v in re.findall(r'\[([^\]]+)\]="([^"]*)"', m.group(1))} if m else {}
-secs, rss = parse("SECS"), parse("RSS")
+import statistics
+runs = {k: [float(x) for x in v.split()] for k, v in parse("SECS").items()}
+secs = {k: statistics.median(v) for k, v in runs.items()}
+rss = parse("RSS")
 mib = 1024 * 1024
 print(f"db {db / mib:.0f} MiB, snapshot stream {snap / mib:.0f} MiB")
-print(f"{'run':<12} {'seconds':>8} {'MiB/s':>8} {'vs etcdctl':>10} {'peak RSS MiB':>13}")
+sizes = dict(kv.split("=") for kv in sys.argv[11].split())
+print(f"median of {len(runs['etcdctl'])} rounds; each round runs every case once")
+print(f"{'run':<12} {'seconds':>8} {'MiB/s':>8} {'vs etcdctl':>10} {'peak RSS MiB':>13} {'object MiB':>11}  runs (s)")
 base = snap / float(secs["etcdctl"])
-for label in ["etcdctl", "local-none", "local-gzip", "s3-gzip"]:
+for label in ["etcdctl", "local-none", "local-gzip", "local-gzip6", "s3-none", "s3-gzip"]:
     if label not in secs:
         continue
     s = float(secs[label]); tp = snap / s
-    print(f"{label:<12} {s:8.2f} {tp / mib:8.1f} {tp / base:9.2f}x {int(rss[label]) / 1024:13.1f}")
+    size = f"{int(sizes[label]) / mib:11.1f}" if label in sizes else f"{'':>11}"
+    print(f"{label:<12} {s:8.2f} {tp / mib:8.1f} {tp / base:9.2f}x {int(rss[label]) / 1024:13.1f} {size}  "
+          + " ".join(f"{x:.2f}" for x in runs[label]))
 revs = last - first + 1
 print(f"delta ingest: etcd alone {alone['revisions_per_second']:.0f} rev/s ({alone['mib_per_second']:.1f} MiB/s of values); "
       f"with etcdbrctl watching {with_['revisions_per_second']:.0f} rev/s")

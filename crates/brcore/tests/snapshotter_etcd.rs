@@ -357,13 +357,10 @@ async fn full_snapshots_are_named_after_the_db_revision_on_both_versions() {
         let dir = tempfile::tempdir().unwrap();
         let store = local_store(dir.path());
         let opts = FullOptions {
-            prefix: PREFIX.into(),
-            compression: brcore::name::Compression::Gzip,
-            // A small in-memory budget: the compressed snapshot spills to the temp dir.
+            // Small parts: the upload of the staging object holds many of them.
             write: WriteOptions { max_parallel_parts: 1, part_size: 64 * 1024 },
-            temp_dir: dir.path().join("tmp"),
             timeout: Duration::from_secs(60),
-            is_final: false,
+            ..FullOptions::new(PREFIX)
         };
         let full = take_full_snapshot(&*source(&etcd.endpoint()), &*store, &opts).await.expect("full snapshot");
         assert_eq!(full.snapshot.name.last_revision, rev as u64, "{version:?}");

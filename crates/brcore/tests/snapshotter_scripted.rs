@@ -130,6 +130,8 @@ struct Script {
     break_next_snapshots: Vec<bool>,
     /// Puts applied right after the snapshot's status call: the db is newer than the status.
     puts_during_snapshot: usize,
+    /// Lease TTL lookups answered: the snapshotter makes one when it reads an event with a new lease.
+    lease_lookups: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -316,8 +318,46 @@ impl EtcdSource for Scripted {
     }
 
     async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, EtcdError> {
-        let s = self.with();
+        let mut s = self.with();
+        s.lease_lookups += 1;
         Ok(s.leases.get(&id).map(|ttl| LeaseTtl { id, granted_ttl: *ttl, remaining_ttl: *ttl - 1 }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store whose delta writes wait while its gate is closed.
+
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<dyn Snapstore>,
+    closed: AtomicBool,
+    opened: tokio::sync::Notify,
+    waiting: AtomicUsize,
+}
+
+#[async_trait]
+impl Snapstore for Gated {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
+        self.inner.read(key, range).await
+    }
+    async fn write(&self, key: &str, data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
+        if key.contains("/Incr-") && self.closed.load(Ordering::SeqCst) {
+            let opened = self.opened.notified();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if self.closed.load(Ordering::SeqCst) {
+                opened.await;
+            }
+        }
+        self.inner.write(key, data, opts).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        self.inner.rename(from, to).await
     }
 }
 
@@ -348,6 +388,13 @@ impl Snapstore for Flaky {
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete(key).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Other { key: to.into(), retryable: true, source: "503 Slow Down".into() });
+        }
+        self.inner.rename(from, to).await
     }
 }
 
@@ -607,6 +654,51 @@ async fn the_memory_limit_cuts_deltas_between_revisions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_is_read_while_a_delta_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated {
+        inner: local_store(dir.path()),
+        closed: AtomicBool::new(true),
+        opened: tokio::sync::Notify::new(),
+        waiting: AtomicUsize::new(0),
+    });
+    let store: Arc<dyn Snapstore> = gated.clone();
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    etcd.with().leases.insert(77, 60);
+    let mut cfg = config(Duration::from_secs(60));
+    cfg.delta_memory_limit = 2000;
+    let run = start(&etcd, store.clone(), cfg);
+    wait_full(&*store, 1).await;
+    let big = "x".repeat(300);
+    for i in 0..8 {
+        etcd.put(&format!("k{i}"), &big);
+    }
+    // The first delta's write waits at the gate ...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gated.waiting.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no delta was cut at the memory limit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... and the snapshotter still reads the watch: it looks up the TTL of a new lease.
+    for i in 0..12 {
+        etcd.txn(&[(&format!("later{i}"), &big, if i == 5 { 77 } else { 0 })]);
+    }
+    while etcd.with().lease_lookups == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the watch was not read while a delta was being stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gated.waiting.load(Ordering::SeqCst), 1, "deltas are stored one at a time");
+    gated.closed.store(false, Ordering::SeqCst);
+    gated.opened.notify_waiters();
+    let last = etcd.revision();
+    wait_delta_reaching(&*store, last as u64).await;
+    run.stop().await;
+    let (_, deltas) = check_chain(&*store, &etcd).await;
+    assert!(deltas.len() >= 4, "the deltas cut while the store waited keep to the memory limit: {deltas:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_first_seen_in_a_delta_get_a_sidecar_with_their_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let store = local_store(dir.path());
@@ -692,12 +784,22 @@ async fn requests_take_snapshots_and_defragment_out_of_schedule() {
     assert_eq!(run.handle.delta_snapshot().await.unwrap(), None, "no events, no delta");
     etcd.put("b", "2");
     etcd.put("c", "3");
-    // The watch may not have delivered yet: ask until the delta holds both.
-    let delta = wait_for(Duration::from_secs(10), "an on-demand delta", || async {
-        run.handle.delta_snapshot().await.unwrap().filter(|d| d.name.last_revision == 3)
-    })
-    .await;
-    assert_eq!((delta.name.start_revision, delta.name.last_revision), (2, 3));
+    // The watch may not have delivered both yet: ask until the deltas reach revision 3 (the
+    // first answer may hold only revision 2).
+    let mut deltas = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while deltas.last().is_none_or(|d: &brcore::name::Snapshot| d.name.last_revision < 3) {
+        assert!(tokio::time::Instant::now() < deadline, "no on-demand delta reached revision 3: {deltas:?}");
+        match run.handle.delta_snapshot().await.unwrap() {
+            Some(d) => deltas.push(d),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(deltas[0].name.start_revision, 2, "{deltas:?}");
+    assert_eq!(deltas.last().map(|d| d.name.last_revision), Some(3));
+    for pair in deltas.windows(2) {
+        assert_eq!(pair[1].name.start_revision, pair[0].name.last_revision + 1, "{deltas:?}");
+    }
     etcd.put("d", "4");
     let full = run.handle.full_snapshot(true).await.unwrap();
     assert_eq!(full.name.last_revision, 4);

@@ -6,12 +6,14 @@
 
 mod cmd;
 mod flags;
+mod malloc;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = flags::Cli::parse();
     init_logging(&cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

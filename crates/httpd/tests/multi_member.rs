@@ -12,7 +12,6 @@ use brcore::Snapstore;
 use brcore::chain::Target;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::{KIND_FULL, Metrics};
-use brcore::name::Compression;
 use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
@@ -85,14 +84,7 @@ impl Sidecar {
         let port = listener.local_addr().unwrap().port();
         let metrics = Metrics::new();
         let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
-        let options = FullOptions {
-            prefix: String::new(),
-            compression: Compression::Gzip,
-            write: Default::default(),
-            temp_dir: dir.join("tmp"),
-            timeout: Duration::from_secs(60),
-            is_final: false,
-        };
+        let options = FullOptions { timeout: Duration::from_secs(60), ..FullOptions::new("") };
         let control: Arc<dyn SnapshotControl> =
             Arc::new(StoreSnapshots::new(source, store.clone(), options, metrics.clone()));
         let config = ServerConfig { auth_token: Some(TOKEN.into()), leadership: Some(role), ..ServerConfig::default() };

@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use brcore::Snapstore;
 use brcore::chain::Target;
 use brcore::error::Error as CoreError;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::Metrics;
-use brcore::name::Compression;
 use brcore::rebuild::LeasePolicy;
 use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
 use brcore::snapshotter::full::FullOptions;
-use brcore::{Snapstore, WriteOptions};
 use etcd_format::membership::Cluster;
 use httpd::{
     InitStatus, Initialization, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots, TlsFiles,
@@ -92,15 +91,8 @@ fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
     }
 }
 
-fn full_options(dir: &Path) -> FullOptions {
-    FullOptions {
-        prefix: String::new(),
-        compression: Compression::Gzip,
-        write: WriteOptions::default(),
-        temp_dir: dir.join("tmp"),
-        timeout: Duration::from_secs(120),
-        is_final: false,
-    }
+fn full_options() -> FullOptions {
+    FullOptions { timeout: Duration::from_secs(120), ..FullOptions::new("") }
 }
 
 /// The offline restorer behind a gate the test opens, so `Progress` can be observed.
@@ -145,7 +137,7 @@ async fn runbook(version: EtcdVersion) {
     let metrics = Metrics::new();
     let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
     let snapshots: Arc<dyn SnapshotControl> =
-        Arc::new(StoreSnapshots::new(source, store.clone(), full_options(tmp.path()), metrics.clone()));
+        Arc::new(StoreSnapshots::new(source, store.clone(), full_options(), metrics.clone()));
     let gate = Arc::new(Semaphore::new(0));
     let restorer = Arc::new(GatedRestorer { inner: OfflineRestorer::new(store.clone()), gate: gate.clone() });
     let peer_url = etcd.peer_url();
@@ -277,7 +269,7 @@ fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
     }));
     let metrics = Metrics::new();
     let snapshots: Arc<dyn SnapshotControl> =
-        Arc::new(StoreSnapshots::new(unreachable, store.clone(), full_options(dir), metrics.clone()));
+        Arc::new(StoreSnapshots::new(unreachable, store.clone(), full_options(), metrics.clone()));
     let init = Initialization {
         initializer: Initializer::new(store),
         options: InitOptions {
@@ -453,17 +445,12 @@ async fn snapshots_on_demand_from_a_running_snapshotter() {
     let metrics = Metrics::new();
     let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
     let mut config = SnapshotterConfig::new("");
-    config.temp_dir = tmp.path().join("tmp");
     // Scheduled deltas far apart: the deltas seen here are the ones asked for.
     config.delta_period = Some(Duration::from_secs(3600));
     config.gc_period = None;
     let snapshotter = Snapshotter::new(source.clone(), store.clone(), config, metrics.clone());
-    let live = Arc::new(LiveSnapshots::new(StoreSnapshots::new(
-        source,
-        store.clone(),
-        full_options(tmp.path()),
-        metrics.clone(),
-    )));
+    let live =
+        Arc::new(LiveSnapshots::new(StoreSnapshots::new(source, store.clone(), full_options(), metrics.clone())));
     live.attach(snapshotter.handle());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let run = tokio::spawn(snapshotter.run(async {

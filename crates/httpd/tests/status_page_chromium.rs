@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use brcore::etcd::{EtcdClient, EtcdConfig, EtcdSource};
 use brcore::metrics::Metrics;
-use brcore::name::Compression;
 use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
-use brcore::{Snapstore, WriteOptions, chain::Target};
+use brcore::{Snapstore, chain::Target};
 use etcd_format::membership::Cluster;
 use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots};
 use testsupport::{Etcd, EtcdVersion};
@@ -136,21 +135,13 @@ async fn status_page_renders_in_headless_chromium() {
     let metrics = Metrics::new();
     let source: Arc<dyn EtcdSource> =
         Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
-    let options = FullOptions {
-        prefix: String::new(),
-        compression: Compression::Gzip,
-        write: WriteOptions::default(),
-        temp_dir: tmp.path().join("tmp"),
-        timeout: Duration::from_secs(120),
-        is_final: false,
-    };
+    let options = FullOptions { timeout: Duration::from_secs(120), ..FullOptions::new("") };
     let live =
         Arc::new(LiveSnapshots::new(StoreSnapshots::new(source.clone(), store.clone(), options, metrics.clone())));
     // The snapshotter takes deltas only when asked (a long period), so the chain is the test's.
     let mut config = SnapshotterConfig::new("");
     config.delta_period = Some(Duration::from_secs(3600));
     config.gc_period = None;
-    config.temp_dir = tmp.path().join("tmp");
     let snapshotter = Snapshotter::new(source, store.clone(), config, metrics.clone());
     live.attach(snapshotter.handle());
     let (stop_snapshotter, until) = oneshot::channel::<()>();

@@ -20,6 +20,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 use weezl::{BitOrder, LzwStatus};
 
+pub mod blocks;
+
 use crate::name::Compression;
 
 /// Go's `lzw.NewWriter(w, lzw.LSB, 8)`: bit order and literal width of `.Z` objects.
@@ -301,14 +303,14 @@ mod tests {
     fn fixture(name: &str) -> Vec<u8> {
         // Included relative to this file, so the tests need no working directory.
         let bytes: &[u8] = match name {
-            "empty.Z" => include_bytes!("../tests/fixtures/go-compress/empty.Z"),
-            "hello.Z" => include_bytes!("../tests/fixtures/go-compress/hello.Z"),
-            "text.Z" => include_bytes!("../tests/fixtures/go-compress/text.Z"),
-            "random.Z" => include_bytes!("../tests/fixtures/go-compress/random.Z"),
-            "empty.gz" => include_bytes!("../tests/fixtures/go-compress/empty.gz"),
-            "hello.gz" => include_bytes!("../tests/fixtures/go-compress/hello.gz"),
-            "empty.zlib" => include_bytes!("../tests/fixtures/go-compress/empty.zlib"),
-            "hello.zlib" => include_bytes!("../tests/fixtures/go-compress/hello.zlib"),
+            "empty.Z" => include_bytes!("../../tests/fixtures/go-compress/empty.Z"),
+            "hello.Z" => include_bytes!("../../tests/fixtures/go-compress/hello.Z"),
+            "text.Z" => include_bytes!("../../tests/fixtures/go-compress/text.Z"),
+            "random.Z" => include_bytes!("../../tests/fixtures/go-compress/random.Z"),
+            "empty.gz" => include_bytes!("../../tests/fixtures/go-compress/empty.gz"),
+            "hello.gz" => include_bytes!("../../tests/fixtures/go-compress/hello.gz"),
+            "empty.zlib" => include_bytes!("../../tests/fixtures/go-compress/empty.zlib"),
+            "hello.zlib" => include_bytes!("../../tests/fixtures/go-compress/hello.zlib"),
             other => panic!("no fixture {other}"),
         };
         bytes.to_vec()

@@ -1,29 +1,42 @@
-//! One full snapshot: etcd's snapshot stream → trailer check → compression → store.
+//! One full snapshot: etcd's snapshot stream → trailer check → compression → store, streamed.
 //!
-//! The stream is read once. As it passes, its db part is hashed (etcd appends the sha256 of the
-//! db as the last 32 bytes) and scanned for the db's own revision ([`super::dbrev`]), and the
-//! whole stream, trailer included, is compressed into a [`Spool`]. When the stream ends the
-//! trailer is checked, the object is named `Full-00000000-<db revision>-<now>` and the spool is
-//! uploaded with [`Snapstore::write`], which makes the object visible only once it is complete.
-//! An etcd that fails mid-stream, a wrong trailer or a failed upload leaves nothing in the store.
+//! The object's name holds the db's own revision, which is only known once the last byte of the
+//! db has streamed past ([`super::dbrev`]). So the stream is uploaded while it arrives under a
+//! staging key, `<prefix>/.etcdbr-staging/Full-<unix>-<nonce>.part` (outside `v2/`, so neither
+//! our listings nor the reference's see it), and renamed to `Full-00000000-<db revision>-<now>`
+//! once the stream has ended and etcd's sha256 trailer matched ([`Snapstore::rename`]: a rename
+//! on the Local store, a server-side copy on object stores). Nothing is spooled to disk, and
+//! memory is bounded by the upload's parts in flight plus a few compression blocks.
+//!
+//! Three things happen to every chunk, on different threads: the verifier hashes it and scans
+//! it for the revision; the compressor cuts the stream into [`BLOCK_SIZE`] blocks that gzip and
+//! zlib compress on every core ([`crate::compress::blocks`]); the store uploads what comes out.
+//! An etcd that fails mid-stream, a wrong trailer or a failed upload leaves no object under a
+//! snapshot name; the staging object is deleted, and one left by a killed process is deleted by
+//! [`remove_stale_staging`] at the next start.
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
 use super::dbrev::{DbRevision, RevisionScanner};
-use super::spool::Spool;
 use crate::compress::Encoder;
+use crate::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
 use crate::error::Error;
 use crate::etcd::EtcdSource;
 use crate::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
-use crate::store::{Snapstore, WriteOptions};
+use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
 
 /// Length of etcd's sha256 trailer after the db.
 pub const TRAILER_LEN: usize = 32;
+
+/// The directory under the store prefix where full snapshots are uploaded before their rename.
+pub const STAGING_DIR: &str = ".etcdbr-staging";
 
 /// How to take and store a full snapshot.
 #[derive(Debug, Clone)]
@@ -32,15 +45,30 @@ pub struct FullOptions {
     pub prefix: String,
     /// Compression of the object (`--compress-snapshots`, `--compression-policy`).
     pub compression: Compression,
-    /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`); their product is also
-    /// how much compressed snapshot is kept in memory before spilling to `temp_dir`.
+    /// Deflate level for gzip and zlib, 1 (fastest) to 9 (smallest); see
+    /// [`DEFAULT_FULL_SNAPSHOT_LEVEL`].
+    pub compression_level: u32,
+    /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`); their product bounds
+    /// the memory the upload holds.
     pub write: WriteOptions,
-    /// Where a large compressed snapshot waits for its name (`--snapstore-temp-directory`).
-    pub temp_dir: PathBuf,
     /// Limit for the whole snapshot, stream and upload (`--etcd-snapshot-timeout`).
     pub timeout: Duration,
     /// Mark the object `.final` (the last full snapshot before a planned shutdown).
     pub is_final: bool,
+}
+
+impl FullOptions {
+    /// Options for `prefix` with the reference's defaults: gzip, 5 parts of 5 MiB, 15 minutes.
+    pub fn new(prefix: impl Into<String>) -> FullOptions {
+        FullOptions {
+            prefix: prefix.into(),
+            compression: Compression::Gzip,
+            compression_level: DEFAULT_FULL_SNAPSHOT_LEVEL,
+            write: WriteOptions::default(),
+            timeout: Duration::from_secs(15 * 60),
+            is_final: false,
+        }
+    }
 }
 
 /// Where the revision in a full snapshot's name came from.
@@ -133,62 +161,282 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The staging key of a full snapshot begun at `created_on` (unix seconds).
+pub fn staging_key(prefix: &str, created_on: i64) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let name = format!("Full-{created_on}-{:x}{nanos:08x}.part", std::process::id());
+    if prefix.is_empty() { format!("{STAGING_DIR}/{name}") } else { format!("{prefix}/{STAGING_DIR}/{name}") }
+}
+
+/// When the staging object `key` was begun (unix seconds), if it is one.
+pub fn parse_staging_key(key: &str) -> Option<i64> {
+    let (dir, name) = key.rsplit_once('/')?;
+    if dir != STAGING_DIR && !dir.ends_with(&format!("/{STAGING_DIR}")) {
+        return None;
+    }
+    let rest = name.strip_prefix("Full-")?.strip_suffix(".part")?;
+    let (created, nonce) = rest.split_once('-')?;
+    if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    created.parse().ok()
+}
+
+/// Deletes the staging objects under `prefix` begun more than `older_than` before `now`: the
+/// remains of a snapshotter that was killed mid-upload. Younger ones may belong to a snapshot
+/// in progress (another member's sidecar, before a leader change) and are left alone. Returns
+/// how many were deleted.
+pub async fn remove_stale_staging(
+    store: &dyn Snapstore,
+    prefix: &str,
+    older_than: Duration,
+    now: i64,
+) -> Result<usize, Error> {
+    let prefix = prefix.trim_end_matches('/');
+    let dir = if prefix.is_empty() { format!("{STAGING_DIR}/") } else { format!("{prefix}/{STAGING_DIR}/") };
+    let mut removed = 0;
+    for meta in store.list(&dir).await? {
+        let Some(created) = parse_staging_key(&meta.key) else { continue };
+        if now.saturating_sub(created) > older_than.as_secs() as i64 {
+            store.delete(&meta.key).await?;
+            info!(key = %meta.key, bytes = meta.size, "deleted the staging object of an unfinished full snapshot");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Takes a full snapshot of `source` and stores it in `store` (see the module docs).
 pub async fn take_full_snapshot(
     source: &dyn EtcdSource,
     store: &dyn Snapstore,
     opts: &FullOptions,
 ) -> Result<FullSnapshot, Error> {
-    match tokio::time::timeout(opts.timeout, take(source, store, opts)).await {
+    let staging = staging_key(&opts.prefix, unix_now());
+    let result = match tokio::time::timeout(opts.timeout, take(source, store, opts, &staging)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Etcd {
             retryable: true,
             message: format!("full snapshot did not finish within --etcd-snapshot-timeout ({:?})", opts.timeout),
         }),
+    };
+    if result.is_err() {
+        // The upload may have completed before the failure (a wrong trailer, a failed rename).
+        if let Err(e) = store.delete(&staging).await {
+            warn!(key = %staging, error = %e, "could not delete the staging object; the next start deletes it");
+        }
+    }
+    result
+}
+
+/// How many blocks compress at once: every core, since etcd's stream is the other limit.
+fn compression_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8)
+}
+
+fn stream_failed(key: &str, why: &str) -> StoreError {
+    StoreError::Other { key: key.to_string(), retryable: true, source: why.to_string().into() }
+}
+
+/// The compressed object as a stream, from a channel of plain blocks in stream order.
+fn encode(
+    compression: Compression,
+    level: u32,
+    mut plain: mpsc::Receiver<Result<Bytes, StoreError>>,
+    key: &str,
+) -> ByteStream {
+    if let Some(format) = BlockFormat::new(compression, level) {
+        let key = key.to_string();
+        let blocks = futures::stream::poll_fn(move |cx| plain.poll_recv(cx))
+            .map(move |item| {
+                let key = key.clone();
+                async move {
+                    let block = item?;
+                    let compressed = tokio::task::spawn_blocking(move || format.compress(&block)).await;
+                    match compressed {
+                        Ok(Ok(b)) => Ok(b),
+                        Ok(Err(e)) => Err(stream_failed(&key, &format!("compression failed: {e}"))),
+                        Err(e) => Err(stream_failed(&key, &format!("compression worker: {e}"))),
+                    }
+                }
+            })
+            .buffered(compression_workers());
+        let header = futures::stream::iter([Ok(Bytes::from(format.header()))]);
+        let body = futures::stream::unfold((Box::pin(blocks), Some(format.stream())), |(mut blocks, mut sum)| async {
+            let running = sum.as_mut()?;
+            match blocks.next().await {
+                Some(Ok(b)) => {
+                    running.add(&b);
+                    Some((Ok(Bytes::from(b.into_bytes())), (blocks, sum)))
+                }
+                Some(Err(e)) => Some((Err(e), (blocks, None))),
+                None => {
+                    let trailer = sum.take().map(|s| s.trailer()).unwrap_or_default();
+                    Some((Ok(Bytes::from(trailer)), (blocks, None)))
+                }
+            }
+        });
+        return Box::pin(header.chain(body));
+    }
+    if compression == Compression::None {
+        return Box::pin(futures::stream::poll_fn(move |cx| plain.poll_recv(cx)));
+    }
+    // LZW has no blocks: one encoder on a blocking thread, its output sent on as it comes.
+    let (tx, mut out) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut enc = Encoder::new(compression, ChannelWriter { tx: tx.clone(), buf: Vec::new() });
+        while let Some(item) = plain.blocking_recv() {
+            let written = match item {
+                Ok(block) => enc.write_all(&block),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if written.is_err() {
+                return; // the upload stopped reading: its own error is reported
+            }
+        }
+        if let Ok(mut w) = enc.finish() {
+            let _ = w.flush();
+        } else {
+            let _ = tx.blocking_send(Err(stream_failed(&key, "compression failed")));
+        }
+    });
+    Box::pin(futures::stream::poll_fn(move |cx| out.poll_recv(cx)))
+}
+
+/// Block buffers used again once every stage has dropped its share of them, so a snapshot of
+/// many GiB does not map, fault in and zero a fresh MiB for every block.
+#[derive(Default)]
+struct BlockPool {
+    /// Empty handles to the allocations of blocks sent on, oldest first.
+    handles: std::collections::VecDeque<BytesMut>,
+}
+
+impl BlockPool {
+    /// More than the blocks the stages hold at once (channels, compression, upload parts), so
+    /// the oldest handle is usually free again; each handle keeps its block's memory alive.
+    const MAX_HANDLES: usize = 12;
+
+    /// An empty buffer of [`BLOCK_SIZE`]: a reclaimed one when a stage is done with it.
+    fn take(&mut self) -> BytesMut {
+        if let Some(i) = self.handles.iter_mut().position(|h| h.try_reclaim(BLOCK_SIZE))
+            && let Some(h) = self.handles.remove(i)
+        {
+            return h;
+        }
+        BytesMut::with_capacity(BLOCK_SIZE)
+    }
+
+    /// Keeps the empty handle left after a block was split off and sent on.
+    fn give_back(&mut self, handle: BytesMut) {
+        if self.handles.len() == Self::MAX_HANDLES {
+            self.handles.pop_front();
+        }
+        self.handles.push_back(handle);
     }
 }
 
-async fn take(source: &dyn EtcdSource, store: &dyn Snapstore, opts: &FullOptions) -> Result<FullSnapshot, Error> {
+/// A writer that sends what it is given, in chunks of [`BLOCK_SIZE`], to a channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, StoreError>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BLOCK_SIZE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the upload stopped reading"))
+    }
+}
+
+async fn take(
+    source: &dyn EtcdSource,
+    store: &dyn Snapstore,
+    opts: &FullOptions,
+    staging: &str,
+) -> Result<FullSnapshot, Error> {
     let started = std::time::Instant::now();
     let before = source.status().await?.revision;
     let mut stream = source.snapshot().await?;
 
-    // Hashing, scanning and compressing are CPU work: a blocking thread does them while this
-    // task keeps reading the stream. The channel's bound keeps memory to a few chunks.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-    let budget = opts.write.part_size.saturating_mul(opts.write.max_parallel_parts.max(1));
-    let temp_dir = opts.temp_dir.clone();
-    let compression = opts.compression;
-    let worker = tokio::task::spawn_blocking(move || -> Result<(Spool, StreamVerifier), Error> {
+    // The verifier hashes and scans on a thread of its own. It and the compressor get the same
+    // blocks (shared, not copied); the channels' bounds keep a few blocks in memory and slow
+    // the stream down only when a stage falls behind.
+    let (verify_tx, mut verify_rx) = mpsc::channel::<Bytes>(2);
+    let verifier = tokio::task::spawn_blocking(move || {
         let mut verifier = StreamVerifier::new();
-        let mut enc = Encoder::new(compression, Spool::new(budget, temp_dir.clone()));
-        while let Some(chunk) = rx.blocking_recv() {
-            verifier.update(&chunk);
-            std::io::Write::write_all(&mut enc, &chunk).map_err(|e| Error::io(&temp_dir, e))?;
+        while let Some(block) = verify_rx.blocking_recv() {
+            verifier.update(&block);
         }
-        let spool = enc.finish().map_err(|e| Error::io(&temp_dir, e))?;
-        Ok((spool, verifier))
+        verifier
     });
-    let mut stream_error = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => {
-                if tx.send(chunk).await.is_err() {
-                    break; // the worker failed; its error is reported below
+    let (plain_tx, plain_rx) = mpsc::channel::<Result<Bytes, StoreError>>(1);
+    let body = encode(opts.compression, opts.compression_level, plain_rx, staging);
+    let upload = store.write(staging, body, &opts.write);
+    // Owns both senders, so the verifier and the upload see the end when the stream ends.
+    let feed = async move {
+        let mut pool = BlockPool::default();
+        let mut block = pool.take();
+        let mut ended = false;
+        while !ended {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    let mut chunk = &chunk[..];
+                    while !chunk.is_empty() {
+                        let take = chunk.len().min(BLOCK_SIZE - block.len());
+                        block.extend_from_slice(&chunk[..take]);
+                        chunk = &chunk[take..];
+                        if block.len() < BLOCK_SIZE {
+                            break;
+                        }
+                        let full = block.split().freeze();
+                        let next = pool.take();
+                        pool.give_back(std::mem::replace(&mut block, next));
+                        if verify_tx.send(full.clone()).await.is_err() {
+                            return Err(Error::internal("snapshot verifier stopped"));
+                        }
+                        if plain_tx.send(Ok(full)).await.is_err() {
+                            return Ok(()); // the upload failed; its error is reported
+                        }
+                    }
                 }
-            }
-            Err(e) => {
-                stream_error = Some(e);
-                break;
+                Some(Err(e)) => {
+                    // Fail the upload too, so nothing is committed from a cut stream.
+                    let _ = plain_tx.send(Err(stream_failed(staging, "etcd's snapshot stream failed"))).await;
+                    return Err(Error::from(e));
+                }
+                None => ended = true,
             }
         }
-    }
-    drop(tx);
-    let worker = worker.await.map_err(|e| Error::internal(format!("snapshot worker: {e}")))?;
-    if let Some(e) = stream_error {
-        return Err(e.into());
-    }
-    let (spool, verifier) = worker?;
+        debug!("etcd's snapshot stream ended; finishing the upload");
+        if !block.is_empty() {
+            let last = block.freeze();
+            if verify_tx.send(last.clone()).await.is_err() {
+                return Err(Error::internal("snapshot verifier stopped"));
+            }
+            let _ = plain_tx.send(Ok(last)).await;
+        }
+        Ok(())
+    };
+    let (fed, uploaded) = tokio::join!(feed, upload);
+    fed?;
+    let staged_bytes = uploaded?;
+    let verifier = verifier.await.map_err(|e| Error::internal(format!("snapshot verifier: {e}")))?;
     let stream_bytes = verifier.total();
     let (revision, revision_source) = match verifier.finish() {
         Err(why) => return Err(Error::corrupt(format!("etcd snapshot stream from {}", source.endpoint()), why)),
@@ -211,16 +459,16 @@ async fn take(source: &dyn EtcdSource, store: &dyn Snapstore, opts: &FullOptions
         is_final: opts.is_final,
     };
     let key = name.key_v2(&opts.prefix);
-    let spilled = spool.spilled();
-    let data = spool.into_stream(key.clone()).map_err(|e| Error::io(&opts.temp_dir, e))?;
-    let size = store.write(&key, data, &opts.write).await?;
+    let streamed = started.elapsed();
+    let size = store.rename(staging, &key).await?;
+    debug!(staging, staged_bytes, "staging object renamed");
     info!(
         object = %key,
         revision,
         revision_before = before,
         stream_bytes,
         stored_bytes = size,
-        spilled_to_disk = spilled,
+        stream_seconds = streamed.as_secs_f64(),
         seconds = started.elapsed().as_secs_f64(),
         "full snapshot stored"
     );
@@ -241,6 +489,19 @@ async fn take(source: &dyn EtcdSource, store: &dyn Snapstore, opts: &FullOptions
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_keys_parse_back_and_are_never_snapshot_names() {
+        for prefix in ["", "etcd-main", "a/b/"] {
+            let key = staging_key(prefix, 1_795_607_409);
+            assert_eq!(parse_staging_key(&key), Some(1_795_607_409), "{key}");
+            assert!(Snapshot::parse_key(&key, 1).is_err(), "{key} must not look like a snapshot");
+            assert!(!key.contains("/v2/") && !key.starts_with("v2/"), "{key}");
+        }
+        assert_eq!(parse_staging_key("etcd-main/v2/Full-00000000-00000009-1795606904.gz"), None);
+        assert_eq!(parse_staging_key("etcd-main/.etcdbr-staging/Full-12-.part"), None);
+        assert_eq!(parse_staging_key("etcd-main/.etcdbr-staging/Full-x-ab.part"), None);
+    }
 
     #[test]
     fn the_trailer_is_checked_whatever_the_chunking() {

@@ -30,11 +30,9 @@ pub mod dbrev;
 pub mod full;
 pub mod leases;
 pub mod schedule;
-pub mod spool;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,7 +40,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::compress::Encoder;
 use crate::delta::{Event, EventKind, encode_events};
@@ -85,8 +83,8 @@ pub struct SnapshotterConfig {
     pub compression: Compression,
     /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`).
     pub write: WriteOptions,
-    /// Where large full snapshots wait for their name (`--snapstore-temp-directory`).
-    pub temp_dir: PathBuf,
+    /// Deflate level of gzip and zlib full snapshots (`--compression-level`).
+    pub compression_level: u32,
     /// Limit for one full snapshot (`--etcd-snapshot-timeout`).
     pub snapshot_timeout: Duration,
     /// Limit for storing one delta before it is retried.
@@ -111,7 +109,7 @@ impl SnapshotterConfig {
             delta_retention: Duration::ZERO,
             compression: Compression::Gzip,
             write: WriteOptions::default(),
-            temp_dir: std::env::temp_dir(),
+            compression_level: crate::compress::blocks::DEFAULT_FULL_SNAPSHOT_LEVEL,
             snapshot_timeout: Duration::from_secs(15 * 60),
             delta_upload_timeout: Duration::from_secs(120),
             defrag_schedule: None,
@@ -313,6 +311,12 @@ struct Core {
     /// Requests answered by the full snapshot running now.
     full_waiters_running: Vec<oneshot::Sender<Result<Snapshot, RequestError>>>,
     defrag_waiters: Vec<oneshot::Sender<Result<(), RequestError>>>,
+    /// The delta being stored in the background (see [`Snapshotter::start_flush`]) and its last
+    /// revision, and the deltas cut while it is stored, oldest first, with their JSON bytes.
+    flush_task: Option<JoinHandle<(DeltaJob, Result<u64, Error>)>>,
+    storing: Option<u64>,
+    queued: std::collections::VecDeque<DeltaJob>,
+    queued_json: usize,
 }
 
 fn instant_after(schedule: &Schedule) -> Option<Instant> {
@@ -353,7 +357,7 @@ impl Snapshotter {
             prefix: self.config.prefix.clone(),
             compression: self.config.compression,
             write: self.config.write.clone(),
-            temp_dir: self.config.temp_dir.clone(),
+            compression_level: self.config.compression_level,
             timeout: self.config.snapshot_timeout,
             is_final: false,
         }
@@ -366,6 +370,12 @@ impl Snapshotter {
     /// refuses the credentials, the store denies access); every later fault is retried.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunReport, Error> {
         let deltas = self.config.delta_period.is_some();
+        // A snapshotter killed mid-upload leaves its staging object; one that old cannot be
+        // in progress any more (its own timeout has passed twice).
+        let stale = (2 * self.config.snapshot_timeout).max(Duration::from_secs(3600));
+        if let Err(e) = full::remove_stale_staging(&*self.store, &self.config.prefix, stale, unix_now()).await {
+            warn!(error = %e, "could not clean up staging objects of unfinished full snapshots; trying at the next start");
+        }
         let mut core = Core {
             chain: None,
             floor: None,
@@ -391,6 +401,10 @@ impl Snapshotter {
             full_final_queued: false,
             full_waiters_running: Vec::new(),
             defrag_waiters: Vec::new(),
+            flush_task: None,
+            storing: None,
+            queued: Default::default(),
+            queued_json: 0,
         };
         let gc_task = self.config.gc_period.map(|period| {
             let store = self.store.clone();
@@ -467,14 +481,17 @@ impl Snapshotter {
             });
 
             let wake = min_instant(&[
-                core.next_flush.map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
+                // While a delta is being stored, the next one waits for it (its branch below).
+                core.next_flush
+                    .filter(|_| core.flush_task.is_none())
+                    .map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
                 core.next_full,
                 core.next_defrag,
                 core.full_retry_at.filter(|_| core.full_wanted && full_task.is_none()),
                 (deltas && watch.is_none()).then_some(core.watch_retry_at),
             ])
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let read_watch = watch.is_some() && core.pending_json < self.config.max_pending_bytes;
+            let read_watch = watch.is_some() && core.pending_json + core.queued_json < self.config.max_pending_bytes;
 
             tokio::select! {
                 biased;
@@ -518,6 +535,17 @@ impl Snapshotter {
                             self.metrics.failure("defragmentation");
                             warn!(error = %e, "defragmentation failed");
                         }
+                    }
+                }
+                joined = async { core.flush_task.as_mut().expect("guarded by the condition").await }, if core.flush_task.is_some() => {
+                    core.flush_task = None;
+                    let _ = self.delta_finished(&mut core, joined);
+                    // Events kept arriving meanwhile: cut the next delta at once if they reached
+                    // the memory limit.
+                    if core.pending_json >= self.config.delta_memory_limit
+                        && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
+                    {
+                        self.start_flush(&mut core);
                     }
                 }
                 request = requests.recv(), if !requests_closed => {
@@ -571,7 +599,7 @@ impl Snapshotter {
                                 && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
                             {
                                 debug!(bytes = core.pending_json, "delta memory limit reached");
-                                let _ = self.flush(&mut core).await;
+                                self.start_flush(&mut core);
                             }
                         }
                         Some(Err(EtcdError::Compacted { requested, compact_revision })) => {
@@ -590,8 +618,11 @@ impl Snapshotter {
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
-                    if core.next_flush.is_some_and(|t| now >= t) && core.flush_retry_at.is_none_or(|t| now >= t) {
-                        let _ = self.flush(&mut core).await;
+                    if core.next_flush.is_some_and(|t| now >= t)
+                        && core.flush_retry_at.is_none_or(|t| now >= t)
+                        && core.flush_task.is_none()
+                    {
+                        self.start_flush(&mut core);
                         core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
                     }
                     if core.next_full.is_some_and(|t| now >= t) {
@@ -716,6 +747,8 @@ impl Snapshotter {
         if keep_buffered && let Err(e) = self.flush(core).await {
             warn!(error = %e, "could not store the events received before the compaction; the full snapshot covers them");
         }
+        // A delta of the old chain still being stored finishes before the chain is forgotten.
+        self.settle_flush(core).await;
         core.chain = None;
         core.floor = None;
         core.watched = None;
@@ -818,16 +851,76 @@ impl Snapshotter {
         }
     }
 
-    /// Stores the buffered events as a delta (and their lease sidecar first). Does nothing when
-    /// nothing is buffered or no chain exists yet. On failure the events stay buffered and a
-    /// retry is scheduled.
+    /// Stores the buffered events as a delta (and their lease sidecar first), waiting for it.
+    /// A delta already being stored in the background is waited for first, so deltas stay in
+    /// order. Does nothing when nothing is buffered or no chain exists yet. On failure the
+    /// events stay buffered and a retry is scheduled.
     async fn flush(&self, core: &mut Core) -> Result<Option<Snapshot>, Error> {
-        let Some(chain) = core.chain else { return Ok(None) };
+        self.settle_flush(core).await;
+        match self.take_delta(core) {
+            Some(job) => {
+                let outcome = store_delta(self.delta_context(), job).await;
+                self.delta_finished(core, Ok(outcome))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Starts storing the buffered events as a delta in the background, unless one is being
+    /// stored already: the watch keeps being read meanwhile. etcd drops a watcher that stops
+    /// reading into a catch-up mode that sends at most 1,000 revisions per 100 ms, so a watch
+    /// that pauses for every upload falls behind a busy etcd for good.
+    ///
+    /// While one is being stored, the buffered events are cut into a queued delta instead, so
+    /// every delta stays near the memory limit; queued deltas are stored one after another.
+    fn start_flush(&self, core: &mut Core) {
+        if let Some(job) = self.take_delta(core) {
+            core.queued_json += job.json;
+            core.queued.push_back(job);
+        }
+        self.store_next(core);
+    }
+
+    /// Starts storing the oldest queued delta, unless one is being stored.
+    fn store_next(&self, core: &mut Core) {
+        if core.flush_task.is_some() {
+            return;
+        }
+        if let Some(job) = core.queued.pop_front() {
+            core.queued_json -= job.json;
+            core.storing = Some(job.name.last_revision);
+            core.flush_task = Some(tokio::spawn(store_delta(self.delta_context(), job)));
+        }
+    }
+
+    /// Waits until the deltas being stored and queued are stored (or one failed, which puts
+    /// them all back into the buffer), taking each into account.
+    async fn settle_flush(&self, core: &mut Core) {
+        while let Some(task) = core.flush_task.take() {
+            let outcome = task.await;
+            let _ = self.delta_finished(core, outcome);
+        }
+    }
+
+    fn delta_context(&self) -> DeltaContext {
+        DeltaContext {
+            store: self.store.clone(),
+            store_lock: self.store_lock.clone(),
+            compression: self.config.compression,
+            write: self.config.write.clone(),
+            timeout: self.config.delta_upload_timeout,
+            prefix: self.config.prefix.clone(),
+        }
+    }
+
+    /// Moves the buffered events and lease records into a delta to store.
+    fn take_delta(&self, core: &mut Core) -> Option<DeltaJob> {
+        // A delta starts after the last one cut, stored or not.
+        let chain = core.queued.back().map(|j| j.name.last_revision).or(core.storing).or(core.chain)?;
         let Some(last) = core.pending.last().map(|e| e.mod_revision.max(0) as u64) else {
             debug!("no events since the last snapshot; no delta");
-            return Ok(None);
+            return None;
         };
-        let started = std::time::Instant::now();
         let name = SnapshotName {
             kind: SnapshotKind::Incr,
             start_revision: chain + 1,
@@ -836,63 +929,68 @@ impl Snapshotter {
             compression: self.config.compression,
             is_final: false,
         };
-        let key = name.key_v2(&self.config.prefix);
-        let events = std::mem::take(&mut core.pending);
-        let compression = self.config.compression;
-        let encoded = tokio::task::spawn_blocking(move || {
-            let content = encode_events(&events);
-            let mut enc = Encoder::new(compression, Vec::with_capacity(content.len() / 4));
-            let r = std::io::Write::write_all(&mut enc, &content).and_then(|()| enc.finish());
-            (events, r)
+        Some(DeltaJob {
+            key: name.key_v2(&self.config.prefix),
+            name,
+            chain,
+            events: std::mem::take(&mut core.pending),
+            json: std::mem::take(&mut core.pending_json),
+            leases: std::mem::take(&mut core.leases.pending),
+            started: std::time::Instant::now(),
         })
-        .await;
-        let (events, compressed) = match encoded {
-            Ok((events, Ok(bytes))) => (events, bytes),
-            Ok((events, Err(e))) => {
-                core.pending = events;
-                return Err(self.flush_failed(core, Error::internal(format!("compressing a delta: {e}"))));
+    }
+
+    /// Takes a stored delta into account, or puts a failed one's events back in front of those
+    /// buffered since.
+    fn delta_finished(
+        &self,
+        core: &mut Core,
+        outcome: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>,
+    ) -> Result<Option<Snapshot>, Error> {
+        core.storing = None;
+        let (mut job, result) = match outcome {
+            Ok(done) => done,
+            // Only a panic in the encoder gets here. Its events are gone with the task, so no
+            // later delta can follow on: a new chain starts with a full snapshot.
+            Err(e) => {
+                let e = Error::internal(format!("delta task: {e}"));
+                error!(error = %e, "a delta was lost; starting a new chain with a full snapshot");
+                core.chain = None;
+                core.floor = None;
+                core.watched = None;
+                core.pending.clear();
+                core.pending_json = 0;
+                core.queued.clear();
+                core.queued_json = 0;
+                core.leases = LeaseTracker::default();
+                core.full_wanted = true;
+                core.full_retry_at = None;
+                core.watch_retry_at = Instant::now();
+                return Err(self.flush_failed(core, e));
             }
-            Err(e) => return Err(self.flush_failed(core, Error::internal(format!("delta encoder: {e}")))),
         };
-        let result = {
-            let _guard = self.store_lock.lock().await;
-            let write = async {
-                if !core.leases.pending.is_empty() {
-                    let body = leases::encode(&name, &core.leases.pending);
-                    let sidecar = leases::sidecar_key(&self.config.prefix, &name);
-                    let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(body))]));
-                    self.store.write(&sidecar, data, &self.config.write).await?;
-                }
-                let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(compressed))]));
-                self.store.write(&key, data, &self.config.write).await
-            };
-            match tokio::time::timeout(self.config.delta_upload_timeout, write).await {
-                Ok(r) => r.map_err(Error::from),
-                Err(_) => Err(Error::Store(crate::StoreError::Other {
-                    key: key.clone(),
-                    retryable: true,
-                    source: format!("no answer within {:?}", self.config.delta_upload_timeout).into(),
-                })),
-            }
-        };
+        let last = job.name.last_revision;
         match result {
             Ok(size) => {
-                let secs = started.elapsed().as_secs_f64();
-                info!(object = %key, events = events.len(), size, leases = core.leases.pending.len(), "delta snapshot stored");
-                self.metrics.observe_snapshot(KIND_DELTA, true, secs, last, name.created_on);
-                core.chain = Some(last);
-                core.pending_json = 0;
-                core.leases.pending.clear();
+                let secs = job.started.elapsed().as_secs_f64();
+                info!(object = %job.key, events = job.events.len(), size, leases = job.leases.len(), "delta snapshot stored");
+                self.metrics.observe_snapshot(KIND_DELTA, true, secs, last, job.name.created_on);
                 core.flush_backoff.reset();
                 core.flush_retry_at = None;
                 core.report.delta_snapshots += 1;
-                core.deltas_since_full += 1;
-                core.revisions_since_full += last - chain;
-                self.metrics.snapstore_latest_deltas_total.set(core.deltas_since_full as f64);
-                self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
+                // A full snapshot that finished while this delta was stored may already cover
+                // it; the chain never moves back.
+                if core.chain.is_some_and(|c| last > c) {
+                    core.chain = Some(last);
+                    core.deltas_since_full += 1;
+                    core.revisions_since_full += last - job.chain;
+                    self.metrics.snapstore_latest_deltas_total.set(core.deltas_since_full as f64);
+                    self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
+                }
+                self.store_next(core);
                 Ok(Some(Snapshot {
-                    name,
-                    key,
+                    name: job.name,
+                    key: job.key,
                     prefix: self.config.prefix.trim_end_matches('/').to_string(),
                     size,
                     layout: crate::name::Layout::V2,
@@ -900,8 +998,22 @@ impl Snapshotter {
                 }))
             }
             Err(e) => {
-                core.pending = events;
-                self.metrics.observe_snapshot(KIND_DELTA, false, started.elapsed().as_secs_f64(), 0, 0);
+                // This delta and the queued ones go back in front of what arrived since, minus
+                // what a full snapshot taken meanwhile covers; the next attempt cuts them again.
+                let covered = core.chain.unwrap_or(0);
+                for mut queued in std::mem::take(&mut core.queued) {
+                    job.events.append(&mut queued.events);
+                    job.leases.append(&mut queued.leases);
+                }
+                core.queued_json = 0;
+                job.events.retain(|ev| ev.mod_revision.max(0) as u64 > covered);
+                job.events.append(&mut core.pending);
+                core.pending = job.events;
+                core.pending_json = core.pending.iter().map(|ev| event_json_len(ev) + 1).sum();
+                job.leases.retain(|l| l.first_revision.max(0) as u64 > covered);
+                job.leases.append(&mut core.leases.pending);
+                core.leases.pending = job.leases;
+                self.metrics.observe_snapshot(KIND_DELTA, false, job.started.elapsed().as_secs_f64(), 0, 0);
                 Err(self.flush_failed(core, e))
             }
         }
@@ -934,6 +1046,76 @@ impl Snapshotter {
             }
         }
     }
+}
+
+/// A delta on its way to the store: the buffered events it took, to be put back on failure.
+struct DeltaJob {
+    name: SnapshotName,
+    key: String,
+    /// The chain's last revision when the delta was cut (its start revision minus one).
+    chain: u64,
+    events: Vec<Event>,
+    /// Their JSON bytes, as counted against the memory limit.
+    json: usize,
+    leases: Vec<LeaseRecord>,
+    started: std::time::Instant,
+}
+
+/// What storing a delta needs, owned, so it can run as a task of its own.
+struct DeltaContext {
+    store: Arc<dyn Snapstore>,
+    store_lock: Arc<tokio::sync::Mutex<()>>,
+    compression: Compression,
+    write: WriteOptions,
+    timeout: Duration,
+    prefix: String,
+}
+
+/// Encodes and compresses a delta off the async threads, then writes its lease sidecar (if
+/// any) and the delta, holding the store lock so garbage collection never sees the one
+/// without the other. Hands the job back with the result.
+async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64, Error>) {
+    let compression = ctx.compression;
+    let events = job.events;
+    let encoded = tokio::task::spawn_blocking(move || {
+        let content = encode_events(&events);
+        let mut enc = Encoder::new(compression, Vec::with_capacity(content.len() / 4));
+        let r = std::io::Write::write_all(&mut enc, &content).and_then(|()| enc.finish());
+        (events, r)
+    })
+    .await;
+    let (events, compressed) = match encoded {
+        Ok((events, Ok(bytes))) => (events, bytes),
+        Ok((events, Err(e))) => {
+            return (DeltaJob { events, ..job }, Err(Error::internal(format!("compressing a delta: {e}"))));
+        }
+        Err(e) => {
+            return (DeltaJob { events: Vec::new(), ..job }, Err(Error::internal(format!("delta encoder: {e}"))));
+        }
+    };
+    let job = DeltaJob { events, ..job };
+    let result = {
+        let _guard = ctx.store_lock.lock().await;
+        let write = async {
+            if !job.leases.is_empty() {
+                let body = leases::encode(&job.name, &job.leases);
+                let sidecar = leases::sidecar_key(&ctx.prefix, &job.name);
+                let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(body))]));
+                ctx.store.write(&sidecar, data, &ctx.write).await?;
+            }
+            let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(compressed))]));
+            ctx.store.write(&job.key, data, &ctx.write).await
+        };
+        match tokio::time::timeout(ctx.timeout, write).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Store(crate::StoreError::Other {
+                key: job.key.clone(),
+                retryable: true,
+                source: format!("no answer within {:?}", ctx.timeout).into(),
+            })),
+        }
+    };
+    (job, result)
 }
 
 #[cfg(test)]

@@ -197,7 +197,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
             prefix: s.prefix.clone(),
             compression: s.compression,
             write: s.write.clone(),
-            temp_dir: s.temp_dir.clone(),
+            compression_level: s.compression_level,
             timeout: s.snapshot_timeout,
             is_final: false,
         };
