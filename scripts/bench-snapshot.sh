@@ -47,7 +47,7 @@ done
 echo "== building (release)" >&2
 (cd "$ROOT" && cargo build --release -q -p etcdbrctl --bin etcdbrctl && cargo build --release -q -p etcdbr-benches --bin etcd-load)
 BRCTL=$ROOT/target/release/etcdbrctl
-DEFAULT_LEVEL=$("$BRCTL" snapshot --help | sed -n 's/.*--compression-level.*\[default: \([0-9]*\)\].*/\1/p')
+DEFAULT_LEVEL=$("$BRCTL" snapshot --help | grep -A6 -- '--compression-level' | sed -n 's/.*\[default: \([0-9]*\)\].*/\1/p' | head -1)
 LOAD=$ROOT/target/release/etcd-load
 
 mkdir -p "$WORK"

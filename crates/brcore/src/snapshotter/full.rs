@@ -317,9 +317,10 @@ struct BlockPool {
 }
 
 impl BlockPool {
-    /// More than the blocks the stages hold at once (channels, compression, upload parts), so
-    /// the oldest handle is usually free again; each handle keeps its block's memory alive.
-    const MAX_HANDLES: usize = 12;
+    /// The blocks a Local upload holds at once (the verifier's and the writer's channels and the
+    /// block each works on), so the oldest handle is usually free again. Each handle keeps its
+    /// block's memory alive; an S3 upload holds its parts' blocks longer and allocates anew.
+    const MAX_HANDLES: usize = 8;
 
     /// An empty buffer of [`BLOCK_SIZE`]: a reclaimed one when a stage is done with it.
     fn take(&mut self) -> BytesMut {
