@@ -319,6 +319,24 @@ struct Core {
     queued_json: usize,
 }
 
+impl Core {
+    /// Drops the chain and everything buffered or queued for it, and asks for the full
+    /// snapshot that starts a new one; the watch reopens at etcd's current revision.
+    fn forget_chain(&mut self) {
+        self.chain = None;
+        self.floor = None;
+        self.watched = None;
+        self.pending.clear();
+        self.pending_json = 0;
+        self.queued.clear();
+        self.queued_json = 0;
+        self.leases = LeaseTracker::default();
+        self.full_wanted = true;
+        self.full_retry_at = None;
+        self.watch_retry_at = Instant::now();
+    }
+}
+
 fn instant_after(schedule: &Schedule) -> Option<Instant> {
     schedule.until_next(SystemTime::now()).map(|d| Instant::now() + d)
 }
@@ -749,15 +767,7 @@ impl Snapshotter {
         }
         // A delta of the old chain still being stored finishes before the chain is forgotten.
         self.settle_flush(core).await;
-        core.chain = None;
-        core.floor = None;
-        core.watched = None;
-        core.pending.clear();
-        core.pending_json = 0;
-        core.leases = LeaseTracker::default();
-        core.full_wanted = true;
-        core.full_retry_at = None;
-        core.watch_retry_at = Instant::now();
+        core.forget_chain();
     }
 
     fn full_finished(
@@ -955,17 +965,7 @@ impl Snapshotter {
             Err(e) => {
                 let e = Error::internal(format!("delta task: {e}"));
                 error!(error = %e, "a delta was lost; starting a new chain with a full snapshot");
-                core.chain = None;
-                core.floor = None;
-                core.watched = None;
-                core.pending.clear();
-                core.pending_json = 0;
-                core.queued.clear();
-                core.queued_json = 0;
-                core.leases = LeaseTracker::default();
-                core.full_wanted = true;
-                core.full_retry_at = None;
-                core.watch_retry_at = Instant::now();
+                core.forget_chain();
                 return Err(self.flush_failed(core, e));
             }
         };
