@@ -44,17 +44,29 @@ pub(crate) fn log_tail_of(path: &std::path::Path, n: usize) -> String {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Ports in [20000, 50000): below the kernel's ephemeral range (32768+ on most systems is
-    // shared, but outgoing connections rarely sit on a port for long), and with room above for
-    // helpers that derive a second port at +10000 (SeaweedFS).
-    let start = (std::process::id() % 1500) * 20;
+    // Ports from 10000 up to the kernel's ephemeral range (32768 by default), which outgoing
+    // connections take ports from: a port handed out there may be taken by some connection
+    // before the server that was meant to get it binds it.
+    let (low, high) = port_range();
+    let span = u32::from(high - low);
+    let start = (std::process::id() * 20) % span;
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20000 + ((start + n) % 30000) as u16;
+        let port = low + ((start + n) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+}
+
+/// The ports [`free_port`] picks from: from 10000 to the start of the ephemeral range, or the
+/// old [20000, 50000) where that range starts too low to leave room.
+pub fn port_range() -> (u16, u16) {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    if ephemeral_start >= 20000 { (10000, ephemeral_start) } else { (20000, 50000) }
 }
 
 /// The folder of the shared test data (`../shared/testdata` beside the repository).

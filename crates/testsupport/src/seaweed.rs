@@ -42,9 +42,11 @@ pub struct SeaweedS3 {
 /// A free port `p` whose `p + 10000` is free too: SeaweedFS's admin worker dials the admin gRPC
 /// port at the HTTP port plus 10000 whatever `-admin.port.grpc` says.
 fn free_port_pair() -> (u16, u16) {
+    let (_, high) = crate::port_range();
     loop {
         let p = free_port();
         if let Some(q) = p.checked_add(10000)
+            && q < high
             && std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()
         {
             return (p, q);
