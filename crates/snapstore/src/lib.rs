@@ -9,18 +9,19 @@
 //!
 //! # Atomic writes
 //!
-//! Writes stream through an opendal writer whose chunk is the part size and whose concurrency is
+//! Object-store writes stream through an opendal writer whose chunk is the part size and whose concurrency is
 //! the number of parallel parts, so S3 gets a multipart upload, Azure a block upload, and memory
 //! stays bounded by `parts × part size`. If the input stream or the store fails, the writer is
 //! aborted, so no object appears (multipart uploads are aborted; uncommitted Azure blocks expire
-//! on their own). Local writes go to a temp file under `<container>/.etcdbr-tmp/` (opendal's
-//! `atomic_write_dir`, the same file system as the target), which is fsynced and renamed into
-//! place; the directory is fsynced after the rename. Listings never show that temp directory, and
-//! it is only created by the first write: opening or reading a store writes nothing into it.
+//! on their own). Local writes do not go through opendal: a thread of their own writes each chunk
+//! as it comes into a temp file under `<container>/.etcdbr-tmp/` (the same file system as the
+//! target), which is fsynced and renamed into place; the directory is fsynced after the rename.
+//! A failed stream removes the temp file. Listings never show that temp directory, and it is only
+//! created by the first write: opening or reading a store writes nothing into it.
 //!
 //! # Renames
 //!
-//! [`Snapstore::rename`](brcore::Snapstore::rename) gives a full snapshot, uploaded under a
+//! [`Snapstore::rename`] gives a full snapshot, uploaded under a
 //! staging key, its final name; it never shows a part of the object under the new key, and
 //! after an error the source is unchanged.
 //!
