@@ -433,9 +433,10 @@ impl Settings {
     }
 }
 
-/// Staging files older than this were left by a writer that crashed (a live one renames its file
-/// away long before): the first write of a process removes them.
-const STALE_STAGING_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Staging files untouched for this long were left by a writer that crashed: a live one writes
+/// into its file at least every few seconds (an upload that stalls fails on its own timeouts
+/// well before) and renames it away at the end. The first write of a process removes them.
+const STALE_STAGING_AGE: Duration = Duration::from_secs(3600);
 
 /// Removes staging files of crashed writers; failures only cost disk space, so they are logged.
 fn remove_stale_staging_files(temp: &Path) {
@@ -1138,13 +1139,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("Full-1.gz.stale");
         let fresh = dir.path().join("Full-2.gz.live");
-        std::fs::write(&old, b"x").unwrap();
-        std::fs::write(&fresh, b"y").unwrap();
-        let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
-        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days_ago).unwrap();
+        let slow = dir.path().join("Full-3.gz.slow");
+        for f in [&old, &fresh, &slow] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let touch = |f: &Path, ago: u64| {
+            let t = std::time::SystemTime::now() - Duration::from_secs(ago);
+            std::fs::File::options().write(true).open(f).unwrap().set_modified(t).unwrap();
+        };
+        touch(&old, 2 * 3600);
+        touch(&slow, 30 * 60);
         remove_stale_staging_files(dir.path());
-        assert!(!old.exists(), "a staging file of a crashed writer stays");
+        assert!(!old.exists(), "a staging file untouched for two hours stays");
         assert!(fresh.exists(), "a live writer's staging file was removed");
+        assert!(slow.exists(), "a staging file written to 30 minutes ago was removed");
     }
 
     #[test]
