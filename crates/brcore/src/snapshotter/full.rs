@@ -391,46 +391,43 @@ async fn take(
     let upload = store.write(staging, body, &opts.write);
     // Owns both senders, so the verifier and the upload see the end when the stream ends.
     let feed = async move {
+        // Hands a block to the verifier and to the upload; false once the upload has failed
+        // (its error is reported by the upload itself).
+        let send = async |block: Bytes| -> Result<bool, Error> {
+            if verify_tx.send(block.clone()).await.is_err() {
+                return Err(Error::internal("snapshot verifier stopped"));
+            }
+            Ok(plain_tx.send(Ok(block)).await.is_ok())
+        };
         let mut pool = BlockPool::default();
         let mut block = pool.take();
-        let mut ended = false;
-        while !ended {
-            match stream.next().await {
-                Some(Ok(chunk)) => {
-                    let mut chunk = &chunk[..];
-                    while !chunk.is_empty() {
-                        let take = chunk.len().min(BLOCK_SIZE - block.len());
-                        block.extend_from_slice(&chunk[..take]);
-                        chunk = &chunk[take..];
-                        if block.len() < BLOCK_SIZE {
-                            break;
-                        }
-                        let full = block.split().freeze();
-                        let next = pool.take();
-                        pool.give_back(std::mem::replace(&mut block, next));
-                        if verify_tx.send(full.clone()).await.is_err() {
-                            return Err(Error::internal("snapshot verifier stopped"));
-                        }
-                        if plain_tx.send(Ok(full)).await.is_err() {
-                            return Ok(()); // the upload failed; its error is reported
-                        }
-                    }
-                }
-                Some(Err(e)) => {
+        while let Some(item) = stream.next().await {
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
                     // Fail the upload too, so nothing is committed from a cut stream.
                     let _ = plain_tx.send(Err(stream_failed(staging, "etcd's snapshot stream failed"))).await;
                     return Err(Error::from(e));
                 }
-                None => ended = true,
+            };
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(BLOCK_SIZE - block.len());
+                block.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if block.len() == BLOCK_SIZE {
+                    let full = block.split().freeze();
+                    let next = pool.take();
+                    pool.give_back(std::mem::replace(&mut block, next));
+                    if !send(full).await? {
+                        return Ok(());
+                    }
+                }
             }
         }
         debug!("etcd's snapshot stream ended; finishing the upload");
         if !block.is_empty() {
-            let last = block.freeze();
-            if verify_tx.send(last.clone()).await.is_err() {
-                return Err(Error::internal("snapshot verifier stopped"));
-            }
-            let _ = plain_tx.send(Ok(last)).await;
+            send(block.freeze()).await?;
         }
         Ok(())
     };
