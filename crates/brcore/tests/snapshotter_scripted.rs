@@ -325,18 +325,46 @@ impl EtcdSource for Scripted {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A store whose delta writes wait while its gate is closed.
+// A store that can be made to fail writes, or to hold delta writes at a closed gate.
 
 #[derive(Debug)]
-struct Gated {
+struct Faulty {
     inner: Arc<dyn Snapstore>,
-    closed: AtomicBool,
-    opened: tokio::sync::Notify,
-    waiting: AtomicUsize,
+    failing: AtomicBool,
+    failed_writes: AtomicUsize,
+    gate_closed: AtomicBool,
+    gate_opened: tokio::sync::Notify,
+    waiting_at_gate: AtomicUsize,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Snapstore>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            failing: AtomicBool::new(false),
+            failed_writes: AtomicUsize::new(0),
+            gate_closed: AtomicBool::new(false),
+            gate_opened: tokio::sync::Notify::new(),
+            waiting_at_gate: AtomicUsize::new(0),
+        })
+    }
+
+    fn fail(&self, key: &str) -> Option<StoreError> {
+        if !self.failing.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.failed_writes.fetch_add(1, Ordering::SeqCst);
+        Some(StoreError::Other { key: key.into(), retryable: true, source: "503 Slow Down".into() })
+    }
+
+    fn open_gate(&self) {
+        self.gate_closed.store(false, Ordering::SeqCst);
+        self.gate_opened.notify_waiters();
+    }
 }
 
 #[async_trait]
-impl Snapstore for Gated {
+impl Snapstore for Faulty {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         self.inner.list(prefix).await
     }
@@ -344,10 +372,13 @@ impl Snapstore for Gated {
         self.inner.read(key, range).await
     }
     async fn write(&self, key: &str, data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
-        if key.contains("/Incr-") && self.closed.load(Ordering::SeqCst) {
-            let opened = self.opened.notified();
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            if self.closed.load(Ordering::SeqCst) {
+        if let Some(e) = self.fail(key) {
+            return Err(e);
+        }
+        if key.contains("/Incr-") && self.gate_closed.load(Ordering::SeqCst) {
+            let opened = self.gate_opened.notified();
+            self.waiting_at_gate.fetch_add(1, Ordering::SeqCst);
+            if self.gate_closed.load(Ordering::SeqCst) {
                 opened.await;
             }
         }
@@ -357,42 +388,8 @@ impl Snapstore for Gated {
         self.inner.delete(key).await
     }
     async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
-        self.inner.rename(from, to).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A store that can be made to fail writes.
-
-#[derive(Debug)]
-struct Flaky {
-    inner: Arc<dyn Snapstore>,
-    failing: AtomicBool,
-    failed_writes: AtomicUsize,
-}
-
-#[async_trait]
-impl Snapstore for Flaky {
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        self.inner.read(key, range).await
-    }
-    async fn write(&self, key: &str, data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
-            self.failed_writes.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Other { key: key.into(), retryable: true, source: "503 Slow Down".into() });
-        }
-        self.inner.write(key, data, opts).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
-            self.failed_writes.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Other { key: to.into(), retryable: true, source: "503 Slow Down".into() });
+        if let Some(e) = self.fail(to) {
+            return Err(e);
         }
         self.inner.rename(from, to).await
     }
@@ -597,11 +594,7 @@ async fn a_compacted_watch_start_leads_to_a_new_full_snapshot_and_no_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_keeps_the_events_until_it_heals() {
     let dir = tempfile::tempdir().unwrap();
-    let flaky = Arc::new(Flaky {
-        inner: local_store(dir.path()),
-        failing: AtomicBool::new(false),
-        failed_writes: AtomicUsize::new(0),
-    });
+    let flaky = Faulty::new(local_store(dir.path()));
     let etcd = Scripted::default();
     etcd.put("a", "1");
     let run = start(&etcd, flaky.clone(), config(Duration::from_millis(100)));
@@ -656,12 +649,8 @@ async fn the_memory_limit_cuts_deltas_between_revisions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_is_read_while_a_delta_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(Gated {
-        inner: local_store(dir.path()),
-        closed: AtomicBool::new(true),
-        opened: tokio::sync::Notify::new(),
-        waiting: AtomicUsize::new(0),
-    });
+    let gated = Faulty::new(local_store(dir.path()));
+    gated.gate_closed.store(true, Ordering::SeqCst);
     let store: Arc<dyn Snapstore> = gated.clone();
     let etcd = Scripted::default();
     etcd.put("a", "1");
@@ -676,7 +665,7 @@ async fn the_watch_is_read_while_a_delta_is_stored() {
     }
     // The first delta's write waits at the gate ...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while gated.waiting.load(Ordering::SeqCst) == 0 {
+    while gated.waiting_at_gate.load(Ordering::SeqCst) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no delta was cut at the memory limit");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -688,9 +677,8 @@ async fn the_watch_is_read_while_a_delta_is_stored() {
         assert!(tokio::time::Instant::now() < deadline, "the watch was not read while a delta was being stored");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(gated.waiting.load(Ordering::SeqCst), 1, "deltas are stored one at a time");
-    gated.closed.store(false, Ordering::SeqCst);
-    gated.opened.notify_waiters();
+    assert_eq!(gated.waiting_at_gate.load(Ordering::SeqCst), 1, "deltas are stored one at a time");
+    gated.open_gate();
     let last = etcd.revision();
     wait_delta_reaching(&*store, last as u64).await;
     run.stop().await;
