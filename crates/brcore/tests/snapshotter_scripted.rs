@@ -923,3 +923,30 @@ async fn an_etcd_restored_to_an_older_revision_starts_a_new_chain() {
     }
     assert_eq!(covered, 5, "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_objects_of_killed_snapshotters_are_deleted_once_old() {
+    use brcore::snapshotter::full::{remove_stale_staging, staging_key};
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let now = 1_795_600_000;
+    let put = |key: String| {
+        let store = store.clone();
+        async move {
+            let data: ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from_static(b"part"))]));
+            store.write(&key, data, &WriteOptions::default()).await.unwrap();
+            key
+        }
+    };
+    let old = put(staging_key(PREFIX, now - 7200)).await;
+    let young = put(staging_key(PREFIX, now - 60)).await;
+    let other_prefix = put(staging_key("another-cluster", now - 7200)).await;
+    let not_staging = put(format!("{PREFIX}/.etcdbr-staging/notes.txt")).await;
+    let removed = remove_stale_staging(&*store, PREFIX, Duration::from_secs(3600), now).await.unwrap();
+    assert_eq!(removed, 1);
+    let left: Vec<String> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert!(!left.contains(&old), "{left:?}");
+    for kept in [&young, &other_prefix, &not_staging] {
+        assert!(left.contains(kept), "{kept} must stay: {left:?}");
+    }
+}
