@@ -118,15 +118,10 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
     /// part of it. After success `from` is gone; if only deleting `from` failed, that is logged
     /// and the call still succeeds, since `to` is complete. After an error `from` is unchanged.
     ///
-    /// The default reads `from` and writes it to `to` through [`Snapstore::write`], then deletes
-    /// `from`; stores override it with a rename (Local) or a server-side copy.
+    /// The default is [`rename_by_streaming`]; stores override it with a rename (Local) or a
+    /// server-side copy.
     async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
-        let data = self.read(from, None).await?;
-        let size = self.write(to, data, &WriteOptions::default()).await?;
-        if let Err(e) = self.delete(from).await {
-            tracing::warn!(key = from, error = %e, "renamed object: could not delete the source; it is left behind");
-        }
-        Ok(size)
+        rename_by_streaming(self, from, to).await
     }
 
     /// For a store on the local filesystem: the path of the complete object `key`, so a reader
@@ -134,5 +129,23 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
     /// only read through it. `None` (the default) for remote stores or a missing object.
     fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
         None
+    }
+}
+
+/// Renames by reading `from`, writing it to `to` through [`Snapstore::write`] (all or nothing)
+/// and deleting `from`: the default [`Snapstore::rename`], and the fallback of stores whose
+/// server-side copy cannot take an object.
+pub async fn rename_by_streaming<S: Snapstore + ?Sized>(store: &S, from: &str, to: &str) -> Result<u64, StoreError> {
+    let data = store.read(from, None).await?;
+    let size = store.write(to, data, &WriteOptions::default()).await?;
+    delete_renamed_source(store, from).await;
+    Ok(size)
+}
+
+/// Deletes the source of a finished rename. The new key is complete by then, so a failure only
+/// leaves a stray object behind: it is logged, not returned.
+pub async fn delete_renamed_source<S: Snapstore + ?Sized>(store: &S, from: &str) {
+    if let Err(e) = store.delete(from).await {
+        tracing::warn!(key = from, error = %e, "renamed object: could not delete the source; it is left behind");
     }
 }

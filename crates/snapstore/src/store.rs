@@ -834,7 +834,7 @@ impl OpendalStore {
         if let Some(why) = self.no_server_copy(&call.op, size) {
             span.record("method", "stream");
             debug!(reason = why, bytes = size, "streaming the object to its new key");
-            return self.rename_by_streaming(from, to).await;
+            return brcore::store::rename_by_streaming(self, from, to).await;
         }
         span.record("method", "server-copy");
         // On Azure, a transport that notes x-ms-copy-status, which tells a Copy Blob still
@@ -857,13 +857,13 @@ impl OpendalStore {
                 StoreError::Other { retryable: false, source, .. } => {
                     span.record("method", "stream");
                     warn!(error = %source, "server-side copy refused; streaming the object to its new key instead");
-                    self.rename_by_streaming(from, to).await
+                    brcore::store::rename_by_streaming(self, from, to).await
                 }
                 other => Err(other),
             };
         }
         self.await_complete_copy(call, &op, copy_status.as_ref(), to, size).await?;
-        self.delete_renamed_source(from).await;
+        brcore::store::delete_renamed_source(self, from).await;
         Ok(size)
     }
 
@@ -880,15 +880,6 @@ impl OpendalStore {
             Provider::Swift if size > SWIFT_COPY_MAX => Some("larger than Swift's 5 GiB copy limit"),
             _ => None,
         }
-    }
-
-    /// The fallback: read `from`, write it to `to` (all or nothing, like every write), delete
-    /// `from`.
-    async fn rename_by_streaming(&self, from: &str, to: &str) -> Result<u64, StoreError> {
-        let data = self.read(from, None).await?;
-        let size = self.write(to, data, &WriteOptions::default()).await?;
-        self.delete_renamed_source(from).await;
-        Ok(size)
     }
 
     /// Waits until `to` holds all `size` bytes of a finished copy. An Azure copy that ended
@@ -944,13 +935,6 @@ impl OpendalStore {
             debug!(status = status.as_deref().unwrap_or("none"), len = ?len, size, "copy not complete yet");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(COPY_POLL_MAX);
-        }
-    }
-
-    /// Deletes the source of a finished rename; a failure only leaves a stray object behind.
-    async fn delete_renamed_source(&self, from: &str) {
-        if let Err(e) = self.delete(from).await {
-            warn!(key = from, error = %e, "renamed object: could not delete the source; it is left behind");
         }
     }
 }
@@ -1062,7 +1046,7 @@ async fn write_local_file(root: &Path, temp: &Path, key: &str, mut data: ByteStr
         let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
         create_private_dir(&dir).map_err(std::io::Error::other)?;
         file.persist(&target).map_err(|e| e.error)?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all())?;
+        fsync_dir(&dir)?;
         Ok(written)
     });
     let mut streamed: Result<(), StoreError> = Ok(());
@@ -1095,6 +1079,11 @@ async fn write_local_file(root: &Path, temp: &Path, key: &str, mut data: ByteStr
     }
 }
 
+/// fsyncs a directory, so the entries a rename or create put in it survive a crash.
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Renames the Local object `from` to `to` under `root` and returns its size: creates `to`'s
 /// directories (0700), renames, and fsyncs the directories whose entries changed, so the
 /// rename survives a crash. A missing `from` (or a directory there) is `NotFound`.
@@ -1115,17 +1104,16 @@ fn rename_local_file(root: &Path, from: &str, to: &str) -> std::io::Result<u64> 
     let existing = existing.to_path_buf();
     create_private_dir(&dst_dir).map_err(std::io::Error::other)?;
     std::fs::rename(&src, &dst)?;
-    let sync = |dir: &Path| std::fs::File::open(dir).and_then(|d| d.sync_all());
     let mut dir = dst_dir.as_path();
     loop {
-        sync(dir)?;
+        fsync_dir(dir)?;
         if dir == existing {
             break;
         }
         dir = dir.parent().unwrap_or(&existing);
     }
     if src_dir != dst_dir {
-        sync(&src_dir)?;
+        fsync_dir(&src_dir)?;
     }
     Ok(meta.len())
 }
@@ -1269,7 +1257,10 @@ mod tests {
             bytes.chunks(1 << 20).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
         ));
         store.write("s/.staging/a", input, &WriteOptions::default()).await.unwrap();
-        assert_eq!(store.rename_by_streaming("s/.staging/a", "s/v2/a").await.unwrap(), bytes.len() as u64);
+        assert_eq!(
+            brcore::store::rename_by_streaming(&store, "s/.staging/a", "s/v2/a").await.unwrap(),
+            bytes.len() as u64
+        );
         let chunks: Vec<bytes::Bytes> = store.read("s/v2/a", None).await.unwrap().try_collect().await.unwrap();
         let back = chunks.concat();
         assert!(back == bytes, "streamed rename changed the object");
