@@ -12,11 +12,6 @@ use brcore::store::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions}
 use bytes::Bytes;
 use futures::StreamExt;
 
-fn testdata() -> PathBuf {
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
-    if beside.is_dir() { beside } else { PathBuf::from("/work/shared/testdata") }
-}
-
 /// A directory as an object store: keys are `/`-separated paths below `root`.
 #[derive(Debug)]
 struct DirStore {
@@ -88,7 +83,7 @@ fn copy_store(name: &str) -> (tempfile::TempDir, DirStore) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("etcd-main/v2");
     fs::create_dir_all(&dst).unwrap();
-    for entry in fs::read_dir(testdata().join(name).join("store/v2")).unwrap() {
+    for entry in fs::read_dir(testsupport::go_testdata().join(name).join("store/v2")).unwrap() {
         let path = entry.unwrap().path();
         fs::copy(&path, dst.join(path.file_name().unwrap())).unwrap();
     }
@@ -103,7 +98,7 @@ fn last_revs(c: &Chain) -> Vec<u64> {
 #[tokio::test]
 async fn latest_chain_of_each_real_store() {
     for (name, deltas) in [("etcdbrctl-0.28.4-etcd-3.4.23", 10), ("etcdbrctl-0.43.0-etcd-3.5.30", 9)] {
-        let store = DirStore { root: testdata().join(name) };
+        let store = DirStore { root: testsupport::go_testdata().join(name) };
         let chain = list_chain(&store, "store", Target::Latest).await.unwrap();
         assert!(chain.full.key.starts_with("store/v2/Full-00000000-00000166-"), "{}", chain.full.key);
         assert_eq!(chain.deltas.len(), deltas, "{name}");
@@ -113,7 +108,7 @@ async fn latest_chain_of_each_real_store() {
         for (i, d) in chain.deltas.iter().enumerate() {
             assert_eq!(d.name.start_revision, chain.covered_before(i) + 1, "continuous by name");
         }
-        let on_disk: u64 = fs::read_dir(testdata().join(name).join("store/v2"))
+        let on_disk: u64 = fs::read_dir(testsupport::go_testdata().join(name).join("store/v2"))
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
@@ -125,7 +120,7 @@ async fn latest_chain_of_each_real_store() {
 
 #[tokio::test]
 async fn point_in_time_chains_of_a_real_store() {
-    let store = DirStore { root: testdata().join("etcdbrctl-0.28.4-etcd-3.4.23") };
+    let store = DirStore { root: testsupport::go_testdata().join("etcdbrctl-0.28.4-etcd-3.4.23") };
     // The mid revision of the test data (269) lies in Incr-00000265-00000269.
     let chain = list_chain(&store, "store", Target::Revision(269)).await.unwrap();
     assert_eq!(last_revs(&chain), [168, 200, 235, 264, 269]);

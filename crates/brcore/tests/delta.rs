@@ -13,15 +13,10 @@ use brcore::delta::{self, Event, EventKind};
 use brcore::error::Error;
 use brcore::name::{Snapshot, SnapshotKind};
 
-fn testdata() -> PathBuf {
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
-    if beside.is_dir() { beside } else { PathBuf::from("/work/shared/testdata") }
-}
-
-/// Every store under the shared test data, with its objects parsed and sorted.
+/// Every store under the Go-made test data, with its objects parsed and sorted.
 fn stores() -> Vec<(PathBuf, Vec<(Snapshot, PathBuf)>)> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(testdata()).unwrap() {
+    for entry in fs::read_dir(testsupport::go_testdata()).unwrap() {
         let dir = entry.unwrap().path();
         let v2 = dir.join("store/v2");
         if !v2.is_dir() {
@@ -39,7 +34,7 @@ fn stores() -> Vec<(PathBuf, Vec<(Snapshot, PathBuf)>)> {
         objects.sort_by(|a, b| Snapshot::reference_order(&a.0, &b.0));
         out.push((dir, objects));
     }
-    assert!(out.len() >= 2, "expected both etcdbrctl stores under {}", testdata().display());
+    assert!(out.len() >= 2, "expected both etcdbrctl stores under {}", testsupport::go_testdata().display());
     out
 }
 

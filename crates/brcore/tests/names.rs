@@ -2,14 +2,8 @@
 //! generated names in every shape the reference can produce.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use brcore::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
-
-fn testdata() -> PathBuf {
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
-    if beside.is_dir() { beside } else { PathBuf::from("/work/shared/testdata") }
-}
 
 /// A small deterministic generator (64-bit LCG), so failures reproduce.
 struct Lcg(u64);
@@ -33,7 +27,7 @@ impl Lcg {
 #[test]
 fn every_real_object_name_parses_and_prints_back_identically() {
     let mut seen = 0;
-    for store in fs::read_dir(testdata()).unwrap() {
+    for store in fs::read_dir(testsupport::go_testdata()).unwrap() {
         let v2 = store.unwrap().path().join("store/v2");
         if !v2.is_dir() {
             continue;
@@ -59,7 +53,7 @@ fn every_real_object_name_parses_and_prints_back_identically() {
             seen += 1;
         }
     }
-    assert!(seen >= 21, "only {seen} objects found under {}", testdata().display());
+    assert!(seen >= 21, "only {seen} objects found under {}", testsupport::go_testdata().display());
 }
 
 #[test]

@@ -23,7 +23,7 @@ use brcore::{Snapstore, WriteOptions};
 use etcd_client::{Client, CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
 use sha2::{Digest, Sha256};
 use support::*;
-use testsupport::{Etcd, EtcdVersion, free_port, shared_testdata};
+use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 use tokio::sync::oneshot;
 
 const PREFIX: &str = "etcd-main";
@@ -386,7 +386,7 @@ async fn full_snapshots_are_named_after_the_db_revision_on_both_versions() {
 #[test]
 fn the_reference_full_snapshots_scan_to_their_names() {
     for store in ["etcdbrctl-0.28.4-etcd-3.4.23", "etcdbrctl-0.43.0-etcd-3.5.30"] {
-        let dir = shared_testdata().join(store).join("store/v2");
+        let dir = go_testdata().join(store).join("store/v2");
         let full = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())

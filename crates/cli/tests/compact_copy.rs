@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use testsupport::{Etcd, EtcdVersion, free_port, shared_testdata};
+use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 
 const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 
@@ -21,7 +21,7 @@ fn etcdbrctl(args: &[&str]) -> Output {
 }
 
 fn copy_store(dest: &Path) {
-    let src = shared_testdata().join(STORE_34).join("store/v2");
+    let src = go_testdata().join(STORE_34).join("store/v2");
     fs::create_dir_all(dest.join("v2")).unwrap();
     for e in fs::read_dir(src).unwrap() {
         let e = e.unwrap();
@@ -64,7 +64,7 @@ fn restored_hashkv(container: &Path, prefix: &str, rev: i64) -> u32 {
 
 fn expected_final_hash() -> u32 {
     let v: serde_json::Value =
-        serde_json::from_slice(&fs::read(shared_testdata().join(STORE_34).join("hashkv-final.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(go_testdata().join(STORE_34).join("hashkv-final.json")).unwrap()).unwrap();
     v[0]["HashKV"]["hash"].as_u64().unwrap() as u32
 }
 
@@ -95,7 +95,7 @@ fn compact_folds_the_chain_into_one_full_snapshot_that_restores_bit_exact() {
 #[test]
 fn copy_moves_backup_sets_between_stores_and_skips_what_is_there() {
     let tmp = tempfile::tempdir().unwrap();
-    let source: PathBuf = shared_testdata().join(STORE_34).join("store");
+    let source: PathBuf = go_testdata().join(STORE_34).join("store");
     let dest = tmp.path().join("dest");
     let args = [
         "copy",

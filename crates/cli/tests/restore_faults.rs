@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use testsupport::shared_testdata;
+use testsupport::go_testdata;
 
 const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 
@@ -14,7 +14,7 @@ const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 fn copy_store(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let container = tmp.path().join("store");
-    let src = shared_testdata().join(name).join("store");
+    let src = go_testdata().join(name).join("store");
     fs::create_dir_all(container.join("v2")).unwrap();
     for entry in fs::read_dir(src.join("v2")).unwrap() {
         let entry = entry.unwrap();
@@ -177,7 +177,7 @@ fn uncompressed_store() -> (tempfile::TempDir, PathBuf) {
     let (tmp, container) = copy_store(STORE_34);
     let gz = objects(&container, "Full")[0].clone();
     let name = gz.file_name().unwrap().to_string_lossy().trim_end_matches(".gz").to_string();
-    testsupport::shared_full_snapshot(STORE_34, &container.join("v2").join(name));
+    testsupport::go_full_snapshot(STORE_34, &container.join("v2").join(name));
     fs::remove_file(gz).unwrap();
     (tmp, container)
 }

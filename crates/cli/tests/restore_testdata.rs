@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use testsupport::{Etcd, EtcdVersion, free_port, shared_testdata};
+use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 
 const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
@@ -16,7 +16,7 @@ fn etcdbrctl(args: &[&str]) -> Output {
 
 /// Restores `store` (a testdata folder) into `data_dir` for member `n1` on `peer_port`.
 fn restore(store: &str, data_dir: &Path, peer_port: u16, extra: &[&str]) -> Output {
-    let container = shared_testdata().join(store).join("store");
+    let container = go_testdata().join(store).join("store");
     let peer = format!("http://127.0.0.1:{peer_port}");
     let mut args = vec![
         "restore",
@@ -52,7 +52,7 @@ fn json_file(path: PathBuf) -> Value {
 /// Boots the restored dir on `version` and checks keys and hashkv at `rev` against the files.
 fn judge(version: EtcdVersion, data_dir: &Path, peer_port: u16, store: &str, which: &str, rev: i64) {
     let etcd = Etcd::start_on(version, data_dir, "n1", peer_port, free_port());
-    let expected = json_file(shared_testdata().join(store).join(format!("expected-{which}.json")));
+    let expected = json_file(go_testdata().join(store).join(format!("expected-{which}.json")));
     let (kvs, header_rev) = etcd.get_all(rev);
     let want = expected["kvs"].as_array().expect("kvs");
     assert_eq!(kvs.len(), want.len(), "{version:?} {store} {which}: key count");
@@ -60,7 +60,7 @@ fn judge(version: EtcdVersion, data_dir: &Path, peer_port: u16, store: &str, whi
         assert_eq!(got, want, "{version:?} {store} {which}: key differs");
     }
     assert_eq!(header_rev, rev, "{version:?}: the restored cluster's current revision");
-    let hashkv = json_file(shared_testdata().join(store).join(format!("hashkv-{which}.json")));
+    let hashkv = json_file(go_testdata().join(store).join(format!("hashkv-{which}.json")));
     let (hash, compact, _) = etcd.hashkv(rev);
     assert_eq!(hash as u64, hashkv[0]["HashKV"]["hash"].as_u64().unwrap(), "{version:?} {store} {which}: hashkv");
     assert_eq!(compact, hashkv[0]["HashKV"]["compact_revision"].as_i64().unwrap());
@@ -70,7 +70,7 @@ fn judge(version: EtcdVersion, data_dir: &Path, peer_port: u16, store: &str, whi
 }
 
 fn meta(store: &str) -> (i64, i64) {
-    let m = json_file(shared_testdata().join(store).join("meta.json"));
+    let m = json_file(go_testdata().join(store).join("meta.json"));
     (m["final_revision"].as_i64().unwrap(), m["mid_revision"].as_i64().unwrap())
 }
 
@@ -131,7 +131,7 @@ fn restored_lease_granted_after_the_full_snapshot_keeps_its_key_attached() {
 #[test]
 fn three_member_restore_forms_a_healthy_cluster_with_identical_hashes() {
     let (final_rev, _) = meta(STORE_34);
-    let container = shared_testdata().join(STORE_34).join("store");
+    let container = go_testdata().join(STORE_34).join("store");
     let tmp = tempfile::tempdir().unwrap();
     let names = ["m1", "m2", "m3"];
     let peers: Vec<u16> = names.iter().map(|_| free_port()).collect();
@@ -163,7 +163,7 @@ fn three_member_restore_forms_a_healthy_cluster_with_identical_hashes() {
         (0..3).map(|i| (dirs[i].as_path(), names[i], peers[i], clients[i])).collect();
     let etcds = Etcd::start_cluster(EtcdVersion::V3_5, &members);
     let expected =
-        json_file(shared_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
+        json_file(go_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
     for etcd in &etcds {
         let (hash, _, _) = etcd.hashkv(final_rev);
         assert_eq!(hash as u64, expected, "member {} serves different data", etcd.name());
@@ -186,7 +186,7 @@ fn dry_run_verifies_the_chain_reports_the_hash_and_writes_nothing() {
     expect_ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let expected =
-        json_file(shared_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
+        json_file(go_testdata().join(STORE_34).join("hashkv-final.json"))[0]["HashKV"]["hash"].as_u64().unwrap();
     assert!(stdout.contains(&format!("hashkv at revision 338: {expected}")), "{stdout}");
     assert!(!data_dir.exists(), "a dry run wrote a data dir");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a dry run left files behind");
@@ -194,7 +194,7 @@ fn dry_run_verifies_the_chain_reports_the_hash_and_writes_nothing() {
 
 /// Every (revision, event time in unix seconds) of the store's deltas.
 fn event_times(store: &str) -> Vec<(i64, i64)> {
-    let dir = shared_testdata().join(store).join("store/v2");
+    let dir = go_testdata().join(store).join("store/v2");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -254,7 +254,7 @@ fn bump_revision_mark_compacted_boots_at_the_bumped_revision_with_the_same_keys(
         let etcd = Etcd::start_on(version, &data_dir, "n1", peer, free_port());
         assert_eq!(etcd.revision(), final_rev + 1000, "{version:?}");
         let (kvs, _) = etcd.get_all(0);
-        let expected = json_file(shared_testdata().join(STORE_34).join("expected-final.json"));
+        let expected = json_file(go_testdata().join(STORE_34).join("expected-final.json"));
         assert_eq!(&kvs, expected["kvs"].as_array().unwrap(), "{version:?}: keys after the bump");
         let (_, compact, _) = etcd.hashkv(0);
         assert_eq!(compact, final_rev + 1000, "{version:?}: watchers must see everything before as compacted");

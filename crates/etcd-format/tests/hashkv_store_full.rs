@@ -17,7 +17,7 @@ use testsupport::{Etcd, EtcdVersion, free_port};
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    testsupport::shared_full_snapshot(store, &dir.join("full.db"))
+    testsupport::go_full_snapshot(store, &dir.join("full.db"))
 }
 
 fn restore_and_boot(version: EtcdVersion, snapshot: &Path, dir: &Path, skip_hash_check: bool) -> Etcd {

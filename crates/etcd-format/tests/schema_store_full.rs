@@ -11,7 +11,7 @@ use etcd_format::mvcc::{self, KeyValue, LEASE_BUCKET, Revision};
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    testsupport::shared_full_snapshot(store, &dir.join(format!("{store}.db")))
+    testsupport::go_full_snapshot(store, &dir.join(format!("{store}.db")))
 }
 
 /// Every entry of the `key` bucket re-encodes to the bytes etcd wrote, and obeys etcd's

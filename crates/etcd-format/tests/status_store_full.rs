@@ -12,7 +12,7 @@ const STORES: [&str; 2] = ["etcdbrctl-0.28.4-etcd-3.4.23", "etcdbrctl-0.43.0-etc
 
 /// The store's Full snapshot, decompressed into `dir`.
 fn gunzip_full(store: &str, dir: &Path) -> PathBuf {
-    testsupport::shared_full_snapshot(store, &dir.join(format!("{store}.db")))
+    testsupport::go_full_snapshot(store, &dir.join(format!("{store}.db")))
 }
 
 fn etcd_snapshot_status(version: EtcdVersion, file: &Path) -> serde_json::Value {

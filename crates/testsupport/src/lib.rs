@@ -69,20 +69,21 @@ pub fn port_range() -> (u16, u16) {
     if ephemeral_start >= 20000 { (10000, ephemeral_start) } else { (20000, 50000) }
 }
 
-/// The folder of the shared test data (`../shared/testdata` beside the repository).
-pub fn shared_testdata() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata");
+/// The folder of the test stores written by the Go etcdbrctl (`testdata/` at the repository's
+/// root; its README says how they were made).
+pub fn go_testdata() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
     if !root.is_dir() {
-        panic!("shared test data not found at {}: the repository must sit beside shared/", root.display());
+        panic!("test data not found at {}: the repository's testdata/ folder is missing", root.display());
     }
     root.canonicalize().expect("canonical testdata path")
 }
 
-/// Decompresses the Full snapshot of the shared test store `store` (a folder of
-/// [`shared_testdata`]) into the file `out` (etcd's snapshot format: the db and its sha256), and
+/// Decompresses the Full snapshot of the Go-made test store `store` (a folder of
+/// [`go_testdata`]) into the file `out` (etcd's snapshot format: the db and its sha256), and
 /// returns `out`.
-pub fn shared_full_snapshot(store: &str, out: &std::path::Path) -> PathBuf {
-    let folder = shared_testdata().join(store).join("store/v2");
+pub fn go_full_snapshot(store: &str, out: &std::path::Path) -> PathBuf {
+    let folder = go_testdata().join(store).join("store/v2");
     let full = std::fs::read_dir(&folder)
         .expect("read the test store")
         .map(|e| e.expect("test store entry").path())

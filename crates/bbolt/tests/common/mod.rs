@@ -8,7 +8,7 @@ use bbolt::{Bucket, Db, Entry};
 
 /// The Full snapshots the real Go etcdbrctl wrote, one per etcd version.
 pub fn full_snapshots() -> Vec<PathBuf> {
-    let root = testsupport::shared_testdata();
+    let root = testsupport::go_testdata();
     let mut out = Vec::new();
     for dir in ["etcdbrctl-0.28.4-etcd-3.4.23", "etcdbrctl-0.43.0-etcd-3.5.30"] {
         let store = root.join(dir).join("store/v2");
