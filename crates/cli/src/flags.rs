@@ -40,7 +40,9 @@ pub enum Command {
 /// Where backups live (`--storage-provider` and friends).
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Object store: Local (default), S3, ABS, GCS, Swift, OSS, ECS, OCS.
+    /// Object store: Local, S3, ABS, GCS, Swift, OSS, ECS, OCS. Required by restore, snapshot,
+    /// compact and copy; initialize and server without it use no store, and then refuse
+    /// --store-container and --store-prefix.
     #[arg(long, default_value = "", value_parser = provider_name)]
     pub storage_provider: String,
     /// Bucket / container; for Local a directory (relative ones live under $HOME).
@@ -61,6 +63,62 @@ pub struct StoreArgs {
     /// Temp directory for store transfers.
     #[arg(long, default_value = "/tmp")]
     pub snapstore_temp_directory: PathBuf,
+}
+
+impl StoreArgs {
+    /// Whether a store is configured: `--storage-provider` is given.
+    pub fn has_provider(&self) -> bool {
+        !self.storage_provider.trim().is_empty()
+    }
+
+    /// Every command reads an empty `--storage-provider` the same way: no store. A container
+    /// (flag or `STORAGE_CONTAINER`) or a prefix without a provider would be silently ignored,
+    /// so it is refused; so is a command that needs a store (`store_required`) without one.
+    /// Returns the message for a usage error (exit 2).
+    pub fn check(&self, command: &str, store_required: bool) -> Result<(), String> {
+        if self.has_provider() {
+            return Ok(());
+        }
+        let mut given = Vec::new();
+        if self.store_container.as_deref().is_some_and(|c| !c.trim().is_empty()) {
+            given.push("--store-container (or STORAGE_CONTAINER)");
+        }
+        if !self.store_prefix.trim().is_empty() {
+            given.push("--store-prefix");
+        }
+        if !given.is_empty() {
+            return Err(format!(
+                "{} given without --storage-provider: name the store's provider (--storage-provider \
+                 Local, S3, ABS, GCS, Swift, OSS, ECS or OCS); without one `{command}` would use \
+                 no store and ignore {}",
+                given.join(" and "),
+                if given.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        if store_required {
+            return Err(format!(
+                "`{command}` needs a store: the missing flag is --storage-provider (Local, S3, ABS, GCS, \
+                 Swift, OSS, ECS or OCS), with --store-container and --store-prefix"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    /// Checks the store flags of the sub-command before anything runs (see
+    /// [`StoreArgs::check`]); the error is a usage error.
+    pub fn check_store_flags(&self) -> Result<(), String> {
+        match self {
+            Command::Restore(a) => a.store.check("restore", true),
+            Command::Db(_) => Ok(()),
+            Command::Initialize(a) => a.restore.store.check("initialize", false),
+            Command::Snapshot(a) => a.store.check("snapshot", true),
+            Command::Server(a) => a.snapshot.store.check("server", false),
+            Command::Compact(a) => a.store.check("compact", true),
+            Command::Copy(a) => a.store.check("copy", true),
+        }
+    }
 }
 
 /// The member(s) a restore creates and how it reads the backups: the reference's restoration

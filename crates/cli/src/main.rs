@@ -15,6 +15,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     malloc::tune();
     let cli = flags::Cli::parse();
+    if let Err(msg) = cli.command.check_store_flags() {
+        use clap::CommandFactory;
+        flags::Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit();
+    }
     init_logging(&cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -45,6 +45,8 @@ fn restored_hashkv(container: &Path, prefix: &str, rev: i64) -> u32 {
     let cluster = format!("n1={peer_url}");
     etcdbrctl(&[
         "restore",
+        "--storage-provider",
+        "Local",
         "--store-container",
         container.to_str().unwrap(),
         "--store-prefix",
@@ -76,6 +78,8 @@ fn compact_folds_the_chain_into_one_full_snapshot_that_restores_bit_exact() {
     let before = names(&container.join("v2"));
     let out = etcdbrctl(&[
         "compact",
+        "--storage-provider",
+        "Local",
         "--store-container",
         container.to_str().unwrap(),
         "--restoration-temp-snapshots-dir",
@@ -99,6 +103,8 @@ fn copy_moves_backup_sets_between_stores_and_skips_what_is_there() {
     let dest = tmp.path().join("dest");
     let args = [
         "copy",
+        "--storage-provider",
+        "Local",
         "--store-container",
         dest.to_str().unwrap(),
         "--store-prefix",

@@ -45,7 +45,13 @@ fn a_large_gzipped_full_snapshot_restores_bit_exact_through_ranged_reads() {
     let peer = free_port();
     let peer_url = format!("http://127.0.0.1:{peer}");
     let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(["restore", "--store-container", tmp.path().join("store").to_str().unwrap()])
+        .args([
+            "restore",
+            "--storage-provider",
+            "Local",
+            "--store-container",
+            tmp.path().join("store").to_str().unwrap(),
+        ])
         .args(["--data-dir", data.to_str().unwrap(), "--name", "n1"])
         .args(["--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls", &peer_url])
         .output()

@@ -64,7 +64,7 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
     };
     // As in the reference's initializer, no provider means no store: the data dir is kept if
     // valid, and otherwise etcd starts fresh. So does a store without backups.
-    let initializer = if args.restore.store.storage_provider.trim().is_empty() {
+    let initializer = if !args.restore.store.has_provider() {
         Initializer::without_store()
     } else {
         let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;

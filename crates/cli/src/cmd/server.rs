@@ -188,7 +188,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     };
     let etcd = Arc::new(EtcdClient::new(snap.etcd.clone()));
     let metrics = brcore::metrics::metrics().clone();
-    let (initializer, control, snapshotting) = if args.snapshot.store.storage_provider.trim().is_empty() {
+    let (initializer, control, snapshotting) = if !args.snapshot.store.has_provider() {
         (Initializer::without_store(), None, None)
     } else {
         let store = snapstore::open(&store_config(&args.snapshot.store)).context("cannot open the backup store")?;
