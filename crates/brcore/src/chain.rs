@@ -56,6 +56,18 @@ pub struct Chain {
     pub redundant: Vec<Snapshot>,
 }
 
+/// One delta of [`Chain::fetch_order`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchItem {
+    /// The delta.
+    pub snapshot: Snapshot,
+    /// The revision up to which the full snapshot (by name) and the deltas before it cover every
+    /// event: its events at or below it repeat revisions already held, and are compared.
+    pub covered_before: u64,
+    /// Whether its new events are applied (false: a redundant delta, only compared).
+    pub apply: bool,
+}
+
 impl Chain {
     /// Selects the chain for `target` from a store listing (any keys; only snapshots under
     /// `<prefix>/v2/` and `<prefix>/v1/` count, chunks never do).
@@ -166,6 +178,45 @@ impl Chain {
     pub fn covered_before(&self, i: usize) -> u64 {
         assert!(i < self.deltas.len(), "delta index {i} out of range");
         if i == 0 { self.full.name.last_revision } else { self.deltas[i - 1].name.last_revision }
+    }
+
+    /// Every delta to fetch, in the order they are read: the deltas to apply and the redundant
+    /// ones (which are fetched only to be compared with the objects that cover them), by
+    /// [`Snapshot::reference_order`], each with the revision up to which the objects before it
+    /// cover every event.
+    pub fn fetch_order(&self) -> Vec<FetchItem> {
+        let mut items: Vec<(&Snapshot, bool)> =
+            self.deltas.iter().map(|d| (d, true)).chain(self.redundant.iter().map(|d| (d, false))).collect();
+        items.sort_by(|a, b| Snapshot::reference_order(a.0, b.0));
+        let mut covered = self.full.name.last_revision;
+        items
+            .into_iter()
+            .map(|(snapshot, apply)| {
+                let item = FetchItem { snapshot: snapshot.clone(), covered_before: covered, apply };
+                if apply {
+                    covered = covered.max(snapshot.name.last_revision);
+                }
+                item
+            })
+            .collect()
+    }
+
+    /// The objects a restore of this chain leaves out although they hold revisions after its
+    /// full snapshot, each with the reason, for summaries and logs.
+    pub fn left_out(&self) -> Vec<(String, String)> {
+        self.redundant
+            .iter()
+            .map(|s| {
+                (
+                    s.key.clone(),
+                    format!(
+                        "every revision it holds ({}..={}) is held by earlier objects of the chain, and its events \
+                         for them are equal to theirs",
+                        s.name.start_revision, s.name.last_revision
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// The last revision the chain reaches, by name.

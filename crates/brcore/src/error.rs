@@ -41,6 +41,24 @@ pub enum Error {
         /// What exactly is wrong with it.
         why: String,
     },
+    /// Two objects of one history cover the same revision and hold different events for it: at
+    /// most one of them is right, and nothing tells which.
+    #[error(
+        "{first} and {second} both hold revision {revision} but disagree: {detail}; two writers stored \
+         different histories under one prefix. Restore to a revision before {revision} \
+         (--to-revision {}), or move the object that does not belong out of the prefix",
+        revision - 1
+    )]
+    Conflict {
+        /// The object read first (the full snapshot, or the earlier delta).
+        first: String,
+        /// The object that repeats the revision differently.
+        second: String,
+        /// The first revision where they differ.
+        revision: i64,
+        /// How they differ.
+        detail: String,
+    },
     /// The object store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod gc;
 pub mod metrics;
 pub mod name;
+pub mod overlap;
 pub mod rebuild;
 pub mod restore;
 pub mod snapshotter;

@@ -29,6 +29,7 @@ use crate::compress;
 use crate::delta::{self, Event};
 use crate::error::Error;
 use crate::name::{Compression, Snapshot};
+use crate::overlap::{FullRepeats, OverlapCheck};
 use crate::rebuild::{self, LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::store::{Snapstore, StoreError};
 use etcd_format::membership::Cluster;
@@ -71,6 +72,9 @@ pub struct RestoreReport {
     pub full: String,
     /// The deltas applied, in order.
     pub deltas: Vec<String>,
+    /// Objects left out although they hold revisions after the full snapshot, each with the
+    /// reason (see [`Chain::left_out`]).
+    pub left_out: Vec<(String, String)>,
     /// The rebuild's numbers (revision, keys, events).
     pub stats: RebuildStats,
     /// Bytes read from the store.
@@ -162,6 +166,9 @@ async fn restore(
     let result = build(store, plan, &chain, &part, progress).await;
     match result {
         Ok(mut report) => {
+            for (key, why) in &report.left_out {
+                info!(object = %key, "left out: {why}");
+            }
             if plan.dry_run {
                 fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
             } else {
@@ -304,6 +311,7 @@ async fn build(
     Ok(RestoreReport {
         full: chain.full.key.clone(),
         deltas: chain.deltas.iter().map(|d| d.key.clone()).collect(),
+        left_out: chain.left_out(),
         stats,
         bytes_fetched: fetched,
         db_size,
@@ -393,31 +401,31 @@ pub async fn rebuild_chain(
 
     // Deltas: fetched and decoded in parallel, handed to the writer in order through a
     // bounded channel, so memory is bounded by the fetch window, not by the chain.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Event>, Error>>(fetch.max_fetchers.max(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(String, Vec<Event>), Error>>(fetch.max_fetchers.max(1));
     let fetch_store = store.clone();
-    // Events of delta i at or below what the objects before it cover are repeats: two
-    // deltas that overlap (two leaders uploading, the reference's #1043) must not apply twice.
-    let deltas: Vec<(Snapshot, i64)> =
-        chain.deltas.iter().enumerate().map(|(i, d)| (d.clone(), chain.covered_before(i) as i64)).collect();
+    // Deltas that repeat revisions (two leaders uploading, the reference's #1043, or the same
+    // range stored twice) are compared where they overlap, and each revision is applied once.
+    let mut check = OverlapCheck::new(chain);
+    let items: Vec<Snapshot> = check.items().iter().map(|i| i.snapshot.clone()).collect();
     let fetchers = fetch.max_fetchers.max(1);
     let fetch_progress = progress.clone();
     let fetch_task = tokio::spawn(async move {
         let mut fetched = 0u64;
-        let mut stream = futures::stream::iter(deltas)
-            .map(|(snap, covered)| {
+        let mut stream = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(i, snap)| {
                 let store = fetch_store.clone();
                 async move {
-                    let (mut events, n) = fetch_delta(store.as_ref(), &snap).await?;
-                    events.retain(|e| e.mod_revision > covered);
-                    Ok::<_, Error>((snap, events, n))
+                    let (events, n) = fetch_delta(store.as_ref(), &snap).await?;
+                    Ok::<_, Error>((i, snap, events, n))
                 }
             })
             .buffered(fetchers);
         while let Some(item) = stream.next().await {
-            let item = item.map(|(snap, events, n)| {
+            let item = item.and_then(|(i, snap, events, n)| {
                 fetched += n;
+                let events = check.accept(i, events)?;
                 fetch_progress.delta_applied(&snap.name.to_string(), events.len());
-                events
+                Ok((snap.key, events))
             });
             let failed = item.is_err();
             // The writer hung up: it failed and reports its own error.
@@ -449,13 +457,16 @@ pub async fn rebuild_chain(
     // bbolt reads only up to the db's high-water mark, so the trailer after it is ignored.
     let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
     let db_out = db_path.to_path_buf();
+    let full_key = chain.full.key.clone();
     let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
         let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
         let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
         set_private(&db_out)?;
+        // Events that repeat the full snapshot's content are compared with its db.
+        let mut repeats = FullRepeats::new(&full_key, &source)?;
         let batches = std::iter::from_fn(move || rx.blocking_recv());
         let events = batches.flat_map(|batch| -> Box<dyn Iterator<Item = Result<Event, Error>> + Send> {
-            match batch {
+            match batch.and_then(|(key, events)| repeats.check(&key, &events).map(|()| events)) {
                 Ok(events) => Box::new(events.into_iter().map(Ok)),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             }

@@ -204,7 +204,7 @@ fn error_class(e: &Error) -> &'static str {
     match e {
         Error::Etcd { .. } => "etcd",
         Error::Store(_) => "store",
-        Error::Corrupt { .. } => "corrupt",
+        Error::Corrupt { .. } | Error::Conflict { .. } => "corrupt",
         Error::Io { .. } => "io",
         _ => "other",
     }

@@ -55,7 +55,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 fn brcore_exit_code(err: &brcore::error::Error) -> u8 {
     use brcore::error::Error;
     match err {
-        Error::Corrupt { .. } | Error::Gap { .. } => EXIT_CORRUPT,
+        Error::Corrupt { .. } | Error::Gap { .. } | Error::Conflict { .. } => EXIT_CORRUPT,
         Error::Refused { .. } => EXIT_REFUSED,
         Error::NotFound { .. } => EXIT_NO_BACKUP,
         Error::Store(_) | Error::Etcd { .. } => EXIT_UNAVAILABLE,

@@ -110,6 +110,9 @@ fn print_summary(report: &RestoreReport, dry_run: bool) {
         report.bytes_fetched as f64 / 1e6 / secs,
         s.revisions_applied as f64 / secs
     );
+    for (key, why) in &report.left_out {
+        println!("left out {key}: {why}");
+    }
     if let Some(hash) = report.hashkv {
         println!("hashkv at revision {}: {hash} (compare: etcdctl endpoint hashkv --rev {})", s.revision, s.revision);
     }
