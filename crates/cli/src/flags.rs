@@ -1,15 +1,17 @@
 //! Command-line flags, spelled and defaulted as the Go etcdbrctl spells them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// etcd backup and restore: snapshots to an object store, offline restore, data-dir validation.
 #[derive(Debug, Parser)]
 #[command(name = "etcdbrctl", version, about, long_about = None)]
 pub struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing filter); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level: logrus' numbers as the Go tool takes them (0 panic, 1 fatal, 2 error, 3 warn,
+    /// 4 info, 5 debug, 6 trace), their names, or a tracing filter; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_parser = crate::pflag::log_level)]
     pub log_level: String,
 
     /// What to do.
@@ -118,6 +120,62 @@ impl Command {
             Command::Compact(a) => a.store.check("compact", true),
             Command::Copy(a) => a.store.check("copy", true),
         }
+    }
+}
+
+/// The Go tool's snapshot-Lease flags (its `HealthConfig` on `server`, `CompactorConfig` on
+/// `compact`): Kubernetes Leases whose `holderIdentity` carries the latest full and delta
+/// snapshot revisions, which etcd-druid reads to report backups and schedule compaction.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotLeaseArgs {
+    /// Renew the full- and delta-snapshot Leases after each snapshot (`compact`: the
+    /// full-snapshot Lease after the compacted snapshot is stored).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub enable_snapshot_lease_renewal: bool,
+    /// Name of the full-snapshot Lease (in `$POD_NAMESPACE`).
+    #[arg(long, default_value = "full-snapshot-revisions")]
+    pub full_snapshot_lease_name: String,
+    /// Name of the delta-snapshot Lease (in `$POD_NAMESPACE`).
+    #[arg(long, default_value = "delta-snapshot-revisions")]
+    pub delta_snapshot_lease_name: String,
+}
+
+impl SnapshotLeaseArgs {
+    /// The Go tool's checks: with renewal on, both Lease names are needed.
+    pub fn check(&self) -> Result<(), String> {
+        if self.enable_snapshot_lease_renewal {
+            if self.full_snapshot_lease_name.trim().is_empty() {
+                return Err("--full-snapshot-lease-name must not be empty with --enable-snapshot-lease-renewal".into());
+            }
+            if self.delta_snapshot_lease_name.trim().is_empty() {
+                return Err("--delta-snapshot-lease-name must not be empty with --enable-snapshot-lease-renewal".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Go tool's member-Lease flags (`server`): a Lease named `$POD_NAME` whose
+/// `holderIdentity` says this member's id, cluster id and role, renewed on a heartbeat.
+#[derive(Debug, Clone, Args)]
+pub struct MemberLeaseArgs {
+    /// Renew this member's Lease (`$POD_NAME` in `$POD_NAMESPACE`) every --k8s-heartbeat-duration.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub enable_member_lease_renewal: bool,
+    /// How often the member Lease is renewed; must be positive.
+    #[arg(long, default_value = "30s", value_parser = crate::pflag::go_duration)]
+    pub k8s_heartbeat_duration: Duration,
+}
+
+impl MemberLeaseArgs {
+    /// The Go tool's check: the heartbeat must be positive (checked whether or not renewal is on).
+    pub fn check(&self) -> Result<(), String> {
+        if self.k8s_heartbeat_duration.is_zero() {
+            return Err("--k8s-heartbeat-duration must be greater than zero".into());
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 mod cmd;
 mod flags;
 mod malloc;
+mod pflag;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@ use brcore::rebuild::LeasePolicy;
 use clap::Args;
 
 use super::store_config;
-use crate::flags::StoreArgs;
+use crate::flags::{SnapshotLeaseArgs, StoreArgs};
 
 /// `etcdbrctl compact`.
 #[derive(Debug, Args)]
@@ -42,9 +42,14 @@ pub struct CompactArgs {
     /// Accepted for compatibility with the Go etcdbrctl (no etcd runs here).
     #[arg(long, hide = true)]
     pub etcd_defrag_timeout: Option<String>,
+    /// The snapshot Leases (Kubernetes): with renewal on, the full-snapshot Lease is renewed
+    /// once the compacted snapshot is stored.
+    #[command(flatten)]
+    pub snapshot_leases: SnapshotLeaseArgs,
 }
 
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
+    args.snapshot_leases.check().map_err(anyhow::Error::msg)?;
     let compression = match (args.compress_snapshots, args.compression_policy.as_deref()) {
         (Some(false), _) => Some(Compression::None),
         (_, Some(policy)) => Some(

@@ -40,7 +40,7 @@ use validator::{InitOptions, Initializer, Mode};
 use super::initialize::ValidationMode;
 use super::snapshot::{SnapshotArgs, SnapshotPlan, parse_go_duration};
 use super::store_config;
-use crate::flags::{RestorationArgs, RestoreArgs};
+use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SnapshotLeaseArgs};
 
 /// How often etcd is asked whether it is up while the snapshotter waits for it.
 const ETCD_POLL: Duration = Duration::from_secs(2);
@@ -103,12 +103,12 @@ pub struct ServerArgs {
     /// Accepted for compatibility with the Go etcdbrctl (multi-member features); unused.
     #[arg(long, hide = true)]
     pub service_endpoints: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl (Kubernetes leases); unused.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_snapshot_lease_renewal: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl (Kubernetes leases); unused.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_member_lease_renewal: Option<String>,
+    /// The full- and delta-snapshot Leases (Kubernetes).
+    #[command(flatten)]
+    pub snapshot_leases: SnapshotLeaseArgs,
+    /// This member's Lease heartbeat (Kubernetes).
+    #[command(flatten)]
+    pub member_lease: MemberLeaseArgs,
 }
 
 /// The bearer token of `--server-auth-token`; its `Debug` output is redacted so printing the
@@ -178,6 +178,8 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     {
         bail!("--reelection-period and --etcd-connection-timeout-leader-election must be at least 1s");
     }
+    args.snapshot_leases.check().map_err(anyhow::Error::msg)?;
+    args.member_lease.check().map_err(anyhow::Error::msg)?;
     let sidecars = SidecarLocator::parse_endpoints(&args.sidecar_endpoints)
         .map_err(|e| anyhow::anyhow!("--sidecar-endpoints: {e}"))?;
     let plan = super::restore::plan(&args.restore_args())?;
@@ -526,6 +528,42 @@ mod tests {
         let s = setup(&a).unwrap();
         assert!(s.elector.is_some() && s.snapshots.is_some(), "a store brings the leader elector");
         assert_eq!(a.reelection_period, Duration::from_secs(5), "the reference's default");
+    }
+
+    /// druid's lease flags parse (as pflag: `=true|false`, a bare flag) with the Go defaults.
+    #[test]
+    fn lease_flags_parse_with_the_go_defaults() {
+        let a = parse(&[]).unwrap();
+        assert!(!a.snapshot_leases.enable_snapshot_lease_renewal);
+        assert_eq!(a.snapshot_leases.full_snapshot_lease_name, "full-snapshot-revisions");
+        assert_eq!(a.snapshot_leases.delta_snapshot_lease_name, "delta-snapshot-revisions");
+        assert!(!a.member_lease.enable_member_lease_renewal);
+        assert_eq!(a.member_lease.k8s_heartbeat_duration, Duration::from_secs(30));
+        let a = parse(&[
+            "--enable-snapshot-lease-renewal=true",
+            "--full-snapshot-lease-name=etcd-main-full-snap",
+            "--delta-snapshot-lease-name=etcd-main-delta-snap",
+            "--enable-member-lease-renewal",
+            "--k8s-heartbeat-duration=10s",
+        ])
+        .unwrap();
+        assert!(a.snapshot_leases.enable_snapshot_lease_renewal && a.member_lease.enable_member_lease_renewal);
+        assert_eq!(a.snapshot_leases.full_snapshot_lease_name, "etcd-main-full-snap");
+        assert_eq!(a.snapshot_leases.delta_snapshot_lease_name, "etcd-main-delta-snap");
+        assert_eq!(a.member_lease.k8s_heartbeat_duration, Duration::from_secs(10));
+        assert!(setup(&a).is_ok());
+        let a = parse(&["--enable-snapshot-lease-renewal=false", "--enable-member-lease-renewal=F"]).unwrap();
+        assert!(!a.snapshot_leases.enable_snapshot_lease_renewal && !a.member_lease.enable_member_lease_renewal);
+        assert!(parse(&["--enable-member-lease-renewal=maybe"]).is_err());
+        for bad in [
+            &["--k8s-heartbeat-duration=0s"][..],
+            &["--k8s-heartbeat-duration=-5s"],
+            &["--enable-snapshot-lease-renewal", "--full-snapshot-lease-name="],
+            &["--enable-snapshot-lease-renewal", "--delta-snapshot-lease-name="],
+        ] {
+            let e = setup(&parse(bad).unwrap()).err().unwrap_or_else(|| panic!("{bad:?} must be refused"));
+            assert!(e.to_string().contains("lease") || e.to_string().contains("heartbeat"), "{e}");
+        }
     }
 
     /// `GET path` over HTTP/1.0: (status code, body).
