@@ -6,17 +6,23 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// etcd backup and restore: snapshots to an object store, offline restore, data-dir validation.
+///
+/// Flags read as the Go tool's (spf13/pflag) read them: the last of a repeated flag wins,
+/// booleans take `--flag`, `--flag=true` or `--flag=false`, durations are Go's (`1m30s`).
 #[derive(Debug, Parser)]
-#[command(name = "etcdbrctl", version, about, long_about = None)]
+#[command(name = "etcdbrctl", version, about, long_about = None, disable_version_flag = true, args_override_self = true)]
 pub struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long, action = ArgAction::Version)]
+    pub version: Option<bool>,
     /// Log level: logrus' numbers as the Go tool takes them (0 panic, 1 fatal, 2 error, 3 warn,
     /// 4 info, 5 debug, 6 trace), their names, or a tracing filter; RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", value_parser = crate::pflag::log_level)]
     pub log_level: String,
 
-    /// What to do.
+    /// What to do (none: print the usage and exit 0, as the Go tool exits 0).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The sub-commands.
@@ -30,7 +36,7 @@ pub enum Command {
     /// Validate the data dir and restore it from the latest backups if it is missing, corrupt or stale.
     Initialize(crate::cmd::initialize::InitializeArgs),
     /// Take full snapshots on a schedule and delta snapshots from a watch until SIGTERM.
-    Snapshot(crate::cmd::snapshot::SnapshotArgs),
+    Snapshot(crate::cmd::snapshot::SnapshotCommand),
     /// Serve the HTTP API (initialization, snapshots on demand, /config, /healthz, /metrics) and run the snapshotter while etcd is up.
     Server(crate::cmd::server::ServerArgs),
     /// Fold the latest full snapshot and its deltas into a new full snapshot in the same store.
@@ -115,7 +121,7 @@ impl Command {
             Command::Restore(a) => a.store.check("restore", true),
             Command::Db(_) => Ok(()),
             Command::Initialize(a) => a.restore.store.check("initialize", false),
-            Command::Snapshot(a) => a.store.check("snapshot", true),
+            Command::Snapshot(a) => a.args.store.check("snapshot", true),
             Command::Server(a) => a.snapshot.store.check("server", false),
             Command::Compact(a) => a.store.check("compact", true),
             Command::Copy(a) => a.store.check("copy", true),
@@ -186,7 +192,9 @@ pub struct RestorationArgs {
     /// The data dir to create; it must not hold `member/`.
     #[arg(short = 'd', long, default_value = "default.etcd")]
     pub data_dir: PathBuf,
-    /// Where the decompressed full snapshot is kept while it is read (default: beside the data dir).
+    /// Where the decompressed full snapshot is kept while it is read (default: inside
+    /// `<data-dir>.part`, on the data dir's file system and removed with it; the Go tool's
+    /// default is `default.restoration.tmp` in the working directory).
     #[arg(long)]
     pub restoration_temp_snapshots_dir: Option<PathBuf>,
     /// The restored member's name.
@@ -202,7 +210,8 @@ pub struct RestorationArgs {
     #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Accept a full snapshot that carries no sha256 trailer.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub skip_hash_check: bool,
     /// Deltas downloaded at once.
     #[arg(long, default_value_t = 6)]
@@ -214,21 +223,22 @@ pub struct RestorationArgs {
     /// (default: the largest TTL in the full snapshot, or 3600).
     #[arg(long)]
     pub lease_ttl: Option<i64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_request_bytes: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_txn_ops: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub max_call_send_message_size: Option<u64>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub auto_compaction_mode: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; the offline restore runs no etcd.
-    #[arg(long, hide = true)]
-    pub auto_compaction_retention: Option<String>,
+    /// No-op: the Go tool's embedded etcd setting; the offline restore starts no etcd.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: u64,
+    /// No-op: the Go tool's embedded etcd setting; the offline restore starts no etcd.
+    #[arg(long, default_value_t = 10240)]
+    pub max_txn_ops: u64,
+    /// No-op: the Go tool's embedded etcd client setting; the offline restore starts no etcd.
+    #[arg(long, default_value_t = 10 * 1024 * 1024, allow_negative_numbers = true)]
+    pub max_call_send_message_size: i64,
+    /// No-op: the Go tool's embedded etcd setting (periodic or revision); the offline restore
+    /// starts no etcd.
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// No-op: the Go tool's embedded etcd setting; the offline restore starts no etcd.
+    #[arg(long, default_value = "30m")]
+    pub auto_compaction_retention: String,
 }
 
 /// `etcdbrctl restore`.
@@ -250,10 +260,12 @@ pub struct RestoreArgs {
     #[arg(long, requires = "mark_compacted")]
     pub bump_revision: Option<i64>,
     /// Schedule a compaction at the bumped revision (required by --bump-revision).
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub mark_compacted: bool,
     /// Fetch and verify the whole chain and print what would be restored; leave no data dir.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub dry_run: bool,
 }
 
@@ -299,4 +311,173 @@ pub enum OutputFormat {
 /// server and initializer read an empty provider as "no store".
 fn provider_name(s: &str) -> Result<String, String> {
     s.parse::<snapstore::Provider>().map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Command, clap::Error> {
+        let mut full = vec!["etcdbrctl"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| c.command.expect("a sub-command"))
+    }
+
+    fn restore(argv: &[&str]) -> RestoreArgs {
+        let mut full = vec!["restore"];
+        full.extend_from_slice(argv);
+        match parse(&full).unwrap() {
+            Command::Restore(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn server(argv: &[&str]) -> crate::cmd::server::ServerArgs {
+        let mut full = vec!["server"];
+        full.extend_from_slice(argv);
+        match parse(&full).unwrap() {
+            Command::Server(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// pflag keeps the last value of a repeated flag; clap would refuse it by default.
+    #[test]
+    fn the_last_of_a_repeated_flag_wins() {
+        let a =
+            restore(&["--store-prefix", "a", "--store-prefix=b", "--name", "x", "--name", "y", "-d", "d1", "-d", "d2"]);
+        assert_eq!(a.store.store_prefix, "b");
+        assert_eq!(a.restoration.name, "y");
+        assert_eq!(a.restoration.data_dir, PathBuf::from("d2"));
+        let a = restore(&["--skip-hash-check", "--skip-hash-check=false"]);
+        assert!(!a.restoration.skip_hash_check);
+        let s = server(&[
+            "--server-port=1",
+            "-p",
+            "2",
+            "--enable-snapshot-lease-renewal=false",
+            "--enable-snapshot-lease-renewal",
+        ]);
+        assert_eq!(s.server_port, 2);
+        assert!(s.snapshot_leases.enable_snapshot_lease_renewal);
+        // List flags (pflag StringSlice and StringArray) accumulate, as pflag's do.
+        let s = server(&["--endpoints", "http://a:2379", "--endpoints=http://b:2379,http://c:2379"]);
+        assert_eq!(s.snapshot.endpoints, ["http://a:2379", "http://b:2379", "http://c:2379"]);
+    }
+
+    /// Every boolean takes `--flag`, `--flag=true|false` and strconv.ParseBool's spellings.
+    #[test]
+    fn every_boolean_takes_pflag_forms() {
+        let cases: &[(&str, &[&str])] = &[
+            ("restore", &["skip-hash-check", "mark-compacted", "dry-run"]),
+            (
+                "initialize",
+                &["skip-hash-check", "delete-invalid-member-dir", "insecure-transport", "insecure-skip-tls-verify"],
+            ),
+            (
+                "server",
+                &[
+                    "skip-hash-check",
+                    "delete-invalid-member-dir",
+                    "compress-snapshots",
+                    "insecure-transport",
+                    "insecure-skip-tls-verify",
+                    "enable-profiling",
+                    "use-etcd-wrapper",
+                    "enable-snapshot-lease-renewal",
+                    "enable-member-lease-renewal",
+                ],
+            ),
+            ("snapshot", &["compress-snapshots", "insecure-transport", "insecure-skip-tls-verify"]),
+            ("compact", &["compress-snapshots", "defragment", "enable-snapshot-lease-renewal"]),
+        ];
+        for (command, flags) in cases {
+            for flag in *flags {
+                for form in [
+                    format!("--{flag}"),
+                    format!("--{flag}=true"),
+                    format!("--{flag}=false"),
+                    format!("--{flag}=T"),
+                    format!("--{flag}=0"),
+                ] {
+                    let parsed = parse(&[command, &form]);
+                    assert!(parsed.is_ok(), "{command} {form}: {}", parsed.unwrap_err());
+                }
+                assert!(parse(&[command, &format!("--{flag}=yes")]).is_err(), "{command} --{flag}=yes");
+            }
+        }
+        let a = restore(&["--skip-hash-check=true"]);
+        assert!(a.restoration.skip_hash_check);
+        let a = restore(&["--skip-hash-check"]);
+        assert!(a.restoration.skip_hash_check);
+        let a = restore(&["--skip-hash-check=False"]);
+        assert!(!a.restoration.skip_hash_check);
+    }
+
+    /// Go durations, negative ones included: every duration flag reads a negative value as zero
+    /// (what the Go tool does with it: disabled, immediate, or refused as not positive).
+    #[test]
+    fn durations_are_go_durations() {
+        let s = server(&["--delta-snapshot-period=-1s", "--k8s-heartbeat-duration=1m30s", "--reelection-period=1.5s"]);
+        assert_eq!(s.snapshot.delta_snapshot_period, Duration::ZERO);
+        assert_eq!(s.member_lease.k8s_heartbeat_duration, Duration::from_secs(90));
+        assert_eq!(s.reelection_period, Duration::from_millis(1500));
+        assert!(parse(&["server", "--garbage-collection-period=1d"]).is_err(), "Go has no day unit");
+    }
+
+    #[test]
+    fn no_op_flags_take_the_go_types_and_defaults() {
+        let a = restore(&[]);
+        assert_eq!(a.restoration.max_request_bytes, 10 * 1024 * 1024);
+        assert_eq!(a.restoration.max_txn_ops, 10240);
+        assert_eq!(a.restoration.max_call_send_message_size, 10 * 1024 * 1024);
+        assert_eq!(a.restoration.auto_compaction_mode, "periodic");
+        assert_eq!(a.restoration.auto_compaction_retention, "30m");
+        assert!(parse(&["restore", "--auto-compaction-mode=hourly"]).is_err(), "Go: periodic or revision");
+        assert!(parse(&["restore", "--max-txn-ops=many"]).is_err());
+        let s = server(&[]);
+        assert_eq!(s.snapshot.backoff_multiplier, 2);
+        assert_eq!(s.snapshot.backoff_attempt_limit, 6);
+        assert_eq!(s.snapshot.backoff_threshold_time, Duration::from_secs(128));
+        assert!(parse(&["snapshot", "--service-endpoints=http://etcd-main-client:2379"]).is_ok());
+        assert!(
+            parse(&[
+                "initialize",
+                "--etcd-username=u",
+                "--etcd-password=p",
+                "--cert=/c",
+                "--key=/k",
+                "--cacert=/ca",
+                "--etcd-snapshot-timeout=15m",
+                "--etcd-defrag-timeout=8m",
+                "--insecure-transport",
+                "-e",
+                "http://a:2379"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_is_minus_v_and_no_sub_command_is_allowed() {
+        let e = Cli::try_parse_from(["etcdbrctl", "-v"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        let e = Cli::try_parse_from(["etcdbrctl", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert!(Cli::try_parse_from(["etcdbrctl"]).unwrap().command.is_none());
+        let c = Cli::try_parse_from(["etcdbrctl", "server", "--log-level=4"]).unwrap();
+        assert_eq!(c.log_level, "info");
+        let c = Cli::try_parse_from(["etcdbrctl", "server", "--log-level", "5"]).unwrap();
+        assert_eq!(c.log_level, "debug");
+    }
 }

@@ -16,7 +16,13 @@ use clap::Parser;
 fn main() -> ExitCode {
     malloc::tune();
     let cli = flags::Cli::parse();
-    if let Err(msg) = cli.command.check_store_flags() {
+    let Some(command) = cli.command else {
+        // The Go tool exits 0 without a sub-command; the usage is more useful than silence.
+        use clap::CommandFactory;
+        let _ = flags::Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    if let Err(msg) = command.check_store_flags() {
         use clap::CommandFactory;
         flags::Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit();
     }
@@ -28,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cmd::EXIT_FAILURE);
         }
     };
-    match runtime.block_on(cmd::run(cli.command)) {
+    match runtime.block_on(cmd::run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cmd::render_error(&e));

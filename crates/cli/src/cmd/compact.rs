@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use brcore::compact::{CompactPlan, compact};
 use brcore::name::Compression;
 use brcore::rebuild::LeasePolicy;
-use clap::Args;
+use clap::{ArgAction, Args};
 
 use super::store_config;
 use crate::flags::{SnapshotLeaseArgs, StoreArgs};
@@ -24,8 +25,10 @@ pub struct CompactArgs {
     /// Deltas downloaded at once.
     #[arg(long, default_value_t = 6)]
     pub max_fetchers: usize,
-    /// Compress the new full snapshot (default: as the newest object folded).
-    #[arg(long)]
+    /// Compress the new full snapshot (default: as the newest object folded). etcdbr's own
+    /// flag here (the Go tool's `compact` always compresses with gzip).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: Option<bool>,
     /// gzip, lzw or zlib.
     #[arg(long)]
@@ -33,15 +36,17 @@ pub struct CompactArgs {
     /// TTL in seconds for leases the deltas reference but the full snapshot lacks.
     #[arg(long)]
     pub lease_ttl: Option<i64>,
-    /// Accepted for compatibility with the Go etcdbrctl: the rebuilt db is always compact.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub defragment: Option<bool>,
-    /// Accepted for compatibility with the Go etcdbrctl (no etcd runs here).
-    #[arg(long, hide = true)]
-    pub etcd_snapshot_timeout: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl (no etcd runs here).
-    #[arg(long, hide = true)]
-    pub etcd_defrag_timeout: Option<String>,
+    /// No-op: the Go tool defragments its embedded etcd before the snapshot; the db rebuilt
+    /// here is written compact.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub defragment: bool,
+    /// No-op: the Go tool's limit for snapshotting its embedded etcd; no etcd runs here.
+    #[arg(long, default_value = "30m", value_parser = crate::pflag::go_duration)]
+    pub etcd_snapshot_timeout: Duration,
+    /// No-op: the Go tool's limit for defragmenting its embedded etcd; no etcd runs here.
+    #[arg(long, default_value = "8m", value_parser = crate::pflag::go_duration)]
+    pub etcd_defrag_timeout: Duration,
     /// The snapshot Leases (Kubernetes): with renewal on, the full-snapshot Lease is renewed
     /// once the compacted snapshot is stored.
     #[command(flatten)]

@@ -1,10 +1,13 @@
 //! `etcdbrctl initialize`: validate the data dir and restore it from the latest backups when it
 //! is missing, corrupt or behind them (see `validator::initializer` for the decisions).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use brcore::chain::Target;
 use brcore::error::Error as CoreError;
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 use validator::{Action, InitError, InitOptions, Initializer, Mode, Outcome};
 
 use super::store_config;
@@ -27,26 +30,61 @@ pub struct InitializeArgs {
     pub validation_mode: ValidationMode,
     /// Delete the invalid member dir after a successful restore instead of keeping it as
     /// `<data-dir>/member.<unix-seconds>.bak`.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub delete_invalid_member_dir: bool,
     /// The data dir, the store and how to restore: the flags of `etcdbrctl restore`.
     #[command(flatten)]
     pub restore: RestoreArgs,
-    /// Accepted for compatibility with the Go etcdbrctl (its multi-member handling); unused.
-    #[arg(short = 'e', long, hide = true)]
-    pub endpoints: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; unused.
-    #[arg(long, hide = true)]
-    pub service_endpoints: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; unused.
-    #[arg(long, hide = true)]
-    pub etcd_connection_timeout: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; unused.
-    #[arg(long, hide = true)]
-    pub insecure_transport: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; unused.
-    #[arg(long, hide = true)]
-    pub insecure_skip_tls_verify: Option<String>,
+    /// etcd connection flags of the Go tool's initializer, which uses them only to add a
+    /// member to a running multi-member cluster; `initialize` here works on the data dir alone,
+    /// so they are accepted with the Go defaults and unused.
+    #[command(flatten)]
+    pub etcd: UnusedEtcdConnectionArgs,
+}
+
+/// The Go tool's etcd connection flags, accepted by `initialize` and unused (see
+/// [`InitializeArgs::etcd`]).
+#[derive(Debug, Args)]
+pub struct UnusedEtcdConnectionArgs {
+    /// No-op here: etcd client URLs (the Go initializer's multi-member handling).
+    #[arg(short = 'e', long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// No-op here: the etcd Service's client URLs (the Go initializer's multi-member handling).
+    #[arg(long, value_delimiter = ',')]
+    pub service_endpoints: Vec<String>,
+    /// No-op here: etcd user name.
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    /// No-op here: etcd password.
+    #[arg(long)]
+    pub etcd_password: Option<String>,
+    /// No-op here: etcd connection timeout.
+    #[arg(long, default_value = "30s", value_parser = crate::pflag::go_duration)]
+    pub etcd_connection_timeout: Duration,
+    /// No-op here: etcd snapshot timeout.
+    #[arg(long, default_value = "15m", value_parser = crate::pflag::go_duration)]
+    pub etcd_snapshot_timeout: Duration,
+    /// No-op here: etcd defragmentation timeout.
+    #[arg(long, default_value = "8m", value_parser = crate::pflag::go_duration)]
+    pub etcd_defrag_timeout: Duration,
+    /// No-op here: talk to etcd without TLS.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub insecure_transport: bool,
+    /// No-op here: skip etcd's certificate verification.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub insecure_skip_tls_verify: bool,
+    /// No-op here: etcd client certificate.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// No-op here: etcd client key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// No-op here: CA bundle for etcd.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
 }
 
 pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {

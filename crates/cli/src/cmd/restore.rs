@@ -28,6 +28,9 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
     if args.bump_revision.is_some_and(|b| b <= 0) {
         bail!("--bump-revision must be positive");
     }
+    if args.bump_revision.is_some() && !args.mark_compacted {
+        bail!("--bump-revision needs --mark-compacted (watchers must re-list past the bumped revisions)");
+    }
     let cluster =
         Cluster::from_initial_cluster(&args.restoration.initial_cluster, &args.restoration.initial_cluster_token)
             .context("invalid --initial-cluster")?;

@@ -27,7 +27,7 @@ use anyhow::{Context, bail};
 use brcore::etcd::{EtcdClient, EtcdSource};
 use brcore::snapshotter::Snapshotter;
 use brcore::snapshotter::full::FullOptions;
-use clap::Args;
+use clap::{ArgAction, Args};
 use httpd::leader::{EtcdClusterView, wait_for_handoff};
 use httpd::{
     InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig, ServerHandle, SidecarLocator,
@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use validator::{InitOptions, Initializer, Mode};
 
 use super::initialize::ValidationMode;
-use super::snapshot::{SnapshotArgs, SnapshotPlan, parse_go_duration};
+use super::snapshot::{SnapshotArgs, SnapshotPlan};
 use super::store_config;
 use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SnapshotLeaseArgs};
 
@@ -69,7 +69,8 @@ pub struct ServerArgs {
     pub validation_mode: ValidationMode,
     /// Delete the invalid member dir after a successful restore instead of keeping it as
     /// `<data-dir>/member.<unix-seconds>.bak`.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub delete_invalid_member_dir: bool,
     /// etcd connection, snapshotter, store, compression and defragmentation flags: those of
     /// `etcdbrctl snapshot`.
@@ -82,18 +83,22 @@ pub struct ServerArgs {
     /// Not supported: pass flags instead (the reference's config file replaces every flag).
     #[arg(long, hide = true)]
     pub config_file: Option<PathBuf>,
-    /// Accepted for compatibility with the Go etcdbrctl; profiling endpoints are not served.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_profiling: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl; etcd-wrapper restarts are not driven.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub use_etcd_wrapper: Option<String>,
+    /// No-op: the Go tool serves Go's pprof profiles at /debug/pprof; there is no Go runtime
+    /// here to profile (use `perf` or the tracing output instead).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub enable_profiling: bool,
+    /// No-op: the Go tool restarts etcd through etcd-wrapper after changing the member's peer
+    /// URL; this server does not drive etcd-wrapper restarts.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub use_etcd_wrapper: bool,
     /// How often the local etcd member is asked whether it leads (only the leader's sidecar
     /// snapshots); at least 1s.
-    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::pflag::go_duration)]
     pub reelection_period: Duration,
     /// Limit for each leader-election request to etcd.
-    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::pflag::go_duration)]
     pub etcd_connection_timeout_leader_election: Duration,
     /// Where each member's sidecar listens, `member-name=url` pairs, comma separated: followers
     /// forward snapshot requests there. Members not named: the host of the member's client URL

@@ -49,13 +49,13 @@ pub struct SnapshotArgs {
     #[arg(short = 's', long, default_value = "0 */1 * * *")]
     pub schedule: String,
     /// How often buffered watch events are stored as a delta snapshot; below 1s disables deltas.
-    #[arg(long, default_value = "20s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "20s", value_parser = crate::pflag::go_duration)]
     pub delta_snapshot_period: Duration,
     /// Bytes of buffered events (as JSON) that trigger a delta snapshot at once (0: the default).
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub delta_snapshot_memory_limit: usize,
     /// How often old snapshots are garbage-collected; 1s or less disables it.
-    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "1m", value_parser = crate::pflag::go_duration)]
     pub garbage_collection_period: Duration,
     /// Which full snapshots garbage collection keeps.
     #[arg(long, value_enum, default_value = "Exponential")]
@@ -64,10 +64,11 @@ pub struct SnapshotArgs {
     #[arg(short = 'm', long, default_value_t = 7)]
     pub max_backups: usize,
     /// Deltas of older snapshot sets younger than this are kept by garbage collection.
-    #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "0s", value_parser = crate::pflag::go_duration)]
     pub delta_snapshot_retention_period: Duration,
     /// Compress snapshots (`--compress-snapshots=false` to store them as they are).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: bool,
     /// Compression of new snapshots.
     #[arg(long, value_enum, default_value = "gzip")]
@@ -82,13 +83,13 @@ pub struct SnapshotArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Limit for connecting to etcd and for each request.
-    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::pflag::go_duration)]
     pub etcd_connection_timeout: Duration,
     /// Limit for one whole full snapshot (stream and upload).
-    #[arg(long, default_value = "15m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "15m", value_parser = crate::pflag::go_duration)]
     pub etcd_snapshot_timeout: Duration,
     /// Limit for one defragmentation.
-    #[arg(long, default_value = "8m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "8m", value_parser = crate::pflag::go_duration)]
     pub etcd_defrag_timeout: Duration,
     /// Client certificate (PEM) for etcd.
     #[arg(long)]
@@ -101,11 +102,14 @@ pub struct SnapshotArgs {
     pub cacert: Option<PathBuf>,
     /// Talk to etcd without TLS unless a certificate flag is given (`=false`: TLS with the
     /// system's roots).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_transport: bool,
-    /// Accepted for compatibility; etcd's certificate is always verified (with --cacert or the
-    /// system's roots).
-    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    /// Differs from the Go tool on purpose: etcd's certificate is always verified (with --cacert
+    /// or the system's roots); `=true` only warns. (The Go tool's default is true, which skips
+    /// verification whenever TLS is on; etcd-druid passes `=false`.)
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_skip_tls_verify: bool,
     /// etcd user name (with --etcd-password).
     #[arg(long)]
@@ -116,57 +120,29 @@ pub struct SnapshotArgs {
     /// When to defragment etcd (followed by a full snapshot): a 5-field cron expression (UTC).
     #[arg(long, default_value = "0 0 */3 * *")]
     pub defragmentation_schedule: String,
-    /// Accepted for compatibility with the Go etcdbrctl (snapshotter restarts are backed off
-    /// internally).
-    #[arg(long, hide = true)]
-    pub backoff_multiplier: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl.
-    #[arg(long, hide = true)]
-    pub backoff_attempt_limit: Option<String>,
-    /// Accepted for compatibility with the Go etcdbrctl.
-    #[arg(long, hide = true)]
-    pub backoff_threshold_time: Option<String>,
+    /// No-op: a failed snapshotter is restarted after 1 s, doubling up to 128 s (the Go tool's
+    /// backoff, with its defaults fixed).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backoff_multiplier: u64,
+    /// No-op: the snapshotter is restarted for as long as the command runs.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backoff_attempt_limit: u64,
+    /// No-op: the restart backoff stops growing at 128 s (the Go default is 2m8s).
+    #[arg(long, default_value = "2m8s", value_parser = crate::pflag::go_duration)]
+    pub backoff_threshold_time: Duration,
 }
 
-/// Parses a Go duration (`20s`, `1m30s`, `500ms`, `1.5h`, `0`), as the reference's flags take.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let text = s.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.starts_with('-') {
-        return Err(format!("negative duration {s:?}"));
-    }
-    let mut rest = text.strip_prefix('+').unwrap_or(text);
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if num_end == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number"));
-        }
-        let value: f64 = rest[..num_end].parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(format!("invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)")),
-            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?}")),
-        };
-        nanos += value * scale;
-        rest = &rest[unit_end..];
-    }
-    if !nanos.is_finite() || nanos > u64::MAX as f64 {
-        return Err(format!("duration {s:?} is too long"));
-    }
-    Ok(Duration::from_nanos(nanos as u64))
+/// `etcdbrctl snapshot`: the snapshotter flags, and the one connection flag the command takes
+/// but does not use.
+#[derive(Debug, Args)]
+pub struct SnapshotCommand {
+    /// The snapshotter.
+    #[command(flatten)]
+    pub args: SnapshotArgs,
+    /// No-op here, as in the Go tool: its `snapshot` command never uses the etcd Service's
+    /// endpoints (the server's multi-member handling does).
+    #[arg(long, value_delimiter = ',')]
+    pub service_endpoints: Vec<String>,
 }
 
 /// The checked configuration of a `snapshot` run.
@@ -265,7 +241,8 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
 }
 
 /// Runs the snapshotter until SIGTERM or ctrl-c.
-pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
+pub async fn run(command: SnapshotCommand) -> anyhow::Result<()> {
+    let args = command.args;
     let plan = plan(&args)?;
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
     info!(
@@ -305,16 +282,11 @@ mod tests {
     }
 
     #[test]
-    fn go_durations_parse_as_go_does() {
-        assert_eq!(parse_go_duration("20s").unwrap(), Duration::from_secs(20));
-        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_go_duration("1h0m0s").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_go_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "20", "s", "-1s", "3d", "1x"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
-        }
+    fn negative_durations_disable_as_zero_does() {
+        let p = plan(&parse(&["--delta-snapshot-period=-1s", "--garbage-collection-period=-1m"])).unwrap();
+        assert_eq!(p.snapshotter.delta_period, None, "Go: below 1s disables deltas");
+        assert_eq!(p.snapshotter.gc_period, None, "Go: 1s or less disables garbage collection");
+        assert!(plan(&parse(&["--etcd-connection-timeout=-30s"])).is_err(), "Go: must be greater than zero");
     }
 
     #[test]
