@@ -296,7 +296,8 @@ impl EtcdConf {
 }
 
 /// Makes `text` (an etcd config) concrete for the member `pod_name` (or, without one, the
-/// config's own `name`): sets `name`, flattens `initial-advertise-peer-urls` and
+/// config's own `name`): sets `name` (`<member-name-prefix>-<pod_name>` when the config sets
+/// etcd-druid's `member-name-prefix`, as the reference), flattens `initial-advertise-peer-urls` and
 /// `advertise-client-urls` (a map from member name to URLs, a list, or a string) to comma
 /// strings, and sets `initial-cluster-state` to `new` for a one-member cluster.
 ///
@@ -306,7 +307,10 @@ impl EtcdConf {
 pub fn render_for_member(text: &str, pod_name: Option<&str>) -> Result<String, String> {
     let mut conf = EtcdConf::parse(text)?;
     let name = match pod_name.filter(|n| !n.is_empty()) {
-        Some(n) => n.to_string(),
+        Some(n) => match conf.get_string("member-name-prefix")?.filter(|p| !p.is_empty()) {
+            Some(prefix) => format!("{prefix}-{n}"),
+            None => n.to_string(),
+        },
         None => conf
             .get_string("name")?
             .filter(|n| !n.is_empty())
@@ -398,6 +402,38 @@ listen-metrics-urls: [http://0.0.0.0:2381, 'http://127.0.0.1:2382']
         assert!(out.contains("client-transport-security:\n  cert-file: /var/etcd/ssl/server/tls.crt\n"), "{out}");
         assert!(out.contains("\n# cluster\ninitial-cluster: "), "{out}");
         assert!(out.starts_with("# Human-readable name for this member.\nname: etcd-main-0\n"), "{out}");
+    }
+
+    /// etcd-druid with `spec.memberNamePrefix`: the URL maps and initial-cluster are keyed by
+    /// `<prefix>-<pod>` (druid configmap/etcdconfig.go), and the member is named so.
+    #[test]
+    fn member_name_prefix_names_the_member() {
+        let conf = "\
+name: etcd-main
+member-name-prefix: shoot--foo
+advertise-client-urls:
+  shoot--foo-etcd-main-0:
+  - https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2379
+initial-advertise-peer-urls:
+  shoot--foo-etcd-main-0:
+  - https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2380
+initial-cluster: shoot--foo-etcd-main-0=https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2380
+";
+        let out = render_for_member(conf, Some("etcd-main-0")).unwrap();
+        let c = EtcdConf::parse(&out).unwrap();
+        assert_eq!(c.get_string("name").unwrap().as_deref(), Some("shoot--foo-etcd-main-0"));
+        assert_eq!(
+            c.get_string("advertise-client-urls").unwrap().as_deref(),
+            Some("https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2379")
+        );
+        assert_eq!(
+            c.get_string("initial-advertise-peer-urls").unwrap().as_deref(),
+            Some("https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2380")
+        );
+        // An empty prefix is no prefix.
+        let plain = conf.replace("member-name-prefix: shoot--foo", "member-name-prefix: \"\"");
+        let e = render_for_member(&plain, Some("etcd-main-0")).unwrap_err();
+        assert!(e.contains("\"etcd-main-0\""), "{e}");
     }
 
     #[test]
