@@ -62,8 +62,29 @@ struct KeyState {
 /// if `rev` is above the current revision. Memory is bounded by the number of distinct user
 /// keys that have a revision at or below the compaction revision; values are never copied.
 pub fn hash_kv(db: &bbolt::Db, rev: Option<i64>) -> Result<HashKv, Error> {
+    hash_kv_inner(db, rev, None)
+}
+
+/// [`hash_kv`] as a member that holds the same history but compacted at `compact_revision`
+/// reports it: the answer to compare with a live member's `HashKV`, whose compaction usually
+/// moved on since the full snapshot was taken. Entries between the db's own compaction and
+/// `compact_revision` are filtered as etcd's compaction would have removed them.
+///
+/// Errors as [`hash_kv`] (with `compact_revision` as the compaction), and
+/// [`Error::CompactedLater`] when the db's own compaction is newer than `compact_revision`: it
+/// no longer holds the older revisions such a member still hashes.
+pub fn hash_kv_as_compacted(db: &bbolt::Db, rev: Option<i64>, compact_revision: i64) -> Result<HashKv, Error> {
+    hash_kv_inner(db, rev, Some(compact_revision))
+}
+
+fn hash_kv_inner(db: &bbolt::Db, rev: Option<i64>, compact_at: Option<i64>) -> Result<HashKv, Error> {
     let revs = DbRevisions::read(db)?;
-    let compact = revs.effective_compact_revision();
+    let own = revs.effective_compact_revision();
+    let compact = match compact_at {
+        None => own,
+        Some(c) if c >= own => c,
+        Some(c) => return Err(Error::CompactedLater { requested: c, compact: own }),
+    };
     let current = revs.current_revision;
     let rev = match rev {
         Some(r) if r > 0 && r <= compact => {
@@ -282,6 +303,35 @@ mod tests {
             }
         }
         assert!(empty_keeps > 10, "the histories must exercise an empty keep set ({empty_keeps})");
+    }
+
+    #[test]
+    fn a_db_compacted_earlier_hashes_as_a_member_compacted_later() {
+        let last = 30;
+        for seed in 1..=30u64 {
+            let entries = history(seed, last);
+            for (own, later) in [(-1, 5), (3, 11), (11, 11), (11, 23), (2, last)] {
+                let db = if own < 0 {
+                    db_of(&entries, None, None)
+                } else {
+                    db_of(&compact(&entries, own, false), Some(own), Some(own))
+                };
+                for rev in later + 1..=last {
+                    let (want, _) = naive_hash(&compact(&entries, later, false), rev, later);
+                    let got = hash_kv_as_compacted(&db, Some(rev), later).unwrap();
+                    assert_eq!(
+                        got,
+                        HashKv { hash: want, compact_revision: later, revision: last },
+                        "seed {seed}, {own} as {later}, rev {rev}"
+                    );
+                }
+                assert!(matches!(hash_kv_as_compacted(&db, Some(later), later), Err(Error::Compacted { .. })));
+            }
+            let db = db_of(&compact(&entries, 11, false), Some(11), Some(11));
+            let e = hash_kv_as_compacted(&db, None, 10).unwrap_err();
+            assert!(matches!(e, Error::CompactedLater { requested: 10, compact: 11 }), "{e}");
+            assert_eq!(hash_kv_as_compacted(&db, None, 11).unwrap(), hash_kv(&db, None).unwrap());
+        }
     }
 
     #[test]

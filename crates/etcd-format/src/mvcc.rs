@@ -95,6 +95,18 @@ pub enum Error {
         /// The db's current revision.
         current: i64,
     },
+    /// A hash "as compacted at" a revision was asked of a db compacted later than that: the db no
+    /// longer holds the revisions such a hash covers.
+    #[error(
+        "the db was compacted at revision {compact}, after revision {requested}: it no longer holds \
+         the history a member compacted at {requested} still hashes"
+    )]
+    CompactedLater {
+        /// The compaction revision asked for.
+        requested: i64,
+        /// The db's own compaction revision.
+        compact: i64,
+    },
 }
 
 impl Error {
