@@ -18,6 +18,7 @@ pub mod overlap;
 pub mod rebuild;
 pub mod restore;
 pub mod snapshotter;
+pub mod status;
 pub mod store;
 
 pub use store::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};

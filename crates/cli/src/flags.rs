@@ -43,6 +43,9 @@ pub enum Command {
     Compact(crate::cmd::compact::CompactArgs),
     /// Copy backups from a source store to a destination store.
     Copy(crate::cmd::copy::CopyArgs),
+    /// Show the chain a restore would use now, whether it is continuous, and (with --endpoints)
+    /// how far it lags etcd; the exit code says healthy or what is wrong (see the README).
+    Status(crate::cmd::status::StatusArgs),
 }
 
 /// Where backups live (`--storage-provider` and friends).
@@ -125,6 +128,7 @@ impl Command {
             Command::Server(a) => a.snapshot.store.check("server", false),
             Command::Compact(a) => a.store.check("compact", true),
             Command::Copy(a) => a.store.check("copy", true),
+            Command::Status(a) => a.store.check("status", true),
         }
     }
 }
@@ -267,6 +271,50 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub dry_run: bool,
+}
+
+/// How `status` and `verify` reach the live etcd they compare the backups with: the
+/// snapshotter's connection flags, but no endpoint by default (the store alone).
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs to compare the backups with; none: look at the store alone.
+    #[arg(short = 'e', long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Limit for connecting to etcd and for each request.
+    #[arg(long, default_value = "30s", value_parser = crate::cmd::snapshot::parse_go_duration)]
+    pub etcd_connection_timeout: std::time::Duration,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA bundle (PEM) that signs etcd's certificate.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Talk to etcd without TLS unless a certificate flag is given (`=false`: TLS with the
+    /// system's roots).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub insecure_transport: bool,
+    /// Accepted for compatibility; etcd's certificate is always verified (with --cacert or the
+    /// system's roots).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub insecure_skip_tls_verify: bool,
+    /// etcd user name (with --etcd-password).
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    /// etcd password (with --etcd-username).
+    #[arg(long)]
+    pub etcd_password: Option<String>,
+}
+
+/// `-w` of `status` and `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteOut {
+    /// Human-readable.
+    Simple,
+    /// One JSON document.
+    Json,
 }
 
 /// `etcdbrctl db ...`: offline inspection of a db or snapshot file.

@@ -7,6 +7,7 @@ pub(crate) mod initialize;
 mod restore;
 pub(crate) mod server;
 pub(crate) mod snapshot;
+pub(crate) mod status;
 
 use crate::flags::Command;
 
@@ -20,6 +21,11 @@ pub const EXIT_REFUSED: u8 = 4;
 pub const EXIT_NO_BACKUP: u8 = 5;
 /// The object store (or etcd) could not be reached or refused our credentials.
 pub const EXIT_UNAVAILABLE: u8 = 6;
+/// `status`: the backups lag etcd by more than `--max-lag`.
+pub const EXIT_LAGGING: u8 = 7;
+/// `status`: etcd's revision is below the newest backed-up revision (etcd lost data the
+/// backups hold, or the store belongs to another cluster).
+pub const EXIT_ETCD_BEHIND: u8 = 8;
 
 /// Runs one sub-command.
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -31,6 +37,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Compact(args) => compact::run(args).await,
         Command::Copy(args) => copy::run(args).await,
+        Command::Status(args) => status::run(args).await,
     }
 }
 
@@ -48,6 +55,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<db::FindingsError>().is_some() {
             return EXIT_CORRUPT;
         }
+        if let Some(v) = cause.downcast_ref::<Verdict>() {
+            return v.code;
+        }
     }
     EXIT_FAILURE
 }
@@ -61,6 +71,103 @@ fn brcore_exit_code(err: &brcore::error::Error) -> u8 {
         Error::Store(_) | Error::Etcd { .. } => EXIT_UNAVAILABLE,
         _ => EXIT_FAILURE,
     }
+}
+
+/// A result that was printed in full and ends the command with `code` (not 0): the error line
+/// says why in one sentence.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The exit code.
+    pub code: u8,
+    /// One sentence for stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Verdict {}
+
+/// etcd's connection (endpoints, credentials, TLS) from the snapshotter's flags, checked.
+pub(crate) struct EtcdFlags<'a> {
+    pub endpoints: &'a [String],
+    pub cert: &'a Option<std::path::PathBuf>,
+    pub key: &'a Option<std::path::PathBuf>,
+    pub cacert: &'a Option<std::path::PathBuf>,
+    pub insecure_transport: bool,
+    pub insecure_skip_tls_verify: bool,
+    pub username: &'a Option<String>,
+    pub password: &'a Option<String>,
+}
+
+/// What [`etcd_access`] makes of [`EtcdFlags`].
+pub(crate) struct EtcdAccess {
+    /// The endpoints, trimmed, empty ones dropped.
+    pub endpoints: Vec<String>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    /// TLS, or `None` for plain HTTP.
+    pub tls: Option<brcore::etcd::EtcdTls>,
+}
+
+/// The trimmed endpoints, the user and the TLS setting that `flags` amount to; errors name the
+/// flags that do not go together.
+pub(crate) fn etcd_access(flags: EtcdFlags<'_>) -> anyhow::Result<EtcdAccess> {
+    use anyhow::bail;
+    let endpoints: Vec<String> =
+        flags.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let user = match (flags.username, flags.password) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        (Some(u), None) if u.is_empty() => None,
+        _ => bail!("--etcd-username and --etcd-password must be given together"),
+    };
+    if flags.cert.is_some() != flags.key.is_some() {
+        bail!("--cert and --key must be given together");
+    }
+    let any_cert = flags.cert.is_some() || flags.key.is_some() || flags.cacert.is_some();
+    let tls = (any_cert || !flags.insecure_transport).then(|| brcore::etcd::EtcdTls {
+        cert: flags.cert.clone(),
+        key: flags.key.clone(),
+        cacert: flags.cacert.clone(),
+    });
+    if flags.insecure_skip_tls_verify && tls.is_some() {
+        tracing::warn!(
+            "--insecure-skip-tls-verify is not supported: etcd's certificate is verified against --cacert or the system roots"
+        );
+    }
+    Ok(EtcdAccess { endpoints, user, tls })
+}
+
+/// The etcd client `status` and `verify` compare the backups with; `None` without endpoints.
+pub(crate) fn live_etcd(args: &crate::flags::EtcdArgs) -> anyhow::Result<Option<brcore::etcd::EtcdClient>> {
+    if args.etcd_connection_timeout.is_zero() {
+        anyhow::bail!("--etcd-connection-timeout must be positive");
+    }
+    let EtcdAccess { endpoints, user, tls } = etcd_access(EtcdFlags {
+        endpoints: &args.endpoints,
+        cert: &args.cert,
+        key: &args.key,
+        cacert: &args.cacert,
+        insecure_transport: args.insecure_transport,
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+        username: &args.etcd_username,
+        password: &args.etcd_password,
+    })?;
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let config = brcore::etcd::EtcdConfig {
+        endpoints,
+        connection_timeout: args.etcd_connection_timeout,
+        user,
+        tls,
+        ..Default::default()
+    };
+    Ok(Some(brcore::etcd::EtcdClient::new(config)))
 }
 
 /// The store config from the store flags.

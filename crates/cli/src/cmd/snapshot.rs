@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use brcore::etcd::{EtcdClient, EtcdConfig, EtcdTls};
+use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::gc::Policy;
 use brcore::name::Compression;
 use brcore::snapshotter::{Schedule, Snapshotter, SnapshotterConfig};
 use clap::{ArgAction, Args, ValueEnum};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::store_config;
 use crate::flags::StoreArgs;
@@ -162,30 +162,18 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
     if args.etcd_snapshot_timeout < args.etcd_connection_timeout {
         bail!("--etcd-snapshot-timeout must not be shorter than --etcd-connection-timeout");
     }
-    let endpoints: Vec<String> =
-        args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let super::EtcdAccess { endpoints, user, tls } = super::etcd_access(super::EtcdFlags {
+        endpoints: &args.endpoints,
+        cert: &args.cert,
+        key: &args.key,
+        cacert: &args.cacert,
+        insecure_transport: args.insecure_transport,
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+        username: &args.etcd_username,
+        password: &args.etcd_password,
+    })?;
     if endpoints.is_empty() {
         bail!("--endpoints needs at least one etcd client URL");
-    }
-    let user = match (&args.etcd_username, &args.etcd_password) {
-        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
-        (None, None) => None,
-        (Some(u), None) if u.is_empty() => None,
-        _ => bail!("--etcd-username and --etcd-password must be given together"),
-    };
-    let any_cert = args.cert.is_some() || args.key.is_some() || args.cacert.is_some();
-    let tls = (any_cert || !args.insecure_transport).then(|| EtcdTls {
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-        cacert: args.cacert.clone(),
-    });
-    if args.cert.is_some() != args.key.is_some() {
-        bail!("--cert and --key must be given together");
-    }
-    if args.insecure_skip_tls_verify && tls.is_some() {
-        warn!(
-            "--insecure-skip-tls-verify is not supported: etcd's certificate is verified against --cacert or the system roots"
-        );
     }
     let policy = match args.garbage_collection_policy {
         GcPolicyArg::Exponential => Policy::Exponential,
