@@ -950,3 +950,67 @@ async fn staging_objects_of_killed_snapshotters_are_deleted_once_old() {
         assert!(left.contains(kept), "{kept} must stay: {left:?}");
     }
 }
+
+/// What the snapshotter reports for the Kubernetes Leases: each stored full snapshot, each
+/// delta after it, and a round for each delta period with nothing to store (the reference
+/// renews the delta Lease then too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_full_snapshots_deltas_and_idle_rounds() {
+    use brcore::snapshotter::{Progress, ProgressSender};
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let etcd = Scripted::default();
+    etcd.put("a", "1");
+    let sender = ProgressSender::new();
+    let mut progress = sender.subscribe();
+    let (stop, rx) = oneshot::channel::<()>();
+    let s = Snapshotter::new(Arc::new(etcd.clone()), store.clone(), config(Duration::from_millis(100)), Metrics::new())
+        .report_progress_to(sender.clone());
+    let handle = s.handle();
+    let task = tokio::spawn(s.run(async move {
+        let _ = rx.await;
+    }));
+    async fn until(
+        rx: &mut tokio::sync::watch::Receiver<Progress>,
+        what: &str,
+        f: impl Fn(&Progress) -> bool,
+    ) -> Progress {
+        let p = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|p| f(p)))
+            .await
+            .unwrap_or_else(|_| panic!("no progress report: {what}"))
+            .expect("the sender lives");
+        p.clone()
+    }
+    let p = until(&mut progress, "the first full snapshot", |p| p.full.is_some()).await;
+    assert_eq!(p.full.as_ref().map(|f| f.name.last_revision), Some(1));
+    assert_eq!(p.delta, None, "no delta yet");
+    // Idle: rounds go on without a delta.
+    let rounds = p.delta_rounds;
+    let p = until(&mut progress, "two idle rounds", |p| p.delta_rounds >= rounds + 2).await;
+    assert_eq!(p.delta, None, "an idle round stores no delta");
+    etcd.put("b", "2");
+    etcd.put("c", "3");
+    let p = until(&mut progress, "a delta reaching revision 3", |p| {
+        p.delta.as_ref().is_some_and(|d| d.name.last_revision == 3)
+    })
+    .await;
+    assert_eq!(p.full.as_ref().map(|f| f.name.last_revision), Some(1));
+    let delta = p.delta.clone().unwrap();
+    assert!(delta.key.contains("/v2/Incr-"), "{}", delta.key);
+    // Idle again: the newest delta stays reported.
+    let rounds = p.delta_rounds;
+    let p = until(&mut progress, "an idle round after the delta", |p| p.delta_rounds > rounds).await;
+    assert_eq!(p.delta.as_ref().map(|d| d.name.last_revision), Some(3));
+    // An on-demand delta with nothing to store is a round too.
+    let rounds = sender.current().delta_rounds;
+    assert_eq!(handle.delta_snapshot().await.unwrap(), None);
+    assert!(sender.current().delta_rounds > rounds);
+    // A new full snapshot: no delta follows it yet.
+    etcd.put("d", "4");
+    let full = handle.full_snapshot(false).await.unwrap();
+    let p = until(&mut progress, "the second full snapshot", |p| p.full.as_ref() == Some(&full)).await;
+    assert_eq!(full.name.last_revision, 4);
+    assert_eq!(p.delta, None);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

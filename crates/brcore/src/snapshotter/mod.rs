@@ -29,6 +29,7 @@ pub mod collect;
 pub mod dbrev;
 pub mod full;
 pub mod leases;
+pub mod progress;
 pub mod schedule;
 
 use std::collections::HashSet;
@@ -52,6 +53,7 @@ use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName};
 use crate::store::{Snapstore, WriteOptions};
 use full::{FullOptions, FullSnapshot, take_full_snapshot};
 use leases::LeaseRecord;
+pub use progress::{Progress, ProgressSender};
 pub use schedule::Schedule;
 
 /// How long shutdown waits for events etcd has but the watch has not delivered yet.
@@ -280,6 +282,8 @@ pub struct Snapshotter {
     store_lock: Arc<tokio::sync::Mutex<()>>,
     requests_tx: mpsc::Sender<Request>,
     requests: mpsc::Receiver<Request>,
+    /// Where stored snapshots are reported (see [`Snapshotter::report_progress_to`]).
+    progress: ProgressSender,
 }
 
 /// The loop's state besides the futures it polls (see the module docs).
@@ -362,7 +366,20 @@ impl Snapshotter {
             store_lock: Arc::new(tokio::sync::Mutex::new(())),
             requests_tx,
             requests,
+            progress: ProgressSender::new(),
         }
+    }
+
+    /// Reports stored snapshots into `progress` instead of a channel of its own (one channel
+    /// can outlive several snapshotters). Reporting never waits for the observers.
+    pub fn report_progress_to(mut self, progress: ProgressSender) -> Snapshotter {
+        self.progress = progress;
+        self
+    }
+
+    /// A receiver of the [`Progress`] this snapshotter reports.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
     /// A handle to ask the running snapshotter for snapshots out of schedule.
@@ -580,6 +597,9 @@ impl Snapshotter {
                                 Err(RequestError::DeltasDisabled)
                             } else {
                                 let r = self.flush(&mut core).await.map_err(|e| RequestError::Failed(e.to_string()));
+                                if matches!(r, Ok(None)) && core.chain.is_some() {
+                                    self.progress.delta_round(None);
+                                }
                                 core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
                                 r
                             };
@@ -640,6 +660,10 @@ impl Snapshotter {
                         && core.flush_retry_at.is_none_or(|t| now >= t)
                         && core.flush_task.is_none()
                     {
+                        if core.pending.is_empty() && core.chain.is_some() {
+                            // A round with nothing to store: the chain is up to date.
+                            self.progress.delta_round(None);
+                        }
                         self.start_flush(&mut core);
                         core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
                     }
@@ -780,6 +804,7 @@ impl Snapshotter {
             Ok(f) => {
                 let r = f.snapshot.name.last_revision;
                 self.metrics.observe_snapshot(KIND_FULL, true, took.as_secs_f64(), r, f.snapshot.name.created_on);
+                self.progress.full_stored(&f.snapshot);
                 core.full_backoff.reset();
                 core.full_retry_at = None;
                 core.full_done_once = true;
@@ -980,7 +1005,8 @@ impl Snapshotter {
                 core.report.delta_snapshots += 1;
                 // A full snapshot that finished while this delta was stored may already cover
                 // it; the chain never moves back.
-                if core.chain.is_some_and(|c| last > c) {
+                let extends = core.chain.is_some_and(|c| last > c);
+                if extends {
                     core.chain = Some(last);
                     core.deltas_since_full += 1;
                     core.revisions_since_full += last - job.chain;
@@ -988,14 +1014,17 @@ impl Snapshotter {
                     self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
                 }
                 self.store_next(core);
-                Ok(Some(Snapshot {
+                let snapshot = Snapshot {
                     name: job.name,
                     key: job.key,
                     prefix: self.config.prefix.trim_end_matches('/').to_string(),
                     size,
                     layout: crate::name::Layout::V2,
                     is_chunk: false,
-                }))
+                };
+                // A delta a full snapshot already covers is not newer than that full snapshot.
+                self.progress.delta_round(extends.then_some(&snapshot));
+                Ok(Some(snapshot))
             }
             Err(e) => {
                 // This delta and the queued ones go back in front of what arrived since, minus
