@@ -29,8 +29,17 @@ use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
 pub struct CompactPlan {
     /// The store prefix (`--store-prefix`).
     pub prefix: String,
-    /// Where the temporary files go (the full snapshot and the rebuilt db).
+    /// The scratch directory (`--data-dir` of `etcdbrctl compact`, where the reference runs its
+    /// embedded etcd): the db is rebuilt in a fresh directory inside it, removed afterwards.
     pub temp_dir: PathBuf,
+    /// Where the decompressed full snapshot is kept while it is read
+    /// (`--restoration-temp-snapshots-dir`); default: the scratch directory.
+    pub snapshot_temp_dir: Option<PathBuf>,
+    /// Accept a full snapshot without etcd's sha256 trailer (`--skip-hash-check`).
+    pub skip_hash_check: bool,
+    /// Refuse a rebuilt db larger than this many bytes (`--embedded-etcd-quota-bytes`: the
+    /// reference's embedded etcd fails with NOSPACE past it).
+    pub quota_bytes: Option<u64>,
     /// Compression of the new full snapshot; `None`: that of the newest object folded, as the
     /// reference does.
     pub compression: Option<Compression>,
@@ -41,6 +50,29 @@ pub struct CompactPlan {
     /// TTL of leases the deltas reference but the full snapshot lacks: the new full snapshot
     /// holds a record for each, so later restores keep them.
     pub lease_policy: LeasePolicy,
+}
+
+/// How a compaction ended.
+#[derive(Debug, Clone)]
+pub enum CompactOutcome {
+    /// A new full snapshot holds the latest full snapshot and its deltas.
+    Compacted(CompactReport),
+    /// The latest full snapshot has no deltas after it: nothing to fold, nothing written.
+    AlreadyCompact {
+        /// The latest full snapshot, which already is the whole latest backup set.
+        full: Snapshot,
+    },
+}
+
+impl CompactOutcome {
+    /// The latest full snapshot once the compaction is done: the new one, or the one that was
+    /// already compact.
+    pub fn latest_full(&self) -> &Snapshot {
+        match self {
+            CompactOutcome::Compacted(r) => &r.snapshot,
+            CompactOutcome::AlreadyCompact { full } => full,
+        }
+    }
 }
 
 /// What a compaction did.
@@ -58,18 +90,19 @@ pub struct CompactReport {
 
 /// Folds the latest full snapshot and its deltas into a new full snapshot in the same store.
 ///
-/// With no deltas after the latest full snapshot there is nothing to fold: [`Error::Refused`].
+/// With no deltas after the latest full snapshot there is nothing to fold:
+/// [`CompactOutcome::AlreadyCompact`]. With no full snapshot at all: [`Error::NotFound`]. The
+/// new full snapshot is final (`.final`) when the one it folds is, as the reference's.
 pub async fn compact(
     store: Arc<dyn Snapstore>,
     plan: &CompactPlan,
     progress: Arc<dyn Progress>,
-) -> Result<CompactReport, Error> {
+) -> Result<CompactOutcome, Error> {
     let started = Instant::now();
     let chain = chain::list_chain(store.as_ref(), &plan.prefix, Target::Latest).await?;
     if chain.deltas.is_empty() {
-        return Err(Error::Refused {
-            why: format!("{} has no deltas after it: it is already compact", chain.full.key),
-        });
+        info!(object = %chain.full.key, "the latest full snapshot has no deltas after it: nothing to compact");
+        return Ok(CompactOutcome::AlreadyCompact { full: chain.full });
     }
     std::fs::create_dir_all(&plan.temp_dir).map_err(|e| Error::io(&plan.temp_dir, e))?;
     let work = tempfile::Builder::new()
@@ -86,8 +119,20 @@ pub async fn compact(
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: crate::restore::lease_sidecars(store.as_ref(), &plan.prefix, &chain).await?,
     };
-    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: false };
-    let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, work.path(), fetch, progress).await?;
+    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: plan.skip_hash_check };
+    let snapshot_temp = plan.snapshot_temp_dir.as_deref().unwrap_or(work.path());
+    let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, snapshot_temp, fetch, progress).await?;
+    let db_size = std::fs::metadata(&db_path).map_err(|e| Error::io(&db_path, e))?.len();
+    if let Some(quota) = plan.quota_bytes
+        && db_size > quota
+    {
+        return Err(Error::Refused {
+            why: format!(
+                "the compacted db is {db_size} bytes, above --embedded-etcd-quota-bytes {quota}: a restore of it \
+                 would raise etcd's NOSPACE alarm; raise the quota (etcd's --quota-backend-bytes too)"
+            ),
+        });
+    }
 
     let compression = plan.compression.unwrap_or(chain.deltas.last().unwrap_or(&chain.full).name.compression);
     let name = SnapshotName {
@@ -96,14 +141,14 @@ pub async fn compact(
         last_revision: stats.revision as u64,
         created_on: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
         compression,
-        is_final: false,
+        is_final: chain.full.name.is_final,
     };
     let key = name.key_v2(&plan.prefix);
     let data = snapshot_stream(db_path, compression, key.clone());
     let size = store.write(&key, data, &plan.write).await?;
     let folded: Vec<String> = chain.objects().map(|s| s.key.clone()).collect();
     info!(object = %key, revision = stats.revision, folded = folded.len(), size, "compacted full snapshot stored");
-    Ok(CompactReport {
+    Ok(CompactOutcome::Compacted(CompactReport {
         snapshot: Snapshot {
             name,
             key,
@@ -115,7 +160,7 @@ pub async fn compact(
         folded,
         stats,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }))
 }
 
 /// Streams the db at `path` as etcd's snapshot format (the db, then the sha256 of it),

@@ -130,3 +130,51 @@ fn v2_dir(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() { "v2/".to_string() } else { format!("{p}/v2/") }
 }
+
+/// How many of the newest full snapshots are searched for a final one: the reference's four,
+/// because a regular full snapshot (scheduled, at start or at stop) may race the final one and
+/// land after it.
+pub const FINAL_SEARCH_DEPTH: usize = 4;
+
+/// A final full snapshot (`.final`) among the newest [`FINAL_SEARCH_DEPTH`] full snapshots
+/// under `prefix`, newest first, as the reference's copier looks for one.
+pub async fn find_final_full(store: &dyn Snapstore, prefix: &str) -> Result<Option<Snapshot>, Error> {
+    let mut snaps = list_v2(store, prefix).await?;
+    snaps.sort_by(Snapshot::reference_order);
+    Ok(snaps
+        .into_iter()
+        .rev()
+        .filter(|s| s.name.kind == SnapshotKind::Full)
+        .take(FINAL_SEARCH_DEPTH)
+        .find(|s| s.name.is_final))
+}
+
+/// Waits for a final full snapshot under `prefix` (see [`find_final_full`]), looking every
+/// `interval`, for at most `timeout` (`None`: for as long as it takes). `Ok(None)` when the
+/// time is up: the reference then copies what there is.
+pub async fn wait_for_final_full(
+    store: &dyn Snapstore,
+    prefix: &str,
+    interval: std::time::Duration,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<Snapshot>, Error> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        if let Some(found) = find_final_full(store, prefix).await? {
+            info!(object = %found.key, "final full snapshot found");
+            return Ok(Some(found));
+        }
+        let pause = match deadline {
+            Some(d) => {
+                let now = tokio::time::Instant::now();
+                if now >= d {
+                    info!("timed out waiting for a final full snapshot");
+                    return Ok(None);
+                }
+                interval.min(d - now)
+            }
+            None => interval,
+        };
+        tokio::time::sleep(pause).await;
+    }
+}

@@ -357,7 +357,7 @@ pub enum OutputFormat {
 
 /// Accepts the reference's provider names (and the empty string), keeping the spelling: the
 /// server and initializer read an empty provider as "no store".
-fn provider_name(s: &str) -> Result<String, String> {
+pub(crate) fn provider_name(s: &str) -> Result<String, String> {
     s.parse::<snapstore::Provider>().map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 

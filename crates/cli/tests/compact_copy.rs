@@ -82,7 +82,7 @@ fn compact_folds_the_chain_into_one_full_snapshot_that_restores_bit_exact() {
         "Local",
         "--store-container",
         container.to_str().unwrap(),
-        "--restoration-temp-snapshots-dir",
+        "--data-dir",
         tmp.path().join("work").to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use brcore::chain::Target;
+use brcore::error::Error as CoreError;
 use brcore::rebuild::LeasePolicy;
 use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
 use etcd_format::membership::Cluster;
@@ -19,7 +20,16 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
     let progress: Arc<dyn Progress> =
         if std::io::stderr().is_terminal() { Arc::new(Bar::new()) } else { Arc::new(brcore::restore::NoProgress) };
-    let report = OfflineRestorer::new(store).restore(&plan, progress).await?;
+    let report = match OfflineRestorer::new(store).restore(&plan, progress).await {
+        Ok(report) => report,
+        // As the Go tool: with no base snapshot there is nothing to restore, and that is not a
+        // failure (exit 0). A point in time without a backup (etcdbr's own flags) stays one.
+        Err(CoreError::NotFound { what }) if matches!(plan.target, Target::Latest) => {
+            println!("nothing to restore: {what}; the data dir was not created");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     print_summary(&report, args.dry_run);
     Ok(())
 }
