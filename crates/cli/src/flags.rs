@@ -281,7 +281,7 @@ pub struct EtcdArgs {
     #[arg(short = 'e', long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// Limit for connecting to etcd and for each request.
-    #[arg(long, default_value = "30s", value_parser = crate::cmd::snapshot::parse_go_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::pflag::go_duration)]
     pub etcd_connection_timeout: std::time::Duration,
     /// Client certificate (PEM) for etcd.
     #[arg(long)]
@@ -294,11 +294,13 @@ pub struct EtcdArgs {
     pub cacert: Option<PathBuf>,
     /// Talk to etcd without TLS unless a certificate flag is given (`=false`: TLS with the
     /// system's roots).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_transport: bool,
     /// Accepted for compatibility; etcd's certificate is always verified (with --cacert or the
     /// system's roots).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_skip_tls_verify: bool,
     /// etcd user name (with --etcd-password).
     #[arg(long)]
@@ -442,6 +444,7 @@ mod tests {
             ),
             ("snapshot", &["compress-snapshots", "insecure-transport", "insecure-skip-tls-verify"]),
             ("compact", &["compress-snapshots", "defragment", "enable-snapshot-lease-renewal"]),
+            ("status", &["insecure-transport", "insecure-skip-tls-verify"]),
         ];
         for (command, flags) in cases {
             for flag in *flags {

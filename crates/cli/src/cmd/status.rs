@@ -35,7 +35,7 @@ fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
     if let Ok(n) = t.parse::<u64>() {
         return Ok(MaxLag::Revisions(n));
     }
-    super::snapshot::parse_go_duration(t)
+    crate::pflag::go_duration(t)
         .map(MaxLag::Time)
         .map_err(|e| format!("{e}: expected a revision count (500) or a duration (30s, 5m)"))
 }
