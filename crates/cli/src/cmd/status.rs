@@ -35,9 +35,11 @@ fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
     if let Ok(n) = t.parse::<u64>() {
         return Ok(MaxLag::Revisions(n));
     }
-    crate::pflag::go_duration(t)
-        .map(MaxLag::Time)
-        .map_err(|e| format!("{e}: expected a revision count (500) or a duration (30s, 5m)"))
+    match crate::pflag::go_duration_signed(t) {
+        Ok(d) if !d.negative => Ok(MaxLag::Time(d.magnitude)),
+        Ok(_) => Err(format!("{s:?} is negative: expected a revision count (500) or a duration (30s, 5m)")),
+        Err(e) => Err(format!("{e}: expected a revision count (500) or a duration (30s, 5m)")),
+    }
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
@@ -270,7 +272,7 @@ mod tests {
         assert_eq!(parse_max_lag("500").unwrap(), MaxLag::Revisions(500));
         assert_eq!(parse_max_lag("5m").unwrap(), MaxLag::Time(Duration::from_secs(300)));
         assert_eq!(parse_max_lag("1m30s").unwrap(), MaxLag::Time(Duration::from_secs(90)));
-        for bad in ["", "-3", "5x", "fast"] {
+        for bad in ["", "-3", "-5m", "5x", "fast"] {
             assert!(parse_max_lag(bad).is_err(), "{bad:?}");
         }
     }
