@@ -17,6 +17,7 @@ pub mod name;
 pub mod overlap;
 pub mod rebuild;
 pub mod restore;
+pub mod secondary;
 pub mod snapshotter;
 pub mod status;
 pub mod store;

@@ -133,6 +133,82 @@ impl Command {
     }
 }
 
+/// The Go tool's secondary store (`server`, v0.43.0): with `--secondary-backup-sync-enabled`,
+/// the leading sidecar copies every backup of the primary store to this one every
+/// `--secondary-backup-sync-period` and garbage-collects it with the primary's policy. Its
+/// credentials come from the `SECONDARY_`-prefixed variables.
+#[derive(Debug, Clone, Args)]
+pub struct SecondaryStoreArgs {
+    /// Copy the backups to the secondary store (needs --storage-provider and
+    /// --secondary-storage-provider).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
+    pub secondary_backup_sync_enabled: bool,
+    /// How often the backups are copied (the first copy is made when the sidecar starts
+    /// snapshotting); must be positive.
+    #[arg(long, default_value = "1h", value_parser = crate::pflag::go_duration)]
+    pub secondary_backup_sync_period: Duration,
+    /// The secondary store's provider: Local, S3, ABS, GCS, Swift, OSS, ECS, OCS.
+    #[arg(long, default_value = "", value_parser = provider_name)]
+    pub secondary_storage_provider: String,
+    /// The secondary store's bucket / container (or `SECONDARY_STORAGE_CONTAINER`).
+    #[arg(long, env = "SECONDARY_STORAGE_CONTAINER")]
+    pub secondary_store_container: Option<String>,
+    /// The secondary store's prefix (its own; default none); the layout appends `v2`.
+    #[arg(long, default_value = "")]
+    pub secondary_store_prefix: String,
+    /// The secondary store's endpoint override.
+    #[arg(long)]
+    pub secondary_store_endpoint_override: Option<String>,
+    /// Parts uploaded at once to the secondary store.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub secondary_max_parallel_chunk_uploads: u64,
+    /// Size of one part uploaded to the secondary store, in bytes (at least 5 MiB).
+    #[arg(long, default_value_t = 5 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(5 * 1024 * 1024..))]
+    pub secondary_min_chunk_size: u64,
+    /// Temp directory for the secondary store's transfers.
+    #[arg(long, default_value = "/tmp")]
+    pub secondary_snapstore_temp_directory: PathBuf,
+}
+
+impl SecondaryStoreArgs {
+    /// The secondary store's config, when sync is enabled.
+    pub fn store_config(&self) -> Option<snapstore::StoreConfig> {
+        self.secondary_backup_sync_enabled.then(|| snapstore::StoreConfig {
+            provider: self.secondary_storage_provider.parse().unwrap_or(snapstore::Provider::Local),
+            container: self.secondary_store_container.clone(),
+            prefix: self.secondary_store_prefix.clone(),
+            endpoint_override: self.secondary_store_endpoint_override.clone().filter(|e| !e.trim().is_empty()),
+            max_parallel_chunk_uploads: usize::try_from(self.secondary_max_parallel_chunk_uploads)
+                .unwrap_or(usize::MAX),
+            min_chunk_size: usize::try_from(self.secondary_min_chunk_size).unwrap_or(usize::MAX),
+            temp_dir: self.secondary_snapstore_temp_directory.clone(),
+            env_prefix: "SECONDARY_".to_string(),
+        })
+    }
+
+    /// With sync enabled: a primary store, a secondary provider and a positive period (the Go
+    /// tool fails on the first two only once it leads, and its ticker panics on the third).
+    pub fn check(&self, primary: &StoreArgs) -> Result<(), String> {
+        if !self.secondary_backup_sync_enabled {
+            return Ok(());
+        }
+        if !primary.has_provider() {
+            return Err(
+                "--secondary-backup-sync-enabled copies the primary store's backups: --storage-provider is missing"
+                    .into(),
+            );
+        }
+        if self.secondary_storage_provider.trim().is_empty() {
+            return Err("--secondary-backup-sync-enabled needs --secondary-storage-provider (Local, S3, ABS, GCS, Swift, OSS, ECS or OCS)".into());
+        }
+        if self.secondary_backup_sync_period.is_zero() {
+            return Err("--secondary-backup-sync-period must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
 /// The Go tool's snapshot-Lease flags (its `HealthConfig` on `server`, `CompactorConfig` on
 /// `compact`): Kubernetes Leases whose `holderIdentity` carries the latest full and delta
 /// snapshot revisions, which etcd-druid reads to report backups and schedule compaction.

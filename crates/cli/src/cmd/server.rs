@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brcore::etcd::{EtcdClient, EtcdSource};
+use brcore::secondary::SyncConfig;
 use brcore::snapshotter::Snapshotter;
 use brcore::snapshotter::full::FullOptions;
 use clap::{ArgAction, Args};
@@ -40,7 +41,7 @@ use validator::{InitOptions, Initializer, Mode};
 use super::initialize::ValidationMode;
 use super::snapshot::{SnapshotArgs, SnapshotPlan};
 use super::store_config;
-use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SnapshotLeaseArgs};
+use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SecondaryStoreArgs, SnapshotLeaseArgs};
 
 /// How often etcd is asked whether it is up while the snapshotter waits for it.
 const ETCD_POLL: Duration = Duration::from_secs(2);
@@ -114,6 +115,9 @@ pub struct ServerArgs {
     /// This member's Lease heartbeat (Kubernetes).
     #[command(flatten)]
     pub member_lease: MemberLeaseArgs,
+    /// Backup sync to a secondary store.
+    #[command(flatten)]
+    pub secondary: SecondaryStoreArgs,
 }
 
 /// The bearer token of `--server-auth-token`; its `Debug` output is redacted so printing the
@@ -172,6 +176,8 @@ struct Snapshotting {
     role: watch::Receiver<Role>,
     /// How long a new leader waits for the previous leader's sidecar to stop.
     handoff_limit: Duration,
+    /// The secondary store and how it is kept in sync, while the snapshotter runs.
+    secondary: Option<(Arc<dyn brcore::Snapstore>, SyncConfig)>,
 }
 
 fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
@@ -185,6 +191,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     }
     args.snapshot_leases.check().map_err(anyhow::Error::msg)?;
     args.member_lease.check().map_err(anyhow::Error::msg)?;
+    args.secondary.check(&args.snapshot.store).map_err(anyhow::Error::msg)?;
     let sidecars = SidecarLocator::parse_endpoints(&args.sidecar_endpoints)
         .map_err(|e| anyhow::anyhow!("--sidecar-endpoints: {e}"))?;
     let plan = super::restore::plan(&args.restore_args())?;
@@ -242,11 +249,44 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     };
     let server = Server::new(config, init, control, metrics);
     let handoff_limit = args.reelection_period + HANDOFF_GRACE;
+    let secondary = match args.secondary.store_config() {
+        Some(config) => {
+            let store = snapstore::open(&config).context("cannot open the secondary backup store")?;
+            let s = &snap.snapshotter;
+            let sync = SyncConfig {
+                primary_prefix: s.prefix.clone(),
+                secondary_prefix: config.prefix.clone(),
+                period: args.secondary.secondary_backup_sync_period,
+                write: brcore::WriteOptions {
+                    max_parallel_parts: config.max_parallel_chunk_uploads.max(1),
+                    part_size: config.min_chunk_size,
+                },
+                gc_period: s.gc_period,
+                gc_policy: s.gc_policy,
+                gc_options: brcore::gc::GcOptions {
+                    delta_retention_secs: s.delta_retention.as_secs() as i64,
+                    last_uploaded_revision: None,
+                    delete_chunks: false,
+                },
+            };
+            Some((store, sync))
+        }
+        None => {
+            if args.secondary.secondary_store_container.is_some()
+                || !args.secondary.secondary_storage_provider.is_empty()
+            {
+                warn!(
+                    "--secondary-* store flags are given but --secondary-backup-sync-enabled is false: no secondary store is used"
+                );
+            }
+            None
+        }
+    };
     Ok(Setup {
         server,
         snapshots: snapshotting
             .zip(elector.as_ref().map(LeaderElector::subscribe))
-            .map(|((store, live), role)| Snapshotting { store, plan: snap, live, role, handoff_limit }),
+            .map(|((store, live), role)| Snapshotting { store, plan: snap, live, role, handoff_limit, secondary }),
         elector,
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
@@ -379,7 +419,7 @@ async fn supervise(
         if !wait_for_etcd(&etcd, handle, &stop).await {
             return;
         }
-        let Some(Snapshotting { store, plan, live, role, handoff_limit }) = &snapshots else {
+        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary }) = &snapshots else {
             // No store: healthy while etcd answers.
             handle.set_healthy(true);
             tokio::select! {
@@ -439,10 +479,24 @@ async fn supervise(
                 }
             })
         };
+        // The secondary store is kept in sync by the snapshotting sidecar only (the reference's
+        // leader callbacks), for as long as its snapshotter runs.
+        let sync = secondary.as_ref().map(|(secondary, config)| {
+            tokio::spawn(brcore::secondary::run(
+                store.clone(),
+                secondary.clone(),
+                config.clone(),
+                brcore::metrics::metrics().clone(),
+                std::future::pending(),
+            ))
+        });
         live.attach(snapshotter.handle());
         let result = snapshotter.run(until).await;
         live.detach();
         checker.abort();
+        if let Some(sync) = sync {
+            sync.abort();
+        }
         handle.set_healthy(false);
         match result {
             Ok(report) => {
@@ -647,5 +701,162 @@ mod tests {
         tx.send(()).unwrap();
         run.await.unwrap().unwrap();
         assert!(http_get(port, "/healthz").is_none(), "the port is closed after stopping");
+    }
+
+    fn full_snapshots(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.retain(|n| n.starts_with("Full-"));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn secondary_flags_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("p");
+        let store = store.to_str().unwrap();
+        let a = parse(&[]).unwrap();
+        assert!(!a.secondary.secondary_backup_sync_enabled);
+        assert_eq!(a.secondary.secondary_backup_sync_period, Duration::from_secs(3600), "the Go default");
+        assert!(a.secondary.store_config().is_none(), "disabled: no secondary store");
+        for (bad, why) in [
+            (
+                &["--secondary-backup-sync-enabled", "--secondary-storage-provider=Local"][..],
+                "storage-provider is missing",
+            ),
+            (
+                &["--storage-provider=Local", "--store-container", store, "--secondary-backup-sync-enabled"],
+                "--secondary-storage-provider",
+            ),
+            (
+                &[
+                    "--storage-provider=Local",
+                    "--store-container",
+                    store,
+                    "--secondary-backup-sync-enabled",
+                    "--secondary-storage-provider=Local",
+                    "--secondary-backup-sync-period=0s",
+                ],
+                "period",
+            ),
+        ] {
+            let e = setup(&parse(bad).unwrap()).err().unwrap_or_else(|| panic!("{bad:?} must be refused")).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(parse(&["--secondary-min-chunk-size=1024"]).is_err(), "Go: at least 5 MiB");
+        let a = parse(&[
+            "--storage-provider=Local",
+            "--store-container",
+            store,
+            "--secondary-backup-sync-enabled=true",
+            "--secondary-storage-provider=S3",
+            "--secondary-store-container=b",
+            "--secondary-store-prefix=q",
+        ])
+        .unwrap();
+        let c = a.secondary.store_config().unwrap();
+        assert_eq!(
+            (c.provider, c.container.as_deref(), c.prefix.as_str(), c.env_prefix.as_str()),
+            (snapstore::Provider::S3, Some("b"), "q", "SECONDARY_")
+        );
+    }
+
+    /// The Go v0.43.0 backup sync: the snapshotting sidecar copies the primary store's backups to
+    /// the secondary (at once, then every period) and garbage-collects the secondary with the
+    /// primary's policy; the copy restores like the primary.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backups_are_synced_to_the_secondary_store_and_collected_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(EtcdVersion::V3_5);
+        etcd.etcdctl(&["put", "k", "v"]);
+        let port = testsupport::free_port();
+        let (primary, secondary) = (tmp.path().join("primary"), tmp.path().join("secondary"));
+        let data_dir = tmp.path().join("data");
+        let argv = [
+            "-p",
+            &port.to_string(),
+            "--endpoints",
+            &etcd.endpoint(),
+            "--storage-provider=Local",
+            "--store-container",
+            primary.to_str().unwrap(),
+            "--store-prefix=main",
+            "--delta-snapshot-period=1s",
+            "--garbage-collection-policy=LimitBased",
+            "--max-backups=1",
+            "--garbage-collection-period=2s",
+            "--secondary-backup-sync-enabled=true",
+            "--secondary-backup-sync-period=1s",
+            "--secondary-storage-provider=Local",
+            "--secondary-store-container",
+            secondary.to_str().unwrap(),
+            "--secondary-store-prefix=copy",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        let setup = setup(&parse(&argv).unwrap()).unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(serve(setup, listener, async {
+            let _ = rx.await;
+        }));
+        let (p_dir, s_dir) = (primary.join("main/v2"), secondary.join("copy/v2"));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        // The first full snapshot reaches the secondary store.
+        while full_snapshots(&s_dir).is_empty() {
+            assert!(Instant::now() < deadline, "no full snapshot synced: {:?}", full_snapshots(&p_dir));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Two more full snapshots (each a new set): the secondary ends up with the newest set
+        // only, as the primary does (LimitBased, 1), with every delta of it.
+        for i in 0..2 {
+            etcd.etcdctl(&["put", &format!("k{i}"), "v"]);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let got = tokio::task::spawn_blocking(move || http_get(port, "/snapshot/full")).await.unwrap();
+            assert!(matches!(got, Some((200, _))), "{got:?}");
+        }
+        etcd.etcdctl(&["put", "last", "v"]);
+        let revision = etcd.revision();
+        loop {
+            let (p, s) = (full_snapshots(&p_dir), full_snapshots(&s_dir));
+            let s_all: Vec<String> = std::fs::read_dir(&s_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            if p.len() == 1
+                && s == p
+                && s_all.iter().any(|n| n.starts_with("Incr-") && n.contains(&format!("-{revision:08}-")))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "primary {p:?}, secondary {s_all:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tx.send(()).unwrap();
+        run.await.unwrap().unwrap();
+        // The secondary's set restores to what etcd serves.
+        let data = tmp.path().join("restored");
+        let peer = testsupport::free_port();
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let restore = crate::flags::Cli::try_parse_from([
+            "etcdbrctl",
+            "restore",
+            "--storage-provider=Local",
+            "--store-container",
+            secondary.to_str().unwrap(),
+            "--store-prefix=copy",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--name=n1",
+            &format!("--initial-cluster=n1={peer_url}"),
+            &format!("--initial-advertise-peer-urls={peer_url}"),
+        ])
+        .unwrap();
+        crate::cmd::run(restore.command.unwrap()).await.unwrap();
+        let hash = etcd.hashkv(revision).0;
+        let back = Etcd::start_on(EtcdVersion::V3_5, &data, "n1", peer, testsupport::free_port());
+        assert_eq!(back.hashkv(revision).0, hash);
     }
 }
