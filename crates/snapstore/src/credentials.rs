@@ -55,7 +55,8 @@ pub struct S3Credentials {
     pub region: Option<String>,
     /// `endpoint` (deprecated in the reference in favour of `--store-endpoint-override`).
     pub endpoint: Option<String>,
-    /// `s3ForcePathStyle`; opendal sends path-style requests unless this is explicitly false.
+    /// `s3ForcePathStyle`: path-style requests when true; otherwise virtual-hosted where the
+    /// bucket and endpoint allow it, as the Go tool's AWS SDK (see `store::s3_virtual_host_style`).
     pub force_path_style: Option<bool>,
     /// `insecureSkipVerify`: TLS certificates of the endpoint are not verified (logged as a warning).
     pub insecure_skip_verify: bool,
@@ -142,7 +143,9 @@ pub enum Credentials {
     S3(S3Credentials),
     /// ABS.
     Abs(AbsCredentials),
-    /// GCS; `None` in emulator mode (an `http://` endpoint override), which needs no auth.
+    /// GCS; `None` in emulator mode (an `http://` endpoint override), which needs no auth, and
+    /// otherwise without `GOOGLE_APPLICATION_CREDENTIALS`: Application Default Credentials (the
+    /// gcloud well-known file, then the GCE metadata server), as the reference's Google client.
     Gcs(Option<GcsCredentials>),
     /// Swift.
     Swift(SwiftCredentials),
@@ -358,7 +361,10 @@ pub fn load(
                     Credentials::Gcs(Some(gcs))
                 }
                 None if gcs_emulator => Credentials::Gcs(None),
-                None => return Err(missing(provider, &var)),
+                // A copy source must name its file (the reference refuses otherwise); the
+                // primary and secondary stores fall back to Application Default Credentials.
+                None if env_prefix == "SOURCE_" => return Err(missing(provider, &var)),
+                None => Credentials::Gcs(None),
             }
         }
         Provider::Swift => {
@@ -672,7 +678,7 @@ mod tests {
     }
 
     #[test]
-    fn gcs_needs_a_service_or_external_account_file_unless_emulated() {
+    fn gcs_reads_its_file_or_falls_back_to_application_default_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "sa.json", r#"{"type":"service_account","project_id":"p","private_key":"x"}"#);
         write(dir.path(), "storageAPIEndpoint", "https://storage.example/\n");
@@ -684,8 +690,11 @@ mod tests {
         let env = env_of(&[("GOOGLE_APPLICATION_CREDENTIALS", bad.display().to_string())]);
         assert!(load(Provider::GCS, &env, "", false).unwrap_err().to_string().contains("authorized_user"));
         let none = env_of(&[]);
-        assert!(load(Provider::GCS, &none, "", false).is_err());
+        assert_eq!(load(Provider::GCS, &none, "", false).unwrap().credentials, Credentials::Gcs(None), "ADC");
+        assert_eq!(load(Provider::GCS, &none, "SECONDARY_", false).unwrap().credentials, Credentials::Gcs(None));
         assert_eq!(load(Provider::GCS, &none, "", true).unwrap().credentials, Credentials::Gcs(None));
+        let e = load(Provider::GCS, &none, "SOURCE_", false).unwrap_err().to_string();
+        assert!(e.contains("SOURCE_GOOGLE_APPLICATION_CREDENTIALS"), "a copy source must name its file: {e}");
     }
 
     #[test]

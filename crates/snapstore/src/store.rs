@@ -334,13 +334,18 @@ impl Settings {
                 if let Some(e) = &endpoint {
                     builder = builder.endpoint(e);
                 }
+                let emulator = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
                 builder = match c {
                     Some(c) => builder
                         .credential(&base64::engine::general_purpose::STANDARD.encode(c.credential_json.expose()))
                         .disable_vm_metadata()
                         .disable_config_load(),
                     // Emulator mode: no authentication, as the reference does for http:// endpoints.
-                    None => builder.skip_signature().disable_vm_metadata().disable_config_load(),
+                    None if emulator => builder.skip_signature().disable_vm_metadata().disable_config_load(),
+                    // Application Default Credentials: opendal's default chain reads the gcloud
+                    // well-known file and then the metadata server (`GCE_METADATA_HOST`), as
+                    // Google's Go client does for the reference.
+                    None => builder,
                 };
                 Operator::new(builder).map_err(backend)?
             }
@@ -410,7 +415,7 @@ impl Settings {
             // but SigV4 needs one.
             .unwrap_or_else(|| "us-east-1".to_string());
         b = b.region(&region);
-        if c.force_path_style == Some(false) {
+        if s3_virtual_host_style(&self.container, endpoint.as_deref(), c.force_path_style) {
             b = b.enable_virtual_host_style();
         }
         if let (Some(ak), Some(sk)) = (&c.access_key_id, &c.secret_access_key) {
@@ -451,6 +456,33 @@ fn remove_stale_staging_files(temp: &Path) {
             }
         }
     }
+}
+
+/// Whether S3 requests name the bucket in the host (`bucket.endpoint`) rather than the path, as
+/// the Go tool's AWS SDK (v2) decides it: path-style when `s3ForcePathStyle` is true, when the
+/// endpoint is an IP address, or when the bucket cannot be a DNS label (dots need an `http://`
+/// endpoint, where no certificate has to match); virtual-hosted otherwise (`s3ForcePathStyle`
+/// false is the SDK's default, not a force).
+pub(crate) fn s3_virtual_host_style(bucket: &str, endpoint: Option<&str>, force_path_style: Option<bool>) -> bool {
+    if force_path_style == Some(true) {
+        return false;
+    }
+    if endpoint.is_some_and(host_is_ip) {
+        return false;
+    }
+    let dots_allowed = endpoint.is_some_and(|e| e.starts_with("http://"));
+    if dots_allowed { bucket.split('.').all(dns_compatible_bucket) } else { dns_compatible_bucket(bucket) }
+}
+
+/// The AWS endpoint rules' `isVirtualHostableS3Bucket` without sub-domains: 3 to 63 lower-case
+/// letters, digits and hyphens, starting and ending with a letter or digit, not an IPv4 address.
+fn dns_compatible_bucket(label: &str) -> bool {
+    let b = label.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && label.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 /// Whether the host of `endpoint` (`scheme://host:port/...` or `host:port`) is an IP address.
@@ -1151,6 +1183,27 @@ mod tests {
         assert!(host_is_ip("10.0.0.1"));
         assert!(!host_is_ip("https://oss-eu-central-1.aliyuncs.com"));
         assert!(!host_is_ip("localhost:9000"));
+    }
+
+    /// The Go tool's AWS SDK: virtual-hosted unless s3ForcePathStyle, an IP endpoint, or a
+    /// bucket that cannot be a host name.
+    #[test]
+    fn s3_addressing_is_the_aws_sdks() {
+        let v = s3_virtual_host_style;
+        assert!(v("etcd-backups", None, None), "AWS itself: virtual-hosted by default");
+        assert!(v("etcd-backups", None, Some(false)), "s3ForcePathStyle=false is the default");
+        assert!(!v("etcd-backups", None, Some(true)));
+        assert!(v("etcd-backups", Some("https://s3.eu-central-1.example.com"), None));
+        assert!(!v("etcd-backups", Some("http://127.0.0.1:8333"), None), "an IP cannot take the bucket as a subdomain");
+        assert!(!v("etcd-backups", Some("https://[::1]:8333"), None));
+        assert!(!v("my.backups", None, None), "dots break the certificate over https");
+        assert!(!v("my.backups", Some("https://minio.example.com"), None));
+        assert!(v("etcd.backups", Some("http://minio.example.com"), None), "dots are fine over http");
+        assert!(!v("Etcd-Backups", None, None), "upper case is not DNS-compatible");
+        assert!(!v("ab", None, None));
+        assert!(!v("-backups", None, None));
+        assert!(!v("backups_1", None, None));
+        assert!(!v(&"a".repeat(64), None, None));
     }
 
     #[test]

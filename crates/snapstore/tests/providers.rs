@@ -173,10 +173,17 @@ async fn gcs_opens_from_a_service_account_file_and_in_emulator_mode() {
     let store = OpendalStore::open_with_env(&config(Provider::GCS, "bucket", None), &env).expect("open GCS");
     assert_eq!(store.provider(), Provider::GCS);
 
-    // No credentials and no emulator: refused at open with the variable to set.
+    // No credentials and no emulator: Application Default Credentials, as the reference (see
+    // crates/cli/tests/store_credentials.rs for the metadata server being asked). A copy source
+    // must name its file.
     let none = |_: &str| None;
-    let err = OpendalStore::open_with_env(&config(Provider::GCS, "bucket", None), &none).unwrap_err();
-    assert!(matches!(err, Error::Credentials { .. }) && err.to_string().contains("GOOGLE_APPLICATION_CREDENTIALS"));
+    OpendalStore::open_with_env(&config(Provider::GCS, "bucket", None), &none).expect("GCS with ADC");
+    let mut source = config(Provider::GCS, "bucket", None);
+    source.env_prefix = "SOURCE_".into();
+    let err = OpendalStore::open_with_env(&source, &none).unwrap_err();
+    assert!(
+        matches!(err, Error::Credentials { .. }) && err.to_string().contains("SOURCE_GOOGLE_APPLICATION_CREDENTIALS")
+    );
     // An http:// endpoint override is the emulator: no credentials needed.
     let emulated = OpendalStore::open_with_env(&config(Provider::GCS, "bucket", Some(dead_endpoint())), &none)
         .expect("GCS emulator mode");
