@@ -269,7 +269,7 @@ pub async fn list_chain(store: &dyn Snapstore, prefix: &str, target: Target) -> 
         listing.extend(store.list(&dir).await?);
     }
     Chain::select(&listing, prefix, target).map_err(|e| match e {
-        Error::NotFound { what } => Error::NotFound { what: format!("{what} in {store:?}") },
+        Error::NotFound { what } => Error::NotFound { what: format!("{what} in {}", store.describe()) },
         other => other,
     })
 }

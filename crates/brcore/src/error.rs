@@ -77,7 +77,7 @@ pub enum Error {
         /// Why, and what the operator can do.
         why: String,
     },
-    /// A local file operation failed.
+    /// A local file operation failed (other than for want of space: [`Error::NoSpace`]).
     #[error("I/O error on {}: {source}; check the path, its permissions and free space", path.display())]
     Io {
         /// The file or directory concerned.
@@ -86,19 +86,97 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Writing the restored database failed.
-    #[error("writing the restored db failed: {source}; check free space on the data dir's filesystem")]
+    /// The request itself is wrong (a member name that is not in the cluster, a malformed store
+    /// prefix): the caller's input, not the data or the machine.
+    #[error("invalid request: {what}")]
+    Invalid {
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A local filesystem is full (ENOSPC) or the user's disk quota is used up (EDQUOT).
+    #[error(
+        "no space left on the filesystem of {}{}: {source}; free space there, or use a larger \
+         filesystem for it",
+        path.display(),
+        match space { Some(s) => format!(" ({s})"), None => String::new() }
+    )]
+    NoSpace {
+        /// The file or directory that could not be written.
+        path: PathBuf,
+        /// The filesystem's size and free space when the write failed, if they could be read.
+        space: Option<DiskSpace>,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the restored database failed, for a reason other than the file's I/O (those are
+    /// [`Error::Io`] and [`Error::NoSpace`] naming the file).
+    #[error("writing the restored db failed: {source}")]
     DbWrite {
         /// The writer's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A bug or an unexpected state inside etcdbr (a task panicked, an invariant broke).
+    /// A bug or an unexpected state inside etcdbr (a task panicked, an invariant broke). Nothing
+    /// the machine or the input caused is reported as this.
     #[error("internal error: {what}; please report this")]
     Internal {
         /// What happened.
         what: String,
     },
+}
+
+/// The size and free space of a filesystem, as `statvfs(2)` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes available to an unprivileged user.
+    pub available: u64,
+    /// Bytes in the filesystem.
+    pub total: u64,
+}
+
+impl DiskSpace {
+    /// The space of the filesystem that holds `path`, or of the nearest existing ancestor of
+    /// `path` (the file a failed write meant to create may not exist).
+    pub fn of(path: &Path) -> Option<DiskSpace> {
+        let mut p = path;
+        loop {
+            if let Ok(st) = rustix::fs::statvfs(p) {
+                let unit = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+                return Some(DiskSpace {
+                    available: st.f_bavail.saturating_mul(unit),
+                    total: st.f_blocks.saturating_mul(unit),
+                });
+            }
+            p = p.parent().filter(|q| !q.as_os_str().is_empty())?;
+        }
+    }
+}
+
+impl std::fmt::Display for DiskSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} free of {}", human_bytes(self.available), human_bytes(self.total))
+    }
+}
+
+/// `n` bytes in binary units with one decimal ("19.8 MiB"), exact below 1 KiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Whether `e` says a filesystem is full or a disk quota is used up.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 impl Error {
@@ -121,14 +199,47 @@ impl Error {
         Error::Corrupt { object: object.into(), why: why.to_string() }
     }
 
-    /// An [`Error::Io`] on `path`.
+    /// An [`Error::Io`] on `path`, or an [`Error::NoSpace`] naming the free space of its
+    /// filesystem when `source` says the filesystem is full.
+    ///
+    /// An `io::Error` that carries an [`Error`] (one that passed through a `Read` or `Write`
+    /// adapter) gives that error back instead, so its kind is not lost.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        let path = path.as_ref();
+        let source = if source.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let kind = source.kind();
+            match source.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(e)) => return *e,
+                Some(Err(other)) => std::io::Error::new(kind, other),
+                None => std::io::Error::from(kind),
+            }
+        } else {
+            source
+        };
+        if is_no_space(&source) {
+            return Error::NoSpace { path: path.to_path_buf(), space: DiskSpace::of(path), source };
+        }
+        Error::Io { path: path.to_path_buf(), source }
     }
 
     /// An [`Error::Internal`].
     pub fn internal(what: impl Into<String>) -> Error {
         Error::Internal { what: what.into() }
+    }
+
+    /// The error of a task (`spawn`/`spawn_blocking`) that did not return: it panicked (a bug:
+    /// [`Error::Internal`] with the panic's message) or was cancelled (at shutdown).
+    pub fn task_failed(what: &str, e: tokio::task::JoinError) -> Error {
+        if e.is_cancelled() {
+            return Error::internal(format!("{what} was cancelled"));
+        }
+        let payload = e.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Error::internal(format!("{what} panicked: {message}"))
     }
 
     /// An [`Error::DbWrite`] from the db writer's error.
@@ -137,6 +248,25 @@ impl Error {
         E: std::error::Error + Send + Sync + 'static,
     {
         Error::DbWrite { source: Box::new(source) }
+    }
+
+    /// This error with a db writer's I/O failure attributed to `path`, the file it was writing:
+    /// an [`Error::DbWrite`] caused by the file's I/O becomes [`Error::Io`] or
+    /// [`Error::NoSpace`] on `path`. Any other error is returned as it is.
+    pub fn at_db_path(self, path: &Path) -> Error {
+        match self {
+            Error::DbWrite { source } => match source.downcast::<bbolt::Error>() {
+                Ok(b) => match *b {
+                    bbolt::Error::Io { source, .. } => Error::io(path, source),
+                    other => Error::DbWrite { source: Box::new(other) },
+                },
+                Err(source) => match source.downcast::<std::io::Error>() {
+                    Ok(io) => Error::io(path, *io),
+                    Err(source) => Error::DbWrite { source },
+                },
+            },
+            other => other,
+        }
     }
 
     /// An [`Error::NotFound`].
@@ -169,5 +299,52 @@ mod tests {
         assert!(!Error::corrupt("x", "y").is_retryable());
         assert!(!Error::Gap { from: 1, to: 2, detail: String::new() }.is_retryable());
         assert!(Error::io("/x", std::io::Error::from(std::io::ErrorKind::TimedOut)).is_retryable());
+    }
+
+    #[test]
+    fn a_full_filesystem_is_named_with_its_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-yet-created");
+        let e = Error::io(&file, std::io::Error::from_raw_os_error(28)); // ENOSPC
+        let Error::NoSpace { path, space, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(path, &file);
+        let space = space.expect("statvfs of the existing parent");
+        assert!(space.total > 0 && space.available <= space.total, "{space:?}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("no space left on the filesystem of {}", file.display())), "{msg}");
+        assert!(msg.contains(" free of "), "{msg}");
+        assert!(!msg.contains("please report"), "{msg}");
+        let quota = Error::io(&file, std::io::Error::from_raw_os_error(122)); // EDQUOT
+        assert!(matches!(quota, Error::NoSpace { .. }), "{quota:?}");
+    }
+
+    #[test]
+    fn an_error_carried_through_io_keeps_its_kind() {
+        let inner = Error::corrupt("p/v2/Full-1-2-3.gz", "bad");
+        let e = Error::io("/x", std::io::Error::other(inner));
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_db_write_failure_names_the_file() {
+        let full = bbolt::Error::Io { path: None, source: std::io::Error::from_raw_os_error(28) };
+        let e = Error::db_write(full).at_db_path(Path::new("/data.part/member/snap/db"));
+        assert!(matches!(&e, Error::NoSpace { path, .. } if path == Path::new("/data.part/member/snap/db")), "{e:?}");
+        let misuse = Error::db_write(bbolt::Error::Misuse { what: "order".into() }).at_db_path(Path::new("/db"));
+        assert!(matches!(misuse, Error::DbWrite { .. }), "{misuse:?}");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_an_internal_error_with_its_message() {
+        let e = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let e = Error::task_failed("the db writer", e);
+        assert!(e.to_string().contains("the db writer panicked: boom"), "{e}");
     }
 }

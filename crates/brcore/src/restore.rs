@@ -270,18 +270,22 @@ async fn build(
         let path = db_path.clone();
         hashkv = Some(
             tokio::task::spawn_blocking(move || -> Result<u32, Error> {
-                let db =
-                    bbolt::Db::open(&path).map_err(|e| Error::internal(format!("reopening the rebuilt db: {e}")))?;
+                let db = bbolt::Db::open(&path).map_err(|e| match e {
+                    bbolt::Error::Io { source, .. } => Error::io(&path, source),
+                    e => Error::internal(format!("the rebuilt db {} does not open: {e}", path.display())),
+                })?;
                 let report = db.check();
                 if !report.is_ok() {
                     return Err(Error::internal(format!("the rebuilt db fails its check: {:?}", report.findings)));
                 }
-                let h = etcd_format::hashkv::hash_kv(&db, None)
-                    .map_err(|e| Error::internal(format!("hashing the rebuilt db: {e}")))?;
+                let h = etcd_format::hashkv::hash_kv(&db, None).map_err(|e| match e {
+                    etcd_format::mvcc::Error::Bolt(bbolt::Error::Io { source, .. }) => Error::io(&path, source),
+                    e => Error::internal(format!("hashing the rebuilt db: {e}")),
+                })?;
                 Ok(h.hash)
             })
             .await
-            .map_err(|e| Error::internal(format!("the verifier failed: {e}")))??,
+            .map_err(|e| Error::task_failed("the dry run's verifier", e))??,
         );
     }
 
@@ -293,13 +297,12 @@ async fn build(
         if dry_run {
             return Ok(());
         }
-        etcd_format::membership::write_member_files(&member_dir, &cluster, &name)
-            .map_err(|e| Error::internal(format!("writing the WAL and snap files: {e}")))?;
+        etcd_format::membership::write_member_files(&member_dir, &cluster, &name).map_err(member_files_error)?;
         fsync_dir(&member_dir.join("snap"))?;
         fsync_dir(&member_dir)
     })
     .await
-    .map_err(|e| Error::internal(format!("the WAL writer failed: {e}")))??;
+    .map_err(|e| Error::task_failed("the WAL writer", e))??;
 
     info!(
         revision = stats.revision,
@@ -319,6 +322,19 @@ async fn build(
         data_dir: None,
         hashkv,
     })
+}
+
+/// Writing the WAL and snap files failed: I/O names the file (a full disk is
+/// [`Error::NoSpace`]), anything else is a member or cluster the plan should not have held.
+fn member_files_error(e: etcd_format::membership::MembershipError) -> Error {
+    use etcd_format::membership::MembershipError as M;
+    use etcd_format::{snap::SnapError, wal::WalError};
+    match e {
+        M::Io { path, source } | M::Wal(WalError::Io { path, source }) | M::Snap(SnapError::Io { path, source }) => {
+            Error::io(path, source)
+        }
+        other => Error::Invalid { what: format!("cannot write the new member's WAL and snap files: {other}") },
+    }
 }
 
 /// `meta/confState` for the new cluster, as etcd 3.5+ writes it (Go's JSON of raftpb.ConfState):
@@ -471,14 +487,15 @@ pub async fn rebuild_chain(
                 Err(e) => Box::new(std::iter::once(Err(e))),
             }
         });
-        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))?;
+        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))
+            .map_err(|e| e.at_db_path(&db_out))?;
         let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&db_out, e))?;
         Ok(stats)
     })
     .await
-    .map_err(|e| Error::internal(format!("the db writer failed: {e}")))??;
-    let fetched = fetch_task.await.map_err(|e| Error::internal(format!("the delta fetcher failed: {e}")))?;
+    .map_err(|e| Error::task_failed("the db writer", e))??;
+    let fetched = fetch_task.await.map_err(|e| Error::task_failed("the delta fetcher", e))?;
     drop(full_path);
     Ok((stats, full_bytes + fetched))
 }
@@ -488,7 +505,7 @@ async fn verify_in_place(path: &Path, key: &str, skip_hash_check: bool, progress
     let p = path.to_path_buf();
     let status = tokio::task::spawn_blocking(move || etcd_format::snapshot_file::verify_snapshot_file(&p))
         .await
-        .map_err(|e| Error::internal(format!("the snapshot verifier failed: {e}")))?;
+        .map_err(|e| Error::task_failed("the snapshot verifier", e))?;
     match status {
         Ok(TrailerStatus::Verified) => {}
         Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
@@ -531,7 +548,7 @@ async fn fetch_full(
         let mut decoder = compress::decoder(compression, reader);
         let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
         let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), trailer: Sha256Trailer::new() };
-        io::copy(&mut decoder, &mut out).map_err(|e| read_error(&key, e))?;
+        copy_full(&mut decoder, &mut out, &key, &out_path)?;
         let HashingWriter { inner, trailer } = out;
         let file = inner.into_inner().map_err(|e| Error::io(&out_path, e.into_error()))?;
         let db_len = trailer.data_len();
@@ -575,7 +592,7 @@ async fn fetch_full(
     .instrument(span)
     .await;
     drop(tx);
-    writer.await.map_err(|e| Error::internal(format!("the snapshot writer failed: {e}")))??;
+    writer.await.map_err(|e| Error::task_failed("the snapshot writer", e))??;
     Ok(fetched)
 }
 
@@ -626,21 +643,45 @@ async fn fetch_delta(store: &dyn Snapstore, snap: &Snapshot) -> Result<(Vec<Even
         delta::read_events(reader, &key)
     })
     .await
-    .map_err(|e| Error::internal(format!("the delta decoder failed: {e}")))??;
+    .map_err(|e| Error::task_failed("the delta decoder", e))??;
     Ok((events, n))
 }
 
+/// Copies the decompressed full snapshot into the temp file at `path`, telling the two sides'
+/// failures apart: a read failure is the object's (damaged data, or the store's error carried
+/// through the decoder), a write failure is the temp file's (a full disk names its filesystem).
+fn copy_full(from: &mut impl Read, to: &mut impl Write, key: &str, path: &Path) -> Result<(), Error> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(key, e)),
+        };
+        to.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// A failure reading the object `key` through its decoder.
 fn read_error(key: &str, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
             Error::corrupt(key, format!("it does not decompress: {e}; the object is damaged or truncated"))
         }
-        _ => match e.into_inner() {
-            Some(inner) => match inner.downcast::<Error>() {
-                Ok(err) => *err,
-                Err(other) => Error::internal(format!("reading {key}: {other}")),
-            },
-            None => Error::internal(format!("reading {key} failed")),
+        // The store's error (or another of ours) carried through the reader keeps its kind;
+        // anything else is the stream's I/O, named by the object.
+        _ => match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(err)) => *err,
+            Some(Err(other)) => {
+                Error::Store(StoreError::Other { key: key.to_string(), retryable: false, source: other })
+            }
+            None => Error::Store(StoreError::Other {
+                key: key.to_string(),
+                retryable: false,
+                source: "reading the object failed".into(),
+            }),
         },
     }
 }

@@ -130,6 +130,12 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
     fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
         None
     }
+
+    /// The store as messages name it (`S3 bucket "b" at http://…`, `Local store /backups`).
+    /// The default is its `Debug` form.
+    fn describe(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 /// Renames by reading `from`, writing it to `to` through [`Snapstore::write`] (all or nothing)

@@ -32,6 +32,10 @@ pub enum Error {
     /// A backup, restore or store operation failed (500).
     #[error(transparent)]
     Backup(#[from] brcore::error::Error),
+    /// The snapshotter ran the requested snapshot or defragmentation and it failed (500); the
+    /// message is the snapshotter's error (store, etcd, disk), which the snapshotter also logged.
+    #[error("snapshot failed: {0}")]
+    SnapshotFailed(String),
     /// The etcd config file for `/config` is missing or not understood (500).
     #[error("etcd config {path}: {why}")]
     EtcdConfig {
@@ -59,7 +63,9 @@ impl Error {
             Error::Busy(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Error::Backup(_) | Error::EtcdConfig { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Backup(_) | Error::SnapshotFailed(_) | Error::EtcdConfig { .. } | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

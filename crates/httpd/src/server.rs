@@ -612,7 +612,7 @@ async fn render_config(path: &Path, pod_name: Option<&str>, output: Option<&Path
     if let Some(out) = output {
         write_atomically(out, rendered.as_bytes())
             .await
-            .map_err(|e| Error::Internal(format!("cannot write the rendered etcd config to {}: {e}", out.display())))?;
+            .map_err(|e| Error::Backup(brcore::error::Error::io(out, e)))?;
     }
     Ok(rendered)
 }

@@ -218,7 +218,7 @@ fn from_request(e: RequestError) -> Error {
             Error::Unavailable("the snapshotter is not running (etcd is not reachable yet); try again later".into())
         }
         RequestError::DeltasDisabled => Error::Unavailable(e.to_string()),
-        other => Error::Internal(format!("snapshot failed: {other}")),
+        other => Error::SnapshotFailed(other.to_string()),
     }
 }
 

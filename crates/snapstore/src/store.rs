@@ -223,7 +223,7 @@ impl OpendalStore {
             retryable: false,
             source: "store lock poisoned".into(),
         })?;
-        Ok(Call::new(base, self.s.provider))
+        Ok(Call::new(base, self.s.provider, self.s.describe()))
     }
 
     /// The Local staging directory, created (0700) and swept of stale files at the first write.
@@ -287,6 +287,19 @@ impl OpendalStore {
 }
 
 impl Settings {
+    /// The store as errors name it: `S3 bucket "b" at http://…`, `Local store /backups`.
+    fn describe(&self) -> Arc<str> {
+        if let Some(root) = &self.local_root {
+            return format!("Local store {}", root.display()).into();
+        }
+        let what = match self.provider {
+            Provider::ABS | Provider::Swift => "container",
+            _ => "bucket",
+        };
+        let at = self.endpoint_override.as_deref().map(|e| format!(" at {e}")).unwrap_or_default();
+        format!("{} {what} {:?}{at}", self.provider, self.container).into()
+    }
+
     fn load_credentials(&self) -> Result<Loaded, Error> {
         let lookup = |name: &str| self.env.get(name).cloned();
         let emulator = self.endpoint_override.as_deref().is_some_and(|e| e.starts_with("http://"));
@@ -555,11 +568,13 @@ fn http_client(tls: &TlsOptions) -> Result<reqwest::Client, String> {
 struct Call {
     op: Operator,
     provider: Provider,
+    /// The store, as errors name it ([`Settings::describe`]).
+    store: Arc<str>,
     retried: Arc<AtomicBool>,
 }
 
 impl Call {
-    fn new(base: Operator, provider: Provider) -> Call {
+    fn new(base: Operator, provider: Provider, store: Arc<str>) -> Call {
         let retried = Arc::new(AtomicBool::new(false));
         let flag = retried.clone();
         let retry = RetryLayer::new()
@@ -572,15 +587,38 @@ impl Call {
                 flag.store(true, Ordering::Relaxed);
                 warn!(operation = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "retrying store request");
             });
-        Call { op: base.layer(retry), provider, retried }
+        Call { op: base.layer(retry), provider, store, retried }
     }
 
     fn err(&self, key: &str, e: opendal::Error) -> StoreError {
-        map_opendal_error(self.provider, key, e, self.retried.load(Ordering::Relaxed))
+        in_store(&self.store, map_opendal_error(self.provider, key, e, self.retried.load(Ordering::Relaxed)))
     }
 
     fn io_err(&self, key: &str, e: std::io::Error) -> StoreError {
-        map_io_error(self.provider, key, e, self.retried.load(Ordering::Relaxed))
+        in_store(&self.store, map_io_error(self.provider, key, e, self.retried.load(Ordering::Relaxed)))
+    }
+}
+
+/// A store's failure, named by the store it happened in (the key is the [`StoreError`]'s).
+#[derive(Debug, thiserror::Error)]
+#[error("{store}: {source}")]
+struct InStore {
+    store: Arc<str>,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// `e` with the store named in its message: every failure says which object (its key) and
+/// which store (`store`, see [`Settings::describe`]).
+fn in_store(store: &Arc<str>, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Other { key, retryable, source } => {
+            StoreError::Other { key, retryable, source: Box::new(InStore { store: store.clone(), source }) }
+        }
+        StoreError::PermissionDenied { key, message } => {
+            StoreError::PermissionDenied { key, message: format!("{store}: {message}") }
+        }
+        other => other,
     }
 }
 
@@ -651,6 +689,10 @@ impl Snapstore for OpendalStore {
         }
         let path = root.join(key);
         path.is_file().then_some(path)
+    }
+
+    fn describe(&self) -> String {
+        self.s.describe().to_string()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -1049,11 +1091,17 @@ fn with_copy_status_probe(op: &Operator) -> (Operator, CopyStatusSlot) {
 /// 0700) and the directory fsynced. A failed stream or write removes the temp file, so nothing
 /// appears under `key`.
 async fn write_local_file(root: &Path, temp: &Path, key: &str, mut data: ByteStream) -> Result<u64, StoreError> {
-    let fail = |e: std::io::Error| StoreError::Other {
-        key: key.to_string(),
-        // A full disk may be freed by garbage collection; a permission error needs a person.
-        retryable: e.kind() != std::io::ErrorKind::PermissionDenied,
-        source: Box::new(e),
+    let store: Arc<str> = format!("Local store {}", root.display()).into();
+    let fail = |e: std::io::Error| {
+        in_store(
+            &store,
+            StoreError::Other {
+                key: key.to_string(),
+                // A full disk may be freed by garbage collection; a permission error needs a person.
+                retryable: e.kind() != std::io::ErrorKind::PermissionDenied,
+                source: Box::new(e),
+            },
+        )
     };
     let file = tempfile::Builder::new().prefix(".write-").tempfile_in(temp).map_err(fail)?;
     // `Some(chunk)` to write, then `None` once the stream has ended well. A channel closed
@@ -1238,6 +1286,31 @@ mod tests {
         assert!(!config.is_retryable());
         let slow = map_opendal_error(Provider::S3, "k", e(ErrorKind::RateLimited, "SlowDown"), false);
         assert!(slow.is_retryable());
+    }
+
+    #[test]
+    fn store_errors_name_the_object_and_the_store() {
+        let settings = |provider, container: &str, endpoint: Option<&str>, local_root: Option<&str>| Settings {
+            provider,
+            container: container.to_string(),
+            endpoint_override: endpoint.map(str::to_string),
+            env_prefix: String::new(),
+            env: Default::default(),
+            local_root: local_root.map(PathBuf::from),
+        };
+        let s3 = settings(Provider::S3, "backups", Some("http://127.0.0.1:8333"), None).describe();
+        assert_eq!(&*s3, "S3 bucket \"backups\" at http://127.0.0.1:8333");
+        assert_eq!(&*settings(Provider::ABS, "c", None, None).describe(), "ABS container \"c\"");
+        assert_eq!(&*settings(Provider::Local, "/b", None, Some("/b")).describe(), "Local store /b");
+
+        let e = opendal::Error::new(ErrorKind::Unexpected, "connection refused").set_temporary();
+        let msg = in_store(&s3, map_opendal_error(Provider::S3, "p/v2/Full-00000000-00000009-1", e, true)).to_string();
+        assert!(msg.contains("p/v2/Full-00000000-00000009-1"), "{msg}");
+        assert!(msg.contains("S3 bucket \"backups\" at http://127.0.0.1:8333"), "{msg}");
+        assert!(msg.contains("connection refused"), "{msg}");
+        let e = opendal::Error::new(ErrorKind::PermissionDenied, "AccessDenied");
+        let msg = in_store(&s3, map_opendal_error(Provider::S3, "p/v2", e, false)).to_string();
+        assert!(msg.contains("p/v2") && msg.contains("S3 bucket \"backups\"") && msg.contains("AccessDenied"), "{msg}");
     }
 
     #[test]

@@ -13,12 +13,14 @@ pub mod azurite;
 pub mod etcd;
 pub mod kube;
 pub mod seaweed;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use etcd::{Etcd, EtcdVersion};
 pub use kube::KubeApi;
+pub use tmpfs::Tmpfs;
 
 /// Where `scripts/install-test-deps.sh` installs the test dependencies.
 pub fn deps_dir() -> PathBuf {

@@ -434,7 +434,7 @@ async fn take(
     let (fed, uploaded) = tokio::join!(feed, upload);
     fed?;
     let staged_bytes = uploaded?;
-    let verifier = verifier.await.map_err(|e| Error::internal(format!("snapshot verifier: {e}")))?;
+    let verifier = verifier.await.map_err(|e| Error::task_failed("the snapshot verifier", e))?;
     let stream_bytes = verifier.total();
     let (revision, revision_source) = match verifier.finish() {
         Err(why) => return Err(Error::corrupt(format!("etcd snapshot stream from {}", source.endpoint()), why)),

@@ -207,7 +207,7 @@ fn error_class(e: &Error) -> &'static str {
         Error::Etcd { .. } => "etcd",
         Error::Store(_) => "store",
         Error::Corrupt { .. } | Error::Conflict { .. } => "corrupt",
-        Error::Io { .. } => "io",
+        Error::Io { .. } | Error::NoSpace { .. } => "io",
         _ => "other",
     }
 }
@@ -534,7 +534,7 @@ impl Snapshotter {
                 joined = async { full_task.as_mut().expect("guarded by the condition").await }, if full_task.is_some() => {
                     full_task = None;
                     let (outcome, took) = joined
-                        .unwrap_or_else(|e| (Err(Error::internal(format!("full snapshot task: {e}"))), Duration::ZERO));
+                        .unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
                     let answer = match &outcome {
                         Ok(f) => Ok(f.snapshot.clone()),
                         Err(e) => Err(RequestError::Failed(e.to_string())),
@@ -696,9 +696,8 @@ impl Snapshotter {
         if let Some(t) = full_task {
             if t.is_finished() {
                 // Stored, but not yet taken into account: the last delta builds on it.
-                let (outcome, took) = t
-                    .await
-                    .unwrap_or_else(|e| (Err(Error::internal(format!("full snapshot task: {e}"))), Duration::ZERO));
+                let (outcome, took) =
+                    t.await.unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
                 if let Err(e) = self.full_finished(&mut core, outcome, took) {
                     warn!(error = %e, "the full snapshot failed");
                 }
@@ -988,7 +987,7 @@ impl Snapshotter {
             // Only a panic in the encoder gets here. Its events are gone with the task, so no
             // later delta can follow on: a new chain starts with a full snapshot.
             Err(e) => {
-                let e = Error::internal(format!("delta task: {e}"));
+                let e = Error::task_failed("the delta task", e);
                 error!(error = %e, "a delta was lost; starting a new chain with a full snapshot");
                 core.forget_chain();
                 return Err(self.flush_failed(core, e));
@@ -1116,10 +1115,11 @@ async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64,
     let (events, compressed) = match encoded {
         Ok((events, Ok(bytes))) => (events, bytes),
         Ok((events, Err(e))) => {
+            // The encoder writes into memory: only a bug of ours fails it.
             return (DeltaJob { events, ..job }, Err(Error::internal(format!("compressing a delta: {e}"))));
         }
         Err(e) => {
-            return (DeltaJob { events: Vec::new(), ..job }, Err(Error::internal(format!("delta encoder: {e}"))));
+            return (DeltaJob { events: Vec::new(), ..job }, Err(Error::task_failed("the delta encoder", e)));
         }
     };
     let job = DeltaJob { events, ..job };

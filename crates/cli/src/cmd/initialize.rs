@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brcore::chain::Target;
-use brcore::error::Error as CoreError;
 use clap::{ArgAction, Args, ValueEnum};
 use validator::{Action, InitError, InitOptions, Initializer, Mode, Outcome};
 
@@ -119,13 +118,12 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps brcore's error in the chain so the exit code follows it (see `cmd::exit_code`).
+/// Keeps the initializer's error in the chain so the exit code follows its kind (see
+/// `cmd::exit_code`).
 fn to_anyhow(e: InitError) -> anyhow::Error {
     match e {
         InitError::Backup(core) => anyhow::Error::new(core).context("initialization failed"),
-        e @ (InitError::Untouchable { .. } | InitError::MultiMember { .. }) => {
-            anyhow::Error::new(CoreError::Refused { why: e.to_string() })
-        }
+        e @ (InitError::Untouchable { .. } | InitError::MultiMember { .. }) => anyhow::Error::new(e).context("refused"),
         other => anyhow::Error::new(other).context("initialization failed"),
     }
 }

@@ -13,6 +13,8 @@ use crate::flags::Command;
 
 /// Any failure not listed below.
 pub const EXIT_FAILURE: u8 = 1;
+/// Bad flags: clap's own usage errors, and the checks of flag values before any work starts.
+pub const EXIT_USAGE: u8 = 2;
 /// A backup or db file is damaged, or a chain of backups has a gap.
 pub const EXIT_CORRUPT: u8 = 3;
 /// The operation was refused to protect data (a data dir that holds `member/`, a quota).
@@ -26,6 +28,9 @@ pub const EXIT_LAGGING: u8 = 7;
 /// `status`: etcd's revision is below the newest backed-up revision (etcd lost data the
 /// backups hold, or the store belongs to another cluster).
 pub const EXIT_ETCD_BEHIND: u8 = 8;
+/// A local file or directory could not be read or written: a full disk, permissions, a
+/// read-only filesystem.
+pub const EXIT_LOCAL_IO: u8 = 9;
 
 /// Runs one sub-command.
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -41,9 +46,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The one line printed for an error: the context chain, outermost first.
+/// The one line printed for an error: the context chain, outermost first. A cause whose text
+/// its outer error already printed (errors that show their source in their own message) is
+/// not repeated.
 pub fn render_error(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The exit code for an error, from the first domain error in its chain.
@@ -58,6 +76,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(v) = cause.downcast_ref::<Verdict>() {
             return v.code;
         }
+        if let Some(err) = cause.downcast_ref::<validator::initializer::InitError>() {
+            return init_exit_code(err);
+        }
     }
     EXIT_FAILURE
 }
@@ -69,6 +90,18 @@ fn brcore_exit_code(err: &brcore::error::Error) -> u8 {
         Error::Refused { .. } => EXIT_REFUSED,
         Error::NotFound { .. } => EXIT_NO_BACKUP,
         Error::Store(_) | Error::Etcd { .. } => EXIT_UNAVAILABLE,
+        Error::Invalid { .. } => EXIT_USAGE,
+        Error::Io { .. } | Error::NoSpace { .. } => EXIT_LOCAL_IO,
+        _ => EXIT_FAILURE,
+    }
+}
+
+fn init_exit_code(err: &validator::initializer::InitError) -> u8 {
+    use validator::initializer::InitError;
+    match err {
+        InitError::Backup(core) => brcore_exit_code(core),
+        InitError::Untouchable { .. } | InitError::MultiMember { .. } => EXIT_REFUSED,
+        InitError::Validation { .. } | InitError::SetAside { .. } => EXIT_LOCAL_IO,
         _ => EXIT_FAILURE,
     }
 }
@@ -206,5 +239,22 @@ pub(crate) async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_the_message_already_shows_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(brcore::error::Error::io("/d/x", io)).context("restore failed");
+        let line = render_error(&e);
+        assert_eq!(line.matches("os error 28").count(), 1, "{line}");
+        assert!(line.starts_with("restore failed: no space left on the filesystem of /d/x"), "{line}");
+        assert_eq!(exit_code(&e), EXIT_LOCAL_IO);
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render_error(&plain), "outer: inner");
     }
 }
