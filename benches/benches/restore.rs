@@ -36,6 +36,7 @@ fn options() -> RebuildOptions {
         membership: Membership::Keep,
         lease_policy: LeasePolicy::default(),
         bump_revision: None,
+        bump_past: None,
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: Default::default(),
     }

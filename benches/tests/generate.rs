@@ -50,6 +50,7 @@ fn generated_store_rebuilds_to_the_last_revision_with_consistent_keys() {
         membership: Membership::Keep,
         lease_policy: LeasePolicy::default(),
         bump_revision: None,
+        bump_past: None,
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: Default::default(),
     };

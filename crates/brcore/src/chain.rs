@@ -23,7 +23,38 @@
 //! The name of a full snapshot can be *below* the revision of the database inside it (the
 //! reference reads the revision before streaming the snapshot), so the first delta may repeat
 //! revisions the full snapshot already holds; only its content tells, and the replay skips them
-//! (see `rebuild`).
+//! (see `rebuild`). Every repeated revision is compared before it is skipped (see
+//! [`crate::overlap`]).
+//!
+//! # Histories
+//!
+//! Going back in time (a restore to an older revision, time or full snapshot, by this tool
+//! without its bump, or by another) starts a new history: the etcd restored from it runs from
+//! the older revision again, and a snapshotter on it stores objects whose revisions repeat those
+//! of the history it left. A store can so hold two histories whose objects interleave by
+//! revision. [`Histories`] tells them apart by the objects' names, as PostgreSQL's archive
+//! recovery follows the newest timeline:
+//!
+//! - Objects are scanned in creation order (`created_on`, seconds). A full snapshot whose last
+//!   revision is below the highest revision that objects of its history created in an earlier
+//!   second already reached is a **candidate** branch: the etcd it was taken from went back.
+//! - The candidate starts a new history unless the first delta created after it continues the
+//!   old objects rather than itself (its start is above that highest revision): that is a full
+//!   snapshot written late beside a running chain (a compaction by the Go tool, which names its
+//!   result when it finishes), not an etcd that went back. A new history's first delta starts
+//!   right after its full snapshot, so it re-covers revisions of the abandoned objects.
+//! - The objects created from the branch on belong to the new history. The objects of an older
+//!   history above the revision of the branch's full snapshot are **abandoned**: never part of a
+//!   chain of the newest history. Below it, they are its past. A chain never mixes histories:
+//!   its deltas belong to the history of its full snapshot.
+//!
+//! `etcdbrctl restore` avoids the situation where it can: when the store holds revisions above
+//! the restored one, it bumps the restored revision past them (`RestorePlan::keep_revision`),
+//! so the new history's objects all sort above the old ones and the store holds one increasing
+//! sequence that this tool and the Go tool read the same way.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use tracing::warn;
 
@@ -54,6 +85,156 @@ pub struct Chain {
     pub deltas: Vec<Snapshot>,
     /// Deltas left out because earlier objects already cover all their revisions.
     pub redundant: Vec<Snapshot>,
+    /// Objects of abandoned histories that hold revisions after the base (see [`Histories`]),
+    /// each with the reason; never applied.
+    pub abandoned: Vec<(Snapshot, String)>,
+    /// When the base belongs to an older history that the newest one branched from: the branch
+    /// revision, above which the older history's events are not the newest history's. A restore
+    /// applies no event above it.
+    pub stop_revision: Option<u64>,
+    /// The highest last revision of any snapshot under the prefix, of any history.
+    pub store_revision: u64,
+    /// How many histories the store holds (1 when it never went back).
+    pub histories: usize,
+}
+
+/// The histories of one prefix's snapshots, told apart by their names (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Histories {
+    /// Per history, oldest first: the full snapshot it began with (`None` for the first).
+    starts: Vec<Option<Snapshot>>,
+    /// Per history: the revision above which its objects are abandoned (`None`: the newest).
+    caps: Vec<Option<u64>>,
+    /// Object key → history.
+    of: HashMap<String, usize>,
+}
+
+impl Histories {
+    /// Finds the histories of `snapshots` (one prefix's listing, any order; chunks are ignored).
+    pub fn find(snapshots: &[Snapshot]) -> Histories {
+        Histories::find_with(snapshots, true)
+    }
+
+    /// [`Histories::find`] for decisions that delete: a candidate branch counts only once a
+    /// delta created after it re-covers the older objects' revisions, never while none
+    /// follows it (which is a new history's first moments, or a full snapshot written late
+    /// beside a running chain whose next delta has not come yet).
+    pub fn find_confirmed(snapshots: &[Snapshot]) -> Histories {
+        Histories::find_with(snapshots, false)
+    }
+
+    fn find_with(snapshots: &[Snapshot], unconfirmed_counts: bool) -> Histories {
+        let mut list: Vec<&Snapshot> = snapshots.iter().filter(|s| !s.is_chunk).collect();
+        list.sort_by(|a, b| a.name.created_on.cmp(&b.name.created_on).then_with(|| Snapshot::reference_order(a, b)));
+        let mut starts: Vec<Option<Snapshot>> = vec![None];
+        let mut of = HashMap::with_capacity(list.len());
+        // The highest last revision of the current history's objects created in earlier seconds.
+        let mut high = 0u64;
+        let mut i = 0;
+        while i < list.len() {
+            let second = list[i].name.created_on;
+            let end = i + list[i..].iter().take_while(|s| s.name.created_on == second).count();
+            let candidate = list[i..end]
+                .iter()
+                .position(|s| s.name.kind == SnapshotKind::Full && s.name.last_revision < high)
+                .map(|p| i + p);
+            if let Some(c) = candidate
+                && goes_back(&list, c, high, unconfirmed_counts)
+            {
+                starts.push(Some(list[c].clone()));
+                high = list[c].name.last_revision;
+            }
+            for s in &list[i..end] {
+                of.insert(s.key.clone(), starts.len() - 1);
+                high = high.max(s.name.last_revision);
+            }
+            i = end;
+        }
+        let mut caps = vec![None; starts.len()];
+        let mut cap: Option<u64> = None;
+        for k in (0..starts.len()).rev() {
+            caps[k] = cap;
+            if let Some(f) = &starts[k] {
+                cap = Some(cap.map_or(f.name.last_revision, |c| c.min(f.name.last_revision)));
+            }
+        }
+        Histories { starts, caps, of }
+    }
+
+    /// The number of histories (1 for a store that never went back).
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether there is no history at all (never: an empty store has one, empty).
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The history `s` belongs to (0 = the oldest); objects not in the listing count as the
+    /// oldest's.
+    pub fn history_of(&self, s: &Snapshot) -> usize {
+        self.of.get(&s.key).copied().unwrap_or(0)
+    }
+
+    /// The full snapshot history `h` began with (`None` for the first).
+    pub fn start(&self, h: usize) -> Option<&Snapshot> {
+        self.starts.get(h).and_then(Option::as_ref)
+    }
+
+    /// The revision above which history `h`'s objects are abandoned (`None` for the newest).
+    pub fn cap(&self, h: usize) -> Option<u64> {
+        self.caps.get(h).copied().flatten()
+    }
+
+    /// Whether `s` is part of the newest history: one of its objects, or of an older history at
+    /// or below the revision where the newer ones branched from it (a delta that spans that
+    /// revision is, up to it).
+    pub fn is_current(&self, s: &Snapshot) -> bool {
+        match self.cap(self.history_of(s)) {
+            None => true,
+            Some(cap) => match s.name.kind {
+                SnapshotKind::Full => s.name.last_revision <= cap,
+                SnapshotKind::Incr => s.name.start_revision <= cap,
+            },
+        }
+    }
+
+    /// Why `s` (not [`Histories::is_current`]) is abandoned, for logs and summaries.
+    pub fn why_abandoned(&self, s: &Snapshot) -> String {
+        let h = self.history_of(s);
+        let cap = self.cap(h).unwrap_or(u64::MAX);
+        let by = (h + 1..self.starts.len())
+            .filter_map(|j| self.start(j))
+            .find(|f| f.name.last_revision == cap)
+            .map_or_else(String::new, |f| f.key.clone());
+        format!(
+            "it belongs to an abandoned history: {by} (created at unix time {}) began a newer one at revision \
+             {cap}, and the older history's objects above that revision are never applied",
+            self.starts.iter().flatten().find(|f| f.key == by).map_or(0, |f| f.name.created_on)
+        )
+    }
+
+    /// Orders snapshots by history, then as [`Snapshot::reference_order`]: a store's objects
+    /// as one sequence in which every history follows the one it left.
+    pub fn order(&self, a: &Snapshot, b: &Snapshot) -> Ordering {
+        self.history_of(a).cmp(&self.history_of(b)).then_with(|| Snapshot::reference_order(a, b))
+    }
+}
+
+/// Whether the candidate full snapshot `list[c]` (last revision below `high`) starts a new
+/// history: the first delta created after it that holds newer revisions starts at or below
+/// `high`, re-covering revisions of the older objects, or there is none yet (and
+/// `unconfirmed_counts`).
+fn goes_back(list: &[&Snapshot], c: usize, high: u64, unconfirmed_counts: bool) -> bool {
+    let f = list[c];
+    match list[c + 1..]
+        .iter()
+        .find(|s| s.name.kind == SnapshotKind::Incr && s.name.last_revision > f.name.last_revision)
+    {
+        Some(d) => d.name.start_revision <= high,
+        None => unconfirmed_counts,
+    }
 }
 
 /// One delta of [`Chain::fetch_order`].
@@ -98,15 +279,25 @@ impl Chain {
     }
 
     /// [`Chain::select`] over already parsed snapshots (all of one prefix, any order).
+    ///
+    /// The chain belongs to the newest history (see [`Histories`]): its full snapshot is the
+    /// newest (by history, then revision) that fits the target among the newest history's own
+    /// and those of older histories at or below the revision where it branched from them; its
+    /// deltas are of the full snapshot's history, and stop at that branch revision.
     pub fn select_snapshots(mut snaps: Vec<Snapshot>, target: Target) -> Result<Chain, Error> {
         snaps.retain(|s| !s.is_chunk);
         snaps.sort_by(Snapshot::reference_order);
+        let histories = Histories::find(&snaps);
+        let store_revision = snaps.iter().map(|s| s.name.last_revision).max().unwrap_or(0);
         let fits = |s: &Snapshot| match target {
             Target::Latest => true,
             Target::Revision(r) => s.name.last_revision <= r,
             Target::Time(t) => s.name.created_on <= t,
         };
-        let Some(full_at) = snaps.iter().rposition(|s| s.name.kind == SnapshotKind::Full && fits(s)) else {
+        let full_at = (0..snaps.len())
+            .filter(|&i| snaps[i].name.kind == SnapshotKind::Full && fits(&snaps[i]) && histories.is_current(&snaps[i]))
+            .max_by(|&a, &b| histories.order(&snaps[a], &snaps[b]));
+        let Some(full_at) = full_at else {
             let fulls: Vec<&Snapshot> = snaps.iter().filter(|s| s.name.kind == SnapshotKind::Full).collect();
             let what = match (target, fulls.first()) {
                 (_, None) if snaps.is_empty() => "no snapshots".to_string(),
@@ -127,18 +318,23 @@ impl Chain {
             return Err(Error::NotFound { what });
         };
         let full = snaps[full_at].clone();
+        let history = histories.history_of(&full);
+        let stop_revision = histories.cap(history);
         let mut deltas: Vec<Snapshot> = Vec::new();
         let mut redundant = Vec::new();
         let mut covered = full.name.last_revision;
         let mut past_time = false;
         for s in &snaps[full_at + 1..] {
-            if s.name.kind != SnapshotKind::Incr {
+            if s.name.kind != SnapshotKind::Incr || histories.history_of(s) != history {
                 continue;
             }
             match target {
                 Target::Revision(r) if covered >= r => break,
                 Target::Time(_) if past_time => break,
                 _ => {}
+            }
+            if stop_revision.is_some_and(|stop| covered >= stop) {
+                break;
             }
             if s.name.last_revision <= covered {
                 warn!(
@@ -166,7 +362,28 @@ impl Chain {
             covered = s.name.last_revision;
             deltas.push(s.clone());
         }
-        Ok(Chain { full, deltas, redundant })
+        // What a selection blind to histories could have taken after the base.
+        let abandoned: Vec<(Snapshot, String)> = snaps
+            .iter()
+            .filter(|s| !histories.is_current(s) && s.name.last_revision > full.name.last_revision)
+            .filter(|s| match (target, s.name.kind) {
+                (Target::Revision(r), SnapshotKind::Full) => s.name.last_revision <= r,
+                (Target::Revision(r), SnapshotKind::Incr) => s.name.start_revision <= r,
+                _ => true,
+            })
+            .map(|s| (s.clone(), histories.why_abandoned(s)))
+            .collect();
+        if histories.len() > 1 {
+            let newest = histories.len() - 1;
+            tracing::info!(
+                histories = histories.len(),
+                newest_began_with = histories.start(newest).map(|f| f.key.as_str()),
+                abandoned = abandoned.len(),
+                "the store holds {} histories; following the newest",
+                histories.len()
+            );
+        }
+        Ok(Chain { full, deltas, redundant, abandoned, stop_revision, store_revision, histories: histories.len() })
     }
 
     /// The revision up to which the objects before delta `i` already hold every event: the full
@@ -204,19 +421,17 @@ impl Chain {
     /// The objects a restore of this chain leaves out although they hold revisions after its
     /// full snapshot, each with the reason, for summaries and logs.
     pub fn left_out(&self) -> Vec<(String, String)> {
-        self.redundant
-            .iter()
-            .map(|s| {
-                (
-                    s.key.clone(),
-                    format!(
-                        "every revision it holds ({}..={}) is held by earlier objects of the chain, and its events \
-                         for them are equal to theirs",
-                        s.name.start_revision, s.name.last_revision
-                    ),
-                )
-            })
-            .collect()
+        let redundant = self.redundant.iter().map(|s| {
+            (
+                s.key.clone(),
+                format!(
+                    "every revision it holds ({}..={}) is held by earlier objects of the chain, and its events \
+                     for them are equal to theirs",
+                    s.name.start_revision, s.name.last_revision
+                ),
+            )
+        });
+        redundant.chain(self.abandoned.iter().map(|(s, why)| (s.key.clone(), why.clone()))).collect()
     }
 
     /// The last revision the chain reaches, by name.
@@ -254,6 +469,25 @@ fn layout_prefixes(prefix: &str) -> [String; 2] {
 
 fn under_layout_dir(key: &str, prefix: &str) -> bool {
     layout_prefixes(prefix).iter().any(|p| key.starts_with(p.as_str()))
+}
+
+/// The newest revision and the newest creation time (unix seconds) of any snapshot under
+/// `<prefix>/v2/` and `<prefix>/v1/` in `store`, of any history; `None` when there is none.
+pub async fn store_head(store: &dyn Snapstore, prefix: &str) -> Result<Option<(u64, i64)>, Error> {
+    let prefix = prefix.trim_end_matches('/');
+    let mut head: Option<(u64, i64)> = None;
+    for dir in layout_prefixes(prefix) {
+        for meta in store.list(&dir).await? {
+            if let Ok(s) = Snapshot::parse_key(&meta.key, meta.size)
+                && s.prefix == prefix
+                && !s.is_chunk
+            {
+                let (r, t) = head.unwrap_or((0, i64::MIN));
+                head = Some((r.max(s.name.last_revision), t.max(s.name.created_on)));
+            }
+        }
+    }
+    Ok(head)
 }
 
 /// Lists `<prefix>/v2/` and `<prefix>/v1/` in `store` and selects the chain for `target`
@@ -401,6 +635,122 @@ mod tests {
         let listing = keys(&["Incr-00000011-00000020-90", "Full-00000000-00000020-100", "Incr-00000011-00000020-101"]);
         let c = Chain::select(&listing, "p", Target::Latest).unwrap();
         assert_eq!((c.deltas.len(), c.redundant.len()), (0, 1));
+    }
+
+    /// History 0 written up to revision 1006, then etcd restored to 500 without a bump and
+    /// backed up again (history 1).
+    const TWO_HISTORIES: &[&str] = &[
+        "Full-00000000-00000100-100",
+        "Incr-00000101-00000300-110",
+        "Incr-00000301-00000539-120",
+        "Full-00000000-00000900-125",
+        "Incr-00000540-00001006-130",
+        "Full-00000000-00000500-200",
+        "Incr-00000501-00000534-210",
+        "Incr-00000535-00000560-220",
+    ];
+
+    #[test]
+    fn latest_follows_the_newest_history_and_never_applies_an_abandoned_object() {
+        let c = Chain::select(&keys(TWO_HISTORIES), "p", Target::Latest).unwrap();
+        assert_eq!(c.full.name.to_string(), "Full-00000000-00000500-200");
+        assert_eq!(names(&c.deltas), ["Incr-00000501-00000534-210", "Incr-00000535-00000560-220"]);
+        let abandoned: Vec<String> = c.abandoned.iter().map(|(s, _)| s.name.to_string()).collect();
+        assert_eq!(abandoned, ["Full-00000000-00000900-125", "Incr-00000540-00001006-130"]);
+        assert!(c.abandoned[0].1.contains("p/v2/Full-00000000-00000500-200"), "{}", c.abandoned[0].1);
+        assert_eq!(c.left_out().len(), 2);
+        assert_eq!((c.stop_revision, c.store_revision, c.histories), (None, 1006, 2));
+
+        let snaps: Vec<Snapshot> =
+            keys(TWO_HISTORIES).iter().map(|m| Snapshot::parse_key(&m.key, 1).unwrap()).collect();
+        let h = Histories::find(&snaps);
+        assert_eq!(h.len(), 2);
+        assert_eq!((h.cap(0), h.cap(1)), (Some(500), None));
+    }
+
+    #[test]
+    fn points_in_time_address_the_newest_history() {
+        let listing = keys(TWO_HISTORIES);
+        // Before the branch: the old history's objects, never past the branch revision.
+        let c = Chain::select(&listing, "p", Target::Revision(450)).unwrap();
+        assert_eq!(c.full.name.last_revision, 100);
+        assert_eq!(names(&c.deltas), ["Incr-00000101-00000300-110", "Incr-00000301-00000539-120"]);
+        assert_eq!(c.stop_revision, Some(500));
+        // After it: the new history's.
+        let c = Chain::select(&listing, "p", Target::Revision(520)).unwrap();
+        assert_eq!((c.full.name.last_revision, names(&c.deltas)), (500, vec!["Incr-00000501-00000534-210".into()]));
+        assert_eq!(c.stop_revision, None);
+        // A revision only the abandoned history reached: the newest history's end, not Full-900.
+        let c = Chain::select(&listing, "p", Target::Revision(900)).unwrap();
+        assert_eq!((c.full.name.last_revision, c.last_revision()), (500, 560));
+        // A time before the branch: the newest history's past, i.e. up to the branch revision.
+        let c = Chain::select(&listing, "p", Target::Time(125)).unwrap();
+        assert_eq!((c.full.name.last_revision, c.stop_revision), (100, Some(500)));
+        assert_eq!(c.deltas.len(), 2);
+        let c = Chain::select(&listing, "p", Target::Time(215)).unwrap();
+        assert_eq!((c.full.name.last_revision, c.deltas.len()), (500, 2));
+    }
+
+    #[test]
+    fn two_branches_in_a_row() {
+        let mut names_ = TWO_HISTORIES.to_vec();
+        names_.extend(["Full-00000000-00000520-300", "Incr-00000521-00000600-310"]);
+        let listing = keys(&names_);
+        let c = Chain::select(&listing, "p", Target::Latest).unwrap();
+        assert_eq!((c.full.name.last_revision, c.last_revision(), c.histories), (520, 600, 3));
+        let abandoned: Vec<String> = c.abandoned.iter().map(|(s, _)| s.name.to_string()).collect();
+        assert_eq!(
+            abandoned,
+            ["Incr-00000535-00000560-220", "Full-00000000-00000900-125", "Incr-00000540-00001006-130"]
+        );
+        // 510 lies in history 1, which history 2 left at 520.
+        let c = Chain::select(&listing, "p", Target::Revision(510)).unwrap();
+        assert_eq!((c.full.name.last_revision, c.stop_revision), (500, Some(520)));
+        assert_eq!(names(&c.deltas), ["Incr-00000501-00000534-210"]);
+        let c = Chain::select(&listing, "p", Target::Revision(530)).unwrap();
+        assert_eq!((c.full.name.last_revision, c.last_revision()), (520, 600));
+    }
+
+    #[test]
+    fn a_full_snapshot_stored_late_beside_a_running_chain_is_not_a_new_history() {
+        // The Go tool's compaction names its result when it finishes; deltas stored meanwhile
+        // are newer, and the next delta continues them, not the compacted snapshot.
+        let listing = keys(&[
+            "Full-00000000-00000100-100",
+            "Incr-00000101-00000338-110",
+            "Incr-00000339-00000345-120",
+            "Full-00000000-00000338-130",
+            "Incr-00000346-00000400-140",
+        ]);
+        let c = Chain::select(&listing, "p", Target::Latest).unwrap();
+        assert_eq!(c.histories, 1);
+        assert_eq!((c.full.name.last_revision, c.last_revision()), (338, 400));
+        assert_eq!(names(&c.deltas), ["Incr-00000339-00000345-120", "Incr-00000346-00000400-140"]);
+    }
+
+    #[test]
+    fn a_new_history_without_deltas_yet_is_one_for_restores_but_not_for_deleting() {
+        let listing = keys(&["Full-00000000-00000100-100", "Incr-00000101-00001006-130", "Full-00000000-00000500-200"]);
+        let c = Chain::select(&listing, "p", Target::Latest).unwrap();
+        assert_eq!((c.full.name.last_revision, c.deltas.len(), c.histories), (500, 0, 2));
+        let snaps: Vec<Snapshot> = listing.iter().map(|m| Snapshot::parse_key(&m.key, 1).unwrap()).collect();
+        assert_eq!(Histories::find_confirmed(&snaps).len(), 1);
+    }
+
+    #[test]
+    fn a_bumped_restore_keeps_one_increasing_history() {
+        let listing = keys(&[
+            "Full-00000000-00000100-100",
+            "Incr-00000101-00001006-130",
+            "Full-00000000-1000001006-200",
+            "Incr-1000001007-1000001066-210",
+        ]);
+        let c = Chain::select(&listing, "p", Target::Latest).unwrap();
+        assert_eq!((c.histories, c.full.name.last_revision, c.last_revision()), (1, 1000001006, 1000001066));
+        assert!(c.abandoned.is_empty());
+        // The revisions the bump skipped are held by no object.
+        let e = Chain::select(&listing, "p", Target::Revision(5000)).unwrap_err();
+        assert!(matches!(e, Error::Gap { from: 1007, to: 1000001006, .. }), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! snapshot, so the next restore reads one object instead of a long chain.
 //!
 //! The same rebuild as a restore ([`crate::restore::rebuild_chain`]), with the db's membership
-//! kept as it is; the result is uploaded as `Full-00000000-<revision>-<now>` in the configured
+//! kept as it is; the result is uploaded as `Full-00000000-<revision>-<time of listing>` in the configured
 //! compression, with etcd's sha256 trailer, exactly like a full snapshot taken from etcd. The
 //! objects it was made from are left in place: garbage collection removes them later.
 
@@ -99,6 +99,10 @@ pub async fn compact(
     progress: Arc<dyn Progress>,
 ) -> Result<CompactOutcome, Error> {
     let started = Instant::now();
+    // The new object is named after the time the chain was listed, like a full snapshot after
+    // the time its stream began: an object created in an earlier second is part of the state it
+    // holds, so it never looks like a new history going back (see `chain::Histories`).
+    let begun = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let chain = chain::list_chain(store.as_ref(), &plan.prefix, Target::Latest).await?;
     if chain.deltas.is_empty() {
         info!(object = %chain.full.key, "the latest full snapshot has no deltas after it: nothing to compact");
@@ -116,6 +120,7 @@ pub async fn compact(
         membership: Membership::Keep,
         lease_policy: plan.lease_policy,
         bump_revision: None,
+        bump_past: None,
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: crate::restore::lease_sidecars(store.as_ref(), &plan.prefix, &chain).await?,
     };
@@ -139,7 +144,7 @@ pub async fn compact(
         kind: SnapshotKind::Full,
         start_revision: 0,
         last_revision: stats.revision as u64,
-        created_on: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        created_on: begun,
         compression,
         is_final: chain.full.name.is_final,
     };

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
+use crate::chain::Histories;
 use crate::error::Error;
 use crate::name::{Layout, Snapshot, SnapshotKind, SnapshotName, parse_listing};
 use crate::store::{Snapstore, WriteOptions};
@@ -87,10 +88,14 @@ pub async fn copy(source: Arc<dyn Snapstore>, dest: Arc<dyn Snapstore>, plan: &C
 /// The source's objects to copy, oldest first: whole backup sets, newest `max_backups`, no older
 /// than `max_age_secs`.
 async fn select(source: &dyn Snapstore, plan: &CopyPlan) -> Result<Vec<Snapshot>, Error> {
-    let snaps = list_v2(source, &plan.source_prefix).await?;
+    let mut snaps = list_v2(source, &plan.source_prefix).await?;
     if snaps.is_empty() {
         return Err(Error::not_found(format!("no snapshots under {}/v2/ in the source store", plan.source_prefix)));
     }
+    // By history, then revision: a set never takes a delta of another history, and the newest
+    // sets are the newest history's.
+    let histories = Histories::find(&snaps);
+    snaps.sort_by(|a, b| histories.order(a, b));
     // Sets, oldest first: each full snapshot starts one; deltas before the first full belong to
     // no set and are not copied (nothing could restore them).
     let mut sets: Vec<Vec<Snapshot>> = Vec::new();

@@ -11,6 +11,10 @@
 //! 2. The remaining objects, in the reference's order, are cut into **streams**: a full snapshot
 //!    and the deltas after it. Index 0 always starts a stream, even when it is a delta (deltas
 //!    left over from a deleted full snapshot).
+//!    With more than one history in the store (see `chain::Histories`), the objects are ordered
+//!    by history first, so the newest history's newest full snapshot starts the latest stream;
+//!    while it is unclear whether a full snapshot begins a new history, only what both readings
+//!    delete is deleted.
 //! 3. The **latest stream is never touched**. In every older stream, the deltas created before
 //!    `now - delta_retention` are deleted (retention 0, the default: all of them).
 //! 4. Which older full snapshots go depends on the policy:
@@ -34,6 +38,7 @@
 //! tries again in the next cycle. The reference also skips a stream's full snapshot when
 //! deleting that stream's deltas failed; [`Deletion::stream`] lets an executor do the same.
 
+use crate::chain::Histories;
 use crate::name::{Snapshot, SnapshotKind};
 
 /// Seconds in an hour, a day and a week.
@@ -99,9 +104,28 @@ pub fn plan(snapshots: &[Snapshot], policy: Policy, now: i64, opts: &GcOptions) 
     }
 }
 
+/// Runs a policy under both readings of the store's histories (see [`Histories::find`] and
+/// [`Histories::find_confirmed`]) and keeps only what both delete: while a full snapshot may or
+/// may not begin a new history (no delta after it tells yet), neither it nor the objects it
+/// would abandon are deleted. A store with one history reads the same both ways, as the
+/// reference orders it.
+fn under_both_readings(
+    snapshots: &[Snapshot],
+    policy: impl Fn(&[Snapshot], &Histories) -> Vec<Deletion>,
+) -> Vec<Deletion> {
+    let sure = policy(snapshots, &Histories::find_confirmed(snapshots));
+    let guess: std::collections::HashSet<String> =
+        policy(snapshots, &Histories::find(snapshots)).into_iter().map(|d| d.snapshot.key).collect();
+    sure.into_iter().filter(|d| guess.contains(&d.snapshot.key)).collect()
+}
+
 /// The exponential policy (see the module docs).
 pub fn exponential(snapshots: &[Snapshot], now: i64, opts: &GcOptions) -> Vec<Deletion> {
-    let (mut out, list) = chunks_and_rest(snapshots, opts);
+    under_both_readings(snapshots, |s, h| exponential_in(s, h, now, opts))
+}
+
+fn exponential_in(snapshots: &[Snapshot], histories: &Histories, now: i64, opts: &GcOptions) -> Vec<Deletion> {
+    let (mut out, list) = chunks_and_rest(snapshots, histories, opts);
     let starts = stream_starts(&list);
     let mut eod = now.div_euclid(DAY) * DAY + DAY - 1;
     let mut tracking_week = false;
@@ -141,7 +165,17 @@ pub fn exponential(snapshots: &[Snapshot], now: i64, opts: &GcOptions) -> Vec<De
 
 /// The limit-based policy (see the module docs).
 pub fn limit_based(snapshots: &[Snapshot], max_backups: usize, now: i64, opts: &GcOptions) -> Vec<Deletion> {
-    let (mut out, list) = chunks_and_rest(snapshots, opts);
+    under_both_readings(snapshots, |s, h| limit_based_in(s, h, max_backups, now, opts))
+}
+
+fn limit_based_in(
+    snapshots: &[Snapshot],
+    histories: &Histories,
+    max_backups: usize,
+    now: i64,
+    opts: &GcOptions,
+) -> Vec<Deletion> {
+    let (mut out, list) = chunks_and_rest(snapshots, histories, opts);
     let starts = stream_starts(&list);
     for f in 0..starts.len().saturating_sub(1) {
         delete_old_deltas(&list[starts[f]..starts[f + 1]], f, now, opts, &mut out);
@@ -152,17 +186,17 @@ pub fn limit_based(snapshots: &[Snapshot], max_backups: usize, now: i64, opts: &
     out
 }
 
-/// Sorts, decides about chunks, and returns the deletions so far plus the non-chunk objects.
-fn chunks_and_rest(snapshots: &[Snapshot], opts: &GcOptions) -> (Vec<Deletion>, Vec<Snapshot>) {
-    let mut sorted = snapshots.to_vec();
-    sorted.sort_by(Snapshot::reference_order);
+/// Sorts, decides about chunks, and returns the deletions so far plus the non-chunk objects,
+/// by history and then in the reference's order ([`Histories::order`]): in a store that holds
+/// more than one history, every older history's objects are older streams, and the latest
+/// stream is the newest history's.
+fn chunks_and_rest(snapshots: &[Snapshot], histories: &Histories, opts: &GcOptions) -> (Vec<Deletion>, Vec<Snapshot>) {
+    let mut rest: Vec<Snapshot> = snapshots.iter().filter(|s| !s.is_chunk).cloned().collect();
+    rest.sort_by(|a, b| histories.order(a, b));
+    let mut chunks: Vec<Snapshot> = snapshots.iter().filter(|s| s.is_chunk).cloned().collect();
+    chunks.sort_by(Snapshot::reference_order);
     let mut out = Vec::new();
-    let mut rest = Vec::with_capacity(sorted.len());
-    for s in sorted {
-        if !s.is_chunk {
-            rest.push(s);
-            continue;
-        }
+    for s in chunks {
         let complete = match opts.last_uploaded_revision {
             Some(last) if last > 0 => s.name.start_revision <= last,
             _ => false,
@@ -238,6 +272,34 @@ mod tests {
         // max_backups 0 still spares the latest stream.
         assert_eq!(limit_based(&list, 0, 1000, &GcOptions::default()).len(), 4);
         assert!(limit_based(&[], 1, 1000, &GcOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn the_newest_history_is_the_latest_stream() {
+        // History 0 up to 1006 (a full at 900), then etcd went back to 500 and was backed up
+        // again. By revision alone the latest stream would be Full-900's, and history 1's only
+        // full snapshot an older stream's.
+        let list = vec![
+            snap("Full", 0, 100, 100),
+            snap("Incr", 101, 539, 120),
+            snap("Full", 0, 900, 125),
+            snap("Incr", 540, 1006, 130),
+            snap("Full", 0, 500, 200),
+            snap("Incr", 501, 560, 210),
+        ];
+        let d = limit_based(&list, 1, 1000, &GcOptions::default());
+        let deleted = keys(&d);
+        assert!(!deleted.iter().any(|k| k.contains("-00000500-") || k.contains("-00000560-")), "{deleted:?}");
+        assert!(deleted.contains(&"Full-00000000-00000900-125.gz".to_string()), "{deleted:?}");
+        assert!(deleted.contains(&"Incr-00000540-00001006-130.gz".to_string()), "{deleted:?}");
+        // A branch no delta confirms yet deletes nothing on a guess: neither the full snapshot
+        // that may begin the new history nor the objects it may abandon.
+        let d = limit_based(&list[..5], 1, 1000, &GcOptions::default());
+        assert_eq!(
+            keys(&d),
+            ["Full-00000000-00000100-100.gz", "Incr-00000101-00000539-120.gz"],
+            "what both readings delete"
+        );
     }
 
     #[test]

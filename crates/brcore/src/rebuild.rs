@@ -82,11 +82,30 @@ pub struct RebuildOptions {
     /// `--bump-revision N --mark-compacted`: add an empty key at `last + N` and schedule a
     /// compaction there, as `etcdutl snapshot restore` does, so watchers must re-list.
     pub bump_revision: Option<i64>,
+    /// Go past this revision: when the replay ends below it (a restore back in time while the
+    /// store holds newer revisions), the bump is `bump_past - revision` plus `bump_revision`
+    /// (or [`DEFAULT_BUMP_MARGIN`]), so the result's revision is above every revision the store
+    /// holds (see [`bump_for`]).
+    pub bump_past: Option<i64>,
     /// bbolt page size and fill of the written db.
     pub writer: WriterOptions,
     /// TTLs (seconds) of leases granted after the full snapshot, as the snapshotter recorded
     /// them beside the deltas; they win over `lease_policy`.
     pub known_lease_ttls: HashMap<i64, i64>,
+}
+
+/// Revisions added on top of the store's newest when a restore goes back in time and bumps past
+/// it: etcd's own advice for restoring Kubernetes (`--bump-revision 1000000000`), so revisions
+/// that the old etcd served but no backup holds are passed too.
+pub const DEFAULT_BUMP_MARGIN: i64 = 1_000_000_000;
+
+/// The bump for a replay that ended at `revision`: past `bump_past` (when the replay ended below
+/// it) by `explicit` or [`DEFAULT_BUMP_MARGIN`], else `explicit`.
+pub fn bump_for(explicit: Option<i64>, bump_past: Option<i64>, revision: i64) -> Option<i64> {
+    match bump_past {
+        Some(past) if revision < past => Some(past - revision + explicit.unwrap_or(DEFAULT_BUMP_MARGIN)),
+        _ => explicit,
+    }
 }
 
 /// What a rebuild did.
@@ -111,6 +130,8 @@ pub struct RebuildStats {
     pub leases_added: u64,
     /// Whether the events ended before the requested `to_revision`.
     pub ended_early: bool,
+    /// Revisions added by the bump (0: none).
+    pub bumped_by: i64,
 }
 
 const MEMBERS: &[u8] = b"members";
@@ -152,8 +173,9 @@ where
             mvcc::KEY_BUCKET => {
                 stats.key_revisions = copy_bucket(source, name, &mut writer)?;
                 append_events(&mut events, opts, &mut writer, &mut stats, &mut delta_leases)?;
-                if let Some(bump) = opts.bump_revision {
+                if let Some(bump) = bump_for(opts.bump_revision, opts.bump_past, stats.revision) {
                     let rev = stats.revision + bump;
+                    stats.bumped_by = bump;
                     writer.put(&RevKey::put(Revision::new(rev, 0)).to_bytes(), &[]).map_err(Error::db_write)?;
                     stats.key_revisions += 1;
                     stats.revision = rev;
@@ -440,7 +462,7 @@ fn write_meta<W: Write + Seek>(
         entries.insert(meta::TERM.to_vec(), term.to_be_bytes().to_vec());
         entries.insert(meta::CONF_STATE.to_vec(), conf_state_json.clone());
     }
-    if opts.bump_revision.is_some() {
+    if stats.bumped_by > 0 {
         // Mark compacted: etcd resumes the scheduled compaction at boot, so watchers that ask
         // for an older revision get "compacted" and re-list.
         let at = RevKey::put(Revision::new(stats.revision, 0)).to_bytes();

@@ -57,8 +57,16 @@ pub struct RestorePlan {
     pub skip_hash_check: bool,
     /// Refuse a result larger than this many bytes (`--embedded-etcd-quota-bytes`).
     pub quota_bytes: Option<u64>,
-    /// `--bump-revision N --mark-compacted`.
+    /// `--bump-revision N --mark-compacted`; when the restore goes back in time (below),
+    /// N is the margin above the store's newest revision.
     pub bump_revision: Option<i64>,
+    /// `--keep-revision`: keep the restored revision even when the store holds newer ones.
+    /// Without it, a restore that ends below the newest revision of any object under the prefix
+    /// bumps past that revision (by `bump_revision`, or
+    /// [`crate::rebuild::DEFAULT_BUMP_MARGIN`]) and marks it compacted: it begins a new history
+    /// whose objects sort above every object of the old one, for this tool and the Go tool
+    /// alike, and no watcher sees a revision twice. A dry run never bumps.
+    pub keep_revision: bool,
     /// TTL of leases the deltas reference but the full lacks.
     pub lease_policy: LeasePolicy,
     /// Verify the whole chain and report, but leave no data dir.
@@ -75,6 +83,9 @@ pub struct RestoreReport {
     /// Objects left out although they hold revisions after the full snapshot, each with the
     /// reason (see [`Chain::left_out`]).
     pub left_out: Vec<(String, String)>,
+    /// Whether the restore went back in time below revisions the store holds and bumped past
+    /// them: the data dir begins a new history (see [`RestorePlan::keep_revision`]).
+    pub new_history: bool,
     /// The rebuild's numbers (revision, keys, events).
     pub stats: RebuildStats,
     /// Bytes read from the store.
@@ -220,10 +231,14 @@ async fn build(
     let snap_dir = part.join("member").join("snap");
     create_private_dirs(&snap_dir)?;
     let db_path = snap_dir.join("db");
+    let bump_past = (!plan.keep_revision && !plan.dry_run).then_some(chain.store_revision as i64);
     let opts = RebuildOptions {
-        to_revision: match plan.target {
-            Target::Revision(r) => Some(r as i64),
-            _ => None,
+        // The target, but never past the revision where a newer history branched off the
+        // chain's (see `Chain::stop_revision`).
+        to_revision: match (plan.target, chain.stop_revision) {
+            (Target::Revision(r), Some(stop)) => Some(r.min(stop) as i64),
+            (Target::Revision(r), None) => Some(r as i64),
+            (_, stop) => stop.map(|s| s as i64),
         },
         to_time_nanos: match plan.target {
             Target::Time(t) => Some(t as i128 * 1_000_000_000 + 999_999_999),
@@ -237,6 +252,7 @@ async fn build(
         },
         lease_policy: plan.lease_policy,
         bump_revision: plan.bump_revision,
+        bump_past,
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: lease_sidecars(store.as_ref(), &plan.prefix, chain).await?,
     };
@@ -249,8 +265,24 @@ async fn build(
         Target::Revision(r) => Some(r as i64),
         _ => None,
     } && stats.ended_early
+        && chain.stop_revision.is_none_or(|stop| (stop as i64) >= to)
     {
         warn!(requested = to, reached = stats.revision, "the backups end before the requested revision");
+    }
+    let new_history = stats.bumped_by > 0 && bump_past.is_some_and(|past| stats.revision - stats.bumped_by < past);
+    if new_history {
+        warn!(
+            restored = stats.revision - stats.bumped_by,
+            store_revision = chain.store_revision,
+            bumped_to = stats.revision,
+            "the store holds revisions up to {} above the restored revision {}: the revision is bumped to {} and \
+             marked compacted, so this restore begins a new history above every object in the store \
+             (--keep-revision keeps {})",
+            chain.store_revision,
+            stats.revision - stats.bumped_by,
+            stats.revision,
+            stats.revision - stats.bumped_by
+        );
     }
     let db_size = fs::metadata(&db_path).map_err(|e| Error::io(&db_path, e))?.len();
     if let Some(quota) = plan.quota_bytes
@@ -315,6 +347,7 @@ async fn build(
         full: chain.full.key.clone(),
         deltas: chain.deltas.iter().map(|d| d.key.clone()).collect(),
         left_out: chain.left_out(),
+        new_history,
         stats,
         bytes_fetched: fetched,
         db_size,

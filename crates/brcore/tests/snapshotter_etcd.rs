@@ -151,6 +151,7 @@ async fn judge_restore(store: Arc<dyn Snapstore>, source: &Etcd, version: EtcdVe
         skip_hash_check: false,
         quota_bytes: None,
         bump_revision: None,
+        keep_revision: false,
         lease_policy: LeasePolicy::default(),
         dry_run: false,
     };

@@ -336,9 +336,18 @@ pub struct RestoreArgs {
     /// Restore the state at this time (RFC 3339, e.g. 2026-11-25T13:00:00Z, or unix seconds).
     #[arg(long)]
     pub to_time: Option<String>,
-    /// Add this many revisions on top (with --mark-compacted), so Kubernetes watch caches re-list.
+    /// Add this many revisions on top (with --mark-compacted), so Kubernetes watch caches
+    /// re-list; when the store holds newer revisions than the restored one, on top of the
+    /// store's newest.
     #[arg(long, requires = "mark_compacted")]
     pub bump_revision: Option<i64>,
+    /// Keep the restored revision even when the store holds newer revisions. By default such a
+    /// restore (back in time) begins a new history: its revision is bumped past the store's
+    /// newest (by --bump-revision, or 1000000000) and marked compacted, so the backups taken
+    /// after it sort above the old ones for this tool and the Go tool alike. With this flag the
+    /// Go etcdbrctl may later restore the old history, or mix both.
+    #[arg(long)]
+    pub keep_revision: bool,
     /// Schedule a compaction at the bumped revision (required by --bump-revision).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]

@@ -93,9 +93,43 @@ fn go_store_from_etcd_34_restores_to_the_mid_revision() {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("restored");
         let peer = free_port();
-        expect_ok(&restore(STORE_34, &data_dir, peer, &["--to-revision", &mid.to_string()]));
+        // --keep-revision: the state at `mid` exactly as etcd had it, revisions and all.
+        expect_ok(&restore(STORE_34, &data_dir, peer, &["--to-revision", &mid.to_string(), "--keep-revision"]));
         judge(version, &data_dir, peer, STORE_34, "mid", mid);
     }
+}
+
+#[test]
+fn a_point_in_time_restore_begins_a_new_history_above_the_store() {
+    // By default a restore below the store's newest revision bumps past it and marks it
+    // compacted: the same keys and values, at a revision above every object in the store.
+    let (final_rev, mid) = meta(STORE_34);
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("restored");
+    let peer = free_port();
+    let out = restore(STORE_34, &data_dir, peer, &["--to-revision", &mid.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    expect_ok(&out);
+    assert!(stdout.contains("begins a new history"), "{stdout}");
+    let etcd = Etcd::start_on(EtcdVersion::V3_5, &data_dir, "n1", peer, free_port());
+    let bumped = final_rev + brcore::rebuild::DEFAULT_BUMP_MARGIN;
+    assert_eq!(etcd.revision(), bumped);
+    let expected = json_file(go_testdata().join(STORE_34).join("expected-mid.json"));
+    let (kvs, _) = etcd.get_all(0);
+    assert_eq!(&kvs, expected["kvs"].as_array().unwrap(), "the state at the mid revision");
+    // Marked compacted: a watcher (or read) at an old revision is told to re-list.
+    let old = Command::new(EtcdVersion::V3_5.etcdctl_bin())
+        .args(["--endpoints", &etcd.endpoint(), "get", "/", "--prefix", "--rev", &mid.to_string()])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(!old.status.success(), "a read at the old revision {mid} must fail");
+    assert!(String::from_utf8_lossy(&old.stderr).contains("compacted"), "{}", String::from_utf8_lossy(&old.stderr));
+    // --dry-run never bumps: it reports the state at the target.
+    let out = restore(STORE_34, &tmp.path().join("dry"), peer, &["--to-revision", &mid.to_string(), "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    expect_ok(&out);
+    assert!(stdout.contains(&format!("revision {mid} ")) && !stdout.contains("bumped"), "{stdout}");
 }
 
 #[test]
@@ -109,7 +143,7 @@ fn go_store_from_etcd_35_restores_bit_exact_on_35() {
         judge(version, &data_dir, peer, STORE_35, "final", final_rev);
 
         let mid_dir = tmp.path().join("mid");
-        expect_ok(&restore(STORE_35, &mid_dir, peer, &["--to-revision", &mid.to_string()]));
+        expect_ok(&restore(STORE_35, &mid_dir, peer, &["--to-revision", &mid.to_string(), "--keep-revision"]));
         judge(version, &mid_dir, peer, STORE_35, "mid", mid);
     }
 }

@@ -154,7 +154,8 @@ fn restored_hashkv(
             .args(["--name", "r", "--initial-cluster", &format!("r=http://127.0.0.1:{peer}")])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")]);
         if let Some(rev) = to_revision {
-            cmd.args(["--to-revision", &rev.to_string()]);
+            // Exactly that revision (not a new history bumped past the store's newest).
+            cmd.args(["--to-revision", &rev.to_string(), "--keep-revision"]);
         }
         let out = cmd.output().expect("run etcdbrctl restore");
         assert!(out.status.success(), "restore {tag} failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -55,6 +55,7 @@ fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,
+                keep_revision: false,
                 lease_policy: LeasePolicy::default(),
                 dry_run: false,
             },

@@ -86,6 +86,7 @@ fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
         skip_hash_check: false,
         quota_bytes: None,
         bump_revision: None,
+        keep_revision: false,
         lease_policy: LeasePolicy::default(),
         dry_run: false,
     }

@@ -56,6 +56,7 @@ fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,
+                keep_revision: false,
                 lease_policy: LeasePolicy::default(),
                 dry_run: false,
             },

@@ -191,6 +191,7 @@ impl Case {
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,
+                keep_revision: false,
                 lease_policy: LeasePolicy::default(),
                 dry_run: false,
             },

@@ -3,8 +3,8 @@
 //! The object's name holds the db's own revision, which is only known once the last byte of the
 //! db has streamed past ([`super::dbrev`]). So the stream is uploaded while it arrives under a
 //! staging key, `<prefix>/.etcdbr-staging/Full-<unix>-<nonce>.part` (outside `v2/`, so neither
-//! our listings nor the reference's see it), and renamed to `Full-00000000-<db revision>-<now>`
-//! once the stream has ended and etcd's sha256 trailer matched ([`Snapstore::rename`]: a rename
+//! our listings nor the reference's see it), and renamed to `Full-00000000-<db revision>-<time
+//! the stream began>` once the stream has ended and etcd's sha256 trailer matched ([`Snapstore::rename`]: a rename
 //! on the Local store, a server-side copy on object stores). Nothing is spooled to disk, and
 //! memory is bounded by the upload's parts in flight plus a few compression blocks.
 //!
@@ -372,6 +372,11 @@ async fn take(
     staging: &str,
 ) -> Result<FullSnapshot, Error> {
     let started = std::time::Instant::now();
+    // The object is named after the time the stream began (the reference names it before its
+    // upload, and stores no delta meanwhile): every
+    // object stored in an earlier second holds revisions the snapshot holds too, so a full
+    // snapshot below an earlier object's revision means etcd went back (`chain::Histories`).
+    let begun = unix_now();
     let before = source.status().await?.revision;
     let mut stream = source.snapshot().await?;
 
@@ -452,7 +457,7 @@ async fn take(
         kind: SnapshotKind::Full,
         start_revision: 0,
         last_revision: revision,
-        created_on: unix_now(),
+        created_on: begun,
         compression: opts.compression,
         is_final: opts.is_final,
     };

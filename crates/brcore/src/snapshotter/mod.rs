@@ -56,6 +56,9 @@ use leases::LeaseRecord;
 pub use progress::{Progress, ProgressSender};
 pub use schedule::Schedule;
 
+/// How long a starting snapshotter waits for the clock to pass the second of the store's newest
+/// object (see `Snapshotter::new_history_guard`).
+const NEW_SECOND_LIMIT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for events etcd has but the watch has not delivered yet.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Attempts to store the last delta at shutdown.
@@ -308,6 +311,9 @@ struct Core {
     next_defrag: Option<Instant>,
     deltas_since_full: usize,
     revisions_since_full: u64,
+    /// The newest revision the store held when the run began (of any history), to tell that
+    /// the first full snapshot begins a new history.
+    store_revision_at_start: Option<u64>,
     report: RunReport,
     /// Requests for a full snapshot not yet started, and whether one of them wants `.final`.
     full_waiters_queued: Vec<oneshot::Sender<Result<Snapshot, RequestError>>>,
@@ -411,6 +417,7 @@ impl Snapshotter {
         if let Err(e) = full::remove_stale_staging(&*self.store, &self.config.prefix, stale, unix_now()).await {
             warn!(error = %e, "could not clean up staging objects of unfinished full snapshots; trying at the next start");
         }
+        let store_revision_at_start = self.new_history_guard().await;
         let mut core = Core {
             chain: None,
             floor: None,
@@ -431,6 +438,7 @@ impl Snapshotter {
             next_defrag: self.config.defrag_schedule.as_ref().and_then(instant_after),
             deltas_since_full: 0,
             revisions_since_full: 0,
+            store_revision_at_start,
             report: RunReport::default(),
             full_waiters_queued: Vec::new(),
             full_final_queued: false,
@@ -737,6 +745,34 @@ impl Snapshotter {
         Ok(core.report)
     }
 
+    /// Looks at the store before the first full snapshot: returns its newest revision, and
+    /// waits (at most [`NEW_SECOND_LIMIT`]) until the clock is past the newest object's second,
+    /// so this run's objects are never of the same second as the store's newest. When etcd
+    /// went back in time (a restore), the first full snapshot must be seen as created after
+    /// every object of the history it leaves (see `chain::Histories`).
+    async fn new_history_guard(&self) -> Option<u64> {
+        match crate::chain::store_head(&*self.store, &self.config.prefix).await {
+            Ok(Some((revision, created_on))) => {
+                let limit = Instant::now() + NEW_SECOND_LIMIT;
+                while unix_now() <= created_on && Instant::now() < limit {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if unix_now() <= created_on {
+                    warn!(
+                        newest_object_time = created_on,
+                        "the store's newest object is dated in the future: is this machine's clock behind?"
+                    );
+                }
+                Some(revision)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "could not list the store before the first full snapshot");
+                None
+            }
+        }
+    }
+
     fn spawn_defrag(&self) -> JoinHandle<(Result<(), EtcdError>, Duration)> {
         let source = self.source.clone();
         info!(endpoint = %source.endpoint(), "defragmenting etcd");
@@ -802,6 +838,19 @@ impl Snapshotter {
         match outcome {
             Ok(f) => {
                 let r = f.snapshot.name.last_revision;
+                if let Some(newest) = core.store_revision_at_start.take()
+                    && r < newest
+                {
+                    warn!(
+                        revision = r,
+                        store_revision = newest,
+                        object = %f.snapshot.key,
+                        "etcd's revision {r} is below the newest revision {newest} in the store: etcd went back in \
+                         time (a restore), and a new history begins with this full snapshot. Restores of the latest \
+                         backup follow it; the objects stored before it above revision {r} belong to the abandoned \
+                         history and are never applied"
+                    );
+                }
                 self.metrics.observe_snapshot(KIND_FULL, true, took.as_secs_f64(), r, f.snapshot.name.created_on);
                 self.progress.full_stored(&f.snapshot);
                 core.full_backoff.reset();

@@ -81,6 +81,7 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
         skip_hash_check: args.restoration.skip_hash_check,
         quota_bytes: Some(args.restoration.embedded_etcd_quota_bytes),
         bump_revision: args.bump_revision,
+        keep_revision: args.keep_revision,
         lease_policy: match args.restoration.lease_ttl {
             Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
             Some(_) => bail!("--lease-ttl must be positive: a lease with TTL 0 expires at boot"),
@@ -117,6 +118,19 @@ fn print_summary(report: &RestoreReport, dry_run: bool) {
         "db: {} bytes, {} key revisions, compact revision {}, {} lease records added",
         report.db_size, s.key_revisions, s.compact_revision, s.leases_added
     );
+    if s.bumped_by > 0 {
+        println!(
+            "revision bumped by {} from {} to {} and marked compacted{}",
+            s.bumped_by,
+            s.revision - s.bumped_by,
+            s.revision,
+            if report.new_history {
+                ": the store holds newer revisions, so this restore begins a new history above them"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "took {:.3} s: {:.1} MB/s fetched, {:.0} revisions/s applied",
         secs,

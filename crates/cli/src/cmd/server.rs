@@ -147,6 +147,7 @@ impl ServerArgs {
             to_revision: None,
             to_time: None,
             bump_revision: None,
+            keep_revision: false,
             mark_compacted: false,
             dry_run: false,
         }
