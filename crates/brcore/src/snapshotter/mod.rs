@@ -553,6 +553,13 @@ impl Snapshotter {
                     if let Err(e) = self.full_finished(&mut core, outcome, took) {
                         break Err(e);
                     }
+                    // Events that reached the memory limit before the first full snapshot gave
+                    // them a chain could not be cut then: cut them now, not at the next event.
+                    if core.pending_json >= self.config.delta_memory_limit
+                        && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
+                    {
+                        self.start_flush(&mut core);
+                    }
                 }
                 joined = async { defrag_task.as_mut().expect("guarded by the condition").await }, if defrag_task.is_some() => {
                     defrag_task = None;
