@@ -11,11 +11,9 @@ mod pflag;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     malloc::tune();
-    let cli = flags::Cli::parse();
+    let (cli, ignored) = parse();
     let Some(command) = cli.command else {
         // The Go tool exits 0 without a sub-command; the usage is more useful than silence.
         use clap::CommandFactory;
@@ -27,6 +25,9 @@ fn main() -> ExitCode {
         flags::Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit();
     }
     init_logging(&cli.log_level);
+    if !ignored.is_empty() {
+        tracing::warn!(flags = ?ignored, "--config-file replaces the Go tool's flags, as in the Go tool: these are ignored");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -39,6 +40,24 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", cmd::render_error(&e));
             ExitCode::from(cmd::exit_code(&e))
+        }
+    }
+}
+
+/// Parses the command line; `server --config-file` parses again with the file's settings in
+/// place of the Go tool's flags (see `cmd::config_file`). Returns the flags that were ignored.
+fn parse() -> (flags::Cli, Vec<String>) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = flags::Cli::command().get_matches();
+    match cmd::config_file::server_argv(&matches) {
+        Ok(None) => (flags::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), Vec::new()),
+        Ok(Some((argv, ignored))) => {
+            let matches = flags::Cli::command().try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+            (flags::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()), ignored)
+        }
+        Err(e) => {
+            eprintln!("error: {}", cmd::render_error(&e));
+            std::process::exit(i32::from(cmd::EXIT_FAILURE));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The sub-commands: each turns flags into a checked config and calls the library crates.
 
 pub(crate) mod compact;
+pub(crate) mod config_file;
 pub(crate) mod copy;
 mod db;
 pub(crate) mod initialize;

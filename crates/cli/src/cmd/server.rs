@@ -81,8 +81,9 @@ pub struct ServerArgs {
     /// are shared with the snapshotter).
     #[command(flatten)]
     pub restore: Box<RestorationArgs>,
-    /// Not supported: pass flags instead (the reference's config file replaces every flag).
-    #[arg(long, hide = true)]
+    /// The Go tool's component config (YAML): its settings replace the Go tool's flags, as in
+    /// the Go tool (etcdbr's own flags and --log-level still apply).
+    #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// No-op: the Go tool serves Go's pprof profiles at /debug/pprof; there is no Go runtime
     /// here to profile (use `perf` or the tracing output instead).
@@ -182,9 +183,6 @@ struct Snapshotting {
 }
 
 fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
-    if args.config_file.is_some() {
-        bail!("--config-file is not supported; pass the settings as flags");
-    }
     if args.reelection_period < Duration::from_secs(1)
         || args.etcd_connection_timeout_leader_election < Duration::from_secs(1)
     {
@@ -566,8 +564,6 @@ mod tests {
         let a = parse(&["-p", "9000", "--name", "m1", "--initial-cluster", "m0=http://a:2380"]).unwrap();
         let e = setup(&a).err().expect("--name must be in --initial-cluster").to_string();
         assert!(e.contains("m1"), "{e}");
-        let a = parse(&["--config-file", "/etc/br.yaml"]).unwrap();
-        assert!(setup(&a).is_err());
         let a = parse(&["--use-etcd-wrapper", "--enable-profiling=false", "--server-auth-token", "s3cret"]).unwrap();
         assert!(!format!("{a:?}").contains("s3cret"), "the token stays out of debug output");
         assert!(setup(&a).is_ok(), "compatibility flags are accepted");
