@@ -16,6 +16,13 @@
 //! | `/metrics` | the `etcdbr_*` metrics, Prometheus text format |
 //! | `/` | a status page: initialization, latest full snapshot and deltas, recent errors |
 //!
+//! Methods ([`allowed_methods`]): the endpoints that act (`/initialization/start`,
+//! `/snapshot/full`, `/snapshot/delta`) answer `GET` and `POST`; `/initialization/status` and
+//! `/config`, whose `GET` changes state, answer `GET`; the rest `GET` and `HEAD`. Any other
+//! method, and `HEAD` on an endpoint that acts, is `405` with `Allow`, and nothing happens (the
+//! reference runs every handler for any method, so a `HEAD` or `DELETE` started an
+//! initialization).
+//!
 //! Differences from the reference, on purpose: an unknown `mode` is a `400` instead of a silent
 //! full validation; a snapshot requested while initialization runs is a `409` instead of a
 //! `405`/proxy; an optional bearer token ([`ServerConfig::auth_token`]) guards the endpoints
@@ -42,5 +49,7 @@ mod tls;
 
 pub use error::Error;
 pub use leader::{LeaderElector, Role, SidecarLocator};
-pub use server::{DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles};
+pub use server::{
+    DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles, allowed_methods,
+};
 pub use snapshots::{Latest, LiveSnapshots, SnapshotControl, SnapshotJson, StoreSnapshots};

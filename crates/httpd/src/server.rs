@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::get;
 use brcore::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -265,6 +265,48 @@ impl Shared {
     }
 }
 
+/// The methods `path` answers, or `None` for a path that is not served (404).
+///
+/// An endpoint that acts (starts an initialization, takes a snapshot) or whose `GET` changes
+/// state (reading a final initialization status resets it; `/config` writes the rendered file)
+/// answers `GET` (what etcd-wrapper sends), and `POST` where a client sends it (etcd-druid's
+/// on-demand snapshot task). `HEAD` there is refused without acting, as is every other method:
+/// a probe or a stray `DELETE`/`TRACE` must not stop the snapshotter or take a snapshot. The
+/// read-only endpoints answer `GET` and `HEAD`.
+pub fn allowed_methods(path: &str) -> Option<&'static [Method]> {
+    const READ: &[Method] = &[Method::GET, Method::HEAD];
+    const ACT: &[Method] = &[Method::GET, Method::POST];
+    const GET_ONLY: &[Method] = &[Method::GET];
+    match path {
+        "/" | "/healthz" | "/metrics" | "/snapshot/latest" => Some(READ),
+        "/initialization/start" | "/snapshot/full" | "/snapshot/delta" => Some(ACT),
+        "/initialization/status" | "/config" => Some(GET_ONLY),
+        _ => None,
+    }
+}
+
+/// Answers `405 Method Not Allowed` (with `Allow`) to a method the path does not take (see
+/// [`allowed_methods`]), before routing, so no handler runs for it.
+async fn only_allowed_methods(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(allowed) = allowed_methods(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    if allowed.contains(request.method()) {
+        return next.run(request).await;
+    }
+    let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    let body = if request.method() == Method::HEAD {
+        String::new()
+    } else {
+        format!("{} is not allowed on {}; use {allow}\n", request.method(), request.uri().path())
+    };
+    let mut response = (StatusCode::METHOD_NOT_ALLOWED, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    response
+}
+
 /// Compares two secrets without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -354,21 +396,23 @@ impl Server {
         ServerHandle { shared: self.shared.clone() }
     }
 
-    /// The routes, for embedding in another axum app or serving by hand. As in the reference,
-    /// the handlers answer any method.
+    /// The routes, for embedding in another axum app or serving by hand. Each path answers only
+    /// the methods of [`allowed_methods`]; any other is `405` with an `Allow` header, before
+    /// any handler runs.
     pub fn router(&self) -> Router {
         let tls = self.shared.config.tls.is_some();
         Router::new()
-            .route("/", any(page_handler))
-            .route("/initialization/start", any(init_start))
-            .route("/initialization/status", any(init_status))
-            .route("/snapshot/full", any(snapshot_full))
-            .route("/snapshot/delta", any(snapshot_delta))
-            .route("/snapshot/latest", any(snapshot_latest))
-            .route("/config", any(config))
-            .route("/healthz", any(healthz))
-            .route("/metrics", any(metrics))
+            .route("/", get(page_handler))
+            .route("/initialization/start", get(init_start).post(init_start))
+            .route("/initialization/status", get(init_status))
+            .route("/snapshot/full", get(snapshot_full).post(snapshot_full))
+            .route("/snapshot/delta", get(snapshot_delta).post(snapshot_delta))
+            .route("/snapshot/latest", get(snapshot_latest))
+            .route("/config", get(config))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
             .fallback(|| async { (StatusCode::NOT_FOUND, "not found; see / for the endpoints\n") })
+            .layer(axum::middleware::from_fn(only_allowed_methods))
             .layer(axum::middleware::map_response(move |mut r: Response| async move {
                 let h = r.headers_mut();
                 h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

@@ -512,3 +512,138 @@ async fn snapshots_on_demand_from_a_running_snapshotter() {
     assert_eq!(code, 200, "{body}");
     s.shutdown().await;
 }
+
+/// The objects in a Local store (relative keys), for "nothing happened" checks.
+fn stored_objects(dir: &Path) -> Vec<String> {
+    let root = dir.join("store");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_get_and_post_act_and_head_delete_trace_do_nothing() {
+    use reqwest::Method;
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(EtcdVersion::V3_5);
+    etcd.etcdctl(&["put", "/k", "v"]);
+    let store = local_store(tmp.path());
+    let metrics = Metrics::new();
+    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let snapshots: Arc<dyn SnapshotControl> =
+        Arc::new(StoreSnapshots::new(source, store.clone(), full_options(), metrics.clone()));
+    let conf = tmp.path().join("etcd.conf.yaml");
+    std::fs::write(&conf, ETCD_CONF).unwrap();
+    let out = tmp.path().join("served.conf.yaml");
+    let init = Initialization {
+        initializer: Initializer::new(store.clone()),
+        options: InitOptions {
+            mode: Mode::Sanity,
+            // A missing data dir and a store without backups: a run ends `Successful` at once.
+            plan: plan(&tmp.path().join("data"), "default=http://127.0.0.1:2380", "default"),
+            namespace: None,
+            remove_set_aside: false,
+        },
+    };
+    // No token, the Go tool's default: the method is the only guard.
+    let config = ServerConfig {
+        etcd_conf: Some(conf),
+        config_output: Some(out.clone()),
+        pod_name: Some("etcd-main-0".into()),
+        ..ServerConfig::default()
+    };
+    let s = Running::start(Server::new(config, init, Some(snapshots), metrics), "http").await;
+    let client = reqwest::Client::new();
+    let starts = s.handle.initialization_starts();
+
+    let action_routes =
+        ["/initialization/start", "/snapshot/full", "/snapshot/delta", "/initialization/status", "/config"];
+    let refused = [Method::HEAD, Method::DELETE, Method::TRACE, Method::PUT, Method::PATCH, Method::OPTIONS];
+    let check_refused = async |path: &str, method: Method| {
+        let r = client.request(method.clone(), s.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string());
+        let bare = path.split('?').next().unwrap();
+        let expected = if matches!(bare, "/initialization/status" | "/config") { "GET" } else { "GET, POST" };
+        assert_eq!(allow.as_deref(), Some(expected), "{method} {path}");
+        let body = r.text().await.unwrap();
+        if method == Method::HEAD {
+            assert!(body.is_empty(), "{body}");
+        } else {
+            assert!(body.contains(&format!("{method} is not allowed on {bare}")), "{body}");
+        }
+    };
+    for path in action_routes {
+        for method in refused.clone() {
+            check_refused(path, method).await;
+        }
+        // A query string changes nothing.
+        check_refused(&format!("{path}?mode=full&final=true"), Method::HEAD).await;
+    }
+    // Nothing happened: no initialization started, no snapshot stored, no config written.
+    assert!(!starts.has_changed().unwrap(), "an initialization was started");
+    assert_eq!(s.handle.init_status(), InitStatus::New);
+    assert_eq!(stored_objects(tmp.path()), Vec::<String>::new(), "a snapshot was taken");
+    assert!(!out.exists(), "/config wrote its file");
+    let (_, text) = get(&client, &s.url("/metrics")).await;
+    let taken = text
+        .lines()
+        .filter(|l| l.starts_with("etcdbr_snapshot_duration_seconds_count{"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect::<Vec<_>>();
+    assert!(taken.is_empty(), "a snapshot was attempted: {taken:?}");
+
+    // The read-only endpoints answer HEAD like GET, without a body.
+    for path in ["/", "/healthz", "/metrics", "/snapshot/latest"] {
+        let r = client.head(s.url(path)).send().await.unwrap();
+        assert!(matches!(r.status().as_u16(), 200 | 503), "HEAD {path}: {}", r.status());
+        assert!(r.text().await.unwrap().is_empty());
+        let r = client.delete(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 405, "DELETE {path}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD");
+    }
+    assert_eq!(stored_objects(tmp.path()), Vec::<String>::new());
+
+    // GET (etcd-wrapper, druid's compaction) and POST (druid's on-demand task) do act.
+    let r = client.post(s.url("/snapshot/full")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(stored_objects(tmp.path()).len(), 1);
+    etcd.etcdctl(&["put", "/k", "v2"]); // a new revision, so a new name
+    let (code, body) = get(&client, &s.url("/snapshot/full")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(stored_objects(tmp.path()).len(), 2);
+    let (code, _) = get(&client, &s.url("/config")).await;
+    assert_eq!(code, 200);
+    assert!(out.exists());
+
+    // A final initialization status survives HEAD, DELETE and TRACE; only a GET reads (and
+    // resets) it.
+    let r = client.post(s.url("/initialization/start?mode=sanity")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(starts.has_changed().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.handle.init_status() == InitStatus::Progress {
+        assert!(Instant::now() < deadline, "initialization still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = s.handle.init_status();
+    assert_ne!(done, InitStatus::New);
+    for method in [Method::HEAD, Method::DELETE, Method::TRACE] {
+        check_refused("/initialization/status", method).await;
+        assert_eq!(s.handle.init_status(), done, "a refused method reset the status");
+    }
+    assert_eq!(get(&client, &s.url("/initialization/status")).await.1, done.as_str());
+    assert_eq!(get(&client, &s.url("/initialization/status")).await.1, "New");
+    s.shutdown().await;
+}
