@@ -598,6 +598,43 @@ mod tests {
         );
     }
 
+    /// docs/flags.md lists every flag of the Go tool's six commands (203 pairs): each one must
+    /// be accepted by that command here, with the Go short name, and no row may say "missing".
+    #[test]
+    fn every_go_flag_in_the_docs_table_is_accepted() {
+        use clap::CommandFactory;
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/flags.md")).unwrap();
+        let mut cli = Cli::command();
+        cli.build(); // propagates the global flags (--log-level) to the sub-commands
+        let mut command: Option<&clap::Command> = None;
+        let mut pairs = 0;
+        for line in doc.lines() {
+            if let Some(name) = line.strip_prefix("## `").and_then(|l| l.split('`').next()) {
+                command = cli.find_subcommand(name);
+                assert!(command.is_some(), "docs/flags.md names an unknown command {name}");
+                continue;
+            }
+            let Some(cmd) = command else { continue };
+            let Some(first) = line.strip_prefix("| `-").map(|l| l.split(" |").next().unwrap_or_default()) else {
+                continue;
+            };
+            assert!(!line.to_ascii_lowercase().contains("missing"), "{line}");
+            let cell = format!("`-{first}");
+            let names: Vec<&str> = cell.split(", ").map(|n| n.trim_matches('`')).collect();
+            let long = names.iter().find_map(|n| n.strip_prefix("--")).expect("a long name");
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("`{}` does not accept --{long}", cmd.get_name()));
+            if let Some(short) = names.iter().find_map(|n| n.strip_prefix('-').filter(|s| !s.starts_with('-'))) {
+                assert_eq!(arg.get_short().map(String::from), Some(short.to_string()), "{line}");
+            }
+            assert!(!arg.is_hide_set(), "--{long} of `{}` must show in --help", cmd.get_name());
+            pairs += 1;
+        }
+        assert_eq!(pairs, 203, "the Go tool's 203 command/flag pairs");
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;

@@ -107,8 +107,9 @@ pub struct ServerArgs {
     /// and this server's --server-port (the reference's rule; needs one sidecar per host).
     #[arg(long, default_value = "")]
     pub sidecar_endpoints: String,
-    /// Accepted for compatibility with the Go etcdbrctl (multi-member features); unused.
-    #[arg(long, hide = true)]
+    /// No-op: the Go tool uses the etcd Service's client URLs to change the membership of a
+    /// multi-member cluster (learners, `/config` trimming), which this server does not do.
+    #[arg(long)]
     pub service_endpoints: Option<String>,
     /// The full- and delta-snapshot Leases (Kubernetes).
     #[command(flatten)]
