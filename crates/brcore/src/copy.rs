@@ -88,10 +88,15 @@ pub async fn copy(source: Arc<dyn Snapstore>, dest: Arc<dyn Snapstore>, plan: &C
 /// The source's objects to copy, oldest first: whole backup sets, newest `max_backups`, no older
 /// than `max_age_secs`.
 async fn select(source: &dyn Snapstore, plan: &CopyPlan) -> Result<Vec<Snapshot>, Error> {
-    let mut snaps = list_v2(source, &plan.source_prefix).await?;
+    let snaps = list_v2(source, &plan.source_prefix).await?;
     if snaps.is_empty() {
         return Err(Error::not_found(format!("no snapshots under {}/v2/ in the source store", plan.source_prefix)));
     }
+    Ok(choose_sets(snaps, plan))
+}
+
+/// The whole backup sets of `snaps` that `plan` selects, oldest first.
+fn choose_sets(mut snaps: Vec<Snapshot>, plan: &CopyPlan) -> Vec<Snapshot> {
     // By history, then revision: a set never takes a delta of another history, and the newest
     // sets are the newest history's.
     let histories = Histories::find(&snaps);
@@ -113,7 +118,7 @@ async fn select(source: &dyn Snapstore, plan: &CopyPlan) -> Result<Vec<Snapshot>
         .take(plan.max_backups.unwrap_or(usize::MAX))
         .collect();
     chosen.reverse();
-    Ok(chosen.into_iter().flatten().collect())
+    chosen.into_iter().flatten().collect()
 }
 
 async fn list_v2(store: &dyn Snapstore, prefix: &str) -> Result<Vec<Snapshot>, Error> {
@@ -181,5 +186,41 @@ pub async fn wait_for_final_full(
             None => interval,
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snaps(names: &[&str]) -> Vec<Snapshot> {
+        names.iter().map(|n| Snapshot::parse_key(&format!("p/v2/{n}"), 1).unwrap()).collect()
+    }
+
+    #[test]
+    fn sets_never_take_a_delta_of_another_history() {
+        // History 0 up to 1006; etcd went back to 500 and was backed up again.
+        let list = snaps(&[
+            "Full-00000000-00000100-100",
+            "Incr-00000101-00000539-120",
+            "Incr-00000540-00001006-130",
+            "Full-00000000-00000500-200",
+            "Incr-00000501-00000560-210",
+        ]);
+        let plan = CopyPlan {
+            source_prefix: "p".into(),
+            dest_prefix: "q".into(),
+            max_backups: Some(1),
+            max_age_secs: None,
+            parallel: 1,
+            write: WriteOptions::default(),
+            now: 1000,
+        };
+        let chosen: Vec<String> = choose_sets(list.clone(), &plan).iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(chosen, ["Full-00000000-00000500-200", "Incr-00000501-00000560-210"]);
+        let all = CopyPlan { max_backups: None, ..plan };
+        let chosen: Vec<String> = choose_sets(list, &all).iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(chosen.len(), 5);
+        assert_eq!(chosen[..3], ["Full-00000000-00000100-100", "Incr-00000101-00000539-120", "Incr-00000540-00001006-130"]);
     }
 }
