@@ -221,6 +221,9 @@ mod tests {
         let all = CopyPlan { max_backups: None, ..plan };
         let chosen: Vec<String> = choose_sets(list, &all).iter().map(|s| s.name.to_string()).collect();
         assert_eq!(chosen.len(), 5);
-        assert_eq!(chosen[..3], ["Full-00000000-00000100-100", "Incr-00000101-00000539-120", "Incr-00000540-00001006-130"]);
+        assert_eq!(
+            chosen[..3],
+            ["Full-00000000-00000100-100", "Incr-00000101-00000539-120", "Incr-00000540-00001006-130"]
+        );
     }
 }
