@@ -85,6 +85,8 @@ pub struct Leadership {
     pub member_id: u64,
     /// The raft leader's id, 0 when there is none.
     pub leader_id: u64,
+    /// The cluster's id (the member Lease carries it for etcd-druid).
+    pub cluster_id: u64,
 }
 
 /// Why the cluster view could not be read.
@@ -208,7 +210,8 @@ impl ClusterView for EtcdClusterView {
     async fn leadership(&self) -> Result<Leadership, ClusterError> {
         let status = self.call(|mut c| async move { c.status().await }).await?;
         let member_id = status.header().map(|h| h.member_id()).unwrap_or(0);
-        Ok(Leadership { member_id, leader_id: status.leader() })
+        let cluster_id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
+        Ok(Leadership { member_id, leader_id: status.leader(), cluster_id })
     }
 
     async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError> {
@@ -447,7 +450,7 @@ mod tests {
         async fn leadership(&self) -> Result<Leadership, ClusterError> {
             match self.leader.load(Ordering::SeqCst) {
                 u64::MAX => Err(ClusterError::Etcd { endpoint: "e".into(), message: "down".into() }),
-                leader_id => Ok(Leadership { member_id: 1, leader_id }),
+                leader_id => Ok(Leadership { member_id: 1, leader_id, cluster_id: 7 }),
             }
         }
         async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError> {

@@ -78,6 +78,8 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         (Some(true), None) => Some(Compression::Gzip),
         (None, None) => None,
     };
+    // Before any work, as the reference builds its Kubernetes client first.
+    let leases = super::leases::snapshot_leases(&args.snapshot_leases, &super::leases::LeaseEnv::from_env()).await?;
     let r = &args.restoration;
     let lease_policy = match r.lease_ttl {
         Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
@@ -123,6 +125,14 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         CompactOutcome::AlreadyCompact { full } => {
             println!("nothing to compact: {} has no delta snapshots after it", full.key)
         }
+    }
+    if let Some(leases) = &leases {
+        // The newest full snapshot: the compacted one, or the one that had nothing after it.
+        let newest = match &outcome {
+            CompactOutcome::Compacted(report) => &report.snapshot,
+            CompactOutcome::AlreadyCompact { full } => full,
+        };
+        super::leases::renew_after_compaction(leases, newest).await;
     }
     if !args.metrics_scrape_wait_duration.is_zero() {
         info!(wait = ?args.metrics_scrape_wait_duration, "waiting for the metrics to be scraped");

@@ -5,6 +5,7 @@ pub(crate) mod config_file;
 pub(crate) mod copy;
 mod db;
 pub(crate) mod initialize;
+pub(crate) mod leases;
 mod restore;
 pub(crate) mod server;
 pub(crate) mod snapshot;

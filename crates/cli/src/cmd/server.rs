@@ -16,6 +16,11 @@
 //! to the leader's sidecar (found through `--sidecar-endpoints`, else the leader's client URL
 //! host and this server's port, as the reference) and answer `/snapshot/latest` from the
 //! shared store themselves; their `/healthz` is 503, as the reference's non-leaders.
+//!
+//! With `--enable-snapshot-lease-renewal` and `--enable-member-lease-renewal` the Kubernetes
+//! Leases etcd-druid reads are kept beside all this ([`super::leases`]): every snapshotter the
+//! supervisor starts reports what it stored to the snapshot-Lease task, and the member Lease is
+//! renewed on its own heartbeat. Neither ever holds up a snapshot.
 
 use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -26,10 +31,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use brcore::etcd::{EtcdClient, EtcdSource};
 use brcore::secondary::SyncConfig;
-use brcore::snapshotter::Snapshotter;
 use brcore::snapshotter::full::FullOptions;
+use brcore::snapshotter::{ProgressSender, Snapshotter};
 use clap::{ArgAction, Args};
-use httpd::leader::{EtcdClusterView, wait_for_handoff};
+use httpd::leader::{ClusterView, EtcdClusterView, wait_for_handoff};
 use httpd::{
     InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig, ServerHandle, SidecarLocator,
     SnapshotControl, StoreSnapshots, TlsFiles,
@@ -39,6 +44,7 @@ use tracing::{error, info, warn};
 use validator::{InitOptions, Initializer, Mode};
 
 use super::initialize::ValidationMode;
+use super::leases::{LeaseEnv, ServerLeases};
 use super::snapshot::{SnapshotArgs, SnapshotPlan};
 use super::store_config;
 use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SecondaryStoreArgs, SnapshotLeaseArgs};
@@ -168,6 +174,10 @@ struct Setup {
     elector: Option<LeaderElector>,
     etcd: Arc<EtcdClient>,
     listen: SocketAddr,
+    /// The Kubernetes Lease tasks (none unless their flags turn them on; see [`run`]).
+    leases: ServerLeases,
+    /// Who this member is, for the member Lease (the leader elector's question, asked apart).
+    member_view: Arc<dyn ClusterView>,
 }
 
 /// What the snapshotter needs, and where the HTTP API reaches it.
@@ -282,6 +292,8 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
             None
         }
     };
+    let member_view: Arc<dyn ClusterView> =
+        Arc::new(EtcdClusterView::new(snap.etcd.clone(), snap.etcd.connection_timeout));
     Ok(Setup {
         server,
         snapshots: snapshotting
@@ -290,12 +302,15 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         elector,
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
+        leases: ServerLeases::default(),
+        member_view,
     })
 }
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let setup = setup(&args)?;
+    let mut setup = setup(&args)?;
+    setup.leases = ServerLeases::new(&args.snapshot_leases, &args.member_lease, &LeaseEnv::from_env()).await?;
     let listener = bind(setup.listen).await?;
     serve(setup, listener, super::stop_signal()).await
 }
@@ -325,13 +340,17 @@ async fn serve(
     });
     let handle = setup.server.handle();
     let elector = setup.elector.map(|e| tokio::spawn(e.run(stopped(stop_rx.clone()))));
+    let (lease_tasks, progress) = setup.leases.spawn(setup.member_view, stop_rx.clone());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(setup.server.serve(listener, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
-    supervise(&handle, setup.etcd, setup.snapshots, stop_rx).await;
+    supervise(&handle, setup.etcd, setup.snapshots, progress, stop_rx).await;
     if let Some(e) = elector {
         let _ = e.await;
+    }
+    for t in lease_tasks {
+        let _ = t.await;
     }
     match server.await {
         Ok(result) => result.context("the HTTP server failed"),
@@ -412,6 +431,7 @@ async fn supervise(
     handle: &ServerHandle,
     etcd: Arc<EtcdClient>,
     snapshots: Option<Snapshotting>,
+    progress: Option<ProgressSender>,
     stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
@@ -464,8 +484,12 @@ async fn supervise(
             }
         };
         let source: Arc<dyn EtcdSource> = etcd.clone();
-        let snapshotter =
+        let mut snapshotter =
             Snapshotter::new(source, store.clone(), plan.snapshotter.clone(), brcore::metrics::metrics().clone());
+        if let Some(p) = &progress {
+            // The snapshot Leases follow every snapshotter this server runs.
+            snapshotter = snapshotter.report_progress_to(p.clone());
+        }
         // The snapshotter rides out etcd outages by itself; /healthz follows etcd meanwhile.
         let checker = {
             let (etcd, handle) = (etcd.clone(), handle.clone());
