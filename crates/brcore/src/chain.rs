@@ -459,7 +459,7 @@ fn layout_dirs(prefix: &str) -> String {
     if prefix.is_empty() { "v2/ (and v1/)".to_string() } else { format!("{prefix}/v2/ (and {prefix}/v1/)") }
 }
 
-fn layout_prefixes(prefix: &str) -> [String; 2] {
+pub(crate) fn layout_prefixes(prefix: &str) -> [String; 2] {
     if prefix.is_empty() {
         ["v2/".to_string(), "v1/".to_string()]
     } else {

@@ -12,6 +12,7 @@ pub mod delta;
 pub mod error;
 pub mod etcd;
 pub mod gc;
+pub mod memory;
 pub mod metrics;
 pub mod name;
 pub mod overlap;
@@ -21,5 +22,8 @@ pub mod secondary;
 pub mod snapshotter;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use store::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};
+pub use memory::InMemoryStore;
+pub use store::{ByteStream, ObjectMeta, Snapstore, SnapstoreExt, StoreError, WriteOptions};

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 /// A stream of byte chunks: how large objects move, never as one `Vec<u8>`.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send + 'static>>;
@@ -137,6 +137,100 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
         format!("{self:?}")
     }
 }
+
+/// Checks that `key` is a well-formed object key: not empty, no leading or trailing `/`, no
+/// empty, `.` or `..` segment, no backslash or NUL. Stores call it before a key reaches the
+/// backend, so that no key can escape the store's root (a Local store maps keys to paths).
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| StoreError::Other {
+        key: key.to_string(),
+        retryable: false,
+        source: format!("invalid object key: {why}").into(),
+    };
+    if key.is_empty() {
+        return Err(bad("empty"));
+    }
+    if key.starts_with('/') || key.ends_with('/') {
+        return Err(bad("must not start or end with '/'"));
+    }
+    if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(bad("empty, '.' or '..' path segment"));
+    }
+    if key.contains(['\\', '\0']) {
+        return Err(bad("backslash or NUL"));
+    }
+    Ok(())
+}
+
+/// Conveniences on every [`Snapstore`] (including `dyn Snapstore`), so callers need not hand-roll
+/// read-all loops or one-shot streams. Implemented for all stores; not meant to be implemented by
+/// hand.
+///
+/// ```
+/// use brcore::{InMemoryStore, SnapstoreExt};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brcore::error::Error> {
+/// let store = InMemoryStore::new();
+/// store.write_bytes("etcd-main/v2/Full-00000000-00000042-1700000000", "db".into()).await?;
+/// store.write_bytes("etcd-main/v2/Incr-00000043-00000050-1700000060", "[]".into()).await?;
+/// let snapshots = store.list_snapshots("etcd-main").await?;
+/// assert_eq!(snapshots.len(), 2);
+/// assert_eq!(snapshots[1].name.last_revision, 50);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait SnapstoreExt: Snapstore {
+    /// The whole object `key`, in one buffer. For objects known to be small (deltas, sidecars);
+    /// stream large ones with [`Snapstore::read`].
+    async fn read_to_bytes(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.read_range_to_bytes(key, None).await
+    }
+
+    /// The bytes of `range` of the object `key` (or all of it), in one buffer.
+    async fn read_range_to_bytes(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, StoreError> {
+        let mut stream = self.read(key, range).await?;
+        let mut first: Option<Bytes> = None;
+        let mut rest = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            match &first {
+                // One chunk (the common case for small objects) is returned without a copy.
+                None if rest.is_empty() => first = Some(chunk),
+                _ => {
+                    if let Some(f) = first.take() {
+                        rest.extend_from_slice(&f);
+                    }
+                    rest.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| rest.freeze()))
+    }
+
+    /// Stores `data` under `key` with the default [`WriteOptions`], atomically.
+    async fn write_bytes(&self, key: &str, data: Bytes) -> Result<u64, StoreError> {
+        let stream: ByteStream = Box::pin(futures::stream::iter([Ok(data)]));
+        self.write(key, stream, &WriteOptions::default()).await
+    }
+
+    /// Every snapshot under `prefix` in the reference's layout (`<prefix>/v2/…`, and the legacy
+    /// `<prefix>/v1/Backup-…/…`), parsed, in listing order. Objects whose names are not
+    /// snapshots (foreign files) and the parts of the Go tool's chunked uploads are left out.
+    async fn list_snapshots(&self, prefix: &str) -> Result<Vec<crate::name::Snapshot>, crate::error::Error> {
+        let prefix = prefix.trim_end_matches('/');
+        let mut out = Vec::new();
+        for dir in crate::chain::layout_prefixes(prefix) {
+            for meta in self.list(&dir).await? {
+                match crate::name::Snapshot::parse_key(&meta.key, meta.size) {
+                    Ok(snapshot) if !snapshot.is_chunk => out.push(snapshot),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<S: Snapstore + ?Sized> SnapstoreExt for S {}
 
 /// Renames by reading `from`, writing it to `to` through [`Snapstore::write`] (all or nothing)
 /// and deleting `from`: the default [`Snapstore::rename`], and the fallback of stores whose

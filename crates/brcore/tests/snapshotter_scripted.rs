@@ -393,6 +393,27 @@ impl Snapstore for Faulty {
         }
         self.inner.rename(from, to).await
     }
+    // A wrapper must forward the defaulted methods too: losing `local_path` would turn the Local
+    // store's in-place reads into copies without anyone noticing.
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
+}
+
+/// The fault-injecting double keeps the whole contract while no fault is switched on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_faulty_double_conforms_while_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Faulty::new(local_store(dir.path()));
+    brcore::testing::run_conformance(faulty.clone()).await;
+    let key = "etcd-main/v2/Full-00000000-00000001-1.gz";
+    faulty
+        .write(key, Box::pin(futures::stream::iter([Ok(bytes::Bytes::from_static(b"db"))])), &WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(faulty.local_path(key), faulty.inner.local_path(key), "local_path is forwarded");
+    assert!(faulty.local_path(key).is_some());
+    assert_eq!(faulty.failed_writes.load(Ordering::SeqCst), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

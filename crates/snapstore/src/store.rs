@@ -260,27 +260,15 @@ impl OpendalStore {
     }
 
     fn check_key(&self, key: &str) -> Result<(), StoreError> {
-        let bad = |why: &str| StoreError::Other {
-            key: key.to_string(),
-            retryable: false,
-            source: format!("invalid object key: {why}").into(),
-        };
-        if key.is_empty() {
-            return Err(bad("empty"));
-        }
-        if key.starts_with('/') || key.ends_with('/') {
-            return Err(bad("must not start or end with '/'"));
-        }
-        if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            return Err(bad("empty, '.' or '..' path segment"));
-        }
-        if key.contains(['\\', '\0']) {
-            return Err(bad("backslash or NUL"));
-        }
+        brcore::store::check_key(key)?;
         if self.s.provider == Provider::Local
             && (key == LOCAL_TEMP_DIR || key.starts_with(&format!("{LOCAL_TEMP_DIR}/")))
         {
-            return Err(bad("reserved for staging writes"));
+            return Err(StoreError::Other {
+                key: key.to_string(),
+                retryable: false,
+                source: "invalid object key: reserved for staging writes".into(),
+            });
         }
         Ok(())
     }
