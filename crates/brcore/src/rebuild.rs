@@ -22,7 +22,7 @@ use etcd_format::lease::Lease;
 use etcd_format::meta;
 use etcd_format::mvcc::{self, KeyValueRef, RevKey, Revision};
 
-use crate::delta::{Event, EventKind};
+use crate::delta::{Event, EventBatch, EventKind, EventRef};
 use crate::error::Error;
 
 /// What to do with the cluster membership stored in the db.
@@ -147,6 +147,41 @@ where
     W: Write + Seek,
     I: IntoIterator<Item = Result<Event, Error>>,
 {
+    rebuild(source, opts, out, |append| {
+        for event in events {
+            append.push(event?.view())?;
+        }
+        Ok(())
+    })
+}
+
+/// [`rebuild_db`] with the events in batches, as the restore's streaming decoders hand them
+/// out ([`crate::delta::DeltaDecoder`]).
+pub fn rebuild_db_batches<W, I>(
+    source: &Db,
+    batches: I,
+    opts: &RebuildOptions,
+    out: W,
+) -> Result<(W, RebuildStats), Error>
+where
+    W: Write + Seek,
+    I: IntoIterator<Item = Result<EventBatch, Error>>,
+{
+    rebuild(source, opts, out, |append| {
+        for batch in batches {
+            for event in batch?.iter() {
+                append.push(event)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn rebuild<W, F>(source: &Db, opts: &RebuildOptions, out: W, feed: F) -> Result<(W, RebuildStats), Error>
+where
+    W: Write + Seek,
+    F: FnOnce(&mut Appender<'_, W>) -> Result<(), Error>,
+{
     let revs = meta::DbRevisions::read(source).map_err(|e| Error::corrupt("full snapshot", e))?;
     let base = revs.current_revision;
     let mut stats = RebuildStats { base_revision: base, revision: base, ..Default::default() };
@@ -164,7 +199,7 @@ where
 
     let mut writer = BulkWriter::new(out, opts.writer).map_err(Error::db_write)?;
     let names = bucket_names(source, &opts.membership)?;
-    let mut events = events.into_iter();
+    let mut feed = Some(feed);
     let mut delta_leases: HashMap<Vec<u8>, i64> = HashMap::new();
 
     for name in &names {
@@ -172,7 +207,11 @@ where
         match name.as_slice() {
             mvcc::KEY_BUCKET => {
                 stats.key_revisions = copy_bucket(source, name, &mut writer)?;
-                append_events(&mut events, opts, &mut writer, &mut stats, &mut delta_leases)?;
+                let mut append = Appender::new(opts, &mut writer, &mut stats, &mut delta_leases);
+                if let Some(feed) = feed.take() {
+                    feed(&mut append)?;
+                }
+                append.finish();
                 if let Some(bump) = bump_for(opts.bump_revision, opts.bump_past, stats.revision) {
                     let rev = stats.revision + bump;
                     stats.bumped_by = bump;
@@ -271,108 +310,134 @@ fn copy_bucket<W: Write + Seek>(source: &Db, name: &[u8], writer: &mut BulkWrite
     Ok(n)
 }
 
-/// Appends the events above the base revision to the `key` bucket being written.
-fn append_events<W, I>(
-    events: &mut I,
-    opts: &RebuildOptions,
-    writer: &mut BulkWriter<W>,
-    stats: &mut RebuildStats,
-    delta_leases: &mut HashMap<Vec<u8>, i64>,
-) -> Result<(), Error>
-where
-    W: Write + Seek,
-    I: Iterator<Item = Result<Event, Error>>,
-{
-    let base = stats.base_revision;
-    let mut current = base; // the last main revision written
-    let mut sub: i64 = 0;
-    let mut keys_in_rev = KeysInRevision::default();
-    let mut value_buf: Vec<u8> = Vec::with_capacity(256);
-    let mut stopped = false;
-    for event in events {
-        let event = event?;
+/// Appends the events above the base revision to the `key` bucket being written, one by one.
+struct Appender<'a, W: Write + Seek> {
+    opts: &'a RebuildOptions,
+    writer: &'a mut BulkWriter<W>,
+    stats: &'a mut RebuildStats,
+    delta_leases: &'a mut HashMap<Vec<u8>, i64>,
+    base: i64,
+    /// The last main revision written.
+    current: i64,
+    sub: i64,
+    keys_in_rev: KeysInRevision,
+    value_buf: Vec<u8>,
+    stopped: bool,
+}
+
+impl<'a, W: Write + Seek> Appender<'a, W> {
+    fn new(
+        opts: &'a RebuildOptions,
+        writer: &'a mut BulkWriter<W>,
+        stats: &'a mut RebuildStats,
+        delta_leases: &'a mut HashMap<Vec<u8>, i64>,
+    ) -> Self {
+        let base = stats.base_revision;
+        Appender {
+            opts,
+            writer,
+            stats,
+            delta_leases,
+            base,
+            current: base,
+            sub: 0,
+            keys_in_rev: KeysInRevision::default(),
+            value_buf: Vec::with_capacity(256),
+            stopped: false,
+        }
+    }
+
+    fn push(&mut self, event: EventRef<'_>) -> Result<(), Error> {
         let rev = event.mod_revision;
-        if rev <= base {
-            stats.events_skipped += 1;
-            continue;
+        if rev <= self.base {
+            self.stats.events_skipped += 1;
+            return Ok(());
         }
-        if stopped {
+        if self.stopped {
             // Drain the rest so every delta is still fetched and verified.
-            continue;
+            return Ok(());
         }
-        if rev == current && current > base {
-            sub += 1;
+        if rev == self.current && self.current > self.base {
+            self.sub += 1;
         } else {
-            if rev < current {
-                return Err(Error::corrupt("delta chain", format!("revision goes backwards from {current} to {rev}")));
+            if rev < self.current {
+                return Err(Error::corrupt(
+                    "delta chain",
+                    format!("revision goes backwards from {} to {rev}", self.current),
+                ));
             }
-            if opts.to_revision.is_some_and(|to| rev > to)
-                || opts.to_time_nanos.is_some_and(|t| event.time_nanos().is_some_and(|et| et > t))
+            if self.opts.to_revision.is_some_and(|to| rev > to)
+                || self.opts.to_time_nanos.is_some_and(|t| event.time_nanos().is_some_and(|et| et > t))
             {
-                stopped = true;
-                continue;
+                self.stopped = true;
+                return Ok(());
             }
-            if rev != current + 1 {
-                return Err(Error::Gap { from: current + 1, to: rev - 1, detail: String::new() });
+            if rev != self.current + 1 {
+                return Err(Error::Gap { from: self.current + 1, to: rev - 1, detail: String::new() });
             }
-            current = rev;
-            sub = 0;
-            keys_in_rev.clear();
-            stats.revisions_applied += 1;
+            self.current = rev;
+            self.sub = 0;
+            self.keys_in_rev.clear();
+            self.stats.revisions_applied += 1;
         }
-        if keys_in_rev.contains(&event.key) {
+        if self.keys_in_rev.contains(event.key) {
             return Err(Error::corrupt(
                 "delta chain",
-                format!("key {:?} changes twice in revision {rev}", String::from_utf8_lossy(&event.key)),
+                format!("key {:?} changes twice in revision {rev}", String::from_utf8_lossy(event.key)),
             ));
         }
-        let revision = Revision::new(rev, sub);
-        value_buf.clear();
+        let revision = Revision::new(rev, self.sub);
+        self.value_buf.clear();
         let (rev_key, lease) = match event.kind {
             EventKind::Put => {
                 KeyValueRef {
-                    key: &event.key,
+                    key: event.key,
                     create_revision: event.create_revision,
                     mod_revision: rev,
                     version: event.version,
-                    value: &event.value,
+                    value: event.value,
                     lease: event.lease,
                 }
-                .encode_to(&mut value_buf);
+                .encode_to(&mut self.value_buf);
                 (RevKey::put(revision), event.lease)
             }
             EventKind::Delete => {
                 // A tombstone's value is the key alone (etcd fills mod_revision in only on the
                 // watch copy): `0a <len> key`.
-                KeyValueRef { key: &event.key, create_revision: 0, mod_revision: 0, version: 0, value: &[], lease: 0 }
-                    .encode_to(&mut value_buf);
+                KeyValueRef { key: event.key, create_revision: 0, mod_revision: 0, version: 0, value: &[], lease: 0 }
+                    .encode_to(&mut self.value_buf);
                 (RevKey::tombstone(revision), 0)
             }
         };
-        writer.put(&rev_key.to_bytes(), &value_buf).map_err(Error::db_write)?;
+        self.writer.put(&rev_key.to_bytes(), &self.value_buf).map_err(Error::db_write)?;
         // Lease bookkeeping only for keys that have or had a lease: most keys never do.
         if lease != 0 {
-            delta_leases.insert(event.key.clone(), lease);
-        } else if !delta_leases.is_empty()
-            && let Some(slot) = delta_leases.get_mut(&event.key)
+            self.delta_leases.insert(event.key.to_vec(), lease);
+        } else if !self.delta_leases.is_empty()
+            && let Some(slot) = self.delta_leases.get_mut(event.key)
         {
             *slot = 0;
         }
-        keys_in_rev.insert(event.key);
-        stats.events_applied += 1;
-        stats.key_revisions += 1;
+        self.keys_in_rev.insert(event.key);
+        self.stats.events_applied += 1;
+        self.stats.key_revisions += 1;
+        Ok(())
     }
-    stats.revision = current;
-    stats.ended_early = opts.to_revision.is_some_and(|to| current < to);
-    Ok(())
+
+    fn finish(self) {
+        self.stats.revision = self.current;
+        self.stats.ended_early = self.opts.to_revision.is_some_and(|to| self.current < to);
+    }
 }
 
 /// The keys changed in the current revision, to refuse a key changing twice in one revision.
-/// Almost every revision changes one key, so a short Vec serves them; a range delete of many
-/// keys moves to a set so the check stays linear.
+/// Almost every revision changes one key, so a few keys in one reused buffer serve them; a
+/// range delete of many keys moves to a set so the check stays linear.
 #[derive(Default)]
 struct KeysInRevision {
-    few: Vec<Vec<u8>>,
+    /// The first few keys, back to back; `ends` marks where each ends.
+    few: Vec<u8>,
+    ends: Vec<usize>,
     many: std::collections::HashSet<Vec<u8>>,
 }
 
@@ -381,18 +446,29 @@ impl KeysInRevision {
 
     fn clear(&mut self) {
         self.few.clear();
-        self.many.clear();
+        self.ends.clear();
+        if !self.many.is_empty() {
+            self.many.clear();
+        }
     }
 
     fn contains(&self, key: &[u8]) -> bool {
-        self.few.iter().any(|k| k == key) || (!self.many.is_empty() && self.many.contains(key))
+        let mut start = 0;
+        for &end in &self.ends {
+            if &self.few[start..end] == key {
+                return true;
+            }
+            start = end;
+        }
+        !self.many.is_empty() && self.many.contains(key)
     }
 
-    fn insert(&mut self, key: Vec<u8>) {
-        if self.few.len() < Self::FEW {
-            self.few.push(key);
+    fn insert(&mut self, key: &[u8]) {
+        if self.ends.len() < Self::FEW {
+            self.few.extend_from_slice(key);
+            self.ends.push(self.few.len());
         } else {
-            self.many.insert(key);
+            self.many.insert(key.to_vec());
         }
     }
 }

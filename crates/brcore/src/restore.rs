@@ -25,9 +25,11 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::chain::{self, Chain, Target};
-use crate::compress;
-use crate::delta::{self, Event};
+use crate::compress::{self, blocks, blocks::MEMBER_HEADER_LEN, blocks::MemberHeader};
+use crate::delta::EventBatch;
+use crate::deltafeed::{self, DeltaFeed, Piece};
 use crate::error::Error;
+use crate::iothread::ThreadedFile;
 use crate::name::{Compression, Snapshot};
 use crate::overlap::{FullRepeats, OverlapCheck};
 use crate::rebuild::{self, LeasePolicy, Membership, RebuildOptions, RebuildStats};
@@ -53,6 +55,9 @@ pub struct RestorePlan {
     pub target: Target,
     /// Deltas fetched at once (`--max-fetchers`).
     pub max_fetchers: usize,
+    /// Bytes of memory for deltas read ahead and decoded ahead of the db writer
+    /// (`--restore-memory-budget`; see [`crate::deltafeed`]).
+    pub memory_budget: u64,
     /// Accept a full snapshot without a sha256 trailer (`--skip-hash-check`).
     pub skip_hash_check: bool,
     /// Refuse a result larger than this many bytes (`--embedded-etcd-quota-bytes`).
@@ -258,7 +263,11 @@ async fn build(
     };
     let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
     fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
-    let fetch = FetchOptions { max_fetchers: plan.max_fetchers, skip_hash_check: plan.skip_hash_check };
+    let fetch = FetchOptions {
+        max_fetchers: plan.max_fetchers,
+        skip_hash_check: plan.skip_hash_check,
+        memory_budget: plan.memory_budget,
+    };
     let (stats, fetched) = rebuild_chain(store, chain, opts, &db_path, &temp_dir, fetch, progress).await?;
 
     if let Some(to) = match plan.target {
@@ -424,6 +433,8 @@ pub struct FetchOptions {
     pub max_fetchers: usize,
     /// Accept a full snapshot without a sha256 trailer.
     pub skip_hash_check: bool,
+    /// Memory for deltas read and decoded ahead of the writer ([`crate::deltafeed`]).
+    pub memory_budget: u64,
 }
 
 /// Fetches `chain` from `store` and rebuilds it into a fresh db at `db_path`: the full snapshot
@@ -448,42 +459,18 @@ pub async fn rebuild_chain(
         .map_err(|e| Error::io(temp_dir, e))?
         .into_temp_path();
 
-    // Deltas: fetched and decoded in parallel, handed to the writer in order through a
-    // bounded channel, so memory is bounded by the fetch window, not by the chain.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(String, Vec<Event>), Error>>(fetch.max_fetchers.max(1));
-    let fetch_store = store.clone();
-    // Deltas that repeat revisions (two leaders uploading, the reference's #1043, or the same
-    // range stored twice) are compared where they overlap, and each revision is applied once.
-    let mut check = OverlapCheck::new(chain);
+    // Deltas: fetched and decoded in parallel as they stream, handed to the writer in order,
+    // in the memory budget. Deltas that repeat revisions (two leaders uploading, the
+    // reference's #1043, or the same range stored twice) are compared where they overlap, and
+    // each revision is applied once.
+    let check = OverlapCheck::new(chain);
     let items: Vec<Snapshot> = check.items().iter().map(|i| i.snapshot.clone()).collect();
-    let fetchers = fetch.max_fetchers.max(1);
-    let fetch_progress = progress.clone();
-    let fetch_task = tokio::spawn(async move {
-        let mut fetched = 0u64;
-        let mut stream = futures::stream::iter(items.into_iter().enumerate())
-            .map(|(i, snap)| {
-                let store = fetch_store.clone();
-                async move {
-                    let (events, n) = fetch_delta(store.as_ref(), &snap).await?;
-                    Ok::<_, Error>((i, snap, events, n))
-                }
-            })
-            .buffered(fetchers);
-        while let Some(item) = stream.next().await {
-            let item = item.and_then(|(i, snap, events, n)| {
-                fetched += n;
-                let events = check.accept(i, events)?;
-                fetch_progress.delta_applied(&snap.name.to_string(), events.len());
-                Ok((snap.key, events))
-            });
-            let failed = item.is_err();
-            // The writer hung up: it failed and reports its own error.
-            if tx.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-        fetched
-    });
+    let feed = deltafeed::start(
+        store.clone(),
+        items,
+        deltafeed::FeedOptions { max_fetchers: fetch.max_fetchers, budget: fetch.memory_budget },
+        progress.clone(),
+    );
 
     // The deltas are already being fetched and decoded (up to the channel's bound) while the
     // full snapshot streams in. An uncompressed full snapshot on the local filesystem is read in
@@ -499,7 +486,7 @@ pub async fn rebuild_chain(
     let full_bytes = match fetched_full {
         Ok(n) => n,
         Err(e) => {
-            fetch_task.abort();
+            feed.abort();
             return Err(e);
         }
     };
@@ -507,30 +494,85 @@ pub async fn rebuild_chain(
     let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
     let db_out = db_path.to_path_buf();
     let full_key = chain.full.key.clone();
-    let stats = tokio::task::spawn_blocking(move || -> Result<RebuildStats, Error> {
-        let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
-        let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
-        set_private(&db_out)?;
-        // Events that repeat the full snapshot's content are compared with its db.
-        let mut repeats = FullRepeats::new(&full_key, &source)?;
-        let batches = std::iter::from_fn(move || rx.blocking_recv());
-        let events = batches.flat_map(|batch| -> Box<dyn Iterator<Item = Result<Event, Error>> + Send> {
-            match batch.and_then(|(key, events)| repeats.check(&key, &events).map(|()| events)) {
-                Ok(events) => Box::new(events.into_iter().map(Ok)),
-                Err(e) => Box::new(std::iter::once(Err(e))),
+    let (stats, feed) = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
+        let mut feed = feed;
+        let written = (|| {
+            let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
+            let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
+            set_private(&db_out)?;
+            // Events that repeat the full snapshot's content are compared with its db.
+            let repeats = FullRepeats::new(&full_key, &source)?;
+            let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false };
+            // The kernel's copy of the db into the page cache runs on a thread of its own.
+            let (out, stats) = rebuild::rebuild_db_batches(&source, batches, &opts, ThreadedFile::new(out))
+                .map_err(|e| e.at_db_path(&db_out))?;
+            let file = out.finish().map_err(|e| Error::io(&db_out, e))?;
+            file.sync_all().map_err(|e| Error::io(&db_out, e))?;
+            Ok(stats)
+        })();
+        match written {
+            Ok(stats) => Ok((stats, feed)),
+            Err(e) => {
+                feed.abort();
+                // A gap or a revision going backwards inside a damaged delta: its hash says so.
+                Err(feed.damage().unwrap_or(e))
             }
-        });
-        let (out, stats) = rebuild::rebuild_db(&source, events, &opts, BufWriter::with_capacity(1 << 20, out))
-            .map_err(|e| e.at_db_path(&db_out))?;
-        let file = out.into_inner().map_err(|e| Error::io(&db_out, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&db_out, e))?;
-        Ok(stats)
+        }
     })
     .await
     .map_err(|e| Error::task_failed("the db writer", e))??;
-    let fetched = fetch_task.await.map_err(|e| Error::task_failed("the delta fetcher", e))?;
+    let fetched = feed.fetched().await?;
     drop(full_path);
     Ok((stats, full_bytes + fetched))
+}
+
+/// The writer's view of the delta feed: batches, with the deltas compared where they overlap
+/// and the events that repeat the full snapshot compared with its db.
+struct Checked<'a, 'f> {
+    feed: &'f mut DeltaFeed,
+    check: OverlapCheck,
+    repeats: FullRepeats<'a>,
+    /// The delta being read.
+    key: String,
+    failed: bool,
+}
+
+impl Iterator for Checked<'_, '_> {
+    type Item = Result<EventBatch, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let piece = match self.feed.next()? {
+                Ok(piece) => piece,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
+            let item = match piece {
+                Piece::Begin(index, key) => {
+                    self.check.begin(index);
+                    self.repeats.begin_object();
+                    self.key = key;
+                    continue;
+                }
+                Piece::Batch(mut batch) => self
+                    .check
+                    .filter(&mut batch)
+                    .and_then(|()| self.repeats.check_refs(&self.key, batch.iter()))
+                    .map(|()| batch),
+                Piece::End => match self.check.end() {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            self.failed = item.is_err();
+            return Some(item);
+        }
+    }
 }
 
 /// Checks the sha256 trailer of an uncompressed full snapshot that is read in place.
@@ -572,13 +614,31 @@ async fn fetch_full(
 ) -> Result<u64, Error> {
     let span = info_span!("fetch_full", object = %snap.key);
     let mut stream = ranged_read(store, &snap.key, snap.size);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
     let key = snap.key.clone();
     let compression = snap.name.compression;
+    let mut fetched = 0u64;
+    // The first bytes say whether a gzip object is etcdbr's members in blocks, which inflate
+    // in parallel, or one stream (the Go tool's), which inflates on one core.
+    let mut head = bytes::BytesMut::new();
+    while head.len() < MEMBER_HEADER_LEN {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                fetched += chunk.len() as u64;
+                progress.full_bytes(chunk.len() as u64);
+                head.extend_from_slice(&chunk);
+            }
+            None => break,
+        }
+    }
+    let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
     let out_path = path.to_path_buf();
+    let writer_key = key.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let key = writer_key;
         let reader = ChannelReader { rx, current: Bytes::new() };
-        let mut decoder = compress::decoder(compression, reader);
+        let mut decoder = if in_blocks { Box::new(reader) } else { compress::decoder(compression, reader) };
         let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
         let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), trailer: Sha256Trailer::new() };
         copy_full(&mut decoder, &mut out, &key, &out_path)?;
@@ -608,14 +668,38 @@ async fn fetch_full(
         drop(file);
         Ok(())
     });
-    let mut fetched = 0u64;
+    let first = futures::stream::iter([Ok(head.freeze())]);
+    let counted = stream.map(|chunk| {
+        let chunk = chunk.map_err(Error::from)?;
+        fetched += chunk.len() as u64;
+        progress.full_bytes(chunk.len() as u64);
+        Ok(chunk)
+    });
+    let compressed = first.chain(counted);
+    let mut plain: futures::stream::BoxStream<'_, Result<Bytes, Error>> = if in_blocks {
+        // Members inflate on every core; the writer gets their bytes in order.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+        let member_key = key.clone();
+        Box::pin(
+            split_members(Box::pin(compressed), key.clone())
+                .map(move |member| {
+                    let key = member_key.clone();
+                    async move {
+                        let member = member?;
+                        tokio::task::spawn_blocking(move || blocks::inflate_member(&member))
+                            .await
+                            .map_err(|e| Error::task_failed("the inflater", e))?
+                            .map(Bytes::from)
+                            .map_err(|e| read_error(&key, e))
+                    }
+                })
+                .buffered(workers + 2),
+        )
+    } else {
+        Box::pin(compressed)
+    };
     async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(Error::from);
-            if let Ok(bytes) = &chunk {
-                fetched += bytes.len() as u64;
-                progress.full_bytes(bytes.len() as u64);
-            }
+        while let Some(chunk) = plain.next().await {
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() || failed {
                 break;
@@ -624,9 +708,55 @@ async fn fetch_full(
     }
     .instrument(span)
     .await;
+    drop(plain);
     drop(tx);
     writer.await.map_err(|e| Error::task_failed("the snapshot writer", e))??;
     Ok(fetched)
+}
+
+/// Cuts a stream of compressed bytes into its gzip block members ([`MemberHeader`]).
+fn split_members<'a>(
+    compressed: futures::stream::BoxStream<'a, Result<Bytes, Error>>,
+    key: String,
+) -> impl futures::Stream<Item = Result<Bytes, Error>> + 'a {
+    let state = (compressed, bytes::BytesMut::new(), 0u64, false);
+    futures::stream::unfold(state, move |(mut input, mut pending, mut offset, done)| {
+        let key = key.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                if pending.len() >= MEMBER_HEADER_LEN {
+                    let Some(h) = MemberHeader::parse(&pending) else {
+                        let e = Error::corrupt(
+                            &key,
+                            format!("no gzip block member starts at byte {offset}; the object is damaged"),
+                        );
+                        return Some((Err(e), (input, pending, offset, true)));
+                    };
+                    let len = h.member_len as usize;
+                    if pending.len() >= len {
+                        offset += len as u64;
+                        let member = pending.split_to(len).freeze();
+                        return Some((Ok(member), (input, pending, offset, false)));
+                    }
+                }
+                match input.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (input, pending, offset, true))),
+                    None if pending.is_empty() => return None,
+                    None => {
+                        let e = Error::corrupt(
+                            &key,
+                            format!("it ends inside a gzip block member at byte {offset}; the object is truncated"),
+                        );
+                        return Some((Err(e), (input, pending, offset, true)));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Bytes of one ranged read of a full snapshot.
@@ -661,25 +791,6 @@ fn ranged_read<'a>(
     )
 }
 
-/// Fetches, decompresses and verifies one delta. Returns its events and its stored size.
-async fn fetch_delta(store: &dyn Snapstore, snap: &Snapshot) -> Result<(Vec<Event>, u64), Error> {
-    let mut stream = store.read(&snap.key, None).await?;
-    let mut raw = Vec::with_capacity(snap.size as usize);
-    while let Some(chunk) = stream.next().await {
-        raw.extend_from_slice(&chunk?);
-    }
-    let n = raw.len() as u64;
-    let key = snap.key.clone();
-    let compression = snap.name.compression;
-    let events = tokio::task::spawn_blocking(move || -> Result<Vec<Event>, Error> {
-        let reader = compress::decoder(compression, io::Cursor::new(raw));
-        delta::read_events(reader, &key)
-    })
-    .await
-    .map_err(|e| Error::task_failed("the delta decoder", e))??;
-    Ok((events, n))
-}
-
 /// Copies the decompressed full snapshot into the temp file at `path`, telling the two sides'
 /// failures apart: a read failure is the object's (damaged data, or the store's error carried
 /// through the decoder), a write failure is the temp file's (a full disk names its filesystem).
@@ -698,7 +809,7 @@ fn copy_full(from: &mut impl Read, to: &mut impl Write, key: &str, path: &Path) 
 }
 
 /// A failure reading the object `key` through its decoder.
-fn read_error(key: &str, e: io::Error) -> Error {
+pub(crate) fn read_error(key: &str, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
             Error::corrupt(key, format!("it does not decompress: {e}; the object is damaged or truncated"))

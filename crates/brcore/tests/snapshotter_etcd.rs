@@ -148,6 +148,7 @@ async fn judge_restore(store: Arc<dyn Snapstore>, source: &Etcd, version: EtcdVe
         name: "n1".into(),
         target: Target::Latest,
         max_fetchers: 4,
+        memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
         skip_hash_check: false,
         quota_bytes: None,
         bump_revision: None,

@@ -296,6 +296,13 @@ pub struct RestorationArgs {
     /// Deltas downloaded at once.
     #[arg(long, default_value_t = 6)]
     pub max_fetchers: usize,
+    /// Bytes of memory a restore may use for deltas read and decoded ahead of the db writer
+    /// (etcdbr's own flag). A delta larger than half of it is decoded as it streams, alone.
+    /// More lets more deltas decode in parallel; the db writer and the mapped full snapshot
+    /// come on top (about 100 MiB).
+    #[arg(long, default_value_t = brcore::deltafeed::DEFAULT_BUDGET,
+          value_parser = clap::value_parser!(u64).range(8 << 20..))]
+    pub restore_memory_budget: u64,
     /// Refuse a restored db larger than this (etcd's --quota-backend-bytes).
     #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
     pub embedded_etcd_quota_bytes: u64,

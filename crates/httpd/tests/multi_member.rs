@@ -52,6 +52,7 @@ fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
                 name: "default".into(),
                 target: Target::Latest,
                 max_fetchers: 4,
+                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,

@@ -83,6 +83,7 @@ fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
         name: name.to_string(),
         target: Target::Latest,
         max_fetchers: 4,
+        memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
         skip_hash_check: false,
         quota_bytes: None,
         bump_revision: None,

@@ -53,6 +53,7 @@ fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
                 name: "default".into(),
                 target: Target::Latest,
                 max_fetchers: 4,
+                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,

@@ -188,6 +188,7 @@ impl Case {
                 name: "default".into(),
                 target: Target::Latest,
                 max_fetchers: 2,
+                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
                 skip_hash_check: false,
                 quota_bytes: None,
                 bump_revision: None,

@@ -78,6 +78,7 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
         name: args.restoration.name.clone(),
         target,
         max_fetchers: args.restoration.max_fetchers.max(1),
+        memory_budget: args.restoration.restore_memory_budget,
         skip_hash_check: args.restoration.skip_hash_check,
         quota_bytes: Some(args.restoration.embedded_etcd_quota_bytes),
         bump_revision: args.bump_revision,

@@ -1,0 +1,377 @@
+//! The restore's delta pipeline: deltas fetched and decoded in parallel, handed to the db
+//! writer in order, in one memory budget.
+//!
+//! Each delta is decoded as it streams ([`DeltaDecoder`]): decompressed in 256 KiB pieces,
+//! hashed and parsed into [`EventBatch`]es of about 1 MiB, which go to the writer through a
+//! channel of their own. The writer reads the deltas' channels in chain order ([`DeltaFeed`]
+//! is the iterator it reads). What is held in memory, and what bounds it:
+//! - **compressed objects**: a delta whose stored size fits in half the budget is read whole
+//!   before it is decoded (so the store connection is never left waiting on the writer); the
+//!   fetches take their size from that half in chain order and wait until it is free. A delta
+//!   larger than that half waits until it has the half to itself and is then decoded straight
+//!   from the store's stream, so its size does not matter.
+//! - **decoded batches**: the delta the writer is applying (the head) keeps at most
+//!   [`HEAD_QUEUE`] batches queued. The deltas after it decode ahead into the other half of the
+//!   budget and wait when it is used up; whenever a delta becomes the head, its decoder stops
+//!   waiting, so the writer never waits for a decoder that waits for the budget.
+//! - per decoder in flight (at most `max_fetchers`): a 256 KiB read buffer, the inflater's
+//!   window and the event being parsed.
+//!
+//! Every delta's stream ends with an explicit end marker: a decoder that stops without one (a
+//! panic) is an error, never a silently shorter chain.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::compress;
+use crate::delta::{DeltaDecoder, EventBatch};
+use crate::error::Error;
+use crate::name::Snapshot;
+use crate::restore::Progress;
+use crate::store::Snapstore;
+
+/// The default memory budget of a restore's deltas (compressed objects read ahead plus decoded
+/// events waiting for the writer).
+pub const DEFAULT_BUDGET: u64 = 64 << 20;
+
+/// Batches the head delta may hold queued for the writer.
+pub const HEAD_QUEUE: usize = 4;
+
+/// Plain bytes read from the decompressor at a time.
+const READ_PIECE: usize = 256 << 10;
+
+/// One item of a delta's channel.
+enum Msg {
+    /// Events, and the budget bytes they took (0 when decoded as the head).
+    Batch(EventBatch, u64),
+    /// The delta is complete and verified.
+    End,
+    /// The delta failed.
+    Failed(Error),
+}
+
+/// The budget of decoded events of the deltas after the head.
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+    limit: u64,
+    /// The index of the delta the writer applies.
+    head: AtomicUsize,
+}
+
+impl Budget {
+    /// Takes `n` bytes for delta `index`: waits while the budget is used up, unless (or until)
+    /// `index` is the head. Returns what was taken (0 for the head).
+    fn take(&self, index: usize, n: u64) -> u64 {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.head.load(Ordering::Acquire) == index {
+                return 0;
+            }
+            if *used + n <= self.limit || *used == 0 {
+                *used += n;
+                return n;
+            }
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn give_back(&self, n: u64) {
+        if n > 0 {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            *used = used.saturating_sub(n);
+        }
+        self.freed.notify_all();
+    }
+
+    fn set_head(&self, index: usize) {
+        self.head.store(index, Ordering::Release);
+        // Under the lock, so a decoder between its check and its wait cannot miss it.
+        let _used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        self.freed.notify_all();
+    }
+}
+
+/// How the deltas are fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedOptions {
+    /// Deltas in flight at most (`--max-fetchers`).
+    pub max_fetchers: usize,
+    /// Memory budget in bytes (see the module docs).
+    pub budget: u64,
+}
+
+/// The writer's side: the events of every delta, in chain order (an iterator of batches), and
+/// the bytes fetched once done.
+pub struct DeltaFeed {
+    streams: mpsc::Receiver<(String, mpsc::Receiver<Msg>)>,
+    current: Option<(String, mpsc::Receiver<Msg>)>,
+    index: usize,
+    budget: Arc<Budget>,
+    driver: tokio::task::JoinHandle<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for DeltaFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaFeed").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+/// Starts fetching and decoding `deltas`, in this order. Must be called within a tokio runtime;
+/// the feed is read from a blocking thread.
+pub fn start(
+    store: Arc<dyn Snapstore>,
+    deltas: Vec<Snapshot>,
+    opts: FeedOptions,
+    progress: Arc<dyn Progress>,
+) -> DeltaFeed {
+    let fetchers = opts.max_fetchers.max(1);
+    let half = (opts.budget / 2).max(1 << 20);
+    let budget =
+        Arc::new(Budget { used: Mutex::new(0), freed: Condvar::new(), limit: half, head: AtomicUsize::new(0) });
+    let (streams_tx, streams) = mpsc::channel(fetchers);
+    let driver_budget = budget.clone();
+    let driver = tokio::spawn(async move {
+        // Compressed bytes read ahead, in KiB permits; fetchers in flight.
+        let kib = (half >> 10).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        let compressed = Arc::new(Semaphore::new(kib as usize));
+        let slots = Arc::new(Semaphore::new(fetchers));
+        let mut fetched = 0u64;
+        for (index, snap) in deltas.into_iter().enumerate() {
+            let whole = snap.size <= half;
+            let need = if whole { (snap.size.div_ceil(1024) as u32).clamp(1, kib) } else { kib };
+            let (Ok(permit), Ok(slot)) =
+                (compressed.clone().acquire_many_owned(need).await, slots.clone().acquire_owned().await)
+            else {
+                break;
+            };
+            let (tx, rx) = mpsc::channel(HEAD_QUEUE);
+            if streams_tx.send((snap.key.clone(), rx)).await.is_err() {
+                break; // the writer stopped
+            }
+            fetched += snap.size;
+            let store = store.clone();
+            let budget = driver_budget.clone();
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let key = snap.key.clone();
+                let result = fetch_and_decode(store, &snap, whole, index, budget, tx.clone(), progress).await;
+                drop(permit);
+                drop(slot);
+                let last = match result {
+                    Ok(true) => Msg::End,
+                    Ok(false) => return, // the writer hung up
+                    Err(e) => Msg::Failed(e),
+                };
+                let _ = tx.send(last).await;
+                let _ = key;
+            });
+        }
+        fetched
+    });
+    DeltaFeed { streams, current: None, index: 0, budget, driver, done: false }
+}
+
+/// Fetches one delta and decodes it into its channel. `Ok(false)`: the writer hung up.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_decode(
+    store: Arc<dyn Snapstore>,
+    snap: &Snapshot,
+    whole: bool,
+    index: usize,
+    budget: Arc<Budget>,
+    tx: mpsc::Sender<Msg>,
+    progress: Arc<dyn Progress>,
+) -> Result<bool, Error> {
+    let key = snap.key.clone();
+    let compression = snap.name.compression;
+    let mut stream = store.read(&snap.key, None).await?;
+    let reader: Box<dyn Read + Send> = if whole {
+        let mut raw = Vec::with_capacity(snap.size as usize);
+        while let Some(chunk) = stream.next().await {
+            raw.extend_from_slice(&chunk?);
+        }
+        Box::new(io::Cursor::new(raw))
+    } else {
+        // Decoded straight from the store's stream: the chunks cross to the decoder's thread.
+        let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes, Error>>(4);
+        tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(Error::from);
+                let failed = chunk.is_err();
+                if chunk_tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Box::new(ChannelReader { rx: chunk_rx, current: Bytes::new() })
+    };
+    let name = snap.name.to_string();
+    let decoded = tokio::task::spawn_blocking(move || decode(reader, compression, &key, index, &budget, &tx))
+        .await
+        .map_err(|e| Error::task_failed("the delta decoder", e))??;
+    match decoded {
+        Some(events) => {
+            progress.delta_applied(&name, events as usize);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Decompresses and decodes one delta into `tx`. Returns its events, `None` if the writer hung
+/// up.
+fn decode(
+    reader: Box<dyn Read + Send>,
+    compression: crate::name::Compression,
+    key: &str,
+    index: usize,
+    budget: &Budget,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<Option<u64>, Error> {
+    let mut plain = compress::decoder(compression, reader);
+    let mut decoder = DeltaDecoder::new(key);
+    let mut piece = vec![0u8; READ_PIECE];
+    let mut kept = 0u64;
+    let mut send = |batch: EventBatch| -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        kept += batch.len() as u64;
+        let taken = budget.take(index, batch.memory() as u64);
+        match tx.blocking_send(Msg::Batch(batch, taken)) {
+            Ok(()) => true,
+            Err(_) => {
+                budget.give_back(taken);
+                false
+            }
+        }
+    };
+    loop {
+        let n = match plain.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(crate::restore::read_error(key, e)),
+        };
+        decoder.feed(&piece[..n]);
+        while let Some(batch) = decoder.next_batch() {
+            if !send(batch) {
+                return Ok(None);
+            }
+        }
+    }
+    let last = decoder.finish()?;
+    if !send(last) {
+        return Ok(None);
+    }
+    Ok(Some(kept))
+}
+
+impl DeltaFeed {
+    /// After the writer failed on the current delta: that delta's own error (damage found when
+    /// its hash was checked), which explains the writer's better than the writer can.
+    pub fn damage(&mut self) -> Option<Error> {
+        let (_, rx) = self.current.as_mut()?;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Batch(_, taken) => self.budget.give_back(taken),
+                Msg::End => return None,
+                Msg::Failed(e) => return Some(e),
+            }
+        }
+        None
+    }
+
+    /// Stops the fetches (after the writer failed).
+    pub fn abort(&self) {
+        self.driver.abort();
+    }
+
+    /// The bytes fetched from the store, once every delta was read.
+    pub async fn fetched(self) -> Result<u64, Error> {
+        self.driver.await.map_err(|e| Error::task_failed("the delta fetcher", e))
+    }
+}
+
+/// What the writer reads from a [`DeltaFeed`].
+#[derive(Debug)]
+pub enum Piece {
+    /// The next delta begins: its index in the order given to [`start`] and its key.
+    Begin(usize, String),
+    /// Its next events.
+    Batch(EventBatch),
+    /// It is complete and its hash verified.
+    End,
+}
+
+impl Iterator for DeltaFeed {
+    type Item = Result<Piece, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some((key, rx)) = &mut self.current {
+            let item = match rx.blocking_recv() {
+                Some(Msg::Batch(batch, taken)) => {
+                    // The writer holds one batch at a time: its memory leaves the budget here.
+                    self.budget.give_back(taken);
+                    return Some(Ok(Piece::Batch(batch)));
+                }
+                Some(Msg::End) => Ok(Piece::End),
+                Some(Msg::Failed(e)) => Err(e),
+                None => Err(Error::internal(format!("the decoder of {key} stopped before its end"))),
+            };
+            match item {
+                Ok(end) => {
+                    self.current = None;
+                    self.index += 1;
+                    self.budget.set_head(self.index);
+                    return Some(Ok(end));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        match self.streams.blocking_recv() {
+            Some((key, rx)) => {
+                self.current = Some((key.clone(), rx));
+                Some(Ok(Piece::Begin(self.index, key)))
+            }
+            None => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+/// A sync `Read` over chunks that an async task sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, Error>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
