@@ -129,7 +129,7 @@ mod tests {
         let big: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         f.write_all(&[9; 4096]).unwrap();
         f.write_all(&big).unwrap();
-        assert_eq!(f.seek(SeekFrom::Current(0)).unwrap(), 4096 + big.len() as u64);
+        assert_eq!(f.stream_position().unwrap(), 4096 + big.len() as u64);
         f.seek(SeekFrom::Start(0)).unwrap();
         f.write_all(&[1; 100]).unwrap();
         f.seek(SeekFrom::Start(4096 + big.len() as u64)).unwrap();

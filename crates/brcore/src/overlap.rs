@@ -360,21 +360,21 @@ impl<'a> FullRepeats<'a> {
                         "the second holds a {} of {:?} as change {sub} of the revision, the first's db holds no \
                          such change",
                         if e.kind == EventKind::Put { "put" } else { "delete" },
-                        String::from_utf8_lossy(&e.key)
+                        String::from_utf8_lossy(e.key)
                     ),
                 });
             };
             let kv = KeyValueRef::decode(stored).map_err(|err| Error::corrupt(self.full, err))?;
             let expected = match e.kind {
                 EventKind::Put => KeyValueRef {
-                    key: &e.key,
+                    key: e.key,
                     create_revision: e.create_revision,
                     mod_revision: r,
                     version: e.version,
-                    value: &e.value,
+                    value: e.value,
                     lease: e.lease,
                 },
-                EventKind::Delete => KeyValueRef { key: &e.key, ..Default::default() },
+                EventKind::Delete => KeyValueRef { key: e.key, ..Default::default() },
             };
             // A tombstone's stored value is the key alone; compare only that for deletes.
             let equal = match e.kind {
@@ -392,7 +392,7 @@ impl<'a> FullRepeats<'a> {
                         String::from_utf8_lossy(kv.key),
                         kv.version,
                         kv.value.len(),
-                        String::from_utf8_lossy(&e.key),
+                        String::from_utf8_lossy(e.key),
                         e.version,
                         e.value.len()
                     ),
