@@ -324,6 +324,50 @@ pub fn parse_listing<'a>(
     (snaps, ignored)
 }
 
+/// Checks a store prefix (`--store-prefix`) before anything is read or written under it: the
+/// keys are `<prefix>/v2/<name>`, so a prefix must be `/`-separated names without a leading
+/// `/`, `.` or `..`, empty segments, or characters object stores and filesystems treat
+/// differently. One trailing `/` is allowed (it is dropped, as the reference's `path.Join`
+/// does). Returns why not, and the spelling meant where it can tell.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let suggestion = || {
+        let clean: Vec<&str> =
+            prefix.split(['/', '\\']).map(str::trim).filter(|s| !s.is_empty() && *s != "." && *s != "..").collect();
+        if clean.is_empty() { "no prefix at all".to_string() } else { format!("{:?}", clean.join("/")) }
+    };
+    if prefix.trim() != prefix {
+        return Err(format!("it has spaces around it; did you mean {}?", suggestion()));
+    }
+    if prefix.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("it holds a backslash or a control character".to_string());
+    }
+    if prefix.starts_with('/') {
+        return Err(format!(
+            "it starts with '/', which would put a '/' at the start of every object key (an S3 or \
+             Azure key differs from the same name without it); did you mean {}?",
+            suggestion()
+        ));
+    }
+    let body = prefix.strip_suffix('/').unwrap_or(prefix);
+    for segment in body.split('/') {
+        match segment {
+            "" => return Err(format!("it has an empty path segment ('//'); did you mean {}?", suggestion())),
+            "." | ".." => {
+                return Err(format!(
+                    "it has a {segment:?} path segment, which an object store keeps as a name but a \
+                     directory resolves; did you mean {}?",
+                    suggestion()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +472,27 @@ mod tests {
         assert_eq!(n.key_v2("etcd-main"), "etcd-main/v2/Full-00000000-00000001-2.gz");
         assert_eq!(n.key_v2("etcd-main/"), "etcd-main/v2/Full-00000000-00000001-2.gz");
         assert_eq!(n.key_v2(""), "v2/Full-00000000-00000001-2.gz");
+    }
+
+    #[test]
+    fn prefixes_are_plain_relative_names() {
+        for ok in ["", "etcd-main", "etcd-main/", "shoot--a--b/etcd-main", "a.b/c..d"] {
+            assert_eq!(check_prefix(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, meant) in [
+            ("/p", "\"p\""),
+            ("./p", "\"p\""),
+            ("p/.", "\"p\""),
+            ("p//q", "\"p/q\""),
+            ("../p", "\"p\""),
+            ("p/../q", "\"p/q\""),
+            (" p", "\"p\""),
+            ("/", "no prefix at all"),
+        ] {
+            let why = check_prefix(bad).expect_err(bad);
+            assert!(why.contains(meant), "{bad:?}: {why}");
+        }
+        assert!(check_prefix("p\\q").is_err());
+        assert!(check_prefix("p\nq").is_err());
     }
 }

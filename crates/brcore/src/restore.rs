@@ -161,9 +161,11 @@ async fn restore(
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
+    refuse_data_dir_not_a_dir(&plan.data_dir)?;
     if !plan.dry_run {
         refuse_existing_member(&plan.data_dir)?;
     }
+    remove_unfinished_restore(&plan.data_dir)?;
     let chain = chain::list_chain(store.as_ref(), &plan.prefix, plan.target).await?;
     info!(
         full = %chain.full.key,
@@ -175,10 +177,6 @@ async fn restore(
     progress.start(chain.full.size, chain.deltas.len());
 
     let part = part_dir(&plan.data_dir);
-    if part.exists() {
-        warn!(dir = %part.display(), "removing the leftovers of an earlier, unfinished restore");
-        fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
-    }
     let result = build(store, plan, &chain, &part, progress).await;
     match result {
         Ok(mut report) => {
@@ -206,10 +204,79 @@ async fn restore(
 }
 
 /// `<data-dir>.part`, beside the data dir on the same filesystem.
+///
+/// When the data dir is a mount point (another filesystem than its parent's), a dir beside it
+/// could not be renamed into it: the part dir is `<data-dir>/.etcdbr-restore.part` instead,
+/// and its `member/` is renamed into place alone.
 pub fn part_dir(data_dir: &Path) -> PathBuf {
+    if is_mount_point(data_dir) {
+        return data_dir.join(".etcdbr-restore.part");
+    }
     let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
     name.push(".part");
     data_dir.with_file_name(name)
+}
+
+/// Whether `dir` is a directory on another filesystem than its parent.
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(dir) else { return false };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    meta.is_dir() && fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev())
+}
+
+/// Removes what a restore that was killed left in [`part_dir`], loudly (with its size), and
+/// returns that size; `None` when there was nothing. Every restore calls it first; a command
+/// that may restore later (initialize, the server) calls it at its start, so the space comes
+/// back at the next run whatever that run decides.
+pub fn remove_unfinished_restore(data_dir: &Path) -> Result<Option<u64>, Error> {
+    let part = part_dir(data_dir);
+    let meta = match fs::symlink_metadata(&part) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&part, e)),
+    };
+    let size = if meta.is_dir() { dir_size(&part) } else { meta.len() };
+    warn!(
+        dir = %part.display(),
+        bytes = size,
+        "removing {} left in {} by a restore that did not finish (killed, or the machine stopped)",
+        crate::error::human_bytes(size),
+        part.display()
+    );
+    let removed = if meta.is_dir() { fs::remove_dir_all(&part) } else { fs::remove_file(&part) };
+    removed.map_err(|e| Error::io(&part, e))?;
+    Ok(Some(size))
+}
+
+/// Bytes in the files under `dir` (what can be read of it).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// A data dir path that exists but is not a directory (a regular file, a socket) can never
+/// receive `member/`: refused before any work.
+fn refuse_data_dir_not_a_dir(data_dir: &Path) -> Result<(), Error> {
+    match fs::metadata(data_dir) {
+        Ok(m) if !m.is_dir() => {
+            Err(Error::Invalid { what: format!("the data dir {} exists and is not a directory", data_dir.display()) })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn refuse_existing_member(data_dir: &Path) -> Result<(), Error> {

@@ -8,6 +8,7 @@ mod cmd;
 mod flags;
 mod malloc;
 mod pflag;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
         let _ = flags::Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
-    if let Err(msg) = command.check_store_flags() {
+    if let Err(msg) = validate::check(&command) {
         use clap::CommandFactory;
         flags::Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit();
     }

@@ -147,7 +147,40 @@ impl StoreConfig {
                 "--store-endpoint-override must be an http:// or https:// URL, got {endpoint:?}"
             )));
         }
+        if let Err(why) = brcore::name::check_prefix(&self.prefix) {
+            return Err(Error::Config(format!("{} {:?}: {why}", self.flag("store-prefix"), self.prefix)));
+        }
+        if self.provider != Provider::Local
+            && let Some(c) = self.container.as_deref().filter(|c| !c.is_empty())
+            && (c.contains('/') || c.trim() != c || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()))
+        {
+            return Err(Error::Config(format!(
+                "{} {c:?}: {} {} names have no '/', spaces or control characters (put a path into {})",
+                self.flag("store-container"),
+                self.provider,
+                if matches!(self.provider, Provider::ABS | Provider::Swift) { "container" } else { "bucket" },
+                self.flag("store-prefix"),
+            )));
+        }
         Ok(())
+    }
+
+    /// The flag that sets `name` for this store: `--store-prefix`, or `--source-store-prefix`
+    /// for `copy`'s source ([`StoreConfig::env_prefix`] `SOURCE_`).
+    pub fn flag(&self, name: &str) -> String {
+        format!("--{}{name}", self.env_prefix.to_ascii_lowercase().replace('_', "-"))
+    }
+
+    /// For the Local provider: the directory the store would use, from `--store-container`, the
+    /// `STORAGE_CONTAINER` variable or the default, relative ones under `$HOME` (read from the
+    /// process environment). `None` for object stores.
+    pub fn local_root(&self) -> Result<Option<PathBuf>, Error> {
+        if self.provider != Provider::Local {
+            return Ok(None);
+        }
+        let env = |name: &str| std::env::var(name).ok();
+        let container = self.resolve_container(&env)?;
+        local_root(&container, env("HOME").as_deref()).map(Some)
     }
 
     /// The key prefix under which snapshots live: `<prefix>/v2`, or `v2` for an empty prefix
@@ -218,6 +251,16 @@ mod tests {
         assert!(small.validate().unwrap_err().to_string().contains("min-chunk-size"));
         let bad = StoreConfig { endpoint_override: Some("127.0.0.1:9000".into()), ..StoreConfig::default() };
         assert!(bad.validate().is_err());
+        let prefix = StoreConfig { prefix: "./p".into(), ..StoreConfig::default() };
+        let msg = prefix.validate().unwrap_err().to_string();
+        assert!(msg.contains("--store-prefix \"./p\"") && msg.contains("did you mean \"p\""), "{msg}");
+        let source = StoreConfig { prefix: "/p".into(), env_prefix: "SOURCE_".into(), ..StoreConfig::default() };
+        assert!(source.validate().unwrap_err().to_string().contains("--source-store-prefix \"/p\""));
+        let bucket = StoreConfig { provider: Provider::S3, container: Some("b/p".into()), ..StoreConfig::default() };
+        let msg = bucket.validate().unwrap_err().to_string();
+        assert!(msg.contains("--store-container \"b/p\"") && msg.contains("S3 bucket"), "{msg}");
+        let local = StoreConfig { container: Some("/var/backups/etcd".into()), ..StoreConfig::default() };
+        local.validate().unwrap();
     }
 
     #[test]

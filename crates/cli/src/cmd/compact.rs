@@ -67,7 +67,9 @@ pub struct CompactArgs {
     pub metrics_scrape_wait_duration: Duration,
 }
 
-pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
+/// The compression and lease policy the flags ask for; an error names the flag (checked at
+/// start, see `crate::validate`).
+pub(crate) fn settings(args: &CompactArgs) -> anyhow::Result<(Option<Compression>, LeasePolicy)> {
     args.snapshot_leases.check().map_err(anyhow::Error::msg)?;
     let compression = match (args.compress_snapshots, args.compression_policy.as_deref()) {
         (Some(false), _) => Some(Compression::None),
@@ -78,14 +80,19 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
         (Some(true), None) => Some(Compression::Gzip),
         (None, None) => None,
     };
-    // Before any work, as the reference builds its Kubernetes client first.
-    let leases = super::leases::snapshot_leases(&args.snapshot_leases, &super::leases::LeaseEnv::from_env()).await?;
-    let r = &args.restoration;
-    let lease_policy = match r.lease_ttl {
+    let lease_policy = match args.restoration.lease_ttl {
         Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
         Some(_) => anyhow::bail!("--lease-ttl must be positive"),
         None => LeasePolicy::default(),
     };
+    Ok((compression, lease_policy))
+}
+
+pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
+    let (compression, lease_policy) = settings(&args)?;
+    // Before any work, as the reference builds its Kubernetes client first.
+    let leases = super::leases::snapshot_leases(&args.snapshot_leases, &super::leases::LeaseEnv::from_env()).await?;
+    let r = &args.restoration;
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
     let scratch = Scratch::new(&r.data_dir)?;
     let plan = CompactPlan {

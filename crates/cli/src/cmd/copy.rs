@@ -70,7 +70,7 @@ pub struct CopyArgs {
 
 /// The source store's config: the destination's provider and prefix when not given, its own
 /// container, endpoint override and (`SOURCE_`-prefixed) credentials.
-fn source_config(args: &CopyArgs, dest: &snapstore::StoreConfig) -> anyhow::Result<snapstore::StoreConfig> {
+pub(crate) fn source_config(args: &CopyArgs, dest: &snapstore::StoreConfig) -> anyhow::Result<snapstore::StoreConfig> {
     let mut source = dest.clone();
     if let Some(provider) = args.source_storage_provider.as_deref().filter(|p| !p.trim().is_empty()) {
         source.provider = provider.parse().with_context(|| format!("--source-storage-provider {provider}"))?;
@@ -86,12 +86,18 @@ fn source_config(args: &CopyArgs, dest: &snapstore::StoreConfig) -> anyhow::Resu
     Ok(source)
 }
 
-pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
+/// The flag values `run` refuses, checked at start (see `crate::validate`); returns the source
+/// store's config.
+pub(crate) fn check_flags(args: &CopyArgs) -> anyhow::Result<snapstore::StoreConfig> {
     if args.wait_for_final_snapshot_timeout.negative {
         bail!("--wait-for-final-snapshot-timeout must not be less than 0");
     }
+    source_config(args, &store_config(&args.store))
+}
+
+pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
+    let source_config = check_flags(&args)?;
     let dest_config = store_config(&args.store);
-    let source_config = source_config(&args, &dest_config)?;
     let source = snapstore::open(&source_config).context("cannot open the source store")?;
     let dest = snapstore::open(&dest_config).context("cannot open the destination store")?;
     if args.wait_for_final_snapshot {

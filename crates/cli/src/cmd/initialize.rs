@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brcore::chain::Target;
+use brcore::restore::RestorePlan;
 use clap::{ArgAction, Args, ValueEnum};
 use validator::{Action, InitError, InitOptions, Initializer, Mode, Outcome};
 
@@ -86,14 +87,22 @@ pub struct UnusedEtcdConnectionArgs {
     pub cacert: Option<PathBuf>,
 }
 
-pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
+/// The flag values `initialize` refuses, checked at start (see `crate::validate`); returns the
+/// restore plan they amount to.
+pub(crate) fn check_flags(args: &InitializeArgs) -> anyhow::Result<RestorePlan> {
     if args.restore.to_revision.is_some() || args.restore.to_time.is_some() {
         bail!("initialize restores the latest backup; --to-revision and --to-time belong to `etcdbrctl restore`");
     }
     if args.restore.dry_run {
         bail!("--dry-run belongs to `etcdbrctl restore`; initialize either leaves the data dir alone or restores it");
     }
-    let plan = super::restore::plan(&args.restore)?;
+    super::restore::plan(&args.restore)
+}
+
+pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
+    let plan = check_flags(&args)?;
+    // What a killed restore left goes now, whether or not this run restores.
+    brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
     debug_assert!(matches!(plan.target, Target::Latest));
     let mode = match args.validation_mode {
         ValidationMode::Sanity => Mode::Sanity,

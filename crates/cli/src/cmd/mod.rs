@@ -6,7 +6,7 @@ pub(crate) mod copy;
 mod db;
 pub(crate) mod initialize;
 pub(crate) mod leases;
-mod restore;
+pub(crate) mod restore;
 pub(crate) mod server;
 pub(crate) mod snapshot;
 pub(crate) mod status;

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brcore::etcd::{EtcdClient, EtcdSource};
+use brcore::restore::RestorePlan;
 use brcore::secondary::SyncConfig;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{ProgressSender, Snapshotter};
@@ -193,7 +194,11 @@ struct Snapshotting {
     secondary: Option<(Arc<dyn brcore::Snapstore>, SyncConfig)>,
 }
 
-fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
+/// The flag values the server refuses, checked at start (see `crate::validate`) and again by
+/// `setup`, which uses what they amount to.
+pub(crate) fn check_flags(
+    args: &ServerArgs,
+) -> anyhow::Result<(std::collections::HashMap<String, String>, RestorePlan, SnapshotPlan)> {
     if args.reelection_period < Duration::from_secs(1)
         || args.etcd_connection_timeout_leader_election < Duration::from_secs(1)
     {
@@ -206,6 +211,13 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         .map_err(|e| anyhow::anyhow!("--sidecar-endpoints: {e}"))?;
     let plan = super::restore::plan(&args.restore_args())?;
     let snap = super::snapshot::plan(&args.snapshot)?;
+    Ok((sidecars, plan, snap))
+}
+
+fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
+    let (sidecars, plan, snap) = check_flags(args)?;
+    // What a killed restore left goes now, whether or not an initialization restores later.
+    brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
     let mode = match args.validation_mode {
         ValidationMode::Sanity => Mode::Sanity,
         ValidationMode::Full => Mode::Full,
