@@ -26,6 +26,7 @@ pub mod status;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod verify;
 
 pub use memory::InMemoryStore;
 pub use store::{ByteStream, ObjectMeta, Snapstore, SnapstoreExt, StoreError, WriteOptions};

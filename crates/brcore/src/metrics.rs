@@ -8,7 +8,9 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
+};
 
 /// `kind` label value of full snapshots.
 pub const KIND_FULL: &str = "Full";
@@ -62,6 +64,15 @@ pub struct Metrics {
     pub member_remove_duration_seconds: HistogramVec,
     /// `etcdbr_member_promote_duration_seconds{succeeded}`.
     pub member_promote_duration_seconds: HistogramVec,
+    /// `etcdbr_verification_last_success_timestamp_seconds`: unix time of the last scheduled
+    /// verification that succeeded (etcdbr's own; 0 before the first).
+    pub verification_last_success_timestamp_seconds: Gauge,
+    /// `etcdbr_verification_last_revision`: the revision the last successful verification
+    /// reached.
+    pub verification_last_revision: Gauge,
+    /// `etcdbr_verification_failures_total`: scheduled verifications that failed (a backup
+    /// that differs from etcd, a damaged object, a gap, a store or etcd that did not answer).
+    pub verification_failures_total: Counter,
 }
 
 /// The process-wide metrics, created on first use (as the reference registers at init).
@@ -160,6 +171,22 @@ impl Metrics {
                 hopts("", "member_promote_duration_seconds", "Total latency distribution of promoting a learner."),
                 &["succeeded"],
             ),
+            verification_last_success_timestamp_seconds: plain_gauge(opts(
+                "verification",
+                "last_success_timestamp_seconds",
+                "Unix time of the last scheduled backup verification that succeeded.",
+            )),
+            verification_last_revision: plain_gauge(opts(
+                "verification",
+                "last_revision",
+                "Revision reached by the last successful backup verification.",
+            )),
+            verification_failures_total: Counter::with_opts(opts(
+                "verification",
+                "failures_total",
+                "Total number of scheduled backup verifications that failed.",
+            ))
+            .expect("valid counter definition"),
         };
         m.initialise();
         m
@@ -186,7 +213,7 @@ impl Metrics {
             }
         }
         self.snapshotter_failure.with_label_values(&[""]);
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(self.snapshot_duration_seconds.clone()),
             Box::new(self.snapshot_gc_total.clone()),
             Box::new(self.snapshot_latest_revision.clone()),
@@ -204,6 +231,9 @@ impl Metrics {
             Box::new(self.add_learner_duration_seconds.clone()),
             Box::new(self.member_remove_duration_seconds.clone()),
             Box::new(self.member_promote_duration_seconds.clone()),
+            Box::new(self.verification_last_success_timestamp_seconds.clone()),
+            Box::new(self.verification_last_revision.clone()),
+            Box::new(self.verification_failures_total.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registering in a fresh registry cannot clash.
@@ -236,6 +266,16 @@ impl Metrics {
         }
     }
 
+    /// Records one scheduled verification: on success its time and revision, else a failure.
+    pub fn observe_verification(&self, ok: bool, finished_at: i64, revision: i64) {
+        if ok {
+            self.verification_last_success_timestamp_seconds.set(finished_at as f64);
+            self.verification_last_revision.set(revision as f64);
+        } else {
+            self.verification_failures_total.inc();
+        }
+    }
+
     /// Counts a failed snapshotter operation under an error class (`etcd`, `store`, `corrupt`…).
     pub fn failure(&self, error: &str) {
         self.snapshotter_failure.with_label_values(&[error]).inc();
@@ -261,6 +301,9 @@ mod tests {
             "etcdbr_snapshotter_failure{error=\"\"} 0",
             "etcdbr_restoration_duration_seconds_count{restore=\"single_node\",succeeded=\"true\"} 0",
             "etcdbr_validation_duration_seconds_count{succeeded=\"true\"} 0",
+            "etcdbr_verification_last_success_timestamp_seconds 0",
+            "etcdbr_verification_last_revision 0",
+            "etcdbr_verification_failures_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -275,6 +318,12 @@ mod tests {
         assert!(text.contains("etcdbr_snapshot_latest_revision{kind=\"Full\"} 166"), "{text}");
         assert!(text.contains("etcdbr_snapshot_latest_timestamp{kind=\"Full\"} 1795607409"), "{text}");
         assert!(text.contains("etcdbr_snapshot_duration_seconds_count{kind=\"Full\",succeeded=\"false\"} 1"));
+        m.observe_verification(true, 1_795_607_500, 166);
+        m.observe_verification(false, 1_795_607_600, 0);
+        let text = m.encode_text();
+        assert!(text.contains("etcdbr_verification_last_success_timestamp_seconds 1795607500"), "{text}");
+        assert!(text.contains("etcdbr_verification_last_revision 166"), "{text}");
+        assert!(text.contains("etcdbr_verification_failures_total 1"), "{text}");
         m.failure("etcd");
         assert!(m.encode_text().contains("etcdbr_snapshotter_failure{error=\"etcd\"} 1"));
     }

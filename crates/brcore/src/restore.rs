@@ -378,14 +378,7 @@ async fn build(
         let path = db_path.clone();
         hashkv = Some(
             tokio::task::spawn_blocking(move || -> Result<u32, Error> {
-                let db = bbolt::Db::open(&path).map_err(|e| match e {
-                    bbolt::Error::Io { source, .. } => Error::io(&path, source),
-                    e => Error::internal(format!("the rebuilt db {} does not open: {e}", path.display())),
-                })?;
-                let report = db.check();
-                if !report.is_ok() {
-                    return Err(Error::internal(format!("the rebuilt db fails its check: {:?}", report.findings)));
-                }
+                let db = crate::verify::open_checked(&path)?;
                 let h = etcd_format::hashkv::hash_kv(&db, None).map_err(|e| match e {
                     etcd_format::mvcc::Error::Bolt(bbolt::Error::Io { source, .. }) => Error::io(&path, source),
                     e => Error::internal(format!("hashing the rebuilt db: {e}")),

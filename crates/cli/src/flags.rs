@@ -46,6 +46,9 @@ pub enum Command {
     /// Show the chain a restore would use now, whether it is continuous, and (with --endpoints)
     /// how far it lags etcd; the exit code says healthy or what is wrong (see the README).
     Status(crate::cmd::status::StatusArgs),
+    /// Prove the backups restorable without a restore: fetch and check every object, rebuild the
+    /// chain offline in a temp dir, and (with --endpoints) compare its HashKV with etcd's.
+    Verify(crate::cmd::verify::VerifyArgs),
 }
 
 /// Where backups live (`--storage-provider` and friends).
@@ -129,6 +132,7 @@ impl Command {
             Command::Compact(a) => a.store.check("compact", true),
             Command::Copy(a) => a.store.check("copy", true),
             Command::Status(a) => a.store.check("status", true),
+            Command::Verify(a) => a.store.check("verify", true),
         }
     }
 }

@@ -253,3 +253,151 @@ fn status_reports_lag_and_exit_codes(version: EtcdVersion) {
     let out = run(&args);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `verify -w json` with `extra` flags: (exit code, the JSON or null, stderr).
+fn verify(store: &Path, temp: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut args =
+        vec!["verify".to_string(), "-w".into(), "json".into(), "--temp-dir".into(), temp.display().to_string()];
+    args.extend(store_flags(store));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = run(&args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    // Whatever the result, the rebuilt db is gone.
+    let left: Vec<_> = std::fs::read_dir(temp).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "verify left {left:?} behind\n{}", text(&out));
+    (out.status.code().expect("exit code"), json, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Rewrites the gzipped delta at `path` with `change` applied to its events, as a valid object
+/// (its sha256 trailer recomputed): a backup that decodes but does not hold what etcd held.
+fn forge_delta(path: &Path, change: impl FnOnce(&mut Vec<brcore::delta::Event>)) {
+    use std::io::{Read, Write};
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut raw).unwrap();
+    let mut events = brcore::delta::read_events(&raw[..], "forged").unwrap();
+    change(&mut events);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&brcore::delta::encode_events(&events)).unwrap();
+    std::fs::write(path, gz.finish().unwrap()).unwrap();
+}
+
+#[test]
+fn verify_proves_the_backups_bit_exact_and_finds_what_differs_etcd_3_4() {
+    verify_against_live_etcd(EtcdVersion::V3_4);
+}
+
+#[test]
+fn verify_proves_the_backups_bit_exact_and_finds_what_differs_etcd_3_5() {
+    verify_against_live_etcd(EtcdVersion::V3_5);
+}
+
+fn verify_against_live_etcd(version: EtcdVersion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let temp = tmp.path().join("verify-tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let etcd = Etcd::start(version);
+    let endpoint = etcd.endpoint();
+    put_keys(&etcd, "a", 30);
+    // Some history inside the deltas: overwrites and deletes.
+    let snapshotter = Snapshotter::start(&etcd, &store, tmp.path());
+    wait_backed_up(&etcd, &store, &snapshotter);
+    for round in 0..4 {
+        put_keys(&etcd, &format!("b{round}"), 8);
+        put_keys(&etcd, "a", 3);
+        etcd.etcdctl(&["del", &format!("/b{round}/000")]);
+        wait_backed_up(&etcd, &store, &snapshotter);
+    }
+    let end = etcd.revision();
+
+    // With the snapshotter running: bit-exact at the chain's end and at the samples.
+    let (code, json, stderr) = verify(&store, &temp, &["--endpoints", &endpoint, "--samples", "4"]);
+    assert_eq!((code, json["outcome"].as_str()), (0, Some("bit-exact")), "{json:#}\n{stderr}");
+    assert_eq!(json["revision"].as_i64(), Some(end));
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 4, "{json:#}");
+    for c in checks {
+        assert_eq!(c["result"], "bit-exact", "{json:#}");
+        let rev = c["revision"].as_i64().unwrap();
+        assert_eq!(c["liveHash"].as_u64(), Some(etcd.hashkv(rev).0 as u64), "etcdctl endpoint hashkv --rev {rev}");
+    }
+    let end_hash = checks.last().unwrap()["hash"].as_u64().unwrap();
+    assert!(json["deltas"].as_array().unwrap().len() >= 4, "{json:#}");
+    // The human form.
+    let mut args = vec!["verify".to_string(), "--temp-dir".into(), temp.display().to_string()];
+    args.extend(store_flags(&store));
+    args.extend(["--endpoints".into(), endpoint.clone()]);
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("result:    BIT-EXACT with etcd at revision {end}")), "{stdout}");
+    assert!(stdout.contains("bbolt check clean"), "{stdout}");
+    // Without etcd: the offline hash, nothing compared.
+    let (code, json, _) = verify(&store, &temp, &[]);
+    assert_eq!((code, json["outcome"].as_str()), (0, Some("not-compared")), "{json:#}");
+    assert_eq!(json["checks"][0]["hash"].as_u64(), Some(end_hash));
+    // A point in time inside the chain.
+    let mid = checks[1]["revision"].as_i64().unwrap();
+    let (code, json, _) = verify(&store, &temp, &["--endpoints", &endpoint, "--to-revision", &mid.to_string()]);
+    assert_eq!(
+        (code, json["outcome"].as_str(), json["revision"].as_i64()),
+        (0, Some("bit-exact"), Some(mid)),
+        "{json:#}"
+    );
+
+    // One byte of a delta flipped: exit 3 naming the object.
+    let deltas = delta_files(&store);
+    let victim = deltas[deltas.len() / 2].clone();
+    let victim_key = format!("{PREFIX}/v2/{}", victim.file_name().unwrap().to_string_lossy());
+    let flipped = tmp.path().join("flipped");
+    copy_dir(&store, &flipped);
+    let target = flipped.join(PREFIX).join("v2").join(victim.file_name().unwrap());
+    let mut bytes = std::fs::read(&target).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&target, bytes).unwrap();
+    let (code, _, stderr) = verify(&flipped, &temp, &["--endpoints", &endpoint]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains(&victim_key) && stderr.contains("corrupt"), "{stderr}");
+
+    // A delta rewritten with one different value and a valid hash: it decodes, the rebuild is
+    // clean, and only etcd's HashKV tells: exit 3 naming the revision and the object.
+    let forged = tmp.path().join("forged");
+    copy_dir(&store, &forged);
+    let mut changed = 0;
+    forge_delta(&forged.join(PREFIX).join("v2").join(victim.file_name().unwrap()), |events| {
+        let e = events.iter_mut().rev().find(|e| e.kind == brcore::delta::EventKind::Put).expect("a put");
+        e.value = b"not what etcd holds".to_vec();
+        changed = e.mod_revision;
+    });
+    let (code, json, stderr) = verify(&forged, &temp, &["--endpoints", &endpoint]);
+    assert_eq!((code, json["outcome"].as_str()), (3, Some("differs")), "{json:#}\n{stderr}");
+    assert_eq!(json["difference"]["revision"].as_i64(), Some(changed), "{json:#}");
+    assert_eq!(json["difference"]["object"].as_str(), Some(victim_key.as_str()), "{json:#}");
+    assert_eq!(json["difference"]["exact"], true, "{json:#}");
+    assert!(
+        stderr.contains(&format!("differs from etcd at revision {changed}")) && stderr.contains(&victim_key),
+        "{stderr}"
+    );
+    // Without etcd the forged backup looks fine: only the comparison can tell.
+    let (code, _, stderr) = verify(&forged, &temp, &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // etcd compacts past the chain's end: nothing to compare, the offline hash to keep.
+    etcd.etcdctl(&["compact", &end.to_string()]);
+    let (code, json, stderr) = verify(&store, &temp, &["--endpoints", &endpoint]);
+    assert_eq!((code, json["outcome"].as_str()), (0, Some("cannot-compare")), "{json:#}\n{stderr}");
+    assert!(json["checks"][0]["reason"].as_str().unwrap().contains("compacted past"), "{json:#}");
+    assert_eq!(json["checks"][0]["hash"].as_u64(), Some(end_hash), "the hash to keep is the restore's");
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cannot compare") && stdout.contains(&format!("keep the hash {end_hash}")), "{stdout}");
+
+    // Writes after the compaction, backed up: compared again, hashed as compacted where etcd is.
+    put_keys(&etcd, "e", 5);
+    wait_backed_up(&etcd, &store, &snapshotter);
+    let (code, json, stderr) = verify(&store, &temp, &["--endpoints", &endpoint]);
+    assert_eq!((code, json["outcome"].as_str()), (0, Some("bit-exact")), "{json:#}\n{stderr}");
+    assert_eq!(json["checks"][0]["liveCompactRevision"].as_i64(), Some(end), "{json:#}");
+}

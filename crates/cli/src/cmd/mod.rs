@@ -10,6 +10,7 @@ pub(crate) mod restore;
 pub(crate) mod server;
 pub(crate) mod snapshot;
 pub(crate) mod status;
+pub(crate) mod verify;
 
 use crate::flags::Command;
 
@@ -45,6 +46,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Compact(args) => compact::run(args).await,
         Command::Copy(args) => copy::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
     }
 }
 

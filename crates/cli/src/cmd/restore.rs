@@ -150,12 +150,12 @@ fn print_summary(report: &RestoreReport, dry_run: bool) {
 }
 
 /// A progress bar on stderr, for terminals.
-struct Bar {
+pub(crate) struct Bar {
     bar: ProgressBar,
 }
 
 impl Bar {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
