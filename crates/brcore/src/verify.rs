@@ -258,6 +258,8 @@ pub async fn verify(
         membership: Membership::Keep,
         lease_policy: LeasePolicy::default(),
         bump_revision: None,
+        // The history as it was: the comparison is with etcd's, not with a restored member's.
+        bump_past: None,
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls,
     };
