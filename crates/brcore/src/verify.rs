@@ -53,6 +53,8 @@ pub struct VerifyPlan {
     pub max_fetchers: usize,
     /// Accept a full snapshot without a sha256 trailer.
     pub skip_hash_check: bool,
+    /// Memory for deltas read and decoded ahead of the db writer, as a restore's.
+    pub memory_budget: u64,
     /// Revisions hashed (and compared): the chain's end, plus `samples - 1` spread over the
     /// chain's object boundaries. At least 1.
     pub samples: usize,
@@ -67,6 +69,7 @@ impl VerifyPlan {
             temp_dir: temp_dir.into(),
             max_fetchers: 6,
             skip_hash_check: false,
+            memory_budget: crate::deltafeed::DEFAULT_BUDGET,
             samples: 1,
         }
     }
@@ -263,7 +266,11 @@ pub async fn verify(
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls,
     };
-    let fetch = FetchOptions { max_fetchers: plan.max_fetchers.max(1), skip_hash_check: plan.skip_hash_check };
+    let fetch = FetchOptions {
+        max_fetchers: plan.max_fetchers.max(1),
+        skip_hash_check: plan.skip_hash_check,
+        memory_budget: plan.memory_budget,
+    };
     let (stats, bytes_fetched) =
         restore::rebuild_chain(store.clone(), &chain, opts, &db_path, work.path(), fetch, progress).await?;
     check_reaches_its_names(&chain, &stats, plan.target)?;

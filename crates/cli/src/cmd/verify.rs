@@ -37,6 +37,10 @@ pub struct VerifyArgs {
     /// Accept a full snapshot that carries no sha256 trailer.
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Bytes of memory for deltas read and decoded ahead of the db writer, as `restore`'s.
+    #[arg(long, default_value_t = brcore::deltafeed::DEFAULT_BUDGET,
+          value_parser = clap::value_parser!(u64).range(8 << 20..))]
+    pub restore_memory_budget: u64,
     /// Where the chain is rebuilt (in a temp dir removed at the end); needs room for the db.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     pub temp_dir: PathBuf,
@@ -54,6 +58,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         temp_dir: args.temp_dir.clone(),
         max_fetchers: args.max_fetchers.max(1),
         skip_hash_check: args.skip_hash_check,
+        memory_budget: args.restore_memory_budget,
         samples: args.samples as usize,
     };
     let progress: Arc<dyn Progress> = if std::io::stderr().is_terminal() && args.write_out == WriteOut::Simple {
