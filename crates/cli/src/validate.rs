@@ -54,7 +54,15 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             let source = cmd::copy::check_flags(a).map_err(|e| cmd::render_error(&e))?;
             store_config(&source)
         }
-        Command::Status(a) => store(&a.store),
+        Command::Status(a) => {
+            store(&a.store)?;
+            plan(cmd::status::check_flags(a))
+        }
+        Command::Verify(a) => {
+            store(&a.store)?;
+            directory("--temp-dir", &a.temp_dir)?;
+            plan(cmd::live_etcd(&a.etcd).map(drop))
+        }
         Command::Db(_) => Ok(()),
     }
 }

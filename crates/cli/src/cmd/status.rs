@@ -42,19 +42,21 @@ fn parse_max_lag(s: &str) -> Result<MaxLag, String> {
     }
 }
 
-pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+/// The flags that must go together (checked at start, a usage error otherwise).
+pub(crate) fn check_flags(args: &StatusArgs) -> anyhow::Result<()> {
     let live = super::live_etcd(&args.etcd)?;
     if matches!(args.max_lag, Some(MaxLag::Revisions(_))) && live.is_none() {
-        // A usage error: caught here rather than silently ignored.
-        use clap::CommandFactory;
-        crate::flags::Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--max-lag in revisions needs --endpoints (etcd's revision); give a duration (5m) to judge the \
-                 newest backup's age instead",
-            )
-            .exit();
+        anyhow::bail!(
+            "--max-lag in revisions needs --endpoints (etcd's revision); give a duration (5m) to judge the \
+             newest backup's age instead"
+        );
     }
+    Ok(())
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    check_flags(&args)?;
+    let live = super::live_etcd(&args.etcd)?;
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let source = live.as_ref().map(|l| l as &dyn EtcdSource);
