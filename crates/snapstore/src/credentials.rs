@@ -94,16 +94,23 @@ pub struct GcsCredentials {
     pub storage_api_endpoint: Option<String>,
 }
 
-/// OpenStack Swift credentials.
+/// OpenStack Swift credentials: a credentials file (or directory) as the reference reads it,
+/// with the `OS_*` variables gophercloud reads (`SOURCE_OS_*` for a copy source) filling what
+/// the file leaves out, or standing alone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SwiftCredentials {
-    /// `authURL` (Keystone).
+    /// `authURL` (Keystone), or `OS_AUTH_URL`.
     pub auth_url: String,
-    /// `domainName`.
+    /// `domainName`, or `OS_DOMAIN_NAME`: the user's and the project's domain unless those are
+    /// given.
     pub domain_name: Option<String>,
-    /// `tenantName`.
+    /// `OS_USER_DOMAIN_NAME`.
+    pub user_domain_name: Option<String>,
+    /// `OS_PROJECT_DOMAIN_NAME`.
+    pub project_domain_name: Option<String>,
+    /// `tenantName`, or `OS_TENANT_NAME` / `OS_PROJECT_NAME`: the project the token is scoped to.
     pub tenant_name: Option<String>,
-    /// `region`.
+    /// `OS_REGION_NAME`, else `region`: which object-store endpoint of the catalog is used.
     pub region: Option<String>,
     /// `authType`: `password` (default) or `v3applicationcredential`.
     pub auth_type: Option<String>,
@@ -117,6 +124,8 @@ pub struct SwiftCredentials {
     pub application_credential_name: Option<String>,
     /// `applicationCredentialSecret`.
     pub application_credential_secret: Option<Secret>,
+    /// `OS_TOKEN` / `OS_AUTH_TOKEN`: a Keystone token to authenticate with (token auth).
+    pub auth_token: Option<Secret>,
     /// `storageURL` (our extension): the object-store URL of the account, used with `token`.
     pub storage_url: Option<String>,
     /// `token` (our extension): a Keystone token already issued for `storageURL`.
@@ -368,9 +377,8 @@ pub fn load(
             }
         }
         Provider::Swift => {
-            let f = read_source(provider, env, env_prefix, "OPENSTACK_APPLICATION_CREDENTIALS", &mut watched)?
-                .ok_or_else(|| missing(provider, &format!("{env_prefix}OPENSTACK_APPLICATION_CREDENTIALS[_JSON]")))?;
-            Credentials::Swift(swift_from_fields(provider, &f)?)
+            let f = read_source(provider, env, env_prefix, "OPENSTACK_APPLICATION_CREDENTIALS", &mut watched)?;
+            Credentials::Swift(swift_credentials(provider, f.as_ref(), env, env_prefix)?)
         }
         Provider::OSS => {
             let f = read_source(provider, env, env_prefix, "ALICLOUD_APPLICATION_CREDENTIALS", &mut watched)?
@@ -436,16 +444,23 @@ fn ocs_from_fields(provider: Provider, f: &Fields) -> Result<S3Credentials, Erro
 
 fn ecs_from_env(env: &dyn Fn(&str) -> Option<String>, prefix: &str) -> Result<S3Credentials, Error> {
     let provider = Provider::ECS;
-    let var = |name: &str| env(&format!("{prefix}{name}")).filter(|v| !v.is_empty());
+    // The reference reads the unprefixed ECS_* variables for every store (a copy's source
+    // included); a prefixed one (`SOURCE_ECS_…`) is taken first, so two ECS accounts can differ.
+    let var = |name: &str| {
+        env(&format!("{prefix}{name}")).filter(|v| !v.is_empty()).or_else(|| env(name).filter(|v| !v.is_empty()))
+    };
     let require = |name: &str| {
         var(name).ok_or_else(|| Error::Credentials { provider, reason: format!("{prefix}{name} is not set") })
     };
+    // As the reference: a value that is no boolean means the default, false.
     let flag = |name: &str| -> Result<bool, Error> {
-        match var(name) {
-            None => Ok(false),
-            Some(v) => parse_bool(&v)
-                .ok_or_else(|| Error::Credentials { provider, reason: format!("{prefix}{name} is not a boolean") }),
-        }
+        Ok(match var(name) {
+            None => false,
+            Some(v) => parse_bool(&v).unwrap_or_else(|| {
+                tracing::warn!(variable = name, "not a boolean; using false, as the Go tool does");
+                false
+            }),
+        })
     };
     let disable_ssl = flag("ECS_DISABLE_SSL")?;
     Ok(S3Credentials {
@@ -494,35 +509,96 @@ fn gcs_from_file(path: &Path) -> Result<GcsCredentials, Error> {
     Ok(GcsCredentials { credential_json: Secret::new(text), kind, storage_api_endpoint })
 }
 
-fn swift_from_fields(provider: Provider, f: &Fields) -> Result<SwiftCredentials, Error> {
+/// The `OS_*` variables gophercloud's clientconfig reads, with the prefix of `env_prefix`'s
+/// store: `SOURCE_OS_` for a copy source, `OS_` otherwise (the reference has no `SECONDARY_OS_`).
+pub(crate) fn os_env_prefix(env_prefix: &str) -> &'static str {
+    if env_prefix == "SOURCE_" { "SOURCE_OS_" } else { "OS_" }
+}
+
+/// The `OS_*` variable names read (without prefix).
+pub(crate) const OS_VARIABLES: &[&str] = &[
+    "AUTH_URL",
+    "USERNAME",
+    "PASSWORD",
+    "TENANT_NAME",
+    "PROJECT_NAME",
+    "DOMAIN_NAME",
+    "USER_DOMAIN_NAME",
+    "PROJECT_DOMAIN_NAME",
+    "REGION_NAME",
+    "AUTH_TYPE",
+    "APPLICATION_CREDENTIAL_ID",
+    "APPLICATION_CREDENTIAL_NAME",
+    "APPLICATION_CREDENTIAL_SECRET",
+    "TOKEN",
+    "AUTH_TOKEN",
+    "STORAGE_URL",
+];
+
+/// The file's fields (when there is a file), each missing one filled from the `OS_*`
+/// variables, as gophercloud's clientconfig fills an empty setting from its variable.
+fn swift_credentials(
+    provider: Provider,
+    f: Option<&Fields>,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_prefix: &str,
+) -> Result<SwiftCredentials, Error> {
+    let os = os_env_prefix(env_prefix);
+    let var = |name: &str| env(&format!("{os}{name}")).filter(|v| !v.is_empty());
+    let field = |key: &str| f.and_then(|f| f.get(key));
+    let either = |key: &str, name: &str| field(key).or_else(|| var(name));
+    let origin = f.map_or_else(|| format!("the {os}* variables"), |f| f.origin.clone());
     let c = SwiftCredentials {
-        auth_url: f.require(provider, "authURL")?,
-        domain_name: f.get("domainName"),
-        tenant_name: f.get("tenantName"),
-        region: f.get("region"),
-        auth_type: f.get("authType"),
-        username: f.get("username"),
-        password: f.get("password").map(Secret::new),
-        application_credential_id: f.get("applicationCredentialID"),
-        application_credential_name: f.get("applicationCredentialName"),
-        application_credential_secret: f.get("applicationCredentialSecret").map(Secret::new),
-        storage_url: f.get("storageURL"),
-        token: f.get("token").map(Secret::new),
+        auth_url: either("authURL", "AUTH_URL").unwrap_or_default(),
+        domain_name: either("domainName", "DOMAIN_NAME"),
+        user_domain_name: var("USER_DOMAIN_NAME"),
+        project_domain_name: var("PROJECT_DOMAIN_NAME"),
+        tenant_name: field("tenantName").or_else(|| var("PROJECT_NAME")).or_else(|| var("TENANT_NAME")),
+        // gophercloud picks the endpoint with OS_REGION_NAME; the file's region is the fallback.
+        region: var("REGION_NAME").or_else(|| field("region")),
+        auth_type: either("authType", "AUTH_TYPE"),
+        username: either("username", "USERNAME"),
+        password: either("password", "PASSWORD").map(Secret::new),
+        application_credential_id: either("applicationCredentialID", "APPLICATION_CREDENTIAL_ID"),
+        application_credential_name: either("applicationCredentialName", "APPLICATION_CREDENTIAL_NAME"),
+        application_credential_secret: either("applicationCredentialSecret", "APPLICATION_CREDENTIAL_SECRET")
+            .map(Secret::new),
+        auth_token: var("AUTH_TOKEN").or_else(|| var("TOKEN")).map(Secret::new),
+        storage_url: field("storageURL").or_else(|| var("STORAGE_URL")),
+        token: field("token").map(Secret::new),
     };
-    let fail = |reason: String| Error::Credentials { provider, reason: format!("{reason} ({})", f.origin) };
+    let fail = |reason: String| Error::Credentials { provider, reason: format!("{reason} ({origin})") };
+    if f.is_none() && c.auth_url.is_empty() && c.storage_url.is_none() {
+        return Err(missing(
+            provider,
+            &format!("{env_prefix}OPENSTACK_APPLICATION_CREDENTIALS[_JSON], or the {os}* variables ({os}AUTH_URL, …)"),
+        ));
+    }
+    // A storage URL with a token needs no Keystone.
+    if c.storage_url.is_some() && (c.token.is_some() || c.auth_token.is_some()) {
+        return Ok(SwiftCredentials { token: c.token.clone().or_else(|| c.auth_token.clone()), ..c });
+    }
+    if c.auth_url.is_empty() {
+        return Err(fail("authURL (or OS_AUTH_URL) is missing".into()));
+    }
     match c.auth_type.as_deref().unwrap_or("password") {
-        "password" | "" => {
-            if c.username.is_none() || c.password.is_none() {
-                return Err(fail("password auth needs username and password".into()));
-            }
-        }
-        "v3applicationcredential" => {
+        "v3applicationcredential" | "applicationcredential" | "v3applicationcredentials" => {
             let id_or_name = c.application_credential_id.is_some() || c.application_credential_name.is_some();
             if !id_or_name || c.application_credential_secret.is_none() {
                 return Err(fail(
                     "v3applicationcredential auth needs applicationCredentialID or Name, and applicationCredentialSecret"
                         .into(),
                 ));
+            }
+        }
+        "token" | "v3token" => {
+            if c.auth_token.is_none() {
+                return Err(fail("token auth needs OS_TOKEN or OS_AUTH_TOKEN".into()));
+            }
+        }
+        "password" | "v3password" | "" => {
+            if c.auth_token.is_none() && (c.username.is_none() || c.password.is_none()) {
+                return Err(fail("password auth needs username and password".into()));
             }
         }
         other => return Err(fail(format!("unknown authType {other:?}"))),
@@ -756,6 +832,76 @@ mod tests {
         let env = env_of(&[("ECS_ENDPOINT", "https://ecs.example".into())]);
         let e = load(Provider::ECS, &env, "", false).unwrap_err().to_string();
         assert!(e.contains("ECS_ACCESS_KEY_ID"), "{e}");
+    }
+
+    /// As the reference: ECS_* without prefix serve every store; a prefixed variable wins; a
+    /// value that is no boolean is the default.
+    #[test]
+    fn ecs_reads_the_unprefixed_variables_and_defaults_bad_booleans() {
+        let env = env_of(&[
+            ("ECS_ENDPOINT", "ecs.example:9020".into()),
+            ("ECS_ACCESS_KEY_ID", "id".into()),
+            ("ECS_SECRET_ACCESS_KEY", "s".into()),
+            ("ECS_DISABLE_SSL", "yes".into()),
+            ("SOURCE_ECS_ACCESS_KEY_ID", "source-id".into()),
+        ]);
+        let Credentials::S3(c) = load(Provider::ECS, &env, "SOURCE_", false).unwrap().credentials else { panic!() };
+        assert_eq!(c.access_key_id.as_deref(), Some("source-id"));
+        assert_eq!(c.endpoint.as_deref(), Some("https://ecs.example:9020"), "`yes` is no boolean: SSL stays on");
+        let Credentials::S3(c) = load(Provider::ECS, &env, "", false).unwrap().credentials else { panic!() };
+        assert_eq!(c.access_key_id.as_deref(), Some("id"));
+    }
+
+    /// Without a credentials file the OS_* variables gophercloud reads (SOURCE_OS_* for a copy
+    /// source); with one, they fill what it leaves out.
+    #[test]
+    fn swift_reads_the_os_variables() {
+        let os = env_of(&[
+            ("OS_AUTH_URL", "https://keystone.example/v3".into()),
+            ("OS_USERNAME", "u".into()),
+            ("OS_PASSWORD", "p".into()),
+            ("OS_PROJECT_NAME", "proj".into()),
+            ("OS_USER_DOMAIN_NAME", "ud".into()),
+            ("OS_REGION_NAME", "RegionTwo".into()),
+        ]);
+        let Credentials::Swift(c) = load(Provider::Swift, &os, "", false).unwrap().credentials else { panic!() };
+        assert_eq!(
+            (c.auth_url.as_str(), c.username.as_deref(), c.tenant_name.as_deref()),
+            ("https://keystone.example/v3", Some("u"), Some("proj"))
+        );
+        assert_eq!((c.user_domain_name.as_deref(), c.region.as_deref()), (Some("ud"), Some("RegionTwo")));
+        let e = load(Provider::Swift, &os, "SOURCE_", false).unwrap_err().to_string();
+        assert!(e.contains("SOURCE_OS_"), "a copy source reads SOURCE_OS_*: {e}");
+        let Credentials::Swift(c) = load(Provider::Swift, &os, "SECONDARY_", false).unwrap().credentials else {
+            panic!()
+        };
+        assert_eq!(c.username.as_deref(), Some("u"), "the reference has no SECONDARY_OS_*");
+        // A file's fields win; the variables fill the rest.
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "c.json",
+            r#"{"authURL":"https://k2/v3","username":"file-user","password":"fp","tenantName":"ft","region":"RegionOne"}"#,
+        );
+        let mut vars = vec![
+            ("OPENSTACK_APPLICATION_CREDENTIALS_JSON", f.display().to_string()),
+            ("OS_USER_DOMAIN_NAME", "ud".into()),
+        ];
+        let env = env_of(&vars);
+        let Credentials::Swift(c) = load(Provider::Swift, &env, "", false).unwrap().credentials else { panic!() };
+        assert_eq!(
+            (c.username.as_deref(), c.tenant_name.as_deref(), c.user_domain_name.as_deref()),
+            (Some("file-user"), Some("ft"), Some("ud"))
+        );
+        assert_eq!(c.region.as_deref(), Some("RegionOne"));
+        vars.push(("OS_REGION_NAME", "RegionTwo".into()));
+        let Credentials::Swift(c) = load(Provider::Swift, &env_of(&vars), "", false).unwrap().credentials else {
+            panic!()
+        };
+        assert_eq!(c.region.as_deref(), Some("RegionTwo"), "gophercloud picks the endpoint with OS_REGION_NAME");
+        // Nothing at all: the message names both ways.
+        let e = load(Provider::Swift, &env_of(&[]), "", false).unwrap_err().to_string();
+        assert!(e.contains("OPENSTACK_APPLICATION_CREDENTIALS") && e.contains("OS_AUTH_URL"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,7 @@
 
 mod config;
 mod credentials;
+mod keystone;
 mod store;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, debug_span, field, info_span, warn};
 use crate::Error;
 use crate::config::{Provider, StoreConfig, local_root};
 use crate::credentials::{self, Credentials, Fingerprint, Loaded, S3Credentials};
+use crate::keystone::{self, SwiftSession};
 
 /// The directory inside a Local store's root where writes are staged before the rename; it is
 /// on the same file system as the objects, so the rename is atomic, and it is never listed.
@@ -83,13 +84,25 @@ fn env_names(prefix: &str) -> Vec<String> {
     // Read without prefix: the home of a relative Local container, and the AWS region of the
     // default chain.
     names.extend(["HOME", "AWS_REGION", "AWS_DEFAULT_REGION"].map(String::from));
+    // Swift: gophercloud's variables (SOURCE_OS_* for a copy source), and the reference's
+    // unprefixed ECS_* variables, which every store reads.
+    let os = credentials::os_env_prefix(prefix);
+    names.extend(credentials::OS_VARIABLES.iter().map(|n| format!("{os}{n}")));
+    names.extend(
+        ["ECS_ENDPOINT", "ECS_ACCESS_KEY_ID", "ECS_SECRET_ACCESS_KEY", "ECS_DISABLE_SSL", "ECS_INSECURE_SKIP_VERIFY"]
+            .map(String::from),
+    );
     names
 }
 
 /// The operator in use and what its credentials looked like when it was built.
 struct Current {
-    op: Operator,
+    /// `None` until a Swift store authenticated with Keystone (see [`OpendalStore::call`]).
+    op: Option<Operator>,
     fingerprint: Fingerprint,
+    credentials: Credentials,
+    /// The Keystone token the Swift operator uses, replaced before it expires.
+    session: Option<SwiftSession>,
 }
 
 /// What a store was opened with; enough to rebuild its client when credentials change.
@@ -110,6 +123,8 @@ pub struct OpendalStore {
     /// Credential files and dirs to stat before each operation (empty: nothing to reload).
     watched: RwLock<Vec<PathBuf>>,
     current: RwLock<Current>,
+    /// One Keystone login at a time (Swift with Keystone credentials).
+    keystone: tokio::sync::Mutex<()>,
     /// Local only: set once [`LOCAL_TEMP_DIR`] exists, which the first write creates.
     local_temp_ready: OnceLock<()>,
 }
@@ -161,13 +176,14 @@ impl OpendalStore {
             local_root,
         };
         let loaded = s.load_credentials()?;
-        let op = s.build_operator(&loaded.credentials)?;
+        let op = s.build_operator(&loaded.credentials, None)?;
         let fingerprint = credentials::fingerprint(&loaded.watched);
         debug!(provider = %s.provider, container = %s.container, "opened snapstore");
         Ok(OpendalStore {
             s,
             watched: RwLock::new(loaded.watched),
-            current: RwLock::new(Current { op, fingerprint }),
+            current: RwLock::new(Current { op, fingerprint, credentials: loaded.credentials, session: None }),
+            keystone: tokio::sync::Mutex::new(()),
             local_temp_ready: OnceLock::new(),
         })
     }
@@ -199,31 +215,83 @@ impl OpendalStore {
             return Ok(false);
         }
         let loaded = self.s.load_credentials()?;
-        let op = self.s.build_operator(&loaded.credentials)?;
+        let op = self.s.build_operator(&loaded.credentials, None)?;
         let fingerprint = credentials::fingerprint(&loaded.watched);
         if let Ok(mut w) = self.watched.write() {
             *w = loaded.watched;
         }
         if let Ok(mut c) = self.current.write() {
-            *c = Current { op, fingerprint };
+            *c = Current { op, fingerprint, credentials: loaded.credentials, session: None };
         }
         tracing::info!(provider = %self.s.provider, "credentials changed; store client rebuilt");
         Ok(true)
     }
 
-    /// The operator for the next call, rebuilt first if the credentials changed, with a retry
-    /// layer of its own (see [`Call`]).
-    fn call(&self, key: &str) -> Result<Call, StoreError> {
+    /// The operator for the next call, rebuilt first if the credentials changed (and, for Swift
+    /// with Keystone credentials, once its token is about to expire), with a retry layer of its
+    /// own (see [`Call`]).
+    async fn call(&self, key: &str) -> Result<Call, StoreError> {
         if let Err(e) = self.reload_if_changed() {
             // A rotation may be half done; the next call reads the files again.
             return Err(StoreError::Other { key: key.to_string(), retryable: true, source: Box::new(e) });
         }
-        let base = self.current.read().map(|c| c.op.clone()).map_err(|_| StoreError::Other {
+        let base = match self.fresh_operator(key)? {
+            Some(op) => op,
+            None => self.keystone_login(key).await?,
+        };
+        Ok(Call::new(base, self.s.provider, self.s.describe()))
+    }
+
+    /// The operator, unless a Keystone token has to be (re)issued first.
+    fn fresh_operator(&self, key: &str) -> Result<Option<Operator>, StoreError> {
+        let c = self.current.read().map_err(|_| StoreError::Other {
             key: key.to_string(),
             retryable: false,
             source: "store lock poisoned".into(),
         })?;
-        Ok(Call::new(base, self.s.provider, self.s.describe()))
+        let expiring = c.session.as_ref().is_some_and(|s| s.expiring(std::time::SystemTime::now()));
+        Ok(c.op.clone().filter(|_| !expiring))
+    }
+
+    /// Swift with Keystone credentials: a token and the storage URL from Keystone, and the
+    /// operator that uses them. One login at a time; calls that waited use its result.
+    async fn keystone_login(&self, key: &str) -> Result<Operator, StoreError> {
+        let _one = self.keystone.lock().await;
+        if let Some(op) = self.fresh_operator(key)? {
+            return Ok(op);
+        }
+        let creds = self.current.read().map(|c| c.credentials.clone()).map_err(|_| StoreError::Other {
+            key: key.to_string(),
+            retryable: false,
+            source: "store lock poisoned".into(),
+        })?;
+        let Credentials::Swift(swift) = &creds else {
+            return Err(StoreError::Other { key: key.to_string(), retryable: false, source: "no store client".into() });
+        };
+        let client = http_client(&TlsOptions::default()).map_err(|e| StoreError::Other {
+            key: key.to_string(),
+            retryable: false,
+            source: e.into(),
+        })?;
+        let session = keystone::authenticate(&client, swift, swift.region.as_deref()).await.map_err(|e| match e {
+            Error::Credentials { .. } => StoreError::PermissionDenied { key: key.to_string(), message: e.to_string() },
+            other => StoreError::Other { key: key.to_string(), retryable: true, source: Box::new(other) },
+        })?;
+        let op = self
+            .s
+            .build_operator(&creds, Some(&session))
+            .map_err(|e| StoreError::Other { key: key.to_string(), retryable: false, source: Box::new(e) })?
+            .ok_or_else(|| StoreError::Other {
+                key: key.to_string(),
+                retryable: false,
+                source: "no Swift client".into(),
+            })?;
+        tracing::info!(storage_url = %session.storage_url, "authenticated with Keystone");
+        if let Ok(mut c) = self.current.write() {
+            c.op = Some(op.clone());
+            c.session = Some(session);
+        }
+        Ok(op)
     }
 
     /// The Local staging directory, created (0700) and swept of stale files at the first write.
@@ -244,7 +312,7 @@ impl OpendalStore {
     /// Checks that the bucket/container exists and the credentials are accepted, by listing at
     /// most one object at its root.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let call = self.call("")?;
+        let call = self.call("").await?;
         let op = &call.op;
         let span = debug_span!("snapstore.check", provider = %self.s.provider, container = %self.s.container);
         async {
@@ -294,7 +362,9 @@ impl Settings {
         credentials::load(self.provider, &lookup, &self.env_prefix, emulator)
     }
 
-    fn build_operator(&self, creds: &Credentials) -> Result<Operator, Error> {
+    /// The operator for `creds`; `None` for Swift with Keystone credentials until `session`
+    /// (the token and storage URL Keystone issued) is given.
+    fn build_operator(&self, creds: &Credentials, session: Option<&SwiftSession>) -> Result<Option<Operator>, Error> {
         let provider = self.provider;
         let backend = |source| Error::Backend { provider, source };
         let mut tls = TlsOptions::default();
@@ -351,17 +421,14 @@ impl Settings {
                 Operator::new(builder).map_err(backend)?
             }
             (Provider::Swift, Credentials::Swift(c)) => {
-                let (Some(url), Some(token)) = (&c.storage_url, &c.token) else {
-                    return Err(Error::Unsupported {
-                        provider,
-                        reason: "opendal's Swift service authenticates with a storage URL and a token; \
-                                 Keystone password/application-credential login is not implemented: \
-                                 add storageURL and token to the credentials"
-                            .into(),
-                    });
+                // A storage URL and token given, or those Keystone issued (see `keystone_login`).
+                let (url, token) = match (&c.storage_url, &c.token, session) {
+                    (Some(url), Some(token), _) => (url.clone(), token.clone()),
+                    (_, _, Some(s)) => (s.storage_url.clone(), s.token.clone()),
+                    _ => return Ok(None),
                 };
                 let builder = services::Swift::default()
-                    .endpoint(self.endpoint_override.as_deref().unwrap_or(url))
+                    .endpoint(self.endpoint_override.as_deref().unwrap_or(&url))
                     .container(&self.container)
                     .root("/")
                     .token(token.expose());
@@ -398,7 +465,7 @@ impl Settings {
         // The retry layer goes on per call (see `Call`), outside this timeout layer: a timed-out
         // attempt is retried, and the retry layer never has its future dropped halfway (opendal's
         // documented ordering).
-        Ok(op.layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT)))
+        Ok(Some(op.layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT))))
     }
 
     fn s3_builder(&self, c: &S3Credentials) -> Result<services::S3, Error> {
@@ -691,7 +758,7 @@ impl Snapstore for OpendalStore {
                 source: "invalid list prefix: leading '/' or '..' segment".into(),
             });
         }
-        let call = self.call(prefix)?;
+        let call = self.call(prefix).await?;
         let op = &call.op;
         let span = debug_span!("snapstore.list", provider = %self.s.provider, prefix, objects = field::Empty);
         async {
@@ -723,7 +790,7 @@ impl Snapstore for OpendalStore {
 
     async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
         self.check_key(key)?;
-        let call = self.call(key)?;
+        let call = self.call(key).await?;
         let op = &call.op;
         let span = debug_span!("snapstore.read", provider = %self.s.provider, key, range = ?range);
         async {
@@ -770,7 +837,7 @@ impl Snapstore for OpendalStore {
             .instrument(span)
             .await;
         }
-        let call = self.call(key)?;
+        let call = self.call(key).await?;
         let op = &call.op;
         let part_size = opts.part_size.max(1);
         let parts = opts.max_parallel_parts.max(1);
@@ -817,7 +884,7 @@ impl Snapstore for OpendalStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check_key(key)?;
-        let call = self.call(key)?;
+        let call = self.call(key).await?;
         let op = &call.op;
         let span = debug_span!("snapstore.delete", provider = %self.s.provider, key);
         async {
@@ -841,7 +908,7 @@ impl Snapstore for OpendalStore {
     async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
         self.check_key(from)?;
         self.check_key(to)?;
-        let call = self.call(from)?;
+        let call = self.call(from).await?;
         let span = debug_span!(
             "snapstore.rename",
             provider = %self.s.provider,
