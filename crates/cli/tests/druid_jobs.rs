@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use testsupport::kube::{DEFAULT_TOKEN, KubeApi};
 use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 
 const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
@@ -17,6 +18,18 @@ const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
 const ETCD: &str = "etcd-main";
 const PREFIX: &str = "etcd-main";
 const CONTAINER: &str = "backups";
+const NAMESPACE: &str = "shoot--dev--main";
+
+/// The Kubernetes API with the snapshot Leases druid creates beside an Etcd (the compaction Job
+/// renews the full-snapshot one), and the kubeconfig that reaches it.
+fn druid_leases() -> (KubeApi, String) {
+    let api = KubeApi::start();
+    for lease in [format!("{ETCD}-full-snap"), format!("{ETCD}-delta-snap")] {
+        api.create_lease(NAMESPACE, &lease);
+    }
+    let kubeconfig = api.kubeconfig(NAMESPACE, DEFAULT_TOKEN).display().to_string();
+    (api, kubeconfig)
+}
 
 /// Runs `etcdbrctl` in a Job-like environment: `$HOME` as the Local store's root (druid mounts
 /// the host path at `/home/nonroot/<container>`), the Pod's variables set.
@@ -26,7 +39,7 @@ fn job(home: &Path, args: &[String], env: &[(&str, &str)]) -> Output {
         .current_dir(home)
         .env("HOME", home)
         .env("POD_NAME", format!("{ETCD}-compactor"))
-        .env("POD_NAMESPACE", "shoot--dev--main")
+        .env("POD_NAMESPACE", NAMESPACE)
         .env_remove("STORAGE_CONTAINER")
         .env_remove("SOURCE_STORAGE_CONTAINER")
         .env_remove("KUBECONFIG");
@@ -121,8 +134,13 @@ fn the_compaction_job_compacts_and_exits_0() {
     let volume = home.path().join("var-etcd-data");
     fs::create_dir_all(&volume).unwrap();
     let before = names(&store.join("v2"));
-    let out = job(home.path(), &compaction_job_args(&volume, "1s"), &[("STORAGE_CONTAINER", CONTAINER)]);
+    let (kube, kubeconfig) = druid_leases();
+    let env = [("STORAGE_CONTAINER", CONTAINER), ("KUBECONFIG", kubeconfig.as_str())];
+    let out = job(home.path(), &compaction_job_args(&volume, "1s"), &env);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    // druid reads the full-snapshot Lease to see the compaction and schedule the next one.
+    let lease = kube.lease(NAMESPACE, &format!("{ETCD}-full-snap")).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "338", "{lease}");
     let after = names(&store.join("v2"));
     let new: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
     assert_eq!(new.len(), 1, "one new object: {after:?}");
@@ -133,7 +151,7 @@ fn the_compaction_job_compacts_and_exits_0() {
     assert_eq!(restored_hashkv(&home.path().join(CONTAINER), PREFIX), expected_final_hash());
 
     // Again: the latest full snapshot has no deltas now; nothing to do is still success.
-    let out = job(home.path(), &compaction_job_args(&volume, "0s"), &[]);
+    let out = job(home.path(), &compaction_job_args(&volume, "0s"), &env);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to compact"), "{}", describe(&out));
     assert_eq!(names(&store.join("v2")), after, "nothing written");
@@ -146,7 +164,8 @@ fn compact_and_restore_without_backups_exit_0() {
     let home = tempfile::tempdir().unwrap();
     fs::create_dir_all(home.path().join(CONTAINER)).unwrap();
     let volume = home.path().join("var-etcd-data");
-    let out = job(home.path(), &compaction_job_args(&volume, "0s"), &[]);
+    let (_kube, kubeconfig) = druid_leases();
+    let out = job(home.path(), &compaction_job_args(&volume, "0s"), &[("KUBECONFIG", kubeconfig.as_str())]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to compact"), "{}", describe(&out));
     let data = home.path().join("new.etcd");
