@@ -54,6 +54,21 @@ impl Sidecar {
         (count("Full"), count("Incr"))
     }
 
+    /// A metric's value from this process's `/metrics` (0 when absent).
+    fn metric(&self, name: &str) -> f64 {
+        let (code, text) = self.get("/metrics").expect("metrics answer");
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// How often this process's log says `line`.
+    fn logged(&self, line: &str) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().matches(line).count()
+    }
+
     fn healthy(&self) -> bool {
         matches!(self.get("/healthz"), Some((200, _)))
     }
@@ -198,6 +213,11 @@ impl Drop for Setup {
 }
 
 fn start(version: EtcdVersion) -> Setup {
+    start_with(version, &[])
+}
+
+/// [`start`] with `extra` flags for every sidecar.
+fn start_with(version: EtcdVersion, extra: &[&str]) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let names = ["m0", "m1", "m2"];
@@ -228,6 +248,7 @@ fn start(version: EtcdVersion) -> Setup {
                 .arg(tmp.path().join(format!("unused-{i}")))
                 .args(["--delta-snapshot-period", "1s", "--reelection-period", "1s"])
                 .args(["--garbage-collection-period", "0s", "--sidecar-endpoints", &map])
+                .args(extra)
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(file.try_clone().unwrap())
@@ -399,4 +420,85 @@ fn a_crashed_leader_is_replaced_etcd_3_5() {
     assert_eq!(continuous_history(&store), rev2 as u64);
     let expected = setup.cluster[b].hashkv(rev2).0;
     assert_eq!(restored_hashkv(version, &store, setup.tmp.path(), "latest", None, rev2), expected);
+}
+
+#[test]
+fn scheduled_verification_runs_on_the_leader_only_etcd_3_5() {
+    verification_on_the_leader_only(EtcdVersion::V3_5);
+}
+
+#[test]
+fn scheduled_verification_runs_on_the_leader_only_etcd_3_4() {
+    verification_on_the_leader_only(EtcdVersion::V3_4);
+}
+
+const LAST_SUCCESS: &str = "etcdbr_verification_last_success_timestamp_seconds";
+const LAST_REVISION: &str = "etcdbr_verification_last_revision";
+const FAILURES: &str = "etcdbr_verification_failures_total";
+
+/// `--verification-period 2s` on every sidecar: only the leader's verifies, on schedule, against
+/// its etcd; its metrics, status page and `/snapshot/verify/latest` show the result, which the
+/// followers forward; after a leader change the new leader's sidecar takes over.
+fn verification_on_the_leader_only(version: EtcdVersion) {
+    let setup = start_with(version, &["--verification-period", "2s"]);
+    let (cluster, sidecars) = (&setup.cluster, &setup.sidecars);
+    let a = leader_index(cluster);
+    wait_until("the leader's sidecar to store a full snapshot", || sidecars[a].uploads().0 >= 1, sidecars);
+    put_keys(&cluster[a], "v", 20);
+    let rev = cluster[a].revision();
+    wait_until(
+        "a verification of the chain up to the writes",
+        || sidecars[a].metric(LAST_REVISION) >= rev as f64,
+        sidecars,
+    );
+    let first = sidecars[a].metric(LAST_SUCCESS);
+    assert!(first > 1.7e9, "a unix time: {first}");
+    assert_eq!(sidecars[a].metric(FAILURES), 0.0, "{}", sidecars[a].log_tail());
+
+    // What the leader serves: a bit-exact run, compared with etcd's HashKV at its revision.
+    let (code, body) = sidecars[a].get("/snapshot/verify/latest").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["succeeded"], true, "{json:#}");
+    assert_eq!(json["report"]["outcome"], "bit-exact", "{json:#}");
+    let verified = json["report"]["revision"].as_i64().unwrap();
+    let live_hash = json["report"]["checks"][0]["liveHash"].as_u64().unwrap();
+    assert_eq!(live_hash, cluster[a].hashkv(verified).0 as u64, "etcd's own HashKV at {verified}");
+    let (code, page) = sidecars[a].get("/").unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains(r#"id="verification">bit-exact</span> with etcd at revision"#), "{page}");
+
+    // It keeps running on schedule.
+    wait_until("a later verification", || sidecars[a].metric(LAST_SUCCESS) >= first + 2.0, sidecars);
+
+    // The followers never verify; they forward the question to the leader's sidecar.
+    for (i, s) in sidecars.iter().enumerate() {
+        if i == a {
+            continue;
+        }
+        assert_eq!((s.metric(LAST_SUCCESS), s.metric(FAILURES)), (0.0, 0.0), "follower {i} verified");
+        assert_eq!(s.logged("scheduled verification"), 0, "follower {i}: {}", s.log_tail());
+        let (code, body) = s.get("/snapshot/verify/latest").unwrap();
+        assert_eq!(code, 200, "forwarded: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["report"]["outcome"], "bit-exact", "{json:#}");
+        let (_, page) = s.get("/").unwrap();
+        assert!(page.contains(r#"id="verification">Runs on the leader's sidecar (m"#), "{page}");
+    }
+    assert!(sidecars[a].logged("scheduled verification succeeded") >= 2, "{}", sidecars[a].log_tail());
+
+    // Leadership moves: the new leader's sidecar verifies, the old one stops.
+    let b = (a + 1) % 3;
+    let (b_id, _) = status(&cluster[b]);
+    cluster[a].etcdctl(&["move-leader", &format!("{b_id:x}")]);
+    assert_eq!(leader_index(cluster), b, "etcd moved the leadership");
+    put_keys(&cluster[b], "w", 5);
+    let rev = cluster[b].revision();
+    wait_until("the new leader's sidecar to verify", || sidecars[b].metric(LAST_REVISION) >= rev as f64, sidecars);
+    let old_runs = sidecars[a].logged("scheduled verification");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(sidecars[a].logged("scheduled verification"), old_runs, "the old leader's sidecar still verifies");
+    let c = (a + 2) % 3;
+    assert_eq!(sidecars[c].metric(LAST_SUCCESS), 0.0, "the member that never led verified");
+    assert_eq!(sidecars[b].metric(FAILURES), 0.0, "{}", sidecars[b].log_tail());
 }

@@ -22,6 +22,9 @@ pub enum Error {
     /// without a store (405).
     #[error("{0}")]
     NotConfigured(String),
+    /// The endpoint has nothing to show in this configuration (404).
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with work in progress: a snapshot while initialization replaces
     /// the data dir, or a second full snapshot while one runs (409).
     #[error("{0}")]
@@ -60,6 +63,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotConfigured(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Busy(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,

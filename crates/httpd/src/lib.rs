@@ -10,6 +10,7 @@
 //! | `/snapshot/full[?final=true]` | `200` + the snapshot as JSON; `400` bad `final`; `405` without a store; `409` while initializing; `500` on failure |
 //! | `/snapshot/delta` | `200` + JSON or `null`; `503` when no snapshotter watches etcd or deltas are disabled |
 //! | `/snapshot/latest` | `200` `{"fullSnapshot":…,"deltaSnapshots":…}` listed from the store |
+//! | `/snapshot/verify/latest` | etcdbr's own: `200` + the newest scheduled verification as JSON (`null` before the first); a follower forwards it to the leader's sidecar, which verifies; `404` when `--verification-period` is off |
 //! | (follower) `/snapshot/full`, `/snapshot/delta` | forwarded to the leader's sidecar after checking its `/healthz`, answer passed through; `503` when it is not ready, no leader is known or the request was already forwarded; `502` when it does not answer |
 //! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]) |
 //! | `/healthz` | `200 {"health":true}` or `503 {"health":false}` |
@@ -50,6 +51,7 @@ mod tls;
 pub use error::Error;
 pub use leader::{LeaderElector, Role, SidecarLocator};
 pub use server::{
-    DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles, allowed_methods,
+    DEFAULT_ETCD_CONF, InitStatus, Initialization, Server, ServerConfig, ServerHandle, TlsFiles, VerificationFeed,
+    allowed_methods,
 };
 pub use snapshots::{Latest, LiveSnapshots, SnapshotControl, SnapshotJson, StoreSnapshots};

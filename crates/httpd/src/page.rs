@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brcore::name::{Snapshot, SnapshotKind};
+use brcore::verify::{Comparison, Outcome, Verification};
 
 use crate::snapshots::Latest;
 
@@ -25,6 +26,122 @@ pub struct PageData<'a> {
     pub member: Option<&'a str>,
     /// This sidecar's role in a multi-member cluster (leader, follower of whom), when elected.
     pub role: Option<String>,
+    /// Scheduled backup verification.
+    pub verification: VerificationState<'a>,
+}
+
+/// What the page says about scheduled backup verification (`--verification-period`).
+#[derive(Debug)]
+pub enum VerificationState<'a> {
+    /// Not configured.
+    Off,
+    /// On, but it runs on the leader's sidecar (named), not here.
+    Elsewhere(String),
+    /// On here; no run has finished yet.
+    Pending {
+        /// How often it runs.
+        period: Duration,
+    },
+    /// The newest run.
+    Done {
+        /// How often it runs.
+        period: Duration,
+        /// What it found.
+        run: &'a Verification,
+    },
+}
+
+fn every(period: Duration) -> String {
+    humantime::format_duration(period).to_string()
+}
+
+/// The verification section: when it last ran and what it found.
+fn verification(h: &mut String, v: &VerificationState<'_>) {
+    h.push_str("<h2>Backup verification</h2>");
+    match v {
+        VerificationState::Off => h.push_str(
+            "<p class=\"muted\" id=\"verification\">Off (<code>--verification-period</code>); \
+             <code>etcdbrctl verify</code> runs one by hand.</p>",
+        ),
+        VerificationState::Elsewhere(leader) => {
+            let _ = write!(
+                h,
+                "<p class=\"muted\" id=\"verification\">Runs on the leader's sidecar ({}); see its page or \
+                 <code>/snapshot/verify/latest</code>.</p>",
+                escape(leader)
+            );
+        }
+        VerificationState::Pending { period } => {
+            let _ = write!(
+                h,
+                "<p class=\"muted\" id=\"verification\">Every {}; no run has finished yet.</p>",
+                escape(&every(*period))
+            );
+        }
+        VerificationState::Done { period, run } => {
+            let (cls, word, detail) = match (&run.report, &run.error) {
+                (Some(r), _) => {
+                    let end = r.end();
+                    let hash = end.map_or(String::new(), |c| format!(" (hashkv {})", c.hash));
+                    match r.outcome {
+                        Outcome::BitExact => ("ok", "bit-exact", format!("with etcd at revision {}{hash}", r.revision)),
+                        Outcome::Differs => (
+                            "bad",
+                            "differs",
+                            match &r.difference {
+                                Some(d) => format!(
+                                    "from etcd at revision {}{}, held by {}",
+                                    d.revision,
+                                    if d.exact { "" } else { " (or earlier)" },
+                                    d.object
+                                ),
+                                None => "from etcd".to_string(),
+                            },
+                        ),
+                        Outcome::CannotCompare => (
+                            "ok",
+                            "restorable",
+                            format!(
+                                "to revision {}{hash}; cannot compare with etcd: {}",
+                                r.revision,
+                                end.map_or(String::new(), |c| match &c.comparison {
+                                    Comparison::CannotCompare { reason } => reason.clone(),
+                                    _ => String::new(),
+                                })
+                            ),
+                        ),
+                        Outcome::NotCompared => ("ok", "restorable", format!("to revision {}{hash}", r.revision)),
+                        Outcome::EtcdUnreachable => (
+                            "bad",
+                            "not compared",
+                            format!("restorable to revision {}{hash}, but etcd did not answer", r.revision),
+                        ),
+                    }
+                }
+                (None, Some(e)) => ("bad", "failed", e.clone()),
+                (None, None) => ("bad", "failed", String::new()),
+            };
+            let _ = write!(
+                h,
+                "<p>Last run: {} ({}), every {}: <span class=\"{cls}\" id=\"verification\">{word}</span> {}</p>",
+                time(run.finished_at),
+                ago(run.finished_at),
+                escape(&every(*period)),
+                escape(&detail)
+            );
+            if let Some(r) = &run.report {
+                let _ = write!(
+                    h,
+                    "<p class=\"muted\">{} + {} deltas fetched and checked ({}), rebuilt offline into a {} db with a clean bbolt check, in {:.2} s.</p>",
+                    escape(r.full.rsplit('/').next().unwrap_or(&r.full)),
+                    r.deltas.len(),
+                    size(r.bytes_fetched),
+                    size(r.db_size),
+                    r.seconds
+                );
+            }
+        }
+    }
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -197,6 +314,8 @@ pub fn render(d: &PageData<'_>) -> String {
         },
     }
 
+    verification(&mut h, &d.verification);
+
     h.push_str("<h2>Recent errors</h2>");
     if d.errors.is_empty() {
         h.push_str("<p class=\"muted\">None since the server started.</p>");
@@ -215,7 +334,7 @@ pub fn render(d: &PageData<'_>) -> String {
     }
     h.push_str(
         "<h2>Endpoints</h2><p><code>/initialization/start?mode=full|sanity</code> · <code>/initialization/status</code> · \
-         <code>/snapshot/full?final=true</code> · <code>/snapshot/delta</code> · <code>/snapshot/latest</code> · \
+         <code>/snapshot/full?final=true</code> · <code>/snapshot/delta</code> · <code>/snapshot/latest</code> · <code>/snapshot/verify/latest</code> · \
          <code>/config</code> · <code>/healthz</code> · <code>/metrics</code></p></body></html>\n",
     );
     h
@@ -237,6 +356,7 @@ mod tests {
             errors: vec![(1795606904, "store said <no>".into())],
             member: Some("etcd-main-0"),
             role: Some("follower of <m2>".into()),
+            verification: VerificationState::Elsewhere("<m2>".into()),
         });
         assert!(page.contains("follower of &lt;m2&gt;"));
         assert!(page.contains("Full-00000000-00000010-1795606904.gz"));
@@ -266,7 +386,80 @@ mod tests {
             errors: Vec::new(),
             member: None,
             role: None,
+            verification: VerificationState::Off,
         })
+    }
+
+    fn report(outcome: Outcome, difference: Option<brcore::verify::Difference>) -> brcore::verify::VerifyReport {
+        brcore::verify::VerifyReport {
+            prefix: "p".into(),
+            started_at: 1795606900,
+            full: "p/v2/Full-00000000-00000100-1795606904.gz".into(),
+            deltas: vec!["p/v2/Incr-00000101-00000110-1795606924.gz".into()],
+            left_out: Vec::new(),
+            base_revision: 100,
+            revision: 110,
+            compact_revision: -1,
+            key_revisions: 110,
+            events_applied: 10,
+            bytes_fetched: 2048,
+            db_size: 3 << 20,
+            seconds: 0.25,
+            endpoint: Some("http://e:2379".into()),
+            checks: vec![brcore::verify::RevisionCheck {
+                revision: 110,
+                hash: 4242,
+                compact_revision: -1,
+                comparison: Comparison::BitExact { live_hash: 4242, live_compact_revision: 50 },
+            }],
+            difference,
+            outcome,
+        }
+    }
+
+    fn run(report: Option<brcore::verify::VerifyReport>, error: Option<&str>) -> Verification {
+        Verification {
+            started_at: 1795606900,
+            finished_at: 1795606901,
+            succeeded: report.as_ref().is_some_and(|r| r.outcome.is_success()),
+            report,
+            error: error.map(String::from),
+        }
+    }
+
+    fn section(v: VerificationState<'_>) -> String {
+        let mut h = String::new();
+        verification(&mut h, &v);
+        h
+    }
+
+    #[test]
+    fn the_verification_section_says_what_the_last_run_found() {
+        assert!(section(VerificationState::Off).contains("Off (<code>--verification-period</code>)"));
+        assert!(section(VerificationState::Elsewhere("m<1>".into())).contains("leader's sidecar (m&lt;1&gt;)"));
+        let p = section(VerificationState::Pending { period: Duration::from_secs(600) });
+        assert!(p.contains("Every 10m; no run has finished yet."), "{p}");
+        let ok = run(Some(report(Outcome::BitExact, None)), None);
+        let h = section(VerificationState::Done { period: Duration::from_secs(3600), run: &ok });
+        assert!(
+            h.contains(
+                r#"<span class="ok" id="verification">bit-exact</span> with etcd at revision 110 (hashkv 4242)"#
+            ),
+            "{h}"
+        );
+        assert!(
+            h.contains("every 1h")
+                && h.contains("Full-00000000-00000100-1795606904.gz + 1 deltas")
+                && h.contains("3.0 MiB db"),
+            "{h}"
+        );
+        let d = brcore::verify::Difference { revision: 105, object: "p/v2/Incr-<x>".into(), exact: true };
+        let bad = run(Some(report(Outcome::Differs, Some(d))), None);
+        let h = section(VerificationState::Done { period: Duration::from_secs(60), run: &bad });
+        assert!(h.contains(r#"<span class="bad" id="verification">differs</span> from etcd at revision 105, held by p/v2/Incr-&lt;x&gt;"#), "{h}");
+        let failed = run(None, Some("store <down>"));
+        let h = section(VerificationState::Done { period: Duration::from_secs(60), run: &failed });
+        assert!(h.contains(r#"id="verification">failed</span> store &lt;down&gt;"#), "{h}");
     }
 
     #[test]

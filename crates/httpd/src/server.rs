@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use brcore::metrics::Metrics;
+use brcore::verify::Verification;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -21,7 +22,7 @@ use validator::{Action, InitOptions, Initializer, Mode, Outcome};
 use crate::error::Error;
 use crate::etcdconf;
 use crate::leader::{FORWARDED_HEADER, Role};
-use crate::page::{self, PageData};
+use crate::page::{self, PageData, VerificationState};
 use crate::snapshots::{LatestJson, SnapshotControl, SnapshotJson};
 
 /// Where `/config` reads the etcd config when `ETCD_CONF` is not set (the reference's default).
@@ -88,6 +89,19 @@ pub struct ServerConfig {
     /// it is a follower, `/snapshot/full` and `/snapshot/delta` are forwarded to the leader's
     /// sidecar; while the role is unknown they answer 503. `None`: always served here.
     pub leadership: Option<watch::Receiver<Role>>,
+    /// Scheduled backup verification (`--verification-period`), when it is on: its results for
+    /// `/snapshot/verify/latest` and the status page. `None`: off.
+    pub verification: Option<VerificationFeed>,
+}
+
+/// What the server shows of the scheduled verification that runs beside it (on the leader's
+/// sidecar only; followers forward `/snapshot/verify/latest` to the leader's).
+#[derive(Debug, Clone)]
+pub struct VerificationFeed {
+    /// How often it runs.
+    pub period: std::time::Duration,
+    /// The newest result (`None` until the first run finishes).
+    pub results: watch::Receiver<Option<Arc<Verification>>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -101,6 +115,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("pod_name", &self.pod_name)
             .field("default_mode", &self.default_mode)
             .field("leadership", &self.leadership.as_ref().map(|r| r.borrow().clone()))
+            .field("verification", &self.verification.as_ref().map(|v| v.period))
             .finish()
     }
 }
@@ -278,7 +293,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static [Method]> {
     const ACT: &[Method] = &[Method::GET, Method::POST];
     const GET_ONLY: &[Method] = &[Method::GET];
     match path {
-        "/" | "/healthz" | "/metrics" | "/snapshot/latest" => Some(READ),
+        "/" | "/healthz" | "/metrics" | "/snapshot/latest" | "/snapshot/verify/latest" => Some(READ),
         "/initialization/start" | "/snapshot/full" | "/snapshot/delta" => Some(ACT),
         "/initialization/status" | "/config" => Some(GET_ONLY),
         _ => None,
@@ -408,6 +423,7 @@ impl Server {
             .route("/snapshot/full", get(snapshot_full).post(snapshot_full))
             .route("/snapshot/delta", get(snapshot_delta).post(snapshot_delta))
             .route("/snapshot/latest", get(snapshot_latest))
+            .route("/snapshot/verify/latest", get(verify_latest))
             .route("/config", get(config))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
@@ -467,6 +483,16 @@ async fn page_handler(State(s): State<Arc<Shared>>) -> Response {
         Err(_) => (Vec::new(), None),
     };
     let member = s.config.pod_name.clone().or_else(|| Some(s.init.options.plan.name.clone()));
+    let role = s.config.leadership.as_ref().map(|r| r.borrow().clone());
+    let run = s.config.verification.as_ref().and_then(|v| v.results.borrow().clone());
+    let verification = match (&s.config.verification, &role) {
+        (None, _) => VerificationState::Off,
+        (Some(_), Some(Role::Follower { leader_name, .. })) => VerificationState::Elsewhere(leader_name.clone()),
+        (Some(v), _) => match &run {
+            None => VerificationState::Pending { period: v.period },
+            Some(run) => VerificationState::Done { period: v.period, run },
+        },
+    };
     let html = page::render(&PageData {
         init_status: status,
         last_initialization: last.as_deref(),
@@ -474,7 +500,8 @@ async fn page_handler(State(s): State<Arc<Shared>>) -> Response {
         latest,
         errors,
         member: member.as_deref(),
-        role: s.config.leadership.as_ref().map(|r| r.borrow().to_string()),
+        role: role.map(|r| r.to_string()),
+        verification,
     });
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
@@ -631,6 +658,26 @@ async fn snapshot_latest(State(s): State<Arc<Shared>>) -> Result<Response, Error
             Err(e)
         }
     }
+}
+
+/// `/snapshot/verify/latest`: the newest scheduled verification as JSON (`null` before the
+/// first finishes); on a follower, the leader's sidecar's answer.
+async fn verify_latest(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let Some(feed) = &s.config.verification else {
+        return Err(Error::NotFound(
+            "scheduled verification is off on this server (--verification-period); `etcdbrctl verify` runs one".into(),
+        ));
+    };
+    if let Route::Forward(base) = s.route(&headers)? {
+        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("verification", e));
+    }
+    let latest = feed.results.borrow().clone();
+    to_json(&latest.as_deref())
 }
 
 async fn config(State(s): State<Arc<Shared>>) -> Result<Response, Error> {

@@ -289,6 +289,7 @@ fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
         pod_name: Some("etcd-main-0".into()),
         default_mode: Mode::Sanity,
         leadership: None,
+        verification: None,
     };
     (Server::new(config, init, Some(snapshots), metrics), out)
 }
@@ -347,6 +348,10 @@ async fn bad_requests_get_clear_answers() {
     assert!(conf.contains("initial-cluster-state: new\n"), "one member: new, whatever the file says\n{conf}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), conf, "the served config is also written");
     assert_eq!(get(&client, &s.url("/nope")).await.0, 404);
+    // Scheduled verification is off: nothing to show, and the answer says how to turn it on.
+    let (code, body) = get(&client, &s.url("/snapshot/verify/latest")).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("--verification-period"), "{body}");
     s.shutdown().await;
 }
 

@@ -15,9 +15,10 @@ use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
+use brcore::verify::{Verifier, VerifyPlan};
 use brcore::{Snapstore, chain::Target};
 use etcd_format::membership::Cluster;
-use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots};
+use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots, VerificationFeed};
 use testsupport::{Etcd, EtcdVersion};
 use tokio::sync::oneshot;
 use validator::{InitOptions, Initializer, Mode};
@@ -144,7 +145,7 @@ async fn status_page_renders_in_headless_chromium() {
     let mut config = SnapshotterConfig::new("");
     config.delta_period = Some(Duration::from_secs(3600));
     config.gc_period = None;
-    let snapshotter = Snapshotter::new(source, store.clone(), config, metrics.clone());
+    let snapshotter = Snapshotter::new(source.clone(), store.clone(), config, metrics.clone());
     live.attach(snapshotter.handle());
     let (stop_snapshotter, until) = oneshot::channel::<()>();
     let snapshotter = tokio::spawn(snapshotter.run(async {
@@ -152,9 +153,16 @@ async fn status_page_renders_in_headless_chromium() {
     }));
 
     let snapshots: Arc<dyn SnapshotControl> = live.clone();
+    // Scheduled verification, run by hand below (a real verify against the real etcd).
+    let verify_tmp = tmp.path().join("verify-tmp");
+    let verifier = Verifier::new(store.clone(), source.clone(), VerifyPlan::new("", &verify_tmp), metrics.clone());
     // An etcd config that is not there: `/config` fails, and the page lists the failure.
     let missing_conf = tmp.path().join("no <such> etcd.conf.yaml");
-    let config = ServerConfig { etcd_conf: Some(missing_conf), ..Default::default() };
+    let config = ServerConfig {
+        etcd_conf: Some(missing_conf),
+        verification: Some(VerificationFeed { period: Duration::from_secs(3600), results: verifier.subscribe() }),
+        ..Default::default()
+    };
     let server = Server::new(config, init(store, &etcd), Some(snapshots), metrics);
     let handle = server.handle();
     handle.set_healthy(true);
@@ -184,6 +192,23 @@ async fn status_page_renders_in_headless_chromium() {
     let (code, body) = get(&client, &format!("{base}/config")).await;
     assert_eq!(code, 500, "{body}");
 
+    // Verification: nothing yet, then one run of the chain just stored, bit-exact with etcd.
+    assert_eq!(get(&client, &format!("{base}/snapshot/verify/latest")).await, (200, "null".into()));
+    let run = verifier.run_once().await;
+    assert!(run.succeeded, "{run:?}");
+    let target = etcd.revision();
+    let (code, body) = get(&client, &format!("{base}/snapshot/verify/latest")).await;
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (json["report"]["outcome"].as_str(), json["report"]["revision"].as_i64()),
+        (Some("bit-exact"), Some(target))
+    );
+    let r = client.post(format!("{base}/snapshot/verify/latest")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    assert!(std::fs::read_dir(&verify_tmp).unwrap().next().is_none(), "the rebuilt db was left behind");
+
     // What Chromium parsed.
     let url = format!("{base}/");
     let dom = chromium(tmp.path(), &["--dump-dom".into(), url.clone()]).await;
@@ -194,8 +219,11 @@ async fn status_page_renders_in_headless_chromium() {
     }
     assert!(dom.contains(r#"<b id="init-status">New</b>"#), "the initialization state is missing:\n{dom}");
     assert!(dom.contains(r#"id="health">healthy<"#), "{dom}");
-    let target = etcd.revision();
     assert!(dom.contains(&format!("reaches revision {target}")), "{dom}");
+    let bit_exact =
+        format!(r#"<span class="ok" id="verification">bit-exact</span> with etcd at revision {target} (hashkv "#);
+    assert!(dom.contains(&bit_exact), "the verification result is missing:\n{dom}");
+    assert!(dom.contains(&format!("{full_name} + 2 deltas fetched and checked")), "{dom}");
     // The chain on the timeline, oldest first, and the error with its text escaped, not parsed.
     let timeline = dom.find(r#"id="timeline""#).expect("no timeline");
     let mut at = timeline;

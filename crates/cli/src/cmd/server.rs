@@ -34,11 +34,12 @@ use brcore::restore::RestorePlan;
 use brcore::secondary::SyncConfig;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{ProgressSender, Snapshotter};
+use brcore::verify::{Verifier, VerifyPlan};
 use clap::{ArgAction, Args};
 use httpd::leader::{ClusterView, EtcdClusterView, wait_for_handoff};
 use httpd::{
     InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig, ServerHandle, SidecarLocator,
-    SnapshotControl, StoreSnapshots, TlsFiles,
+    SnapshotControl, StoreSnapshots, TlsFiles, VerificationFeed,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -127,6 +128,12 @@ pub struct ServerArgs {
     /// Backup sync to a secondary store.
     #[command(flatten)]
     pub secondary: SecondaryStoreArgs,
+    /// Verify the backups on this period (etcdbr's own; 0: off): on the leader's sidecar only,
+    /// the newest chain is fetched, rebuilt offline in --snapstore-temp-directory (which needs
+    /// room for the db) and its HashKV compared with etcd's, as `etcdbrctl verify`. Results at
+    /// /snapshot/verify/latest, on the status page and in the etcdbr_verification_* metrics.
+    #[arg(long, default_value = "0s", value_parser = crate::pflag::go_duration)]
+    pub verification_period: Duration,
 }
 
 /// The bearer token of `--server-auth-token`; its `Debug` output is redacted so printing the
@@ -192,6 +199,8 @@ struct Snapshotting {
     handoff_limit: Duration,
     /// The secondary store and how it is kept in sync, while the snapshotter runs.
     secondary: Option<(Arc<dyn brcore::Snapstore>, SyncConfig)>,
+    /// Scheduled verification and its period, while the snapshotter runs.
+    verifier: Option<(Arc<Verifier>, Duration)>,
 }
 
 /// The flag values the server refuses, checked at start (see `crate::validate`) and again by
@@ -199,6 +208,9 @@ struct Snapshotting {
 pub(crate) fn check_flags(
     args: &ServerArgs,
 ) -> anyhow::Result<(std::collections::HashMap<String, String>, RestorePlan, SnapshotPlan)> {
+    if !args.verification_period.is_zero() && !args.snapshot.store.has_provider() {
+        bail!("--verification-period needs a store to verify (--storage-provider)");
+    }
     if args.reelection_period < Duration::from_secs(1)
         || args.etcd_connection_timeout_leader_election < Duration::from_secs(1)
     {
@@ -251,7 +263,26 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         let locator = SidecarLocator::new(sidecars, args.server_port, tls.is_some());
         LeaderElector::new(view, locator, args.reelection_period)
     });
+    // Verification runs beside the snapshotter, so on the leader's sidecar only.
+    let verifier = match (&snapshotting, args.verification_period.is_zero()) {
+        (Some((store, _)), false) => {
+            let plan = VerifyPlan {
+                prefix: snap.snapshotter.prefix.clone(),
+                target: brcore::chain::Target::Latest,
+                temp_dir: args.snapshot.store.snapstore_temp_directory.clone(),
+                max_fetchers: args.restore.max_fetchers.max(1),
+                skip_hash_check: args.restore.skip_hash_check,
+                memory_budget: args.restore.restore_memory_budget,
+                samples: 1,
+            };
+            Some(Arc::new(Verifier::new(store.clone(), etcd.clone(), plan, metrics.clone())))
+        }
+        _ => None,
+    };
     let config = ServerConfig {
+        verification: verifier
+            .as_ref()
+            .map(|v| VerificationFeed { period: args.verification_period, results: v.subscribe() }),
         leadership: elector.as_ref().map(LeaderElector::subscribe),
         tls,
         auth_token: args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
@@ -308,9 +339,17 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         Arc::new(EtcdClusterView::new(snap.etcd.clone(), snap.etcd.connection_timeout));
     Ok(Setup {
         server,
-        snapshots: snapshotting
-            .zip(elector.as_ref().map(LeaderElector::subscribe))
-            .map(|((store, live), role)| Snapshotting { store, plan: snap, live, role, handoff_limit, secondary }),
+        snapshots: snapshotting.zip(elector.as_ref().map(LeaderElector::subscribe)).map(|((store, live), role)| {
+            Snapshotting {
+                store,
+                plan: snap,
+                live,
+                role,
+                handoff_limit,
+                secondary,
+                verifier: verifier.map(|v| (v, args.verification_period)),
+            }
+        }),
         elector,
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
@@ -451,7 +490,7 @@ async fn supervise(
         if !wait_for_etcd(&etcd, handle, &stop).await {
             return;
         }
-        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary }) = &snapshots else {
+        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary, verifier }) = &snapshots else {
             // No store: healthy while etcd answers.
             handle.set_healthy(true);
             tokio::select! {
@@ -526,12 +565,21 @@ async fn supervise(
                 std::future::pending(),
             ))
         });
+        // So is scheduled verification: against the leader's etcd, of the chain it uploads.
+        let verifying = verifier.as_ref().map(|(verifier, period)| {
+            let (verifier, period) = (verifier.clone(), *period);
+            info!(period = ?period, "scheduled verification on");
+            tokio::spawn(async move { verifier.run(period, std::future::pending()).await })
+        });
         live.attach(snapshotter.handle());
         let result = snapshotter.run(until).await;
         live.detach();
         checker.abort();
         if let Some(sync) = sync {
             sync.abort();
+        }
+        if let Some(verifying) = verifying {
+            verifying.abort();
         }
         handle.set_healthy(false);
         match result {
@@ -609,6 +657,7 @@ mod tests {
             &["--etcd-connection-timeout-leader-election", "0s"],
             &["--sidecar-endpoints", "m0"],
             &["--sidecar-endpoints", "m0=host:8080"],
+            &["--verification-period", "1h"],
         ] {
             let a = parse(bad).unwrap();
             assert!(setup(&a).is_err(), "{bad:?} must be refused");
