@@ -393,6 +393,8 @@ fn verify_against_live_etcd(version: EtcdVersion) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("cannot compare") && stdout.contains(&format!("keep the hash {end_hash}")), "{stdout}");
+    // The kept hash is what a member restored from the chain reports.
+    assert_eq!(restored_hashkv(version, &store, tmp.path(), end), end_hash as u32);
 
     // Writes after the compaction, backed up: compared again, hashed as compacted where etcd is.
     put_keys(&etcd, "e", 5);
@@ -400,4 +402,28 @@ fn verify_against_live_etcd(version: EtcdVersion) {
     let (code, json, stderr) = verify(&store, &temp, &["--endpoints", &endpoint]);
     assert_eq!((code, json["outcome"].as_str()), (0, Some("bit-exact")), "{json:#}\n{stderr}");
     assert_eq!(json["checks"][0]["liveCompactRevision"].as_i64(), Some(end), "{json:#}");
+}
+
+/// Restores `store` into a fresh data dir, boots etcd on it and returns its hashkv at `revision`.
+fn restored_hashkv(version: EtcdVersion, store: &Path, work: &Path, revision: i64) -> u32 {
+    // Ports picked here can be taken by someone else before etcd binds them: try again on others.
+    for attempt in 1..=3 {
+        let data = work.join(format!("restored-{attempt}"));
+        let (peer, client) = (testsupport::free_port(), testsupport::free_port());
+        let mut args = vec!["restore".to_string(), "--data-dir".into(), data.display().to_string()];
+        args.extend(store_flags(store));
+        args.extend(["--name".into(), "r".into(), "--initial-cluster".into(), format!("r=http://127.0.0.1:{peer}")]);
+        args.extend(["--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{peer}")]);
+        let out = run(&args);
+        assert!(out.status.success(), "restore: {}", text(&out));
+        match Etcd::try_start_on(version, &data, "r", peer, client, Duration::from_secs(30)) {
+            Ok(etcd) => {
+                assert_eq!(etcd.revision(), revision, "the restored member's revision");
+                return etcd.hashkv(revision).0;
+            }
+            Err(log) if attempt < 3 && log.contains("address already in use") => continue,
+            Err(log) => panic!("the restored data dir does not boot: {log}"),
+        }
+    }
+    unreachable!("three attempts")
 }
