@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod name;
 pub mod overlap;
+mod proc_metrics;
 pub mod rebuild;
 pub mod restore;
 pub mod secondary;

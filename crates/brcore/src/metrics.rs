@@ -4,7 +4,9 @@
 //! label values (`kind` = `Full` | `Incr` | `Chunk`, `succeeded` = `true` | `false`) are the
 //! reference's, and every label combination is created at zero up front as the reference does,
 //! so a series exists before its first event. The metrics live in their own [`Registry`],
-//! which the HTTP server exposes at `/metrics` ([`Metrics::encode_text`]).
+//! which the HTTP server exposes at `/metrics` ([`Metrics::encode_text`]), beside the standard
+//! `process_*` metrics and the Go tool's `etcdbr_network_{transmitted,received}_bytes`, read
+//! from `/proc` at each scrape. (The Go tool's `go_*` runtime metrics have no equivalent.)
 
 use std::sync::OnceLock;
 
@@ -239,6 +241,7 @@ impl Metrics {
             // Names are distinct constants, so registering in a fresh registry cannot clash.
             self.registry.register(c).expect("distinct metric names");
         }
+        self.registry.register(Box::new(crate::proc_metrics::ProcessCollector::new())).expect("distinct metric names");
     }
 
     /// The registry holding these metrics (to add process collectors or gather).
@@ -304,6 +307,15 @@ mod tests {
             "etcdbr_verification_last_success_timestamp_seconds 0",
             "etcdbr_verification_last_revision 0",
             "etcdbr_verification_failures_total 0",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_start_time_seconds gauge",
+            "# TYPE process_open_fds gauge",
+            "# TYPE process_max_fds gauge",
+            "# TYPE process_virtual_memory_bytes gauge",
+            "# TYPE process_threads gauge",
+            "# TYPE etcdbr_network_transmitted_bytes counter",
+            "# TYPE etcdbr_network_received_bytes counter",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -181,6 +181,8 @@ impl Initializer {
         }
         let members = plan.cluster.members.len();
         let multi = members > 1;
+        // As the reference's initializer: the size of the cluster the flags describe.
+        brcore::metrics::metrics().cluster_size.set(members as f64);
 
         // The latest backed-up revision, unless there is no store or no backup.
         let (backup_revision, no_backups, chain_error) = match &self.store {
@@ -250,7 +252,14 @@ impl Initializer {
         };
 
         let progress: Arc<dyn Progress> = Arc::new(NoProgress);
-        let report = match restorer.restore(plan, progress).await {
+        let started = std::time::Instant::now();
+        let restored = restorer.restore(plan, progress).await;
+        // The reference's label: a single member restored from the backups.
+        brcore::metrics::metrics()
+            .restoration_duration_seconds
+            .with_label_values(&["single_node", brcore::metrics::succeeded(restored.is_ok())])
+            .observe(started.elapsed().as_secs_f64());
+        let report = match restored {
             Ok(report) => report,
             Err(e) => {
                 if let Some(aside) = &set_aside {

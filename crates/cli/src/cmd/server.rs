@@ -230,6 +230,8 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     let (sidecars, plan, snap) = check_flags(args)?;
     // What a killed restore left goes now, whether or not an initialization restores later.
     brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
+    // As the reference's server: the size of the cluster --initial-cluster describes.
+    brcore::metrics::metrics().cluster_size.set(plan.cluster.members.len() as f64);
     let mode = match args.validation_mode {
         ValidationMode::Sanity => Mode::Sanity,
         ValidationMode::Full => Mode::Full,
