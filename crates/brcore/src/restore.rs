@@ -37,8 +37,23 @@ use crate::store::{Snapstore, StoreError};
 use etcd_format::membership::Cluster;
 use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus};
 
-/// Everything a restore needs to know.
+/// Everything a restore needs to know. Build it with [`RestorePlan::new`] and the `with_*`
+/// setters; the fields stay readable.
+///
+/// ```
+/// use std::path::PathBuf;
+/// use brcore::chain::Target;
+/// use brcore::restore::RestorePlan;
+/// use etcd_format::membership::Cluster;
+///
+/// let cluster = Cluster::from_initial_cluster("etcd-0=http://10.0.0.1:2380", "etcd-cluster").unwrap();
+/// let plan = RestorePlan::new("etcd-main", PathBuf::from("/var/etcd/data/new.etcd"), cluster, "etcd-0")
+///     .with_target(Target::Revision(1_000))
+///     .with_dry_run(true);
+/// assert_eq!(plan.max_fetchers, 6);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RestorePlan {
     /// The store prefix (`--store-prefix`), without the `v2` the layout appends.
     pub prefix: String,
@@ -76,6 +91,94 @@ pub struct RestorePlan {
     pub lease_policy: LeasePolicy,
     /// Verify the whole chain and report, but leave no data dir.
     pub dry_run: bool,
+}
+
+impl RestorePlan {
+    /// A plan to restore the latest state under `prefix` into `data_dir`, as member `name` of
+    /// `cluster`, with the reference's defaults: 6 deltas fetched at once, the sha256 trailer
+    /// checked, no quota, no bump beyond what a new history needs, leases granted after the full
+    /// snapshot kept with [`LeasePolicy::default`], the temporary full snapshot inside
+    /// `<data-dir>.part`.
+    pub fn new(prefix: impl Into<String>, data_dir: PathBuf, cluster: Cluster, name: impl Into<String>) -> Self {
+        RestorePlan {
+            prefix: prefix.into(),
+            data_dir,
+            temp_dir: None,
+            cluster,
+            name: name.into(),
+            target: Target::Latest,
+            max_fetchers: 6,
+            memory_budget: crate::deltafeed::DEFAULT_BUDGET,
+            skip_hash_check: false,
+            quota_bytes: None,
+            bump_revision: None,
+            keep_revision: false,
+            lease_policy: LeasePolicy::default(),
+            dry_run: false,
+        }
+    }
+
+    /// Restores the state at `target` instead of the latest.
+    pub fn with_target(mut self, target: Target) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// Keeps the decompressed full snapshot in `dir` while it is read.
+    pub fn with_temp_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.temp_dir = dir;
+        self
+    }
+
+    /// Fetches at most `n` deltas at once (at least 1).
+    pub fn with_max_fetchers(mut self, n: usize) -> Self {
+        self.max_fetchers = n.max(1);
+        self
+    }
+
+    /// Bounds the memory the delta pipeline holds at once to `bytes` (see
+    /// [`RestorePlan::memory_budget`]).
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Accepts a full snapshot without a sha256 trailer.
+    pub fn with_skip_hash_check(mut self, skip: bool) -> Self {
+        self.skip_hash_check = skip;
+        self
+    }
+
+    /// Refuses a result larger than `bytes`.
+    pub fn with_quota_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.quota_bytes = bytes;
+        self
+    }
+
+    /// Bumps the restored revision by `n` and marks it compacted (see [`RestorePlan::bump_revision`]).
+    pub fn with_bump_revision(mut self, n: Option<i64>) -> Self {
+        self.bump_revision = n;
+        self
+    }
+
+    /// Keeps the restored revision even when the store holds newer ones (see
+    /// [`RestorePlan::keep_revision`]).
+    pub fn with_keep_revision(mut self, keep: bool) -> Self {
+        self.keep_revision = keep;
+        self
+    }
+
+    /// The TTL of leases the deltas reference but the full snapshot lacks.
+    pub fn with_lease_policy(mut self, policy: LeasePolicy) -> Self {
+        self.lease_policy = policy;
+        self
+    }
+
+    /// Verifies the whole chain and reports, leaving no data dir.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
 }
 
 /// What a restore did.

@@ -11,10 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brcore::chain::Target;
 use brcore::etcd::{EtcdClient, EtcdConfig, EtcdSource};
 use brcore::metrics::Metrics;
-use brcore::rebuild::LeasePolicy;
 use brcore::restore::{NoProgress, OfflineRestorer, RestorePlan, Restorer};
 use brcore::snapshotter::dbrev::RevisionScanner;
 use brcore::snapshotter::full::{FullOptions, take_full_snapshot};
@@ -136,26 +134,14 @@ async fn judge_restore(store: Arc<dyn Snapstore>, source: &Etcd, version: EtcdVe
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("restored.etcd");
     let peer = free_port();
-    let plan = RestorePlan {
-        prefix: PREFIX.into(),
-        data_dir: data_dir.clone(),
-        temp_dir: None,
-        cluster: etcd_format::membership::Cluster::from_initial_cluster(
-            &format!("n1=http://127.0.0.1:{peer}"),
-            "etcd-cluster",
-        )
-        .unwrap(),
-        name: "n1".into(),
-        target: Target::Latest,
-        max_fetchers: 4,
-        memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
-        skip_hash_check: false,
-        quota_bytes: None,
-        bump_revision: None,
-        keep_revision: false,
-        lease_policy: LeasePolicy::default(),
-        dry_run: false,
-    };
+    let plan = RestorePlan::new(
+        PREFIX,
+        data_dir.clone(),
+        etcd_format::membership::Cluster::from_initial_cluster(&format!("n1=http://127.0.0.1:{peer}"), "etcd-cluster")
+            .unwrap(),
+        "n1",
+    )
+    .with_max_fetchers(4);
     let report = OfflineRestorer::new(store).restore(&plan, Arc::new(NoProgress)).await.expect("offline restore");
     assert_eq!(report.stats.revision, rev, "restored up to the last delta's revision");
     let restored = blocking(|| Etcd::start_on(version, &data_dir, "n1", peer, free_port()));

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brcore::Snapstore;
-use brcore::chain::Target;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::{KIND_FULL, Metrics};
-use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use etcd_format::membership::Cluster;
@@ -44,22 +42,13 @@ fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
         initializer: Initializer::new(store),
         options: InitOptions {
             mode: Mode::Sanity,
-            plan: RestorePlan {
-                prefix: String::new(),
-                data_dir: dir.join("unused"),
-                temp_dir: None,
-                cluster: Cluster::from_initial_cluster("default=http://127.0.0.1:2380", "etcd-cluster").unwrap(),
-                name: "default".into(),
-                target: Target::Latest,
-                max_fetchers: 4,
-                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
-                skip_hash_check: false,
-                quota_bytes: None,
-                bump_revision: None,
-                keep_revision: false,
-                lease_policy: LeasePolicy::default(),
-                dry_run: false,
-            },
+            plan: RestorePlan::new(
+                String::new(),
+                dir.join("unused"),
+                Cluster::from_initial_cluster("default=http://127.0.0.1:2380", "etcd-cluster").unwrap(),
+                "default",
+            )
+            .with_max_fetchers(4),
             namespace: None,
             remove_set_aside: false,
         },

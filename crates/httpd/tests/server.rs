@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use brcore::Snapstore;
-use brcore::chain::Target;
 use brcore::error::Error as CoreError;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::Metrics;
-use brcore::rebuild::LeasePolicy;
 use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
 use brcore::snapshotter::full::FullOptions;
 use etcd_format::membership::Cluster;
@@ -75,22 +73,13 @@ fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
 }
 
 fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
-    RestorePlan {
-        prefix: String::new(),
-        data_dir: data_dir.to_path_buf(),
-        temp_dir: None,
-        cluster: Cluster::from_initial_cluster(initial_cluster, "etcd-cluster").expect("cluster"),
-        name: name.to_string(),
-        target: Target::Latest,
-        max_fetchers: 4,
-        memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
-        skip_hash_check: false,
-        quota_bytes: None,
-        bump_revision: None,
-        keep_revision: false,
-        lease_policy: LeasePolicy::default(),
-        dry_run: false,
-    }
+    RestorePlan::new(
+        String::new(),
+        data_dir.to_path_buf(),
+        Cluster::from_initial_cluster(initial_cluster, "etcd-cluster").expect("cluster"),
+        name.to_string(),
+    )
+    .with_max_fetchers(4)
 }
 
 fn full_options() -> FullOptions {

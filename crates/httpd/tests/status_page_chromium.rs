@@ -9,14 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use brcore::Snapstore;
 use brcore::etcd::{EtcdClient, EtcdConfig, EtcdSource};
 use brcore::metrics::Metrics;
-use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
 use brcore::verify::{Verifier, VerifyPlan};
-use brcore::{Snapstore, chain::Target};
 use etcd_format::membership::Cluster;
 use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots, VerificationFeed};
 use testsupport::{Etcd, EtcdVersion};
@@ -45,23 +44,14 @@ fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
         initializer: Initializer::new(store),
         options: InitOptions {
             mode: Mode::Sanity,
-            plan: RestorePlan {
-                prefix: String::new(),
-                data_dir: etcd.data_dir().to_path_buf(),
-                temp_dir: None,
-                cluster: Cluster::from_initial_cluster(&format!("default={}", etcd.peer_url()), "etcd-cluster")
+            plan: RestorePlan::new(
+                String::new(),
+                etcd.data_dir().to_path_buf(),
+                Cluster::from_initial_cluster(&format!("default={}", etcd.peer_url()), "etcd-cluster")
                     .expect("cluster"),
-                name: "default".into(),
-                target: Target::Latest,
-                max_fetchers: 4,
-                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
-                skip_hash_check: false,
-                quota_bytes: None,
-                bump_revision: None,
-                keep_revision: false,
-                lease_policy: LeasePolicy::default(),
-                dry_run: false,
-            },
+                "default",
+            )
+            .with_max_fetchers(4),
             namespace: None,
             remove_set_aside: false,
         },

@@ -17,8 +17,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use brcore::Snapstore;
-use brcore::chain::Target;
-use brcore::rebuild::LeasePolicy;
 use brcore::restore::RestorePlan;
 use etcd_format::membership::Cluster;
 use testsupport::{Etcd, EtcdVersion, free_port};
@@ -180,22 +178,7 @@ impl Case {
                 .unwrap();
         InitOptions {
             mode,
-            plan: RestorePlan {
-                prefix: prefix.to_string(),
-                data_dir: self.data_dir.clone(),
-                temp_dir: None,
-                cluster,
-                name: "default".into(),
-                target: Target::Latest,
-                max_fetchers: 2,
-                memory_budget: brcore::deltafeed::DEFAULT_BUDGET,
-                skip_hash_check: false,
-                quota_bytes: None,
-                bump_revision: None,
-                keep_revision: false,
-                lease_policy: LeasePolicy::default(),
-                dry_run: false,
-            },
+            plan: RestorePlan::new(prefix.to_string(), self.data_dir.clone(), cluster, "default").with_max_fetchers(2),
             namespace: None,
             remove_set_aside: false,
         }

@@ -70,26 +70,27 @@ pub(crate) fn plan(args: &RestoreArgs) -> anyhow::Result<RestorePlan> {
         (None, Some(t)) => Target::Time(parse_time(t)?),
         (None, None) => Target::Latest,
     };
-    Ok(RestorePlan {
-        prefix: args.store.store_prefix.clone(),
-        data_dir: args.restoration.data_dir.clone(),
-        temp_dir: args.restoration.restoration_temp_snapshots_dir.clone(),
+    let lease_policy = match args.restoration.lease_ttl {
+        Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
+        Some(_) => bail!("--lease-ttl must be positive: a lease with TTL 0 expires at boot"),
+        None => LeasePolicy::default(),
+    };
+    Ok(RestorePlan::new(
+        args.store.store_prefix.clone(),
+        args.restoration.data_dir.clone(),
         cluster,
-        name: args.restoration.name.clone(),
-        target,
-        max_fetchers: args.restoration.max_fetchers.max(1),
-        memory_budget: args.restoration.restore_memory_budget,
-        skip_hash_check: args.restoration.skip_hash_check,
-        quota_bytes: Some(args.restoration.embedded_etcd_quota_bytes),
-        bump_revision: args.bump_revision,
-        keep_revision: args.keep_revision,
-        lease_policy: match args.restoration.lease_ttl {
-            Some(ttl) if ttl > 0 => LeasePolicy::Fixed(ttl),
-            Some(_) => bail!("--lease-ttl must be positive: a lease with TTL 0 expires at boot"),
-            None => LeasePolicy::default(),
-        },
-        dry_run: args.dry_run,
-    })
+        args.restoration.name.clone(),
+    )
+    .with_temp_dir(args.restoration.restoration_temp_snapshots_dir.clone())
+    .with_target(target)
+    .with_max_fetchers(args.restoration.max_fetchers)
+    .with_memory_budget(args.restoration.restore_memory_budget)
+    .with_skip_hash_check(args.restoration.skip_hash_check)
+    .with_quota_bytes(Some(args.restoration.embedded_etcd_quota_bytes))
+    .with_bump_revision(args.bump_revision)
+    .with_keep_revision(args.keep_revision)
+    .with_lease_policy(lease_policy)
+    .with_dry_run(args.dry_run))
 }
 
 /// RFC 3339 or unix seconds, as unix seconds.
