@@ -122,18 +122,38 @@ fn missing_delta_is_a_gap_that_names_the_revisions() {
     expect_failure(&container, &tmp.path().join("data"), &[], 3, "236");
 }
 
+/// With no backup under the prefix there is nothing to restore: exit 0 as the Go tool (a druid
+/// Job must not fail), a line that says so and names where it looked, no data dir, the store as
+/// it was.
+fn expect_nothing_to_restore(container: &Path, data_dir: &Path, extra: &[&str], message: &str) {
+    let before = snapshot_tree(container);
+    let out = restore(container, data_dir, extra);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "exit code; stderr: {stderr}");
+    assert!(stdout.contains("nothing to restore") && stdout.contains(message), "{stdout}");
+    assert!(!data_dir.exists(), "a data dir was created with nothing in it");
+    assert_eq!(before, snapshot_tree(container), "the store was modified");
+}
+
 #[test]
 fn empty_store_says_there_is_no_backup() {
     let tmp = tempfile::tempdir().unwrap();
     let container = tmp.path().join("empty");
     fs::create_dir_all(container.join("v2")).unwrap();
-    expect_failure(&container, &tmp.path().join("data"), &[], 5, "no snapshots under v2/");
+    expect_nothing_to_restore(&container, &tmp.path().join("data"), &[], "no snapshots under v2/");
 }
 
 #[test]
 fn wrong_prefix_says_there_is_no_backup() {
     let (tmp, container) = copy_store(STORE_34);
-    expect_failure(&container, &tmp.path().join("data"), &["--store-prefix", "etcd-other"], 5, "etcd-other");
+    expect_nothing_to_restore(&container, &tmp.path().join("data"), &["--store-prefix", "etcd-other"], "etcd-other");
+}
+
+#[test]
+fn a_point_in_time_before_every_backup_is_exit_5() {
+    let (tmp, container) = copy_store(STORE_34);
+    expect_failure(&container, &tmp.path().join("data"), &["--to-revision", "100"], 5, "revision 166");
 }
 
 #[test]
