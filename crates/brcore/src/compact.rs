@@ -137,8 +137,8 @@ pub async fn compact(
     {
         return Err(Error::Refused {
             why: format!(
-                "the compacted db is {db_size} bytes, above --embedded-etcd-quota-bytes {quota}: a restore of it \
-                 would raise etcd's NOSPACE alarm; raise the quota (etcd's --quota-backend-bytes too)"
+                "the compacted db is {db_size} bytes, above the quota of {quota} bytes: a restore of it \
+                 would raise etcd's NOSPACE alarm; raise the quota (and etcd's backend quota with it)"
             ),
         });
     }

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 pub enum Error {
     /// There is no backup to work with (no full snapshot under the prefix, or none old enough
     /// for the target).
-    #[error("{what}; check --storage-provider, --store-container and --store-prefix, or take a full snapshot first")]
+    #[error("{what}; check the store's provider, container and prefix, or take a full snapshot first")]
     NotFound {
         /// What was looked for and where.
         what: String,
@@ -45,8 +45,8 @@ pub enum Error {
     /// most one of them is right, and nothing tells which.
     #[error(
         "{first} and {second} both hold revision {revision} but disagree: {detail}; two writers stored \
-         different histories under one prefix. Restore to a revision before {revision} \
-         (--to-revision {}), or move the object that does not belong out of the prefix",
+         different histories under one prefix. Restore to revision {} (before the conflict), or \
+         move the object that does not belong out of the prefix",
         revision - 1
     )]
     Conflict {

@@ -328,7 +328,7 @@ impl EtcdClient {
             _ => {
                 return Err(EtcdError::Refused {
                     endpoint: self.first_endpoint(),
-                    message: "--cert and --key must be given together".into(),
+                    message: "a client certificate and its key must be given together".into(),
                 });
             }
         }

@@ -484,7 +484,7 @@ mod tests {
             (first.as_str(), second.as_str(), revision),
             ("p/v2/Incr-00000021-00000030-110", "p/v2/Incr-00000026-00000035-111", 28)
         );
-        assert!(e.to_string().contains("--to-revision 27"), "{e}");
+        assert!(e.to_string().contains("Restore to revision 27"), "{e}");
 
         // A lease, a version, a missing change, an extra one and a missing revision all count.
         for mutate in [

@@ -456,7 +456,7 @@ async fn build(
             bumped_to = stats.revision,
             "the store holds revisions up to {} above the restored revision {}: the revision is bumped to {} and \
              marked compacted, so this restore begins a new history above every object in the store \
-             (--keep-revision keeps {})",
+             (a plan that keeps the revision restores {})",
             chain.store_revision,
             stats.revision - stats.bumped_by,
             stats.revision,
@@ -469,8 +469,8 @@ async fn build(
     {
         return Err(Error::Refused {
             why: format!(
-                "the restored db is {db_size} bytes, above --embedded-etcd-quota-bytes {quota}: \
-                 etcd would raise a NOSPACE alarm; raise the quota (etcd's --quota-backend-bytes too)"
+                "the restored db is {db_size} bytes, above the quota of {quota} bytes: etcd would \
+                 raise a NOSPACE alarm; raise the quota (and etcd's backend quota with it)"
             ),
         });
     }
@@ -751,7 +751,7 @@ async fn verify_in_place(path: &Path, key: &str, skip_hash_check: bool, progress
             return Err(Error::corrupt(
                 key,
                 "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
-                 pass --skip-hash-check only if it is a raw db copied from a data dir",
+                 skip the hash check only if it is a raw db copied from a data dir",
             ));
         }
         Err(e) => {
@@ -816,7 +816,7 @@ async fn fetch_full(
                 return Err(Error::corrupt(
                     &key,
                     "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
-                     pass --skip-hash-check only if it is a raw db copied from a data dir",
+                     skip the hash check only if it is a raw db copied from a data dir",
                 ));
             }
             Err(e) => {

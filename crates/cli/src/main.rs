@@ -40,6 +40,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cmd::render_error(&e));
+            // The library's messages speak of values; the flags that set them are named here.
+            if let Some(hint) = cmd::flag_hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(cmd::exit_code(&e))
         }
     }

@@ -215,3 +215,33 @@ fn uncompressed_full_snapshot_is_read_in_place_and_left_as_it_was() {
     assert!(stdout.contains("hashkv at revision 338: 3022581004"), "{stdout}");
     assert_eq!(before, snapshot_tree(&container), "the store was modified");
 }
+
+/// The library's messages speak of values; the command line names the flags that set them, on a
+/// `hint:` line of its own.
+#[test]
+fn errors_name_the_flags_that_set_the_values_they_speak_of() {
+    let (tmp, container) = copy_store(STORE_34);
+    let stderr =
+        expect_failure(&container, &tmp.path().join("a"), &["--embedded-etcd-quota-bytes", "4096"], 4, "quota of 4096");
+    assert!(stderr.contains("\nhint: --embedded-etcd-quota-bytes sets the quota"), "{stderr}");
+    let stderr = expect_failure(&container, &tmp.path().join("b"), &["--to-revision", "100"], 5, "revision 166");
+    assert!(stderr.contains("\nhint: check --storage-provider, --store-container and --store-prefix"), "{stderr}");
+    // A raw db (no sha256 trailer) as the full snapshot.
+    let full = objects(&container, "Full")[0].clone();
+    let mut db = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(fs::File::open(&full).unwrap()), &mut db).unwrap();
+    fs::write(&full, flate2_gzip(&db[..db.len() - 32])).unwrap();
+    let stderr = expect_failure(&container, &tmp.path().join("c"), &[], 3, "no sha256 trailer");
+    assert!(stderr.contains("\nhint: --skip-hash-check accepts a raw db"), "{stderr}");
+    // An error whose message says it all has no hint line.
+    let (tmp, container) = copy_store(STORE_34);
+    flip_byte(&objects(&container, "Incr-00000236")[0], 0);
+    let stderr = expect_failure(&container, &tmp.path().join("d"), &[], 3, "Incr-00000236");
+    assert!(!stderr.contains("hint:"), "{stderr}");
+}
+
+fn flate2_gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, data).unwrap();
+    enc.finish().unwrap()
+}

@@ -36,7 +36,7 @@ pub enum MembershipError {
         reason: &'static str,
     },
     /// The `--initial-cluster` string has an entry without a name.
-    #[error("invalid --initial-cluster entry {entry:?}: {reason}")]
+    #[error("invalid initial-cluster entry {entry:?}: {reason}")]
     InvalidInitialCluster {
         /// The offending `name=url` entry.
         entry: String,
@@ -44,7 +44,7 @@ pub enum MembershipError {
         reason: &'static str,
     },
     /// The `--initial-cluster` string names no member at all.
-    #[error("--initial-cluster names no member")]
+    #[error("the initial cluster names no member")]
     NoMembers,
     /// A member has no peer URL.
     #[error("member {name:?} has no peer URL")]

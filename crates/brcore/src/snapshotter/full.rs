@@ -218,7 +218,7 @@ pub async fn take_full_snapshot(
         Ok(r) => r,
         Err(_) => Err(Error::Etcd {
             retryable: true,
-            message: format!("full snapshot did not finish within --etcd-snapshot-timeout ({:?})", opts.timeout),
+            message: format!("full snapshot did not finish within its timeout ({:?})", opts.timeout),
         }),
     };
     if result.is_err() {

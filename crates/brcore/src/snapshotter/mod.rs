@@ -222,8 +222,8 @@ pub enum RequestError {
     /// The snapshotter is not running (not started yet, or stopped).
     #[error("the snapshotter is not running")]
     NotRunning,
-    /// Delta snapshots are disabled (`--delta-snapshot-period` below 1 s).
-    #[error("delta snapshots are disabled (--delta-snapshot-period is below 1s)")]
+    /// Delta snapshots are disabled (no delta period, or one below 1 s).
+    #[error("delta snapshots are disabled (no delta period of 1 s or more)")]
     DeltasDisabled,
     /// The operation ran and failed.
     #[error("{0}")]

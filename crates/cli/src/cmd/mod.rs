@@ -68,6 +68,38 @@ pub fn render_error(e: &anyhow::Error) -> String {
     line
 }
 
+/// The flags to look at for an error, where the library's message speaks of values (a quota, a
+/// store prefix) that the command line sets through flags. `None` when the message says it all.
+pub fn flag_hint(e: &anyhow::Error) -> Option<String> {
+    use brcore::error::Error;
+    let err = e.chain().find_map(|c| {
+        c.downcast_ref::<Error>().or_else(|| match c.downcast_ref::<validator::initializer::InitError>() {
+            Some(validator::initializer::InitError::Backup(core)) => Some(core),
+            _ => None,
+        })
+    })?;
+    let hint = match err {
+        Error::NotFound { .. } => "check --storage-provider, --store-container and --store-prefix".to_string(),
+        Error::Conflict { revision, .. } => {
+            format!("--to-revision {} restores the state before the conflict", revision - 1)
+        }
+        Error::Refused { why } if why.contains("quota") => {
+            "--embedded-etcd-quota-bytes sets the quota (raise etcd's --quota-backend-bytes with it)".to_string()
+        }
+        Error::Corrupt { why, .. } if why.contains("no sha256 trailer") => {
+            "--skip-hash-check accepts a raw db copied from a data dir".to_string()
+        }
+        Error::Etcd { message, .. } if message.contains("client certificate") => {
+            "--cert and --key must be given together".to_string()
+        }
+        Error::Etcd { message, .. } if message.contains("did not finish within its timeout") => {
+            "--etcd-snapshot-timeout sets that timeout".to_string()
+        }
+        _ => return None,
+    };
+    Some(hint)
+}
+
 /// The exit code for an error, from the first domain error in its chain.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
