@@ -48,7 +48,7 @@ if [[ -z "${ETCDBRCTL:-}" ]]; then
     cargo build --release -p etcdbrctl >&2
     ETCDBRCTL=$ROOT/target/release/etcdbrctl
 fi
-cargo build --release -p etcdbr-benches --bins >&2
+cargo build --release -p etcdbrctl -p etcdbr-benches --bins >&2
 BIN=$ROOT/target/release
 
 DS=$("$BIN/gen-store" --keys "$KEYS" --value-size "$VALUE_SIZE" --revisions "$REVISIONS" \
@@ -195,8 +195,8 @@ dump() { # dump DATA_DIR OUT
             python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])' >"$2.rev"
         if [[ "${3:-}" == count ]]; then
             # Too many values to digest in memory: the number of keys only.
-            "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix --count-only -w json |
-                python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))' >"$2.kvs"
+            "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix --count-only -w fields |
+                awk -F' : ' '/^"Count"/ {print $2}' >"$2.kvs"
         else
         "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix -w json |
             python3 -c 'import json,sys,hashlib

@@ -47,6 +47,8 @@ pub struct CompactPlan {
     pub write: WriteOptions,
     /// Deltas fetched at once.
     pub max_fetchers: usize,
+    /// Memory for deltas read and decoded ahead of the writer (`--restore-memory-budget`).
+    pub memory_budget: u64,
     /// TTL of leases the deltas reference but the full snapshot lacks: the new full snapshot
     /// holds a record for each, so later restores keep them.
     pub lease_policy: LeasePolicy,
@@ -127,7 +129,7 @@ pub async fn compact(
     let fetch = FetchOptions {
         max_fetchers: plan.max_fetchers,
         skip_hash_check: plan.skip_hash_check,
-        memory_budget: crate::deltafeed::DEFAULT_BUDGET,
+        memory_budget: plan.memory_budget,
     };
     let snapshot_temp = plan.snapshot_temp_dir.as_deref().unwrap_or(work.path());
     let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, snapshot_temp, fetch, progress).await?;

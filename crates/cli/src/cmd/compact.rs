@@ -107,6 +107,7 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
             part_size: args.store.min_chunk_size,
         },
         max_fetchers: r.max_fetchers.max(1),
+        memory_budget: args.restoration.restore_memory_budget,
         lease_policy,
     };
     let result = compact(store, &plan, Arc::new(brcore::restore::NoProgress)).await;
