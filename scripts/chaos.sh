@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# A standing fault run: real etcd under continuous writes, `etcdbrctl server` snapshotting it to
+# SeaweedFS's S3 gateway, and faults at random intervals:
+#   SIGKILL, or SIGSTOP then SIGCONT, of etcd, of the sidecar and of SeaweedFS (then restarted);
+#   a full temp disk (a tmpfs filled up) with a restore that must fail cleanly on it;
+#   a restore in the middle of it all, whose HashKV must equal etcd's at the same revision.
+# At the end everything resumes, the writer stops, the backups catch up, and a restore of the
+# latest backup must equal the live etcd (HashKV at its revision, and that revision is etcd's
+# last). Every object in the bucket is then read back through SeaweedFS's filer (not through
+# etcdbr) and must be whole: it decompresses and its sha256 trailer matches.
+#
+# Prints a table: faults injected by kind, revisions written, revisions lost (must be 0), restores
+# and their checks, objects half-written (must be 0). Exits non-zero if any check fails.
+#
+# Usage: bash scripts/chaos.sh [--short | --long | --duration SECONDS] [--seed N]
+#                              [--bin PATH/TO/etcdbrctl] [--keep]
+#   --short      about 2 minutes of faults, every kind at least once (what the test suite runs)
+#   --long       25 minutes of faults, at least 100 of them (about 150)
+#   --bin        the etcdbrctl to test (default: build and use target/release/etcdbrctl)
+#   --keep       keep the work dir (logs, data) for inspection
+# Needs root (it mounts a tmpfs), etcd 3.5 and SeaweedFS from scripts/install-test-deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=120
+MODE=short
+SEED=$(( $(date +%s) % 100000 ))
+BIN=""
+KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --short) DURATION=120; MODE=short ;;
+        --long) DURATION=1500; MODE=long ;;
+        --duration) DURATION="$2"; MODE=custom; shift ;;
+        --seed) SEED="$2"; shift ;;
+        --bin) BIN="$2"; shift ;;
+        --keep) KEEP=1 ;;
+        *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+DEPS=${ETCDBR_DEPS:-/opt/etcdbr-deps}
+ETCD=$DEPS/etcd-sid/usr/bin/etcd
+ETCDCTL=$DEPS/etcd-sid/usr/bin/etcdctl
+WEED=$DEPS/venv/bin/weed
+for need in "$ETCD" "$ETCDCTL" "$WEED"; do
+    [ -x "$need" ] || { echo "missing $need: run bash scripts/install-test-deps.sh (as root)" >&2; exit 1; }
+done
+command -v python3 >/dev/null || { echo "python3 is needed (the writer and the object check)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root: the full-disk fault mounts a tmpfs" >&2; exit 1; }
+if [ -z "$BIN" ]; then
+    cargo build --release --locked -p etcdbrctl >&2
+    BIN=$PWD/target/release/etcdbrctl
+fi
+BIN=$(realpath "$BIN")
+
+W=$(mktemp -d /tmp/etcdbr-chaos-XXXXXX)
+mkdir -p "$W/etcd" "$W/weed" "$W/creds" "$W/tmp" "$W/restores" "$W/logs"
+T0=$(date +%s)
+log() { printf '[chaos %4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
+RANDOM=$SEED
+rand() { echo $(( $1 + RANDOM % ($2 - $1 + 1) )); }   # rand LOW HIGH, inclusive
+
+# --- ports: free ones below the ephemeral range ------------------------------------------------
+read -r P_CLIENT P_PEER P_METRICS P_SIDECAR P_S3 P_S3G P_FILER P_FILERG P_MASTER P_MASTERG \
+    P_VOL P_VOLG P_ADMIN P_ADMING P_WMETRICS P_ICE P_LANCE < <(python3 - <<'EOF'
+import random, socket
+ports = set()
+while len(ports) < 17:
+    p = random.randint(10000, 30000)
+    if p in ports or p + 10000 in ports:
+        continue
+    try:
+        s = socket.socket(); s.bind(("127.0.0.1", p)); s.close()
+        if p in (10000,):
+            continue
+        ports.add(p)
+    except OSError:
+        pass
+print(*ports)
+EOF
+)
+# weed's admin gRPC port must be its HTTP port + 10000.
+P_ADMING=$(( P_ADMIN + 10000 ))
+
+PIDS_ETCD="" PID_SIDECAR="" PID_WEED="" PID_WRITER=""
+cleanup() {
+    set +e
+    for p in $PID_WRITER $PID_SIDECAR $PIDS_ETCD $PID_WEED; do
+        kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+    done
+    umount -l "$W/tmp" 2>/dev/null
+    for port in $P_MASTERG $P_VOLG $P_FILER $P_FILERG $P_S3 $P_S3G $P_ADMING; do
+        rm -f /tmp/seaweedfs-*-"$port".sock
+    done
+    if [ "$KEEP" = 1 ]; then echo "work dir kept: $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+# --- the tmpfs the sidecar and every restore use as temp dir ------------------------------------
+TMPFS_MIB=768
+mount -t tmpfs -o size=${TMPFS_MIB}m,mode=0700 tmpfs "$W/tmp"
+
+# --- etcd ------------------------------------------------------------------------------------
+EP=http://127.0.0.1:$P_CLIENT
+start_etcd() {
+    "$ETCD" --name chaos --data-dir "$W/etcd/data" \
+        --listen-client-urls "$EP" --advertise-client-urls "$EP" \
+        --listen-peer-urls "http://127.0.0.1:$P_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$P_PEER" \
+        --initial-cluster "chaos=http://127.0.0.1:$P_PEER" --listen-metrics-urls "http://127.0.0.1:$P_METRICS" \
+        >>"$W/logs/etcd.log" 2>&1 &
+    PIDS_ETCD=$!
+    for _ in $(seq 1 300); do
+        ETCDCTL_API=3 "$ETCDCTL" --endpoints "$EP" --command-timeout=2s endpoint health >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    log "etcd did not come up"; tail -20 "$W/logs/etcd.log" >&2; exit 1
+}
+etcdctl() { ETCDCTL_API=3 "$ETCDCTL" --endpoints "$EP" --command-timeout=10s "$@"; }
+etcd_revision() { etcdctl endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'; }
+etcd_hashkv() { etcdctl endpoint hashkv --rev "$1" -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["HashKV"]["hash"])'; }
+
+# --- SeaweedFS (S3 gateway, filer) -----------------------------------------------------------
+BUCKET=chaos
+PREFIX=etcd-chaos
+cat >"$W/weed/s3.json" <<EOF
+{"identities":[{"name":"admin","credentials":[{"accessKey":"chaoskey","secretKey":"chaossecret"}],
+  "actions":["Admin","Read","Write","List","Tagging"]}]}
+EOF
+printf chaoskey >"$W/creds/accessKeyID"
+printf chaossecret >"$W/creds/secretAccessKey"
+printf us-east-1 >"$W/creds/region"
+start_weed() {
+    for port in $P_MASTERG $P_VOLG $P_FILER $P_FILERG $P_S3 $P_S3G $P_ADMING; do
+        rm -f /tmp/seaweedfs-*-"$port".sock
+    done
+    mkdir -p "$W/weed/data"
+    (cd "$W/weed" && exec "$WEED" mini -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$W/weed/data" -bucket=$BUCKET \
+        -s3.config="$W/weed/s3.json" -admin.ui=false -webdav=false -master.telemetry=false -volume.preStopSeconds=0 \
+        -master.port=$P_MASTER -master.port.grpc=$P_MASTERG -volume.port=$P_VOL -volume.port.grpc=$P_VOLG \
+        -filer.port=$P_FILER -filer.port.grpc=$P_FILERG -s3.port=$P_S3 -s3.port.grpc=$P_S3G \
+        -s3.port.iceberg=$P_ICE -s3.port.lance=$P_LANCE -admin.port=$P_ADMIN -admin.port.grpc=$P_ADMING \
+        -metricsPort=$P_WMETRICS >>"$W/logs/weed.log" 2>&1) &
+    PID_WEED=$!
+    for _ in $(seq 1 600); do
+        if curl -s -o /dev/null "http://127.0.0.1:$P_S3/" &&
+            curl -fs -X PUT --data ready "http://127.0.0.1:$P_FILER/buckets/$BUCKET/.chaos-probe" >/dev/null 2>&1 &&
+            curl -fs -X DELETE "http://127.0.0.1:$P_FILER/buckets/$BUCKET/.chaos-probe" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "SeaweedFS did not come up"; tail -20 "$W/logs/weed.log" >&2; exit 1
+}
+
+# --- the sidecar ---------------------------------------------------------------------------------
+DELTA_PERIOD=2
+STORE=(--storage-provider S3 --store-container $BUCKET --store-prefix $PREFIX
+       --store-endpoint-override "http://127.0.0.1:$P_S3")
+export AWS_APPLICATION_CREDENTIALS=$W/creds
+start_sidecar() {
+    "$BIN" server --server-port "$P_SIDECAR" --endpoints "$EP" "${STORE[@]}" \
+        --schedule "*/1 * * * *" --delta-snapshot-period ${DELTA_PERIOD}s \
+        --garbage-collection-policy LimitBased --max-backups 3 --garbage-collection-period 1m \
+        --data-dir "$W/etcd/data" --snapstore-temp-directory "$W/tmp" --restoration-temp-snapshots-dir "$W/tmp" \
+        --etcd-connection-timeout 5s >>"$W/logs/sidecar.log" 2>&1 &
+    PID_SIDECAR=$!
+}
+
+# --- the writer: puts (and some deletes) as fast as etcd takes them, each acknowledged one logged
+start_writer() {
+    python3 - "$P_CLIENT" "$W/writer.log" "$W/writer.stop" "$W/writer.summary" <<'EOF' &
+import base64, http.client, json, os, sys, time
+port, log_path, stop, summary = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+b64 = lambda s: base64.b64encode(s.encode()).decode()
+conn, i, acked, failed = None, 0, 0, 0
+with open(log_path, "a", buffering=1 << 16) as log:
+    while not os.path.exists(stop):
+        i += 1
+        if i % 10 == 0:
+            # A key the puts write (i % 400 of a multiple of 10 is never put).
+            key = f"/chaos/k{(i // 10) % 400 | 1:03d}"
+            path, body = "/v3/kv/deleterange", {"key": b64(key)}
+        else:
+            key = f"/chaos/k{i % 400:03d}"
+            path, body = "/v3/kv/put", {"key": b64(key), "value": b64(f"v{i}-" + "x" * (i % 200))}
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise RuntimeError(r.status)
+            log.write(f"{i} {json.loads(data)['header']['revision']}\n")
+            acked += 1
+        except Exception:
+            failed += 1
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(0.1)
+        time.sleep(0.002)  # about 300 writes/s at most: load, not a benchmark
+with open(summary, "w") as f:
+    f.write(f"{i} {acked} {failed}\n")
+EOF
+    PID_WRITER=$!
+}
+
+# --- faults ------------------------------------------------------------------------------------
+KINDS=(etcd-kill etcd-stop sidecar-kill sidecar-stop weed-kill weed-stop disk-full restore)
+declare -A DESC=(
+    [etcd-kill]="etcd SIGKILL, restarted"
+    [etcd-stop]="etcd SIGSTOP, SIGCONT 2-8 s later"
+    [sidecar-kill]="sidecar SIGKILL, restarted"
+    [sidecar-stop]="sidecar SIGSTOP, SIGCONT 2-8 s later"
+    [weed-kill]="SeaweedFS SIGKILL, restarted"
+    [weed-stop]="SeaweedFS SIGSTOP, SIGCONT 2-8 s later"
+    [disk-full]="temp disk full (restore on it refused)"
+    [restore]="restore in the middle, HashKV checked"
+)
+declare -A COUNT=()
+for k in "${KINDS[@]}"; do COUNT[$k]=0; done
+RESTORES_OK=0 RESTORES_FAILED=0 FULL_REFUSED=0 FULL_BAD=0 FULL_SKIPPED=0
+: >"$W/restores.txt"   # revision hash, one line per mid-run restore
+
+restore_into() {   # restore_into DIR -> exit code; output in DIR.log
+    "$BIN" restore "${STORE[@]}" --data-dir "$1" --restoration-temp-snapshots-dir "$W/tmp" >"$1.log" 2>&1
+}
+
+fault_restore() {
+    local n=$1 dir="$W/restores/mid-$1"
+    if restore_into "$dir"; then
+        if grep -q "nothing to restore" "$dir.log"; then
+            log "restore $n: no backup yet"; RESTORES_FAILED=$((RESTORES_FAILED + 1)); return
+        fi
+        "$BIN" db hashkv "$dir/member/snap/db" -w json |
+            python3 -c 'import json,sys; h=json.load(sys.stdin); print(h["revision"], h["hash"])' >>"$W/restores.txt"
+        RESTORES_OK=$((RESTORES_OK + 1))
+        log "restore $n: $(tail -1 "$W/restores.txt") (revision hash)"
+    else
+        RESTORES_FAILED=$((RESTORES_FAILED + 1))
+        log "restore $n FAILED: $(tail -3 "$dir.log")"
+    fi
+    rm -rf "$dir" "$dir.part"
+}
+
+fault_disk_full() {
+    local n=$1 dir="$W/restores/full-$1" code=0
+    dd if=/dev/zero of="$W/tmp/filler" bs=1M status=none 2>/dev/null || true
+    restore_into "$dir" || code=$?
+    local left
+    left=$(find "$W/tmp" -mindepth 1 ! -name filler | wc -l)
+    if [ "$code" = 9 ] && grep -q "no space left on the filesystem of $W/tmp/" "$dir.log" &&
+        [ ! -e "$dir/member" ] && [ ! -e "$dir.part" ] && [ "$left" = 0 ]; then
+        FULL_REFUSED=$((FULL_REFUSED + 1))
+        log "disk full $n: refused cleanly: $(grep -o 'no space left[^;]*' "$dir.log" | head -1)"
+    elif [ "$code" = 0 ] && grep -q "nothing to restore" "$dir.log"; then
+        FULL_SKIPPED=$((FULL_SKIPPED + 1))
+    else
+        FULL_BAD=$((FULL_BAD + 1))
+        log "disk full $n: NOT refused cleanly (exit $code, $left files left in the temp dir): $(tail -3 "$dir.log")"
+    fi
+    sleep "$(rand 2 6)"
+    rm -rf "$W/tmp/filler" "$dir" "$dir.part"
+}
+
+inject() {
+    local kind=$1 n=$2
+    log "fault $n: ${DESC[$kind]}"
+    case $kind in
+        etcd-kill) kill -9 "$PIDS_ETCD"; wait "$PIDS_ETCD" 2>/dev/null || true; sleep "$(rand 1 3)"; start_etcd ;;
+        etcd-stop) kill -STOP "$PIDS_ETCD"; sleep "$(rand 2 8)"; kill -CONT "$PIDS_ETCD" ;;
+        sidecar-kill) kill -9 "$PID_SIDECAR"; wait "$PID_SIDECAR" 2>/dev/null || true; sleep "$(rand 1 3)"; start_sidecar ;;
+        sidecar-stop) kill -STOP "$PID_SIDECAR"; sleep "$(rand 2 8)"; kill -CONT "$PID_SIDECAR" ;;
+        weed-kill) kill -9 "$PID_WEED"; wait "$PID_WEED" 2>/dev/null || true; sleep "$(rand 1 3)"; start_weed ;;
+        weed-stop) kill -STOP "$PID_WEED"; sleep "$(rand 2 8)"; kill -CONT "$PID_WEED" ;;
+        disk-full) fault_disk_full "$n" ;;
+        restore) fault_restore "$n" ;;
+    esac
+    COUNT[$kind]=$(( COUNT[$kind] + 1 ))
+}
+
+# --- run ---------------------------------------------------------------------------------------
+log "work dir $W, seed $SEED, $DURATION s of faults, binary $BIN"
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+start_etcd
+start_weed
+START_REV=$(etcd_revision)
+start_writer
+start_sidecar
+sleep 8   # the first full snapshot
+
+END=$(( $(date +%s) + DURATION ))
+n=0
+cycle=()
+while [ "$(date +%s)" -lt "$END" ]; do
+    if [ ${#cycle[@]} = 0 ]; then
+        # Every kind once per cycle, in a random order: the short run sees each kind.
+        mapfile -t cycle < <(printf '%s\n' "${KINDS[@]}" | python3 -c "import random,sys; r=random.Random($SEED+$n); l=sys.stdin.read().split(); r.shuffle(l); print('\n'.join(l))")
+    fi
+    kind=${cycle[0]}
+    cycle=("${cycle[@]:1}")
+    n=$((n + 1))
+    inject "$kind" "$n"
+    sleep "$(rand 2 8)"
+done
+FAULTS=$n
+LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
+
+# --- the end: everything resumes, writes stop, the backups catch up ----------------------------
+log "faults over; letting the backups catch up"
+for p in $PIDS_ETCD $PID_SIDECAR $PID_WEED; do kill -CONT "$p" 2>/dev/null || true; done
+touch "$W/writer.stop"
+wait "$PID_WRITER" || true
+PID_WRITER=""
+FINAL_REV=$(etcd_revision)
+STORED=0
+deadline=$(( $(date +%s) + 180 ))
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    STORED=$("$BIN" status "${STORE[@]}" -w json 2>/dev/null | python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["lastRevision"] or 0)
+except Exception: print(0)')
+    [ "$STORED" -ge "$FINAL_REV" ] && break
+    sleep 1
+done
+CAUGHT_UP=$(( $(date +%s) - deadline + 180 ))
+log "etcd at revision $FINAL_REV, the backups at $STORED after $CAUGHT_UP s"
+
+FINAL_DIR=$W/restores/final
+FINAL_OK=no FINAL_R=0 FINAL_EQ=no
+if restore_into "$FINAL_DIR"; then
+    read -r FINAL_R FINAL_HASH < <("$BIN" db hashkv "$FINAL_DIR/member/snap/db" -w json |
+        python3 -c 'import json,sys; h=json.load(sys.stdin); print(h["revision"], h["hash"])')
+    FINAL_OK=yes
+    [ "$(etcd_hashkv "$FINAL_R")" = "$FINAL_HASH" ] && FINAL_EQ=yes
+else
+    log "the final restore FAILED: $(tail -5 "$FINAL_DIR.log")"
+fi
+LOST=$(( FINAL_REV - FINAL_R ))
+
+MID_EQ=0 MID_NE=0
+while read -r rev hash; do
+    if [ "$(etcd_hashkv "$rev")" = "$hash" ]; then MID_EQ=$((MID_EQ + 1)); else
+        MID_NE=$((MID_NE + 1)); log "mid-run restore at revision $rev: HashKV $hash differs from etcd's"
+    fi
+done <"$W/restores.txt"
+
+read -r WRITES ACKED UNACKED <"$W/writer.summary"
+MAX_ACKED=$(awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$W/writer.log")
+
+# Every object in the bucket, read through the filer (not through etcdbr): it must decompress
+# and carry a matching sha256 trailer. Staging objects (never listed) are counted apart.
+read -r OBJECTS FULLS DELTAS HALF STAGING < <(python3 - "$P_FILER" "$BUCKET" "$PREFIX" <<'EOF'
+import gzip, hashlib, json, sys, urllib.request, zlib
+port, bucket, prefix = sys.argv[1:4]
+base = f"http://127.0.0.1:{port}/buckets/{bucket}/{prefix}"
+def listing(path):
+    req = urllib.request.Request(f"{base}/{path}/?limit=100000", headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return [e for e in (json.load(r).get("Entries") or []) if e.get("Mode", 0) & 0o40000 == 0]
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return []
+        raise
+objects = fulls = deltas = half = 0
+for e in listing("v2"):
+    name = e["FullPath"].rsplit("/", 1)[1]
+    if not (name.startswith("Full-") or name.startswith("Incr-")):
+        continue
+    objects += 1
+    fulls += name.startswith("Full-")
+    deltas += name.startswith("Incr-")
+    with urllib.request.urlopen(f"{base}/v2/{name}", timeout=120) as r:
+        raw = r.read()
+    try:
+        stem = name[:-len(".final")] if name.endswith(".final") else name
+        if stem.endswith(".gz"):
+            data = gzip.decompress(raw)
+        elif stem.endswith(".zlib"):
+            data = zlib.decompress(raw)
+        else:
+            data = raw
+        ok = len(data) > 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+        if name.startswith("Full-"):
+            ok = ok and (len(data) - 32) % 4096 == 0
+    except Exception:
+        ok = False
+    if not ok:
+        half += 1
+        print(f"half-written: {name}", file=sys.stderr)
+staging = len(listing(".etcdbr-staging"))
+print(objects, fulls, deltas, half, staging)
+EOF
+)
+
+# --- the table ------------------------------------------------------------------------------
+{
+    echo
+    echo "etcdbr fault run: $MODE, seed $SEED, $DURATION s of faults ($(date -u +%Y-%m-%dT%H:%MZ)), load average $LOAD_START at the start, $LOAD_END at the end of the faults, $(nproc) cores"
+    echo
+    printf '| %-44s | %8s |\n' "fault" "injected"
+    printf '|%s|%s|\n' "----------------------------------------------" "---------:"
+    for k in "${KINDS[@]}"; do printf '| %-44s | %8d |\n' "${DESC[$k]}" "${COUNT[$k]}"; done
+    printf '| %-44s | %8d |\n' "**total**" "$FAULTS"
+    echo
+    printf '| %-44s | %s |\n' "check" "result"
+    printf '|%s|%s|\n' "----------------------------------------------" "---"
+    printf '| %-44s | %s |\n' "revisions written" "$((FINAL_REV - START_REV)) ($ACKED puts and deletes acknowledged, $UNACKED cut by a fault; a delete of an absent key makes no revision)"
+    printf '| %-44s | %s |\n' "revisions lost" "$LOST (etcd at $FINAL_REV, the backups at $FINAL_R, $CAUGHT_UP s after the writes stopped; delta period ${DELTA_PERIOD} s)"
+    printf '| %-44s | %s |\n' "final restore equals live etcd (HashKV)" "$FINAL_EQ (revision $FINAL_R)"
+    printf '| %-44s | %s |\n' "restores in the middle" "$RESTORES_OK, HashKV equal to etcd's: $MID_EQ, different: $MID_NE, failed: $RESTORES_FAILED"
+    printf '| %-44s | %s |\n' "restores on the full temp disk" "$FULL_REFUSED refused cleanly (exit 9, disk named, nothing left), $FULL_BAD not, $FULL_SKIPPED before any backup"
+    printf '| %-44s | %s |\n' "objects in the bucket" "$OBJECTS ($FULLS full, $DELTAS delta), read back through the filer"
+    printf '| %-44s | %s |\n' "objects left half-written" "$HALF"
+    printf '| %-44s | %s |\n' "staging objects left (never listed)" "$STAGING"
+    echo
+}
+
+status=0
+[ "$LOST" = 0 ] || { log "FAIL: $LOST revisions lost"; status=1; }
+[ "$FINAL_EQ" = yes ] || { log "FAIL: the final restore does not equal etcd"; status=1; }
+[ "$MID_NE" = 0 ] && [ "$RESTORES_FAILED" = 0 ] || { log "FAIL: a restore in the middle failed or differs"; status=1; }
+[ "$FULL_BAD" = 0 ] || { log "FAIL: a restore on the full disk was not refused cleanly"; status=1; }
+[ "$HALF" = 0 ] || { log "FAIL: $HALF objects half-written"; status=1; }
+[ "$MAX_ACKED" -le "$FINAL_REV" ] || { log "FAIL: etcd acknowledged revision $MAX_ACKED but is at $FINAL_REV"; status=1; }
+[ "$OBJECTS" -gt 0 ] && [ "$FULLS" -gt 0 ] || { log "FAIL: no snapshot object was found in the bucket"; status=1; }
+[ "$RESTORES_OK" -gt 0 ] && [ "$FULL_REFUSED" -gt 0 ] || { log "FAIL: no restore in the middle succeeded, or none was refused on the full disk"; status=1; }
+[ $((FINAL_REV - START_REV)) -gt 1000 ] || { log "FAIL: only $((FINAL_REV - START_REV)) revisions written: the writer did not keep up"; status=1; }
+for k in "${KINDS[@]}"; do
+    [ "${COUNT[$k]}" -gt 0 ] || { log "FAIL: no $k fault was injected (run longer)"; status=1; }
+done
+if [ "$MODE" = long ] && [ "$FAULTS" -lt 100 ]; then log "FAIL: only $FAULTS faults in the long run"; status=1; fi
+[ "$status" = 0 ] && log "all checks passed" || KEEP=1
+exit $status
