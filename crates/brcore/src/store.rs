@@ -236,6 +236,14 @@ impl<S: Snapstore + ?Sized> SnapstoreExt for S {}
 /// and deleting `from`: the default [`Snapstore::rename`], and the fallback of stores whose
 /// server-side copy cannot take an object.
 pub async fn rename_by_streaming<S: Snapstore + ?Sized>(store: &S, from: &str, to: &str) -> Result<u64, StoreError> {
+    if from == to {
+        // Renaming onto itself keeps the object; streaming it would delete it at the end.
+        let listed = store.list(from).await?;
+        return match listed.iter().find(|m| m.key == from) {
+            Some(meta) => Ok(meta.size),
+            None => Err(StoreError::NotFound { key: from.to_string() }),
+        };
+    }
     let data = store.read(from, None).await?;
     let size = store.write(to, data, &WriteOptions::default()).await?;
     delete_renamed_source(store, from).await;
