@@ -341,7 +341,7 @@ fn unix_now() -> i64 {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("the verifier task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::task_failed("the verifier task", e))?
 }
 
 /// Opens a rebuilt db and runs the full bbolt check on it: a db that etcdbr itself wrote and
