@@ -32,6 +32,24 @@ impl Storage {
 ///
 /// Only the bytes below the active meta's high-water mark (`meta.pgid * pageSize`) are ever
 /// looked at: a snapshot's sha256 trailer and the garbage bbolt leaves past the mark are ignored.
+///
+/// ```
+/// use bbolt::{BulkWriter, Db, WriterOptions};
+///
+/// // A small file from sorted input, then read back as bbolt would.
+/// let mut writer = BulkWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
+/// writer.begin_bucket(b"key").unwrap();
+/// writer.put(b"a", b"1").unwrap();
+/// writer.put(b"b", b"2").unwrap();
+/// writer.end_bucket().unwrap();
+/// let (file, _stats) = writer.finish().unwrap();
+///
+/// let db = Db::from_bytes(file.into_inner()).unwrap();
+/// let bucket = db.bucket(b"key").unwrap().expect("the bucket");
+/// assert_eq!(bucket.get(b"b").unwrap(), Some(&b"2"[..]));
+/// assert_eq!(bucket.iter().count(), 2);
+/// assert!(db.check().is_ok());
+/// ```
 pub struct Db {
     storage: Storage,
     path: Option<PathBuf>,

@@ -255,6 +255,26 @@ impl Chain {
     ///
     /// Errors: [`Error::NotFound`] when no full snapshot fits the target, [`Error::Gap`] when the
     /// deltas after it are not continuous by name.
+    ///
+    /// ```
+    /// use brcore::ObjectMeta;
+    /// use brcore::chain::{Chain, Target};
+    ///
+    /// let listing: Vec<ObjectMeta> = [
+    ///     "etcd-main/v2/Full-00000000-00000100-1700000000.gz",
+    ///     "etcd-main/v2/Incr-00000101-00000150-1700000060.gz",
+    ///     "etcd-main/v2/Incr-00000151-00000200-1700000120.gz",
+    /// ]
+    /// .iter()
+    /// .map(|key| ObjectMeta { key: key.to_string(), size: 1 })
+    /// .collect();
+    /// let latest = Chain::select(&listing, "etcd-main", Target::Latest).unwrap();
+    /// assert_eq!(latest.deltas.len(), 2);
+    /// assert_eq!(latest.last_revision(), 200);
+    /// // A point in time stops at the delta that holds it.
+    /// let at = Chain::select(&listing, "etcd-main", Target::Revision(120)).unwrap();
+    /// assert_eq!(at.deltas.len(), 1);
+    /// ```
     pub fn select(listing: &[ObjectMeta], prefix: &str, target: Target) -> Result<Chain, Error> {
         let prefix = prefix.trim_end_matches('/');
         let mut snaps = Vec::new();

@@ -231,6 +231,29 @@ impl Progress for NoProgress {}
 ///   left as it was (no `member/` appears) and temporary files are removed.
 /// - A data dir that already holds `member/` is refused with [`Error::Refused`].
 /// - The store is never written to.
+/// - A dry run ([`RestorePlan::dry_run`]) fetches and checks the whole chain and rebuilds the db
+///   as a restore would, then removes everything it wrote: on success the data dir is untouched
+///   and the report's `hashkv` holds the offline HashKV of the result. A dry run does not
+///   refuse a data dir that holds `member/` (it writes nothing there).
+/// - Dropping the returned future before it completes cancels the restore: no `member/` appears,
+///   and the work stops and removes `<data-dir>.part` in the background shortly after (the
+///   blocking db writer finishes its current step first).
+///
+/// # Example
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use brcore::restore::{NoProgress, OfflineRestorer, RestorePlan, Restorer};
+/// use etcd_format::membership::Cluster;
+///
+/// # async fn restore(store: Arc<dyn brcore::Snapstore>) -> Result<(), brcore::error::Error> {
+/// // Needs a store with backups under `etcd-main/v2/` (see `snapstore::open`).
+/// let cluster = Cluster::from_initial_cluster("etcd-0=http://10.0.0.1:2380", "etcd-cluster").unwrap();
+/// let plan = RestorePlan::new("etcd-main", "/var/etcd/data/new.etcd".into(), cluster, "etcd-0");
+/// let report = OfflineRestorer::new(store).restore(&plan, Arc::new(NoProgress)).await?;
+/// println!("restored revision {} from {} and {} deltas", report.stats.revision, report.full, report.deltas.len());
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Restorer: Send + Sync + std::fmt::Debug {
     /// Runs the restore that `plan` describes.
@@ -254,7 +277,76 @@ impl OfflineRestorer {
 impl Restorer for OfflineRestorer {
     async fn restore(&self, plan: &RestorePlan, progress: Arc<dyn Progress>) -> Result<RestoreReport, Error> {
         let span = info_span!("restore", data_dir = %plan.data_dir.display(), prefix = %plan.prefix);
-        restore(self.store.clone(), plan, progress).instrument(span).await
+        // The restore runs as a task of its own, so that dropping this future does not abandon
+        // it halfway: the guard's drop tells the task, which stops its work and removes
+        // `<data-dir>.part` (the contract's cancellation clause).
+        let cancel = Arc::new(Cancel::default());
+        let guard = CancelOnDrop(Some(cancel.clone()));
+        let task =
+            tokio::spawn(restore_cancellable(self.store.clone(), plan.clone(), progress, cancel).instrument(span));
+        let result = task.await.map_err(|e| Error::task_failed("the restore", e));
+        guard.disarm();
+        result?
+    }
+}
+
+/// Whether the caller of a restore went away, and a wake-up for the task when it does.
+#[derive(Debug, Default)]
+struct Cancel {
+    cancelled: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Cancel {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Cancels the restore when dropped, unless disarmed once the restore's result is in.
+struct CancelOnDrop(Option<Arc<Cancel>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+            // A stored permit: the task wakes even if it is not waiting yet.
+            cancel.wake.notify_one();
+        }
+    }
+}
+
+fn cancelled_error() -> Error {
+    Error::Refused { why: "the restore was cancelled".into() }
+}
+
+/// [`restore`], stopped when `cancel` says the caller went away, before the result is in place.
+async fn restore_cancellable(
+    store: Arc<dyn Snapstore>,
+    plan: RestorePlan,
+    progress: Arc<dyn Progress>,
+    cancel: Arc<Cancel>,
+) -> Result<RestoreReport, Error> {
+    let part = part_dir(&plan.data_dir);
+    tokio::select! {
+        result = restore(store, &plan, progress, &cancel) => result,
+        _ = cancel.wake.notified() => {
+            // Dropping `restore` dropped the fetches; a blocking step still running only writes
+            // into files it already opened, which go away with the directory.
+            warn!(dir = %part.display(), "restore cancelled: removing its unfinished files");
+            if let Err(e) = fs::remove_dir_all(&part)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(dir = %part.display(), error = %e, "could not remove the cancelled restore's files");
+            }
+            Err(cancelled_error())
+        }
     }
 }
 
@@ -262,6 +354,7 @@ async fn restore(
     store: Arc<dyn Snapstore>,
     plan: &RestorePlan,
     progress: Arc<dyn Progress>,
+    cancel: &Cancel,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
     refuse_data_dir_not_a_dir(&plan.data_dir)?;
@@ -286,8 +379,13 @@ async fn restore(
             for (key, why) in &report.left_out {
                 info!(object = %key, "left out: {why}");
             }
-            if plan.dry_run {
+            // Last chance to honour a cancellation: once `member/` is in place the restore is done.
+            let cancelled = cancel.is_cancelled();
+            if plan.dry_run || cancelled {
                 fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
+                if cancelled {
+                    return Err(cancelled_error());
+                }
             } else {
                 move_into_place(&part, &plan.data_dir)?;
                 report.data_dir = Some(plan.data_dir.clone());

@@ -96,6 +96,31 @@ impl StoreError {
 /// - **`delete`** is idempotent: deleting a missing key succeeds.
 /// - After an error the store stays usable; errors say whether a retry may help
 ///   ([`StoreError::is_retryable`]). Implementations do not retry forever on their own.
+///
+/// `brcore::testing::run_conformance` (feature `testing`) checks every clause against a store.
+///
+/// # Example
+///
+/// Objects move as streams of [`Bytes`]; [`SnapstoreExt`] has the one-buffer conveniences.
+///
+/// ```
+/// use brcore::{InMemoryStore, Snapstore, SnapstoreExt, WriteOptions};
+/// use bytes::Bytes;
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brcore::StoreError> {
+/// let store = InMemoryStore::new();
+/// let parts = futures::stream::iter([Ok(Bytes::from("etcd's ")), Ok(Bytes::from("snapshot"))]);
+/// let n = store.write("etcd-main/v2/Full-00000000-00000001-1700000000", parts.boxed(), &WriteOptions::default()).await?;
+/// assert_eq!(n, 15);
+/// let listed = store.list("etcd-main/v2/").await?;
+/// assert_eq!(listed[0].size, 15);
+/// let mut stream = store.read(&listed[0].key, Some(7..15)).await?;
+/// assert_eq!(stream.next().await.unwrap()?, "snapshot");
+/// store.delete(&listed[0].key).await?;
+/// store.delete(&listed[0].key).await?; // idempotent
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait Snapstore: Send + Sync + fmt::Debug {
     /// Every complete object under `prefix`, sorted by key.

@@ -58,6 +58,14 @@ struct KeyState {
 /// Computes HashKV at `rev` (`None` or `Some(0)`: the current revision), as etcd 3.4/3.5 would
 /// after booting from `db`.
 ///
+/// ```no_run
+/// // Needs an etcd db: a member's `member/snap/db`, or a file from `etcdctl snapshot save`.
+/// let db = bbolt::Db::open(std::path::Path::new("/var/etcd/data/member/snap/db")).unwrap();
+/// let at_end = etcd_format::hashkv::hash_kv(&db, None).unwrap();
+/// // The same number `etcdctl endpoint hashkv --rev <revision>` prints for a member with this data.
+/// println!("hash {} at revision {} (compacted at {})", at_end.hash, at_end.revision, at_end.compact_revision);
+/// ```
+///
 /// Errors like etcd: [`Error::Compacted`] if `0 < rev ≤ compactRev`, [`Error::FutureRevision`]
 /// if `rev` is above the current revision. Memory is bounded by the number of distinct user
 /// keys that have a revision at or below the compaction revision; values are never copied.

@@ -120,7 +120,25 @@ pub enum Error {
     },
 }
 
-/// Opens the store `config` describes, reading credentials from the process environment.
+/// Opens the store `config` describes, reading credentials from the process environment as the
+/// Go etcdbrctl does (`AWS_APPLICATION_CREDENTIALS`, `AZURE_APPLICATION_CREDENTIALS`, …).
+///
+/// ```
+/// use snapstore::{Provider, StoreConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A Local store: objects are files under the container directory.
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = StoreConfig { container: Some(dir.path().display().to_string()), ..StoreConfig::default() };
+/// assert_eq!(config.provider, Provider::Local);
+/// let store = snapstore::open(&config).unwrap();
+/// assert!(store.list("etcd-main/v2/").await.unwrap().is_empty());
+///
+/// // An S3 bucket (credentials from $AWS_APPLICATION_CREDENTIALS when it is used).
+/// let s3 = StoreConfig { provider: Provider::S3, container: Some("backups".into()), ..StoreConfig::default() };
+/// # let _ = s3;
+/// # }
+/// ```
 pub fn open(config: &StoreConfig) -> Result<Arc<dyn Snapstore>, Error> {
     Ok(Arc::new(OpendalStore::open(config)?))
 }

@@ -22,8 +22,8 @@ pub async fn snapshot_once(
     take_full_snapshot(&etcd, store.as_ref(), &FullOptions::new(prefix)).await
 }
 
-/// A store on the local filesystem, as `etcdbrctl --storage-provider Local --store-container
-/// <dir>` opens it.
+/// A store on the local filesystem under `dir`, as `etcdbrctl --storage-provider Local
+/// --store-container DIR` opens it.
 pub fn local_store(dir: &str) -> Result<Arc<dyn Snapstore>, snapstore::Error> {
     snapstore::open(&snapstore::StoreConfig { container: Some(dir.to_string()), ..snapstore::StoreConfig::default() })
 }

@@ -274,6 +274,30 @@ impl SnapshotterHandle {
 }
 
 /// Takes full and delta snapshots of one etcd into one store until told to stop.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use brcore::etcd::{EtcdClient, EtcdConfig};
+/// use brcore::metrics::Metrics;
+/// use brcore::snapshotter::{Schedule, Snapshotter, SnapshotterConfig};
+///
+/// # async fn run(store: Arc<dyn brcore::Snapstore>) -> Result<(), Box<dyn std::error::Error>> {
+/// // Needs a live etcd at the endpoint and a store (see `snapstore::open`).
+/// let etcd = Arc::new(EtcdClient::new(EtcdConfig {
+///     endpoints: vec!["http://127.0.0.1:2379".into()],
+///     ..EtcdConfig::default()
+/// }));
+/// let mut config = SnapshotterConfig::new("etcd-main");
+/// config.full_schedule = Schedule::parse("0 */1 * * *")?; // a full snapshot every hour
+/// config.delta_period = Some(Duration::from_secs(20)); // deltas from the watch, every 20 s
+/// let snapshotter = Snapshotter::new(etcd, store, config, Metrics::new());
+/// let handle = snapshotter.handle(); // on-demand snapshots while it runs
+/// let report = snapshotter.run(tokio::signal::ctrl_c().map(|_| ())).await?;
+/// # let _ = (handle, report);
+/// # Ok(()) }
+/// # use futures::FutureExt;
+/// ```
 #[derive(Debug)]
 pub struct Snapshotter {
     source: Arc<dyn EtcdSource>,
