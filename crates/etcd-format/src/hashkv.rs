@@ -112,31 +112,10 @@ fn hash_kv_inner(db: &bbolt::Db, rev: Option<i64>, compact_at: Option<i64>) -> R
     // tombstone ends one.
     let mut states: HashMap<Vec<u8>, KeyState> = HashMap::new();
     let mut live_after_compact: i64 = 0;
-    for_each_revision(db, |e| {
-        let r = e.rev_key.rev;
-        if r.main > rev {
-            return Ok(ControlFlow::Break(()));
-        }
-        let here = (r, e.rev_key.tombstone);
-        if r.main <= compact {
-            match states.get_mut(e.kv.key) {
-                Some(s) => {
-                    s.at_compact = here;
-                    s.at_rev = here;
-                }
-                None => {
-                    states.insert(e.kv.key.to_vec(), KeyState { at_compact: here, at_rev: here });
-                }
-            }
-        } else if let Some(s) = states.get_mut(e.kv.key) {
-            s.at_rev = here;
-        } else if e.rev_key.tombstone {
-            live_after_compact -= 1;
-        } else if e.kv.version == 1 {
-            live_after_compact += 1;
-        }
-        Ok(ControlFlow::Continue(()))
-    })?;
+    // Never compacted (revisions start at 1): nothing is filtered, so pass 1 has nothing to learn.
+    if compact >= 1 {
+        pass_one(db, rev, compact, &mut states, &mut live_after_compact)?;
+    }
     let keep_is_empty = live_after_compact <= 0 && states.values().all(|s| s.at_rev.1);
 
     // Pass 2: the hash.
@@ -164,6 +143,44 @@ fn hash_kv_inner(db: &bbolt::Db, rev: Option<i64>, compact_at: Option<i64>) -> R
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(HashKv { hash, compact_revision: compact, revision: current })
+}
+
+/// Pass 1 of [`hash_kv`]: for every key with a revision at or below `compact`, its newest
+/// change there and at `rev`; and the generations begun after the compaction that are still
+/// live at `rev` (whether the keep set is empty depends on them too).
+fn pass_one(
+    db: &bbolt::Db,
+    rev: i64,
+    compact: i64,
+    states: &mut HashMap<Vec<u8>, KeyState>,
+    live_after_compact: &mut i64,
+) -> Result<(), Error> {
+    for_each_revision(db, |e| {
+        let r = e.rev_key.rev;
+        if r.main > rev {
+            return Ok(ControlFlow::Break(()));
+        }
+        let here = (r, e.rev_key.tombstone);
+        if r.main <= compact {
+            match states.get_mut(e.kv.key) {
+                Some(s) => {
+                    s.at_compact = here;
+                    s.at_rev = here;
+                }
+                None => {
+                    states.insert(e.kv.key.to_vec(), KeyState { at_compact: here, at_rev: here });
+                }
+            }
+        } else if let Some(s) = states.get_mut(e.kv.key) {
+            s.at_rev = here;
+        } else if e.rev_key.tombstone {
+            *live_after_compact -= 1;
+        } else if e.kv.version == 1 {
+            *live_after_compact += 1;
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
