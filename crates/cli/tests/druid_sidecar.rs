@@ -385,6 +385,26 @@ fn druid_sidecar(tls: bool) {
     assert_eq!(code, 200, "{latest}");
     assert!(latest.contains(&format!("\"lastRevision\":{revision}")), "{latest}");
 
+    // The operator's checks with the sidecar's etcd flags (TLS included): status and verify.
+    let container = format!("--store-container={}", pod.path("home").join(CONTAINER).display());
+    let etcd_flags: Vec<String> = pod
+        .sidecar_args()
+        .into_iter()
+        .filter(|a| {
+            ["--cacert=", "--cert=", "--key=", "--insecure-transport=", "--endpoints="].iter().any(|f| a.starts_with(f))
+        })
+        .collect();
+    for (command, key, want) in [("status", "verdict", "healthy"), ("verify", "outcome", "bit-exact")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
+            .args([command, "-w", "json", "--storage-provider=Local", &container, &format!("--store-prefix={PREFIX}")])
+            .args(&etcd_flags)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(json[key], want, "{command}: {json:#}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0));
+    }
+
     // SIGTERM: the sidecar stops cleanly (exit 0), as a pod's container is stopped.
     let pid = sidecar.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
