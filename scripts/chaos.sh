@@ -2,6 +2,7 @@
 # A standing fault run: real etcd under continuous writes, `etcdbrctl server` snapshotting it to
 # SeaweedFS's S3 gateway, and faults at random intervals:
 #   SIGKILL, or SIGSTOP then SIGCONT, of etcd, of the sidecar and of SeaweedFS (then restarted);
+#   a SIGKILL of the sidecar 0.1-2 s into a full snapshot asked for on demand;
 #   a full temp disk (a tmpfs filled up) with a restore that must fail cleanly on it;
 #   a restore in the middle of it all, whose HashKV must equal etcd's at the same revision.
 # At the end everything resumes, the writer stops, the backups catch up, and a restore of the
@@ -9,12 +10,16 @@
 # last). Every object in the bucket is then read back through SeaweedFS's filer (not through
 # etcdbr) and must be whole: it decompresses and its sha256 trailer matches.
 #
+# Before each fault etcd, the sidecar and SeaweedFS must all be running: one that exited by
+# itself is logged, restarted, and fails the run.
+#
 # Prints a table: faults injected by kind, revisions written, revisions lost (must be 0), restores
-# and their checks, objects half-written (must be 0). Exits non-zero if any check fails.
+# and their checks, objects half-written (must be 0). Exits non-zero if any check fails, and then
+# keeps its work dir.
 #
 # Usage: bash scripts/chaos.sh [--short | --long | --duration SECONDS] [--seed N]
 #                              [--bin PATH/TO/etcdbrctl] [--keep]
-#   --short      about 2 minutes of faults, every kind at least once (what the test suite runs)
+#   --short      about 2 minutes of faults, and every kind at least once (what the test suite runs)
 #   --long       25 minutes of faults, at least 100 of them (about 150)
 #   --bin        the etcdbrctl to test (default: build and use target/release/etcdbrctl)
 #   --keep       keep the work dir (logs, data) for inspection
@@ -60,7 +65,10 @@ mkdir -p "$W/etcd" "$W/weed" "$W/creds" "$W/tmp" "$W/restores" "$W/logs"
 T0=$(date +%s)
 log() { printf '[chaos %4ds] %s\n' $(( $(date +%s) - T0 )) "$*" >&2; }
 RANDOM=$SEED
-rand() { echo $(( $1 + RANDOM % ($2 - $1 + 1) )); }   # rand LOW HIGH, inclusive
+# rand LOW HIGH: R = a number in LOW..HIGH. It sets R rather than printing it: a $(rand …)
+# subshell would draw from a reseeded generator, and --seed would not repeat the run.
+R=0
+rand() { R=$(( $1 + RANDOM % ($2 - $1 + 1) )); }
 
 # --- ports: free ones below the ephemeral range ------------------------------------------------
 read -r P_CLIENT P_PEER P_METRICS P_SIDECAR P_S3 P_S3G P_FILER P_FILERG P_MASTER P_MASTERG \
@@ -86,6 +94,7 @@ P_ADMING=$(( P_ADMIN + 10000 ))
 
 PIDS_ETCD="" PID_SIDECAR="" PID_WEED="" PID_WRITER=""
 cleanup() {
+    local rc=$?
     set +e
     for p in $PID_WRITER $PID_SIDECAR $PIDS_ETCD $PID_WEED; do
         kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
@@ -94,7 +103,8 @@ cleanup() {
     for port in $P_MASTERG $P_VOLG $P_FILER $P_FILERG $P_S3 $P_S3G $P_ADMING; do
         rm -f /tmp/seaweedfs-*-"$port".sock
     done
-    if [ "$KEEP" = 1 ]; then echo "work dir kept: $W" >&2; else rm -rf "$W"; fi
+    # A failed run (a check, or the script itself) keeps its logs and data.
+    if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then echo "work dir kept: $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 
@@ -209,12 +219,13 @@ EOF
 }
 
 # --- faults ------------------------------------------------------------------------------------
-KINDS=(etcd-kill etcd-stop sidecar-kill sidecar-stop weed-kill weed-stop disk-full restore)
+KINDS=(etcd-kill etcd-stop sidecar-kill sidecar-stop sidecar-kill-in-full weed-kill weed-stop disk-full restore)
 declare -A DESC=(
     [etcd-kill]="etcd SIGKILL, restarted"
     [etcd-stop]="etcd SIGSTOP, SIGCONT 2-8 s later"
     [sidecar-kill]="sidecar SIGKILL, restarted"
     [sidecar-stop]="sidecar SIGSTOP, SIGCONT 2-8 s later"
+    [sidecar-kill-in-full]="sidecar SIGKILL 0.1-2 s into a full snapshot"
     [weed-kill]="SeaweedFS SIGKILL, restarted"
     [weed-stop]="SeaweedFS SIGSTOP, SIGCONT 2-8 s later"
     [disk-full]="temp disk full (restore on it refused)"
@@ -223,7 +234,46 @@ declare -A DESC=(
 declare -A COUNT=()
 for k in "${KINDS[@]}"; do COUNT[$k]=0; done
 RESTORES_OK=0 RESTORES_FAILED=0 FULL_REFUSED=0 FULL_BAD=0 FULL_SKIPPED=0
+FULLS_CUT=0 FULLS_DONE=0 FULLS_NOT_STARTED=0
+DIED=""   # processes that exited without a fault of ours: "name(exit N)" each
 : >"$W/restores.txt"   # revision hash, one line per mid-run restore
+
+# proc_alive PID: the process runs. A child that exited stays a zombie until waited for, and
+# `kill -0` would still find it; /proc's state tells.
+proc_alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# Before each fault and after the last: etcd, the sidecar and SeaweedFS all run. One that exited
+# by itself (no fault of ours killed it) is a finding: logged with its exit code and counted (the
+# run fails), then restarted so that the run goes on and can find more.
+check_alive() {
+    local name pid code
+    for name in etcd sidecar weed; do
+        case $name in etcd) pid=$PIDS_ETCD ;; sidecar) pid=$PID_SIDECAR ;; weed) pid=$PID_WEED ;; esac
+        proc_alive "$pid" && continue
+        code=0
+        wait "$pid" 2>/dev/null || code=$?
+        DIED="$DIED $name(exit $code)"
+        log "$name (pid $pid) exited by itself with exit $code: restarting it"
+        case $name in etcd) start_etcd ;; sidecar) start_sidecar ;; weed) start_weed ;; esac
+    done
+}
+
+# kill_restart PID START: SIGKILL, reap, 1-3 s down, START again.
+kill_restart() {
+    kill -9 "$1"
+    wait "$1" 2>/dev/null || true
+    rand 1 3
+    sleep "$R"
+    "$2"
+}
+
+# stop_cont PID: SIGSTOP, 2-8 s frozen, SIGCONT.
+stop_cont() {
+    kill -STOP "$1"
+    rand 2 8
+    sleep "$R"
+    kill -CONT "$1"
+}
 
 restore_into() {   # restore_into DIR -> exit code; output in DIR.log
     "$BIN" restore "${STORE[@]}" --data-dir "$1" --restoration-temp-snapshots-dir "$W/tmp" >"$1.log" 2>&1
@@ -262,20 +312,67 @@ fault_disk_full() {
         FULL_BAD=$((FULL_BAD + 1))
         log "disk full $n: NOT refused cleanly (exit $code, $left files left in the temp dir): $(tail -3 "$dir.log")"
     fi
-    sleep "$(rand 2 6)"
+    # The sidecar shares the full disk meanwhile (its temp dir is the same tmpfs).
+    rand 2 6
+    sleep "$R"
     rm -rf "$W/tmp/filler" "$dir" "$dir.part"
+}
+
+# A SIGKILL timed to land inside a full snapshot (the stream from etcd, the upload, the GC after
+# it), where a half-written object would come from: the sidecar is asked for a full snapshot on
+# demand once it is healthy, and killed 0.1-2 s later. Counted by whether the snapshot answered
+# before the kill (done) or the kill cut it (no answer).
+fault_kill_in_full() {
+    local n=$1 code="" healthy=no delay=0
+    for _ in $(seq 1 300); do
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$P_SIDECAR/healthz" 2>/dev/null)" = 200 ]; then
+            healthy=yes
+            break
+        fi
+        sleep 0.1
+    done
+    if [ "$healthy" = yes ]; then
+        curl -s -o /dev/null -w '%{http_code}' -m 300 "http://127.0.0.1:$P_SIDECAR/snapshot/full" \
+            >"$W/full-$n.code" 2>/dev/null &
+        local curl_pid=$!
+        rand 1 20
+        delay="$((R / 10)).$((R % 10))"
+        sleep "$delay"
+        kill -9 "$PID_SIDECAR"
+        wait "$PID_SIDECAR" 2>/dev/null || true
+        wait "$curl_pid" 2>/dev/null || true
+        code=$(cat "$W/full-$n.code" 2>/dev/null || true)
+        rm -f "$W/full-$n.code"
+    else
+        kill -9 "$PID_SIDECAR"
+        wait "$PID_SIDECAR" 2>/dev/null || true
+    fi
+    if [ "$healthy" = no ]; then
+        FULLS_NOT_STARTED=$((FULLS_NOT_STARTED + 1))
+        log "kill in full $n: the sidecar was not healthy within 30 s; killed without a full snapshot"
+    elif [ "$code" = 200 ]; then
+        FULLS_DONE=$((FULLS_DONE + 1))
+        log "kill in full $n: the full snapshot answered before the kill $delay s after it was asked for"
+    else
+        FULLS_CUT=$((FULLS_CUT + 1))
+        log "kill in full $n: the full snapshot was cut $delay s after it was asked for (HTTP ${code:-none})"
+    fi
+    rand 1 3
+    sleep "$R"
+    start_sidecar
 }
 
 inject() {
     local kind=$1 n=$2
     log "fault $n: ${DESC[$kind]}"
     case $kind in
-        etcd-kill) kill -9 "$PIDS_ETCD"; wait "$PIDS_ETCD" 2>/dev/null || true; sleep "$(rand 1 3)"; start_etcd ;;
-        etcd-stop) kill -STOP "$PIDS_ETCD"; sleep "$(rand 2 8)"; kill -CONT "$PIDS_ETCD" ;;
-        sidecar-kill) kill -9 "$PID_SIDECAR"; wait "$PID_SIDECAR" 2>/dev/null || true; sleep "$(rand 1 3)"; start_sidecar ;;
-        sidecar-stop) kill -STOP "$PID_SIDECAR"; sleep "$(rand 2 8)"; kill -CONT "$PID_SIDECAR" ;;
-        weed-kill) kill -9 "$PID_WEED"; wait "$PID_WEED" 2>/dev/null || true; sleep "$(rand 1 3)"; start_weed ;;
-        weed-stop) kill -STOP "$PID_WEED"; sleep "$(rand 2 8)"; kill -CONT "$PID_WEED" ;;
+        etcd-kill) kill_restart "$PIDS_ETCD" start_etcd ;;
+        etcd-stop) stop_cont "$PIDS_ETCD" ;;
+        sidecar-kill) kill_restart "$PID_SIDECAR" start_sidecar ;;
+        sidecar-stop) stop_cont "$PID_SIDECAR" ;;
+        sidecar-kill-in-full) fault_kill_in_full "$n" ;;
+        weed-kill) kill_restart "$PID_WEED" start_weed ;;
+        weed-stop) stop_cont "$PID_WEED" ;;
         disk-full) fault_disk_full "$n" ;;
         restore) fault_restore "$n" ;;
     esac
@@ -295,7 +392,9 @@ sleep 8   # the first full snapshot
 END=$(( $(date +%s) + DURATION ))
 n=0
 cycle=()
-while [ "$(date +%s)" -lt "$END" ]; do
+# Until the time is up, and at least one whole cycle: a loaded machine's short run still sees
+# every kind.
+while [ "$(date +%s)" -lt "$END" ] || [ "$n" -lt ${#KINDS[@]} ]; do
     if [ ${#cycle[@]} = 0 ]; then
         # Every kind once per cycle, in a random order: the short run sees each kind.
         mapfile -t cycle < <(printf '%s\n' "${KINDS[@]}" | python3 -c "import random,sys; r=random.Random($SEED+$n); l=sys.stdin.read().split(); r.shuffle(l); print('\n'.join(l))")
@@ -303,9 +402,12 @@ while [ "$(date +%s)" -lt "$END" ]; do
     kind=${cycle[0]}
     cycle=("${cycle[@]:1}")
     n=$((n + 1))
+    check_alive
     inject "$kind" "$n"
-    sleep "$(rand 2 8)"
+    rand 2 8
+    sleep "$R"
 done
+check_alive
 FAULTS=$n
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 
@@ -396,6 +498,9 @@ print(objects, fulls, deltas, half, staging)
 EOF
 )
 
+DIED_TEXT=${DIED# }
+DIED_TEXT=${DIED_TEXT:-none}
+
 # --- the table ------------------------------------------------------------------------------
 {
     echo
@@ -412,6 +517,8 @@ EOF
     printf '| %-44s | %s |\n' "revisions lost" "$LOST (etcd at $FINAL_REV, the backups at $FINAL_R, $CAUGHT_UP s after the writes stopped; delta period ${DELTA_PERIOD} s)"
     printf '| %-44s | %s |\n' "final restore equals live etcd (HashKV)" "$FINAL_EQ (revision $FINAL_R)"
     printf '| %-44s | %s |\n' "restores in the middle" "$RESTORES_OK, HashKV equal to etcd's: $MID_EQ, different: $MID_NE, failed: $RESTORES_FAILED"
+    printf '| %-44s | %s |\n' "full snapshots on demand killed" "$FULLS_CUT cut by the SIGKILL, $FULLS_DONE answered before it, $FULLS_NOT_STARTED sidecar not healthy in time"
+    printf '| %-44s | %s |\n' "processes that exited by themselves" "$DIED_TEXT"
     printf '| %-44s | %s |\n' "restores on the full temp disk" "$FULL_REFUSED refused cleanly (exit 9, disk named, nothing left), $FULL_BAD not, $FULL_SKIPPED before any backup"
     printf '| %-44s | %s |\n' "objects in the bucket" "$OBJECTS ($FULLS full, $DELTAS delta), read back through the filer"
     printf '| %-44s | %s |\n' "objects left half-written" "$HALF"
@@ -425,6 +532,7 @@ status=0
 [ "$MID_NE" = 0 ] && [ "$RESTORES_FAILED" = 0 ] || { log "FAIL: a restore in the middle failed or differs"; status=1; }
 [ "$FULL_BAD" = 0 ] || { log "FAIL: a restore on the full disk was not refused cleanly"; status=1; }
 [ "$HALF" = 0 ] || { log "FAIL: $HALF objects half-written"; status=1; }
+[ -z "$DIED" ] || { log "FAIL: processes exited without a fault of ours:$DIED"; status=1; }
 [ "$MAX_ACKED" -le "$FINAL_REV" ] || { log "FAIL: etcd acknowledged revision $MAX_ACKED but is at $FINAL_REV"; status=1; }
 [ "$OBJECTS" -gt 0 ] && [ "$FULLS" -gt 0 ] || { log "FAIL: no snapshot object was found in the bucket"; status=1; }
 [ "$RESTORES_OK" -gt 0 ] && [ "$FULL_REFUSED" -gt 0 ] || { log "FAIL: no restore in the middle succeeded, or none was refused on the full disk"; status=1; }
