@@ -30,16 +30,21 @@ pub const MIN_PAGE_SIZE: u32 = 512;
 /// Largest page size this crate accepts (a power of two; real files use 4 KiB to 64 KiB).
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
-pub(crate) const FLAG_BRANCH: u16 = 0x01;
-pub(crate) const FLAG_LEAF: u16 = 0x02;
-pub(crate) const FLAG_META: u16 = 0x04;
-pub(crate) const FLAG_FREELIST: u16 = 0x10;
+/// Page header flag of a branch page.
+pub const FLAG_BRANCH: u16 = 0x01;
+/// Page header flag of a leaf page.
+pub const FLAG_LEAF: u16 = 0x02;
+/// Page header flag of a meta page.
+pub const FLAG_META: u16 = 0x04;
+/// Page header flag of the freelist page.
+pub const FLAG_FREELIST: u16 = 0x10;
 /// Leaf element flag: the value is a nested bucket.
-pub(crate) const BUCKET_LEAF_FLAG: u32 = 0x01;
+pub const BUCKET_LEAF_FLAG: u32 = 0x01;
 /// Byte length of the meta fields covered by the checksum (magic..txid).
 const META_SUM_LEN: usize = 56;
-/// Bytes from the page start to the end of the meta struct.
-pub(crate) const META_END: usize = PAGE_HEADER_SIZE + META_SUM_LEN + 8;
+/// Bytes from the page start to the end of the meta struct (header, fields, checksum): what a
+/// reader must have of page 0 or 1 to decode it with [`Meta::decode`].
+pub const META_END: usize = PAGE_HEADER_SIZE + META_SUM_LEN + 8;
 
 /// A detected structural problem, before it becomes an [`Error`] or a check finding.
 #[derive(Debug, Clone)]
@@ -78,7 +83,7 @@ pub(crate) fn le_u64(b: &[u8], off: usize) -> Option<u64> {
 }
 
 /// FNV-1a, 64 bit: bbolt's meta checksum.
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -111,6 +116,16 @@ pub struct Meta {
     pub txid: u64,
     /// The stored FNV-1a checksum (verified).
     pub checksum: u64,
+}
+
+impl Meta {
+    /// Decodes and validates (magic, version, checksum) the meta at the start of `page`, the
+    /// bytes of page `slot` (0 or 1); `None` if it does not validate. For readers that see the
+    /// file's bytes one page at a time (a stream) rather than through [`Db`](crate::Db); the
+    /// page flag and the page size are the caller's to check.
+    pub fn decode(page: &[u8], slot: u8) -> Option<Meta> {
+        parse_meta(page, slot).ok()
+    }
 }
 
 /// Why a meta page did not validate.
@@ -203,19 +218,91 @@ pub(crate) struct View<'a> {
     pub hwm: u64,
 }
 
-/// A decoded page header.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Header {
+/// A page header as stored: the page's id, its type flags ([`FLAG_BRANCH`], [`FLAG_LEAF`], …),
+/// its element count and how many overflow pages follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageHeader {
+    /// The id the page gives itself.
     pub id: u64,
+    /// Its type flags.
     pub flags: u16,
+    /// Its element count.
     pub count: u16,
+    /// How many pages after it belong to it.
     pub overflow: u32,
+}
+
+impl PageHeader {
+    /// Decodes the header at the start of `page` without checking it; `None` if `page` is
+    /// shorter than [`PAGE_HEADER_SIZE`]. For readers that see pages one at a time.
+    pub fn decode(page: &[u8]) -> Option<PageHeader> {
+        Some(PageHeader {
+            id: le_u64(page, 0)?,
+            flags: le_u16(page, 8)?,
+            count: le_u16(page, 10)?,
+            overflow: le_u32(page, 12)?,
+        })
+    }
+}
+
+/// The offset of element `i`'s header in a branch or leaf page.
+pub fn element_offset(i: usize) -> usize {
+    PAGE_HEADER_SIZE + ELEMENT_SIZE * i
+}
+
+/// A leaf element's header as stored; its key starts `pos` bytes after the header's own
+/// offset ([`element_offset`]) and its value right after the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeafElementHeader {
+    /// [`BUCKET_LEAF_FLAG`] when the value is a nested bucket.
+    pub flags: u32,
+    /// Distance from the element header to the key.
+    pub pos: u32,
+    /// Key length.
+    pub ksize: u32,
+    /// Value length.
+    pub vsize: u32,
+}
+
+impl LeafElementHeader {
+    /// Decodes the header of element `i` of the leaf page `page`, unchecked; `None` if it lies
+    /// beyond `page`.
+    pub fn decode(page: &[u8], i: usize) -> Option<LeafElementHeader> {
+        let e = element_offset(i);
+        Some(LeafElementHeader {
+            flags: le_u32(page, e)?,
+            pos: le_u32(page, e + 4)?,
+            ksize: le_u32(page, e + 8)?,
+            vsize: le_u32(page, e + 12)?,
+        })
+    }
+}
+
+/// A branch element's header as stored; its key starts `pos` bytes after the header's own
+/// offset ([`element_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BranchElementHeader {
+    /// Distance from the element header to the key.
+    pub pos: u32,
+    /// Key length.
+    pub ksize: u32,
+    /// The child page.
+    pub child: u64,
+}
+
+impl BranchElementHeader {
+    /// Decodes the header of element `i` of the branch page `page`, unchecked; `None` if it
+    /// lies beyond `page`.
+    pub fn decode(page: &[u8], i: usize) -> Option<BranchElementHeader> {
+        let e = element_offset(i);
+        Some(BranchElementHeader { pos: le_u32(page, e)?, ksize: le_u32(page, e + 4)?, child: le_u64(page, e + 8)? })
+    }
 }
 
 impl<'a> View<'a> {
     /// Reads the header of page `pgid` and checks that the page and its overflow run lie below
     /// the high-water mark.
-    pub(crate) fn header(&self, pgid: u64) -> Result<Header, Corrupt> {
+    pub(crate) fn header(&self, pgid: u64) -> Result<PageHeader, Corrupt> {
         if pgid >= self.hwm {
             return Err(Corrupt::new(
                 FindingKind::OutOfBounds,
@@ -230,12 +317,7 @@ impl<'a> View<'a> {
         let h = self.data.get(start..start + PAGE_HEADER_SIZE).ok_or_else(|| {
             Corrupt::new(FindingKind::OutOfBounds, Some(pgid), Some(off), "page header beyond the end of the data")
         })?;
-        let hdr = Header {
-            id: le_u64(h, 0).unwrap_or(0),
-            flags: le_u16(h, 8).unwrap_or(0),
-            count: le_u16(h, 10).unwrap_or(0),
-            overflow: le_u32(h, 12).unwrap_or(0),
-        };
+        let hdr = PageHeader::decode(h).unwrap_or(PageHeader { id: 0, flags: 0, count: 0, overflow: 0 });
         if pgid + u64::from(hdr.overflow) >= self.hwm {
             return Err(Corrupt::new(
                 FindingKind::OutOfBounds,
@@ -251,7 +333,7 @@ impl<'a> View<'a> {
     }
 
     /// The bytes of page `pgid` including its overflow pages, given its header.
-    pub(crate) fn span(&self, pgid: u64, hdr: &Header) -> &'a [u8] {
+    pub(crate) fn span(&self, pgid: u64, hdr: &PageHeader) -> &'a [u8] {
         let ps = self.ps as usize;
         let start = pgid as usize * ps;
         let end = start + (hdr.overflow as usize + 1) * ps;
@@ -314,7 +396,13 @@ pub(crate) struct BranchElem<'a> {
 }
 
 impl<'a> PageRef<'a> {
-    pub(crate) fn new(buf: &'a [u8], pgid: u64, at: u64, hdr: Header, inline: bool) -> Result<PageRef<'a>, Corrupt> {
+    pub(crate) fn new(
+        buf: &'a [u8],
+        pgid: u64,
+        at: u64,
+        hdr: PageHeader,
+        inline: bool,
+    ) -> Result<PageRef<'a>, Corrupt> {
         let need = PAGE_HEADER_SIZE + ELEMENT_SIZE * usize::from(hdr.count);
         if need > buf.len() {
             return Err(Corrupt::new(
@@ -339,12 +427,7 @@ impl<'a> PageRef<'a> {
                 format!("inline bucket value of {} bytes is too short for a page header", value.len()),
             ));
         }
-        let hdr = Header {
-            id: le_u64(buf, 0).unwrap_or(0),
-            flags: le_u16(buf, 8).unwrap_or(0),
-            count: le_u16(buf, 10).unwrap_or(0),
-            overflow: le_u32(buf, 12).unwrap_or(0),
-        };
+        let hdr = PageHeader::decode(buf).unwrap_or(PageHeader { id: 0, flags: 0, count: 0, overflow: 0 });
         if hdr.flags != FLAG_LEAF {
             return Err(Corrupt::new(
                 FindingKind::BadBucketValue,
@@ -368,10 +451,8 @@ impl<'a> PageRef<'a> {
 
     /// The `i`th leaf element; its key and value must lie inside the page.
     pub(crate) fn leaf(&self, i: usize) -> Result<LeafElem<'a>, Corrupt> {
-        let e = PAGE_HEADER_SIZE + ELEMENT_SIZE * i;
-        let (Some(flags), Some(pos), Some(ksize), Some(vsize)) =
-            (le_u32(self.buf, e), le_u32(self.buf, e + 4), le_u32(self.buf, e + 8), le_u32(self.buf, e + 12))
-        else {
+        let e = element_offset(i);
+        let Some(LeafElementHeader { flags, pos, ksize, vsize }) = LeafElementHeader::decode(self.buf, i) else {
             return Err(self.elem_error(i, "element header beyond the page".into()));
         };
         let kstart = e as u64 + u64::from(pos);
@@ -393,10 +474,8 @@ impl<'a> PageRef<'a> {
 
     /// The `i`th branch element; its key must lie inside the page.
     pub(crate) fn branch(&self, i: usize) -> Result<BranchElem<'a>, Corrupt> {
-        let e = PAGE_HEADER_SIZE + ELEMENT_SIZE * i;
-        let (Some(pos), Some(ksize), Some(child)) =
-            (le_u32(self.buf, e), le_u32(self.buf, e + 4), le_u64(self.buf, e + 8))
-        else {
+        let e = element_offset(i);
+        let Some(BranchElementHeader { pos, ksize, child }) = BranchElementHeader::decode(self.buf, i) else {
             return Err(self.elem_error(i, "element header beyond the page".into()));
         };
         let kstart = e as u64 + u64::from(pos);
@@ -477,10 +556,10 @@ mod tests {
         buf[16 + 4..16 + 8].copy_from_slice(&16u32.to_le_bytes());
         buf[16 + 8..16 + 12].copy_from_slice(&4u32.to_le_bytes());
         buf[16 + 12..16 + 16].copy_from_slice(&100u32.to_le_bytes());
-        let hdr = Header { id: 0, flags: FLAG_LEAF, count: 1, overflow: 0 };
+        let hdr = PageHeader { id: 0, flags: FLAG_LEAF, count: 1, overflow: 0 };
         let p = PageRef::new(&buf, 3, 0, hdr, false).expect("array fits");
         assert!(p.leaf(0).is_err());
-        let hdr = Header { id: 0, flags: FLAG_LEAF, count: 4, overflow: 0 };
+        let hdr = PageHeader { id: 0, flags: FLAG_LEAF, count: 4, overflow: 0 };
         assert!(PageRef::new(&buf, 3, 0, hdr, false).is_err());
     }
 }

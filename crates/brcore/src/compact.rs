@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use etcd_format::snapshot_file::TrailerWriter;
 use tracing::info;
 
 use crate::chain::{self, Target};
@@ -194,19 +194,17 @@ pub fn snapshot_stream(path: PathBuf, compression: Compression, key: String) -> 
 
 fn encode_snapshot(path: &Path, compression: Compression, out: ChannelWriter) -> io::Result<()> {
     let mut file = File::open(path)?;
-    let mut enc = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out));
-    let mut hasher = Sha256::new();
+    let enc = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out));
+    let mut snapshot = TrailerWriter::new(enc);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
-        enc.write_all(&buf[..n])?;
+        snapshot.write_all(&buf[..n])?;
     }
-    enc.write_all(&hasher.finalize())?;
-    enc.finish()?.flush()
+    snapshot.finish()?.finish()?.flush()
 }
 
 /// A `Write` whose bytes go to an async receiver, chunk by chunk.

@@ -68,19 +68,10 @@ fn inline_bucket(entries: &[(u32, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     v
 }
 
-fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 fn meta(id: u64, txid: u64) -> Vec<u8> {
     let mut m = Vec::new();
-    m.extend_from_slice(&0xED0C_DAEDu32.to_le_bytes());
-    m.extend_from_slice(&2u32.to_le_bytes());
+    m.extend_from_slice(&bbolt::MAGIC.to_le_bytes());
+    m.extend_from_slice(&bbolt::VERSION.to_le_bytes());
     m.extend_from_slice(&(PS as u32).to_le_bytes());
     m.extend_from_slice(&0u32.to_le_bytes());
     m.extend_from_slice(&3u64.to_le_bytes()); // root bucket page
@@ -88,9 +79,9 @@ fn meta(id: u64, txid: u64) -> Vec<u8> {
     m.extend_from_slice(&2u64.to_le_bytes()); // freelist page
     m.extend_from_slice(&4u64.to_le_bytes()); // high water mark
     m.extend_from_slice(&txid.to_le_bytes());
-    let sum = fnv1a64(&m);
+    let sum = bbolt::fnv1a64(&m);
     m.extend_from_slice(&sum.to_le_bytes());
-    let mut p = page_header(id, 0x04, 0);
+    let mut p = page_header(id, bbolt::FLAG_META, 0);
     p.extend_from_slice(&m);
     p
 }

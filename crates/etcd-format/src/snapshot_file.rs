@@ -4,10 +4,11 @@
 //! SHA-256 of those bytes. A bbolt file is a multiple of its page size (at least 512), so a
 //! length with `len % 512 == 32` has a trailer and any other length has none (a db copied
 //! straight from a data dir). This is etcd's own rule (`hasChecksum`). [`Sha256Trailer`] checks
-//! the trailer while the bytes stream past, so a restore reads the snapshot only once.
+//! the trailer while the bytes stream past, so a restore (and a snapshot being stored) reads the
+//! snapshot only once; [`TrailerWriter`] appends it to a db being written out as a snapshot.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -89,12 +90,23 @@ impl Sha256Trailer {
 
     /// Feeds the next chunk of the stream.
     pub fn update(&mut self, chunk: &[u8]) {
+        self.update_with(chunk, |_| {});
+    }
+
+    /// Feeds the next chunk of the stream and hands `on_data`, in stream order, every byte that
+    /// is now known to come before the last 32 (the db, if the stream has a trailer): a reader
+    /// of the db itself (the snapshotter's revision scanner) sees the stream once, without the
+    /// trailer.
+    pub fn update_with(&mut self, chunk: &[u8], mut on_data: impl FnMut(&[u8])) {
         self.total += chunk.len() as u64;
         if chunk.len() >= TRAILER_LEN {
             // Everything held back so far, and all of this chunk but its last 32 bytes, is data.
-            self.hasher.update(&self.tail[..self.tail_len]);
+            let held = &self.tail[..self.tail_len];
+            self.hasher.update(held);
+            on_data(held);
             let (data, tail) = chunk.split_at(chunk.len() - TRAILER_LEN);
             self.hasher.update(data);
+            on_data(data);
             self.tail.copy_from_slice(tail);
             self.tail_len = TRAILER_LEN;
             return;
@@ -103,6 +115,7 @@ impl Sha256Trailer {
         let overflow = (self.tail_len + chunk.len()).saturating_sub(TRAILER_LEN);
         if overflow > 0 {
             self.hasher.update(&self.tail[..overflow]);
+            on_data(&self.tail[..overflow]);
             self.tail.copy_within(overflow..self.tail_len, 0);
             self.tail_len -= overflow;
         }
@@ -138,6 +151,41 @@ impl Sha256Trailer {
                 actual: crate::mvcc::hex(&actual),
             })
         }
+    }
+}
+
+/// Writes a db as etcd's snapshot stream: every byte passes through to `inner` and is hashed;
+/// [`finish`](TrailerWriter::finish) appends the sha256 of them, the trailer [`Sha256Trailer`]
+/// checks.
+#[derive(Debug)]
+pub struct TrailerWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> TrailerWriter<W> {
+    /// A writer that has written nothing.
+    pub fn new(inner: W) -> TrailerWriter<W> {
+        TrailerWriter { inner, hasher: Sha256::new() }
+    }
+
+    /// Appends the trailer and returns the inner writer (not flushed).
+    pub fn finish(mut self) -> io::Result<W> {
+        let digest = self.hasher.finalize();
+        self.inner.write_all(&digest)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for TrailerWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -223,6 +271,33 @@ mod tests {
         let last = snap.len() - 1;
         snap[last] ^= 0x80;
         assert!(feed(&snap, 4096).finish("s").is_err());
+    }
+
+    #[test]
+    fn data_is_handed_on_without_the_trailer_whatever_the_chunking() {
+        let db: Vec<u8> = (0..4096u32 * 2).map(|i| (i * 13 % 251) as u8).collect();
+        let snap = with_trailer(&db);
+        for chunk in [1, 5, 32, 33, 4096, 100_000] {
+            let mut c = Sha256Trailer::new();
+            let mut seen = Vec::new();
+            for part in snap.chunks(chunk) {
+                c.update_with(part, |d| seen.extend_from_slice(d));
+            }
+            assert_eq!(seen, db, "chunk {chunk}");
+            assert_eq!(c.finish("t").unwrap(), TrailerStatus::Verified);
+        }
+    }
+
+    #[test]
+    fn the_writer_appends_the_trailer_the_checker_verifies() {
+        let db: Vec<u8> = (0..4096u32 * 3).map(|i| (i % 241) as u8).collect();
+        let mut w = TrailerWriter::new(Vec::new());
+        for part in db.chunks(1000) {
+            w.write_all(part).unwrap();
+        }
+        let out = w.finish().unwrap();
+        assert_eq!(out, with_trailer(&db));
+        assert_eq!(feed(&out, 4096).finish("w").unwrap(), TrailerStatus::Verified);
     }
 
     #[test]

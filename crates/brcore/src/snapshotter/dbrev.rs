@@ -24,18 +24,16 @@
 
 use std::collections::HashMap;
 
-/// bbolt's magic number in a meta page.
-const MAGIC: u32 = 0xED0C_DAED;
-/// The bbolt file format version etcd's dbs use.
-const VERSION: u32 = 2;
-/// Size of a page header: id, flags, count, overflow.
-const PAGE_HEADER: usize = 16;
-/// Size of one element header of a branch or leaf page.
-const ELEM: usize = 16;
-/// Bytes of a meta page the scanner reads: the header and the 64-byte meta.
-const META_LEN: usize = PAGE_HEADER + 64;
-/// Bytes of the stream needed to learn the page size: header, magic, version, page size.
-const HEAD_LEN: usize = PAGE_HEADER + 12;
+use bbolt::{
+    BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, BranchElementHeader, FLAG_BRANCH, FLAG_LEAF, FLAG_META, LeafElementHeader,
+    MAGIC, MAX_PAGE_SIZE, META_END, MIN_PAGE_SIZE, Meta, PAGE_HEADER_SIZE, PageHeader, VERSION, element_offset,
+};
+use etcd_format::meta::{FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV};
+use etcd_format::mvcc::{KEY_BUCKET, MARKED_REV_BYTES_LEN, META_BUCKET, REV_BYTES_LEN};
+
+/// Bytes of the stream needed to learn the page size: meta 0's header, magic, version and
+/// page size (the meta's first three fields, 4 bytes each).
+const HEAD_LEN: usize = PAGE_HEADER_SIZE + 12;
 /// Largest prefix of one page run kept to read its element headers and in-page keys. Longer
 /// element arrays only occur in damaged pages; such a page is marked unreadable.
 const MAX_COLLECT: usize = 256 * 1024;
@@ -43,12 +41,8 @@ const MAX_COLLECT: usize = 256 * 1024;
 /// levels deep; a cycle in a damaged db must not loop forever).
 const MAX_DEPTH: usize = 64;
 
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
-const BUCKET_LEAF: u32 = 0x01;
-
 /// Names the walk may look up. Indexes into the per-page arrays below.
-const TARGETS: [&[u8]; 4] = [b"key", b"meta", b"finishedCompactRev", b"scheduledCompactRev"];
+const TARGETS: [&[u8]; 4] = [KEY_BUCKET, META_BUCKET, FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV];
 const T_KEY: usize = 0;
 const T_META: usize = 1;
 const T_FINISHED: usize = 2;
@@ -162,16 +156,6 @@ enum PageInfo {
     Unreadable(&'static str),
 }
 
-/// A meta page's fields.
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    page_size: u32,
-    root: u64,
-    pgid: u64,
-    txid: u64,
-    valid: bool,
-}
-
 /// One page run being read: its prefix is collected until `want` bytes are there.
 #[derive(Debug)]
 struct Collector {
@@ -201,6 +185,7 @@ pub struct RevisionScanner {
     offset: u64,
     page_size: u64,
     head: Vec<u8>,
+    /// The meta pages that validated.
     metas: [Option<Meta>; 2],
     collectors: Vec<Collector>,
     deferred: Vec<Deferred>,
@@ -252,7 +237,7 @@ impl RevisionScanner {
             let in_page = (self.offset % self.page_size) as usize;
             if in_page == 0 {
                 let pgid = self.offset / self.page_size;
-                let want = if pgid < 2 { META_LEN } else { PAGE_HEADER };
+                let want = if pgid < 2 { META_END } else { PAGE_HEADER_SIZE };
                 self.collectors.push(Collector {
                     pgid,
                     start: self.offset,
@@ -335,15 +320,15 @@ impl RevisionScanner {
 
     fn finish_collector(&mut self, c: Collector) {
         if c.pgid < 2 {
-            self.metas[c.pgid as usize] = Some(parse_meta(&c.buf));
+            self.metas[c.pgid as usize] = parse_meta(&c.buf, c.pgid as u8);
             return;
         }
         if c.want == 0 {
             return; // not a branch or leaf page
         }
-        let flags = u16_at(&c.buf, 8);
-        let run_len = run_len(&c.buf, self.page_size);
-        if flags & BRANCH_PAGE != 0 {
+        let Some(header) = PageHeader::decode(&c.buf) else { return };
+        let run_len = run_len(&header, self.page_size);
+        if header.flags & FLAG_BRANCH != 0 {
             self.special.insert(c.pgid, summarise_branch(&c.buf));
         } else {
             let (info, pending) = summarise_leaf(&c.buf, run_len);
@@ -415,7 +400,7 @@ impl RevisionScanner {
             .metas
             .iter()
             .flatten()
-            .filter(|m| m.valid && m.page_size as u64 == self.page_size)
+            .filter(|m| m.page_size as u64 == self.page_size)
             .max_by_key(|m| m.txid)
             .copied()
             .ok_or_else(|| ScanError::Malformed { offset: 0, why: "neither meta page is valid".into() })?;
@@ -512,10 +497,6 @@ impl RevisionScanner {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
@@ -529,62 +510,47 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 fn page_size_of(head: &[u8]) -> Result<u64, ScanError> {
-    let magic = u32_at(head, PAGE_HEADER);
-    let version = u32_at(head, PAGE_HEADER + 4);
-    let ps = u32_at(head, PAGE_HEADER + 8);
+    let magic = u32_at(head, PAGE_HEADER_SIZE);
+    let version = u32_at(head, PAGE_HEADER_SIZE + 4);
+    let ps = u32_at(head, PAGE_HEADER_SIZE + 8);
     if magic != MAGIC {
-        return Err(ScanError::Malformed { offset: PAGE_HEADER as u64, why: format!("bad magic {magic:#x}") });
+        return Err(ScanError::Malformed { offset: PAGE_HEADER_SIZE as u64, why: format!("bad magic {magic:#x}") });
     }
     if version != VERSION {
         return Err(ScanError::Malformed {
-            offset: PAGE_HEADER as u64 + 4,
+            offset: PAGE_HEADER_SIZE as u64 + 4,
             why: format!("unsupported version {version}"),
         });
     }
-    if !(512..=1 << 20).contains(&ps) || !ps.is_power_of_two() {
+    if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps) || !ps.is_power_of_two() {
         return Err(ScanError::Malformed {
-            offset: PAGE_HEADER as u64 + 8,
+            offset: PAGE_HEADER_SIZE as u64 + 8,
             why: format!("implausible page size {ps}"),
         });
     }
     Ok(ps as u64)
 }
 
-/// FNV-1a, 64 bits: bbolt's meta checksum.
-fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// Meta page `slot` if it validates (bbolt's magic, version, checksum) and says it is one.
+fn parse_meta(buf: &[u8], slot: u8) -> Option<Meta> {
+    let header = PageHeader::decode(buf)?;
+    Meta::decode(buf, slot).filter(|_| header.flags & FLAG_META != 0)
 }
 
-fn parse_meta(buf: &[u8]) -> Meta {
-    let m = &buf[PAGE_HEADER.min(buf.len())..];
-    let valid = m.len() >= 64
-        && u32_at(m, 0) == MAGIC
-        && u32_at(m, 4) == VERSION
-        && u16_at(buf, 8) & 0x04 != 0
-        && fnv1a64(&m[..56]) == u64_at(m, 56);
-    Meta { page_size: u32_at(m, 8), root: u64_at(m, 16), pgid: u64_at(m, 40), txid: u64_at(m, 48), valid }
-}
-
-fn run_len(header: &[u8], page_size: u64) -> u64 {
-    (u32_at(header, 12) as u64 + 1).saturating_mul(page_size)
+fn run_len(header: &PageHeader, page_size: u64) -> u64 {
+    (header.overflow as u64 + 1).saturating_mul(page_size)
 }
 
 /// How many bytes of the run starting with `header` to keep, or `None` if it is not a branch
 /// or leaf page of this position.
 fn run_want(header: &[u8], pgid: u64, page_size: u64) -> Option<usize> {
-    let id = u64_at(header, 0);
-    let flags = u16_at(header, 8);
-    if id != pgid || (flags != BRANCH_PAGE && flags != LEAF_PAGE) {
+    let header = PageHeader::decode(header)?;
+    if header.id != pgid || (header.flags != FLAG_BRANCH && header.flags != FLAG_LEAF) {
         return None;
     }
-    let count = u16_at(header, 10) as usize;
-    let run = run_len(header, page_size);
-    let elems = PAGE_HEADER + count * ELEM;
+    let count = header.count as usize;
+    let run = run_len(&header, page_size);
+    let elems = element_offset(count);
     let want = (page_size as usize).max(elems).min(MAX_COLLECT);
     Some((want as u64).min(run) as usize)
 }
@@ -592,7 +558,9 @@ fn run_want(header: &[u8], pgid: u64, page_size: u64) -> Option<usize> {
 fn classify_last_key(key: &[u8]) -> LastKey {
     // etcd's revision keys: 8-byte big-endian main revision, '_', 8-byte sub revision, and a
     // trailing 't' for a tombstone.
-    if (key.len() == 17 || (key.len() == 18 && key[17] == b't')) && key[8] == b'_' {
+    if (key.len() == REV_BYTES_LEN || (key.len() == MARKED_REV_BYTES_LEN && key[REV_BYTES_LEN] == b't'))
+        && key[8] == b'_'
+    {
         let mut a = [0u8; 8];
         a.copy_from_slice(&key[..8]);
         LastKey::Rev(u64::from_be_bytes(a))
@@ -603,29 +571,30 @@ fn classify_last_key(key: &[u8]) -> LastKey {
 
 /// Summarises a branch page from the kept prefix of its run.
 fn summarise_branch(buf: &[u8]) -> PageInfo {
-    let count = u16_at(buf, 10) as usize;
+    let count = PageHeader::decode(buf).map_or(0, |h| h.count as usize);
     if count == 0 {
         return PageInfo::Unreadable("empty branch page");
     }
-    if PAGE_HEADER + count * ELEM > buf.len() {
+    if element_offset(count) > buf.len() {
         return PageInfo::Unreadable("element array beyond the kept prefix");
     }
-    let elem = |i: usize| PAGE_HEADER + i * ELEM;
-    let last = u64_at(buf, elem(count - 1) + 8);
+    // The element array is within `buf`, so every element header decodes.
+    let elem =
+        |i: usize| BranchElementHeader::decode(buf, i).unwrap_or(BranchElementHeader { pos: 0, ksize: 0, child: 0 });
+    let last = elem(count - 1).child;
     let mut child = [UNKNOWN_CHILD; 4];
     for (t, target) in TARGETS.iter().enumerate() {
         // bbolt's search: the last element whose key is <= target, or the first one.
-        let mut chosen = Some(u64_at(buf, elem(0) + 8));
+        let mut chosen = Some(elem(0).child);
         for i in 0..count {
             let e = elem(i);
-            let pos = u32_at(buf, e) as usize;
-            let ksize = u32_at(buf, e + 4) as usize;
-            let Some(key) = e.checked_add(pos).and_then(|s| buf.get(s..s.checked_add(ksize)?)) else {
+            let (pos, ksize) = (e.pos as usize, e.ksize as usize);
+            let Some(key) = element_offset(i).checked_add(pos).and_then(|s| buf.get(s..s.checked_add(ksize)?)) else {
                 chosen = None;
                 break;
             };
             if key <= *target {
-                chosen = Some(u64_at(buf, e + 8));
+                chosen = Some(e.child);
             } else {
                 break;
             }
@@ -642,28 +611,25 @@ fn summarise_branch(buf: &[u8]) -> PageInfo {
 /// length within the run so it can be captured as it streams past.
 fn summarise_leaf(buf: &[u8], run_len: u64) -> (LeafInfo, Option<(usize, usize)>) {
     let mut info = LeafInfo { last: LastKey::Empty, buckets: [None, None], compact: [None, None] };
-    let count = u16_at(buf, 10) as usize;
+    let count = PageHeader::decode(buf).map_or(0, |h| h.count as usize);
     if count == 0 {
         return (info, None);
     }
-    if PAGE_HEADER + count * ELEM > buf.len() {
+    if element_offset(count) > buf.len() {
         info.last = LastKey::Unknown;
         return (info, None);
     }
-    let elem = |i: usize| PAGE_HEADER + i * ELEM;
     for i in 0..count {
-        let e = elem(i);
-        let flags = u32_at(buf, e);
-        let pos = u32_at(buf, e + 4) as usize;
-        let ksize = u32_at(buf, e + 8) as usize;
-        let vsize = u32_at(buf, e + 12) as usize;
-        let kstart = e.saturating_add(pos);
+        // The element array is within `buf`, so every element header decodes.
+        let Some(e) = LeafElementHeader::decode(buf, i) else { break };
+        let (flags, pos, ksize, vsize) = (e.flags, e.pos as usize, e.ksize as usize, e.vsize as usize);
+        let kstart = element_offset(i).saturating_add(pos);
         let key = buf.get(kstart..kstart.saturating_add(ksize));
         let value = buf.get(kstart.saturating_add(ksize)..kstart.saturating_add(ksize).saturating_add(vsize));
         if i == count - 1 {
             info.last = match key {
                 Some(k) => classify_last_key(k),
-                None if ksize != 17 && ksize != 18 => LastKey::Other,
+                None if ksize != REV_BYTES_LEN && ksize != MARKED_REV_BYTES_LEN => LastKey::Other,
                 None if (kstart as u64).saturating_add(ksize as u64) <= run_len => {
                     return (info, Some((kstart, ksize)));
                 }
@@ -673,14 +639,15 @@ fn summarise_leaf(buf: &[u8], run_len: u64) -> (LeafInfo, Option<(usize, usize)>
         let Some(key) = key else { continue };
         let Some(t) = TARGETS.iter().position(|t| *t == key) else { continue };
         if t <= T_META {
-            if flags & BUCKET_LEAF == 0 {
+            if flags & BUCKET_LEAF_FLAG == 0 {
                 continue;
             }
             info.buckets[t] = Some(match value {
-                Some(v) if v.len() >= 16 => {
+                Some(v) if v.len() >= BUCKET_HEADER_SIZE => {
                     let root = u64_at(v, 0);
                     if root == 0 {
-                        let (inline, pending) = summarise_leaf(&v[16..], (v.len() - 16) as u64);
+                        let inline_page = &v[BUCKET_HEADER_SIZE..];
+                        let (inline, pending) = summarise_leaf(inline_page, inline_page.len() as u64);
                         if pending.is_some() { BucketRef::Unknown } else { BucketRef::Inline(Box::new(inline)) }
                     } else {
                         BucketRef::Root(root)
@@ -688,7 +655,7 @@ fn summarise_leaf(buf: &[u8], run_len: u64) -> (LeafInfo, Option<(usize, usize)>
                 }
                 _ => BucketRef::Unknown,
             });
-        } else if flags & BUCKET_LEAF == 0
+        } else if flags & BUCKET_LEAF_FLAG == 0
             && let Some(v) = value.filter(|v| v.len() >= 8)
         {
             let mut a = [0u8; 8];
@@ -725,7 +692,7 @@ mod tests {
         let mut elems = Vec::new();
         let mut data = Vec::new();
         for (i, (flags, k, v)) in entries.iter().enumerate() {
-            let pos = (n - i) * ELEM + data.len();
+            let pos = (n - i) * bbolt::ELEMENT_SIZE + data.len();
             elems.extend_from_slice(&flags.to_le_bytes());
             elems.extend_from_slice(&(pos as u32).to_le_bytes());
             elems.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -742,7 +709,7 @@ mod tests {
         let mut elems = Vec::new();
         let mut data = Vec::new();
         for (i, (k, pgid)) in entries.iter().enumerate() {
-            let pos = (n - i) * ELEM + data.len();
+            let pos = (n - i) * bbolt::ELEMENT_SIZE + data.len();
             elems.extend_from_slice(&(pos as u32).to_le_bytes());
             elems.extend_from_slice(&(k.len() as u32).to_le_bytes());
             elems.extend_from_slice(&pgid.to_le_bytes());
@@ -779,9 +746,9 @@ mod tests {
         m.extend_from_slice(&2u64.to_le_bytes()); // freelist
         m.extend_from_slice(&hwm.to_le_bytes());
         m.extend_from_slice(&txid.to_le_bytes());
-        let sum = fnv1a64(&m);
+        let sum = bbolt::fnv1a64(&m);
         m.extend_from_slice(&sum.to_le_bytes());
-        page(id, 0x04, 0, 0, &m, PS)
+        page(id, FLAG_META, 0, 0, &m, PS)
     }
 
     impl Db {
@@ -806,13 +773,13 @@ mod tests {
             meta_entries.push((0, b"scheduledCompactRev".to_vec(), rev_key(c, 0, false)));
         }
         meta_entries.sort_by(|a, b| a.1.cmp(&b.1));
-        let inline_leaf = page(0, LEAF_PAGE, meta_entries.len() as u16, 0, &leaf_body(&meta_entries), 16 + 400);
+        let inline_leaf = page(0, FLAG_LEAF, meta_entries.len() as u16, 0, &leaf_body(&meta_entries), 16 + 400);
         let mut meta_value = bucket_value(0);
         meta_value.extend_from_slice(&inline_leaf);
         let root = leaf_body(&[
-            (BUCKET_LEAF, b"key".to_vec(), bucket_value(4)),
-            (BUCKET_LEAF, b"lease".to_vec(), bucket_value(7)),
-            (BUCKET_LEAF, b"meta".to_vec(), meta_value),
+            (BUCKET_LEAF_FLAG, b"key".to_vec(), bucket_value(4)),
+            (BUCKET_LEAF_FLAG, b"lease".to_vec(), bucket_value(7)),
+            (BUCKET_LEAF_FLAG, b"meta".to_vec(), meta_value),
         ]);
         let key_branch = branch_body(&[(rev_key(1, 0, false), 5), (rev_key(50, 0, false), 6)]);
         let leaf5 = leaf_body(&[(0, rev_key(1, 0, false), b"a".to_vec()), (0, rev_key(2, 0, false), b"b".to_vec())]);
@@ -826,12 +793,12 @@ mod tests {
                 meta_page(0, 3, 9, 10),
                 meta_page(1, 3, 9, 9),
                 page(2, 0x10, 0, 0, &[], PS),
-                page(3, LEAF_PAGE, 3, 0, &root, PS),
-                page(4, BRANCH_PAGE, 2, 0, &key_branch, PS),
-                page(5, LEAF_PAGE, 2, 0, &leaf5, PS),
-                page(6, LEAF_PAGE, 2, 0, &leaf6, PS),
-                page(7, LEAF_PAGE, 1, 0, &lease, PS),
-                page(8, LEAF_PAGE, 1, 0, &stale, PS),
+                page(3, FLAG_LEAF, 3, 0, &root, PS),
+                page(4, FLAG_BRANCH, 2, 0, &key_branch, PS),
+                page(5, FLAG_LEAF, 2, 0, &leaf5, PS),
+                page(6, FLAG_LEAF, 2, 0, &leaf6, PS),
+                page(7, FLAG_LEAF, 1, 0, &lease, PS),
+                page(8, FLAG_LEAF, 1, 0, &stale, PS),
             ],
         }
     }
@@ -854,14 +821,14 @@ mod tests {
         // A brand-new etcd: `key` is an empty inline bucket, no compaction marks. etcd reports
         // revision 1 for it, and the snapshot must be named so (not 0, below the watch position).
         let mut empty_key = bucket_value(0);
-        empty_key.extend_from_slice(&page(0, LEAF_PAGE, 0, 0, &[], 16));
-        let root = leaf_body(&[(BUCKET_LEAF, b"key".to_vec(), empty_key)]);
+        empty_key.extend_from_slice(&page(0, FLAG_LEAF, 0, 0, &[], 16));
+        let root = leaf_body(&[(BUCKET_LEAF_FLAG, b"key".to_vec(), empty_key)]);
         let db = Db {
             pages: vec![
                 meta_page(0, 3, 4, 4),
                 meta_page(1, 3, 4, 3),
                 page(2, 0x10, 0, 0, &[], PS),
-                page(3, LEAF_PAGE, 1, 0, &root, PS),
+                page(3, FLAG_LEAF, 1, 0, &root, PS),
             ],
         };
         let r = scan(&db.bytes(), 4096).unwrap();
@@ -896,10 +863,10 @@ mod tests {
         let big = vec![b'v'; PS];
         let leaf6 = leaf_body(&[(0, rev_key(50, 0, false), big), (0, rev_key(123, 4, false), b"d".to_vec())]);
         let mut run = vec![0u8; 2 * PS];
-        run[..16 + leaf6.len()].copy_from_slice(&page(6, LEAF_PAGE, 2, 1, &leaf6, 16 + leaf6.len()));
+        run[..16 + leaf6.len()].copy_from_slice(&page(6, FLAG_LEAF, 2, 1, &leaf6, 16 + leaf6.len()));
         db.pages[6] = run;
         db.pages.remove(7); // the run covers pages 6 and 7; lease page moves to 8
-        db.pages[7] = page(8, LEAF_PAGE, 1, 0, &leaf_body(&[(0, 7u64.to_be_bytes().to_vec(), b"l".to_vec())]), PS);
+        db.pages[7] = page(8, FLAG_LEAF, 1, 0, &leaf_body(&[(0, 7u64.to_be_bytes().to_vec(), b"l".to_vec())]), PS);
         let mut root = db.pages[3].clone();
         // Point the lease bucket at page 8 (its value's root pgid).
         let at = root.windows(5).position(|w| w == b"lease").unwrap() + 5;

@@ -19,8 +19,8 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use etcd_format::snapshot_file::{Sha256Trailer, TRAILER_LEN, TrailerStatus};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -31,9 +31,6 @@ use crate::error::Error;
 use crate::etcd::EtcdSource;
 use crate::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
 use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
-
-/// Length of etcd's sha256 trailer after the db.
-pub const TRAILER_LEN: usize = 32;
 
 /// The directory under the store prefix where full snapshots are uploaded before their rename.
 pub const STAGING_DIR: &str = ".etcdbr-staging";
@@ -93,13 +90,13 @@ pub struct FullSnapshot {
     pub stream_bytes: u64,
 }
 
-/// Checks etcd's trailer and reads the revision while the stream passes.
+/// Checks etcd's trailer and reads the revision while the stream passes: etcd-format's
+/// [`Sha256Trailer`] hands the db's bytes (the stream without its trailer) to the revision
+/// scanner.
 #[derive(Debug, Default)]
 pub struct StreamVerifier {
-    held: Vec<u8>,
-    hasher: Sha256,
+    trailer: Sha256Trailer,
     scanner: RevisionScanner,
-    total: u64,
 }
 
 impl StreamVerifier {
@@ -110,50 +107,30 @@ impl StreamVerifier {
 
     /// Reads the next bytes of the stream.
     pub fn update(&mut self, chunk: &[u8]) {
-        self.total += chunk.len() as u64;
-        if chunk.len() >= TRAILER_LEN {
-            let held = std::mem::take(&mut self.held);
-            self.consume(&held);
-            let (body, tail) = chunk.split_at(chunk.len() - TRAILER_LEN);
-            self.consume(body);
-            self.held.extend_from_slice(tail);
-        } else {
-            self.held.extend_from_slice(chunk);
-            if self.held.len() > TRAILER_LEN {
-                let excess = self.held.len() - TRAILER_LEN;
-                let body: Vec<u8> = self.held.drain(..excess).collect();
-                self.consume(&body);
-            }
-        }
-    }
-
-    fn consume(&mut self, db: &[u8]) {
-        self.hasher.update(db);
-        self.scanner.feed(db);
+        let scanner = &mut self.scanner;
+        self.trailer.update_with(chunk, |db| scanner.feed(db));
     }
 
     /// Bytes seen.
     pub fn total(&self) -> u64 {
-        self.total
+        self.trailer.total_len()
     }
 
     /// Checks the trailer. Returns the db's revision as read while streaming, or the reason it
     /// could not be read (the trailer being right, the snapshot is still good).
     pub fn finish(self) -> Result<Result<DbRevision, String>, String> {
-        if self.held.len() < TRAILER_LEN {
-            return Err(format!("{} bytes is too short for a snapshot with a sha256 trailer", self.total));
+        let total = self.trailer.total_len();
+        if total < TRAILER_LEN as u64 {
+            return Err(format!("{total} bytes is too short for a snapshot with a sha256 trailer"));
         }
-        let db_len = self.total - TRAILER_LEN as u64;
-        if !db_len.is_multiple_of(512) {
-            return Err(format!(
-                "{db_len} bytes before the trailer is not a whole number of pages: the sha256 trailer is missing"
-            ));
+        match self.trailer.finish("etcd's snapshot stream") {
+            Ok(TrailerStatus::Verified) => Ok(self.scanner.finish().map_err(|e| e.to_string())),
+            Ok(TrailerStatus::NoTrailer) => Err(format!(
+                "{} bytes before the trailer is not a whole number of pages: the sha256 trailer is missing",
+                total - TRAILER_LEN as u64
+            )),
+            Err(_) => Err("sha256 of the db does not match etcd's trailer".to_string()),
         }
-        let digest = self.hasher.finalize();
-        if digest.as_slice() != self.held.as_slice() {
-            return Err("sha256 of the db does not match etcd's trailer".to_string());
-        }
-        Ok(self.scanner.finish().map_err(|e| e.to_string()))
     }
 }
 
@@ -492,6 +469,7 @@ async fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn staging_keys_parse_back_and_are_never_snapshot_names() {
