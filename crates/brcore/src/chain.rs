@@ -476,15 +476,11 @@ impl Chain {
 }
 
 fn layout_dirs(prefix: &str) -> String {
-    if prefix.is_empty() { "v2/ (and v1/)".to_string() } else { format!("{prefix}/v2/ (and {prefix}/v1/)") }
+    format!("{} (and {})", crate::name::v2_dir(prefix), crate::name::v1_dir(prefix))
 }
 
 pub(crate) fn layout_prefixes(prefix: &str) -> [String; 2] {
-    if prefix.is_empty() {
-        ["v2/".to_string(), "v1/".to_string()]
-    } else {
-        [format!("{prefix}/v2/"), format!("{prefix}/v1/")]
-    }
+    [crate::name::v2_dir(prefix), crate::name::v1_dir(prefix)]
 }
 
 fn under_layout_dir(key: &str, prefix: &str) -> bool {

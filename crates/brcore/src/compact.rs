@@ -19,7 +19,7 @@ use tracing::info;
 use crate::chain::{self, Target};
 use crate::compress::Encoder;
 use crate::error::Error;
-use crate::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
+use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName};
 use crate::rebuild::{LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::restore::{FetchOptions, Progress, rebuild_chain};
 use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
@@ -160,14 +160,7 @@ pub async fn compact(
     let folded: Vec<String> = chain.objects().map(|s| s.key.clone()).collect();
     info!(object = %key, revision = stats.revision, folded = folded.len(), size, "compacted full snapshot stored");
     Ok(CompactOutcome::Compacted(CompactReport {
-        snapshot: Snapshot {
-            name,
-            key,
-            prefix: plan.prefix.trim_end_matches('/').to_string(),
-            size,
-            layout: Layout::V2,
-            is_chunk: false,
-        },
+        snapshot: Snapshot::new_v2(&plan.prefix, name, size),
         folded,
         stats,
         seconds: started.elapsed().as_secs_f64(),

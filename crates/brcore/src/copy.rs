@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::chain::Histories;
 use crate::error::Error;
-use crate::name::{Layout, Snapshot, SnapshotKind, SnapshotName, parse_listing};
+use crate::name::{Layout, Snapshot, SnapshotKind, SnapshotName, parse_listing, v2_dir};
 use crate::store::{Snapstore, WriteOptions};
 
 /// What to copy.
@@ -134,11 +134,6 @@ async fn names_in(store: &dyn Snapstore, prefix: &str) -> Result<HashSet<Snapsho
 
 fn without_final(name: &SnapshotName) -> SnapshotName {
     SnapshotName { is_final: false, ..name.clone() }
-}
-
-fn v2_dir(prefix: &str) -> String {
-    let p = prefix.trim_matches('/');
-    if p.is_empty() { "v2/".to_string() } else { format!("{p}/v2/") }
 }
 
 /// How many of the newest full snapshots are searched for a final one: the reference's four,

@@ -269,8 +269,9 @@ impl<'de> Deserialize<'de> for Base64Bytes {
 }
 
 /// Builds the content of a delta object event by event, as the reference's snapshotter does:
-/// the JSON grows in memory and [`DeltaWriter::json_len`] is what the memory limit
-/// (`--delta-snapshot-memory-limit`) is compared with.
+/// the JSON grows in memory. The memory limit (`--delta-snapshot-memory-limit`) is compared
+/// with the JSON's length, which [`DeltaWriter::json_len`] gives for the events pushed and
+/// [`Event::json_len`] for events still buffered.
 #[derive(Debug, Clone)]
 pub struct DeltaWriter {
     json: Vec<u8>,
@@ -346,58 +347,116 @@ pub fn encode_events(events: &[Event]) -> Vec<u8> {
     w.finish()
 }
 
-/// Writes one event as Go's `encoding/json` writes the reference's `brtypes.Event`.
-fn write_event(out: &mut Vec<u8>, e: &Event) {
-    out.extend_from_slice(b"{\"etcdEvent\":{");
-    if e.kind == EventKind::Delete {
-        out.extend_from_slice(b"\"type\":1,");
+/// Where [`write_event`] puts an event's JSON: the bytes themselves (a `Vec<u8>`), or only
+/// their count ([`JsonLen`]), so that [`Event::json_len`] is the writer's length by
+/// construction.
+trait JsonOut {
+    fn raw(&mut self, bytes: &[u8]);
+    /// A `[]byte` field's value: standard base64 with padding, quoted.
+    fn base64(&mut self, bytes: &[u8]);
+    /// A string field's value, as Go writes the strings that occur here (RFC 3339 times hold
+    /// none of the characters Go escapes differently from serde_json: `<`, `>`, `&`, U+2028,
+    /// U+2029).
+    fn string(&mut self, s: &str);
+}
+
+impl JsonOut for Vec<u8> {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
-    out.extend_from_slice(b"\"kv\":{");
+
+    fn base64(&mut self, bytes: &[u8]) {
+        self.push(b'"');
+        self.extend_from_slice(B64.encode(bytes).as_bytes());
+        self.push(b'"');
+    }
+
+    fn string(&mut self, s: &str) {
+        // serde_json cannot fail writing a &str into a Vec.
+        let _ = serde_json::to_writer(&mut *self, s);
+    }
+}
+
+/// Counts what [`write_event`] would write.
+#[derive(Default)]
+struct JsonLen(usize);
+
+impl JsonOut for JsonLen {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+
+    fn base64(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len().div_ceil(3) * 4 + 2;
+    }
+
+    fn string(&mut self, s: &str) {
+        let _ = serde_json::to_writer(&mut *self, s);
+    }
+}
+
+impl std::io::Write for JsonLen {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Event {
+    /// The length of this event's JSON in a delta, as [`DeltaWriter::push`] writes it (without
+    /// the `,` between events): what the snapshotter's memory limit counts, without writing it.
+    pub fn json_len(&self) -> usize {
+        let mut len = JsonLen::default();
+        write_event(&mut len, self);
+        len.0
+    }
+}
+
+/// Writes one event as Go's `encoding/json` writes the reference's `brtypes.Event`.
+fn write_event(out: &mut impl JsonOut, e: &Event) {
+    out.raw(b"{\"etcdEvent\":{");
+    if e.kind == EventKind::Delete {
+        out.raw(b"\"type\":1,");
+    }
+    out.raw(b"\"kv\":{");
+    // Go leaves out the fields at their zero value.
     let mut first = true;
-    let mut field = |out: &mut Vec<u8>, name: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-    };
     if !e.key.is_empty() {
-        field(out, "key");
-        write_b64(out, &e.key);
+        write_field_name(out, &mut first, "key");
+        out.base64(&e.key);
     }
     for (name, n) in [("create_revision", e.create_revision), ("mod_revision", e.mod_revision), ("version", e.version)]
     {
         if n != 0 {
-            field(out, name);
-            out.extend_from_slice(n.to_string().as_bytes());
+            write_field_name(out, &mut first, name);
+            out.raw(n.to_string().as_bytes());
         }
     }
     if !e.value.is_empty() {
-        field(out, "value");
-        write_b64(out, &e.value);
+        write_field_name(out, &mut first, "value");
+        out.base64(&e.value);
     }
     if e.lease != 0 {
-        field(out, "lease");
-        out.extend_from_slice(e.lease.to_string().as_bytes());
+        write_field_name(out, &mut first, "lease");
+        out.raw(e.lease.to_string().as_bytes());
     }
-    out.extend_from_slice(b"}},\"time\":");
-    write_json_string(out, &e.time);
-    out.push(b'}');
+    out.raw(b"}},\"time\":");
+    out.string(&e.time);
+    out.raw(b"}");
 }
 
-fn write_b64(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.push(b'"');
-    out.extend_from_slice(B64.encode(bytes).as_bytes());
-    out.push(b'"');
-}
-
-/// Writes a JSON string as Go does for the strings that occur here (RFC 3339 times hold none of
-/// the characters Go escapes differently from serde_json: `<`, `>`, `&`, U+2028, U+2029).
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json cannot fail writing a &str into a Vec.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// `"name":`, after a `,` unless it is the object's first field.
+fn write_field_name(out: &mut impl JsonOut, first: &mut bool, name: &str) {
+    if !std::mem::take(first) {
+        out.raw(b",");
+    }
+    out.raw(b"\"");
+    out.raw(name.as_bytes());
+    out.raw(b"\":");
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -506,6 +565,37 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(kind: EventKind, key: &[u8], value: &[u8], rev: i64, lease: i64) -> Event {
+        Event {
+            kind,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: if kind == EventKind::Put { rev - 1 } else { 0 },
+            mod_revision: rev,
+            version: if kind == EventKind::Put { 3 } else { 0 },
+            lease,
+            time: "2026-11-25T11:40:06.17792404Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_computed_json_length_is_what_the_delta_writer_writes() {
+        let events = [
+            ev(EventKind::Put, b"k", b"v", 5, 0),
+            ev(EventKind::Put, b"key2", b"", 1234567, -3),
+            ev(EventKind::Delete, b"abc", b"", 99, 0),
+            ev(EventKind::Put, &[0u8; 100], &[7u8; 1001], 10, 7_587_883_020_383_514_628),
+            ev(EventKind::Put, b"", b"x", 2, 0),
+        ];
+        let mut w = DeltaWriter::new();
+        let mut sum = 1; // '['
+        for (i, e) in events.iter().enumerate() {
+            w.push(e);
+            sum += e.json_len() + usize::from(i > 0);
+            assert_eq!(w.json_len(), sum, "event {i}");
+        }
+    }
 
     fn put(key: &str, value: &str, rev: i64, lease: i64) -> Event {
         Event {

@@ -177,9 +177,28 @@ impl SnapshotName {
     /// The v2 store key of this name under `prefix` (`<prefix>/v2/<name>`, or `v2/<name>` for an
     /// empty prefix): where new snapshots are uploaded.
     pub fn key_v2(&self, prefix: &str) -> String {
-        let prefix = prefix.trim_end_matches('/');
-        if prefix.is_empty() { format!("v2/{self}") } else { format!("{prefix}/v2/{self}") }
+        format!("{}{self}", v2_dir(prefix))
     }
+}
+
+/// The directory `dir` under the store prefix `prefix`, with a trailing `/`: `<prefix>/<dir>/`,
+/// or `<dir>/` for an empty prefix (a trailing `/` of the prefix is dropped, as the reference's
+/// `path.Join` does). Every directory of the layout (`v2`, `v1`, the staging directory) is
+/// joined here.
+pub fn prefix_dir(prefix: &str, dir: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() { format!("{dir}/") } else { format!("{prefix}/{dir}/") }
+}
+
+/// `<prefix>/v2/`: the directory of the reference's layout where snapshots (and our lease
+/// sidecars) are written.
+pub fn v2_dir(prefix: &str) -> String {
+    prefix_dir(prefix, "v2")
+}
+
+/// `<prefix>/v1/`: the legacy layout's directory, read but never written.
+pub fn v1_dir(prefix: &str) -> String {
+    prefix_dir(prefix, "v1")
 }
 
 /// Parses a decimal number of at most i64::MAX (what Go's `strconv.ParseInt(s, 10, 64)` accepts,
@@ -246,6 +265,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The object just stored as `name` under `prefix` in the v2 layout (at
+    /// [`SnapshotName::key_v2`]), `size` bytes long.
+    pub fn new_v2(prefix: &str, name: SnapshotName, size: u64) -> Snapshot {
+        Snapshot {
+            key: name.key_v2(prefix),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            name,
+            size,
+            layout: Layout::V2,
+            is_chunk: false,
+        }
+    }
+
     /// Parses a store key following the reference's `ParseSnapshot`: the last `v1/` or `v2/`
     /// directory splits prefix and name; after `v2/` comes `<name>` or a chunk `<name>/<part>`;
     /// after `v1/` comes `<backup_dir>/<name>` or `<backup_dir>/<name>/<part>`.

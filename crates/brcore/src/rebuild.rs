@@ -20,7 +20,9 @@ use std::io::{Seek, Write};
 use bbolt::{BulkWriter, Db, Entry, WriterOptions};
 use etcd_format::lease::Lease;
 use etcd_format::meta;
-use etcd_format::mvcc::{self, KeyValueRef, RevKey, Revision};
+use etcd_format::mvcc::{
+    self, KeyValueRef, MEMBERS_BUCKET as MEMBERS, MEMBERS_REMOVED_BUCKET as MEMBERS_REMOVED, RevKey, Revision,
+};
 
 use crate::delta::{Event, EventBatch, EventKind, EventRef};
 use crate::error::Error;
@@ -133,9 +135,6 @@ pub struct RebuildStats {
     /// Revisions added by the bump (0: none).
     pub bumped_by: i64,
 }
-
-const MEMBERS: &[u8] = b"members";
-const MEMBERS_REMOVED: &[u8] = b"members_removed";
 
 /// Rebuilds `source` plus `events` into a fresh db written to `out`.
 ///

@@ -517,11 +517,14 @@ async fn build(
             Target::Time(t) => Some(t as i128 * 1_000_000_000 + 999_999_999),
             _ => None,
         },
-        membership: Membership::Replace {
-            members: plan.cluster.members_bucket_entries(),
-            consistent_index: plan.cluster.members.len() as u64,
-            term: 1,
-            conf_state_json: conf_state_json(&plan.cluster),
+        membership: {
+            let meta = plan.cluster.restore_meta();
+            Membership::Replace {
+                members: plan.cluster.members_bucket_entries(),
+                consistent_index: meta.consistent_index,
+                term: meta.term,
+                conf_state_json: meta.conf_state_json(),
+            }
         },
         lease_policy: plan.lease_policy,
         bump_revision: plan.bump_revision,
@@ -640,15 +643,6 @@ fn member_files_error(e: etcd_format::membership::MembershipError) -> Error {
     }
 }
 
-/// `meta/confState` for the new cluster, as etcd 3.5+ writes it (Go's JSON of raftpb.ConfState):
-/// `{"voters":[<ids ascending>],"auto_leave":false}`. etcd 3.6 reads it to detect the schema.
-fn conf_state_json(cluster: &Cluster) -> Vec<u8> {
-    let mut ids = cluster.member_ids();
-    ids.sort_unstable();
-    let voters: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-    format!("{{\"voters\":[{}],\"auto_leave\":false}}", voters.join(",")).into_bytes()
-}
-
 /// The TTLs the snapshotter recorded (in `Leases-…json` sidecars beside the deltas) for leases
 /// granted after the full snapshot: lease id → granted TTL. Stores without sidecars (the Go
 /// tool's) give an empty map. A sidecar that does not parse is corrupt: it is ours, so it
@@ -665,9 +659,7 @@ pub async fn lease_sidecars(
     }
     let ranges: std::collections::HashSet<(u64, u64)> =
         chain.deltas.iter().map(|d| (d.name.start_revision, d.name.last_revision)).collect();
-    let p = prefix.trim_matches('/');
-    let dir = if p.is_empty() { "v2/".to_string() } else { format!("{p}/v2/") };
-    for object in store.list(&dir).await? {
+    for object in store.list(&crate::name::v2_dir(prefix)).await? {
         let Some(range) = leases::parse_sidecar_key(&object.key) else { continue };
         if !ranges.contains(&range) {
             continue;

@@ -5,8 +5,9 @@
 //! renders the JSON etcd stores for each member (`json.Marshal(Member)`, Go's escaping included),
 //! and the v2 store JSON a restored `.snap` file carries. [`write_member_files`] then writes a new
 //! member's WAL and snap file the way `etcdutl snapshot restore` 3.5 does; the restore writes
-//! `member/snap/db` itself, filling the `members` bucket from [`Cluster::members_bucket_entries`]
-//! and `meta` from the returned [`MemberFiles`].
+//! `member/snap/db` itself (before the member files), filling the `members` bucket from
+//! [`Cluster::members_bucket_entries`] and `meta` from [`Cluster::restore_meta`], the values the
+//! member files carry too ([`MemberFiles`]).
 //!
 //! URLs must already be in the canonical form Go's `url.URL.String()` would print
 //! (`scheme://host:port`, no path, query, fragment or user info): the hash is taken over that
@@ -326,6 +327,14 @@ impl Cluster {
         ConfState { voters: self.member_ids(), ..ConfState::default() }
     }
 
+    /// What the restored db's `meta` bucket says of raft: the values [`write_member_files`]
+    /// writes into the WAL and snap files, so the db and the files agree.
+    pub fn restore_meta(&self) -> RestoreMeta {
+        // The snapshot index is the member count (one ConfChange entry per member); etcd
+        // 3.5's restore writes term 1.
+        RestoreMeta { consistent_index: self.members.len() as u64, term: 1, conf_state: self.conf_state() }
+    }
+
     /// The `members` bucket of the restored db: key = ID in lower-case hex without padding,
     /// value = member JSON, sorted by key bytes (bbolt's order).
     pub fn members_bucket_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -445,6 +454,28 @@ fn go_json_string_list(out: &mut String, v: &[String]) {
     out.push(']');
 }
 
+/// The raft values a restored db's `meta` bucket holds ([`Cluster::restore_meta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreMeta {
+    /// `meta/consistent_index`: the snapshot index, = member count. A larger value (the
+    /// source's) would make etcd skip the WAL's entries.
+    pub consistent_index: u64,
+    /// `meta/term` (3.5+): 1.
+    pub term: u64,
+    /// `meta/confState` (3.5+): every member a voter; [`RestoreMeta::conf_state_json`] gives
+    /// its bytes.
+    pub conf_state: ConfState,
+}
+
+impl RestoreMeta {
+    /// The bytes of `meta/confState`, as etcd 3.5+ writes them (Go's JSON of
+    /// `raftpb.ConfState`: `{"voters":[<ids ascending>],"auto_leave":false}`); etcd 3.6 reads
+    /// them to detect the schema.
+    pub fn conf_state_json(&self) -> Vec<u8> {
+        crate::meta::ConfState::from(&self.conf_state).to_json()
+    }
+}
+
 /// What [`write_member_files`] wrote, and what the restore must put into the db's `meta` bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberFiles {
@@ -488,12 +519,13 @@ pub fn write_member_files(
     if let Some(parent) = member_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::wal::sync_dir(parent).map_err(|source| MembershipError::Io { path: parent.to_path_buf(), source })?;
     }
+    let RestoreMeta { consistent_index, term, conf_state } = cluster.restore_meta();
     Ok(MemberFiles {
         member_id: me.id,
         cluster_id: cluster.id(),
-        consistent_index: cluster.members.len() as u64,
-        term: 1,
-        conf_state: cluster.conf_state(),
+        consistent_index,
+        term,
+        conf_state,
         wal_file,
         snap_file,
     })
@@ -509,6 +541,17 @@ mod tests {
         let c = Cluster::from_initial_cluster("n1=http://127.0.0.1:24801", "tok1").unwrap();
         assert_eq!(c.members[0].id_hex(), "18e0185557c0ce00");
         assert_eq!(format!("{:x}", c.id()), "d02ac130b9ebfd3b");
+    }
+
+    #[test]
+    fn restore_meta_is_what_etcd_3_5_restores() {
+        let c = Cluster::from_initial_cluster("b=http://127.0.0.1:2,a=http://127.0.0.1:1", "t").unwrap();
+        let meta = c.restore_meta();
+        assert_eq!((meta.consistent_index, meta.term), (2, 1));
+        let ids = c.member_ids();
+        assert!(ids[0] < ids[1]);
+        let want = format!("{{\"voters\":[{},{}],\"auto_leave\":false}}", ids[0], ids[1]);
+        assert_eq!(String::from_utf8(meta.conf_state_json()).unwrap(), want);
     }
 
     #[test]

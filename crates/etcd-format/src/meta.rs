@@ -47,6 +47,18 @@ pub struct ConfState {
     pub auto_leave: bool,
 }
 
+impl From<&crate::raftpb::ConfState> for ConfState {
+    fn from(cs: &crate::raftpb::ConfState) -> ConfState {
+        ConfState {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
 impl ConfState {
     /// The bytes etcd stores: Go's `json.Marshal` output, without spaces.
     pub fn to_json(&self) -> Vec<u8> {

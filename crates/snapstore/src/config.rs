@@ -186,8 +186,7 @@ impl StoreConfig {
     /// The key prefix under which snapshots live: `<prefix>/v2`, or `v2` for an empty prefix
     /// (the reference's `Complete()`).
     pub fn snapshot_prefix(&self) -> String {
-        let p = self.prefix.trim_matches('/');
-        if p.is_empty() { "v2".to_string() } else { format!("{p}/v2") }
+        brcore::name::v2_dir(&self.prefix).trim_end_matches('/').to_string()
     }
 
     /// The write options these flags ask for.

@@ -81,10 +81,10 @@ pub async fn collect_garbage(
         .filter(|s| s.name.kind == SnapshotKind::Incr && !s.is_chunk && !deleted.contains(&s.key))
         .map(|s| (s.name.start_revision, s.name.last_revision))
         .collect();
+    let v2_dir = crate::name::v2_dir(prefix);
     for (key, _) in &ignored {
         let Some((start, last)) = parse_sidecar_key(key) else { continue };
-        let in_prefix = key.rsplit_once("/v2/").map(|(p, _)| p).unwrap_or("") == prefix
-            || (prefix.is_empty() && key.starts_with("v2/"));
+        let in_prefix = key.strip_prefix(v2_dir.as_str()).is_some_and(|name| !name.contains('/'));
         if !in_prefix || remaining.contains(&(start, last)) || latest_full.is_none_or(|f| last > f) {
             continue;
         }

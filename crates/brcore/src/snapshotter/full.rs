@@ -29,7 +29,7 @@ use crate::compress::Encoder;
 use crate::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
 use crate::error::Error;
 use crate::etcd::EtcdSource;
-use crate::name::{Compression, Layout, Snapshot, SnapshotKind, SnapshotName};
+use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName, prefix_dir};
 use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
 
 /// The directory under the store prefix where full snapshots are uploaded before their rename.
@@ -140,10 +140,9 @@ fn unix_now() -> i64 {
 
 /// The staging key of a full snapshot begun at `created_on` (unix seconds).
 pub fn staging_key(prefix: &str, created_on: i64) -> String {
-    let prefix = prefix.trim_end_matches('/');
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let name = format!("Full-{created_on}-{:x}{nanos:08x}.part", std::process::id());
-    if prefix.is_empty() { format!("{STAGING_DIR}/{name}") } else { format!("{prefix}/{STAGING_DIR}/{name}") }
+    format!("{}{name}", prefix_dir(prefix, STAGING_DIR))
 }
 
 /// When the staging object `key` was begun (unix seconds), if it is one.
@@ -170,10 +169,8 @@ pub async fn remove_stale_staging(
     older_than: Duration,
     now: i64,
 ) -> Result<usize, Error> {
-    let prefix = prefix.trim_end_matches('/');
-    let dir = if prefix.is_empty() { format!("{STAGING_DIR}/") } else { format!("{prefix}/{STAGING_DIR}/") };
     let mut removed = 0;
-    for meta in store.list(&dir).await? {
+    for meta in store.list(&prefix_dir(prefix, STAGING_DIR)).await? {
         let Some(created) = parse_staging_key(&meta.key) else { continue };
         if now.saturating_sub(created) > older_than.as_secs() as i64 {
             store.delete(&meta.key).await?;
@@ -452,18 +449,7 @@ async fn take(
         seconds = started.elapsed().as_secs_f64(),
         "full snapshot stored"
     );
-    Ok(FullSnapshot {
-        snapshot: Snapshot {
-            name,
-            key,
-            prefix: opts.prefix.trim_end_matches('/').to_string(),
-            size,
-            layout: Layout::V2,
-            is_chunk: false,
-        },
-        revision_source,
-        stream_bytes,
-    })
+    Ok(FullSnapshot { snapshot: Snapshot::new_v2(&opts.prefix, name, size), revision_source, stream_bytes })
 }
 
 #[cfg(test)]

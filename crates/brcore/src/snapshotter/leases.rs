@@ -67,12 +67,7 @@ pub fn sidecar_name(delta: &SnapshotName) -> String {
 
 /// The store key of the sidecar of `delta` under `prefix`.
 pub fn sidecar_key(prefix: &str, delta: &SnapshotName) -> String {
-    let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() {
-        format!("v2/{}", sidecar_name(delta))
-    } else {
-        format!("{prefix}/v2/{}", sidecar_name(delta))
-    }
+    format!("{}{}", crate::name::v2_dir(prefix), sidecar_name(delta))
 }
 
 /// Start and last revision of a sidecar key (`…/v2/Leases-<start>-<last>-<unix>.json`), or

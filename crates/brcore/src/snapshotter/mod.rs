@@ -168,38 +168,6 @@ struct LeaseTracker {
     pending: Vec<LeaseRecord>,
 }
 
-/// The JSON length of one event in a delta, as `DeltaWriter` writes it (without the separator).
-fn event_json_len(e: &Event) -> usize {
-    fn digits(n: i64) -> usize {
-        n.to_string().len()
-    }
-    fn b64(n: usize) -> usize {
-        n.div_ceil(3) * 4
-    }
-    let mut fields = Vec::with_capacity(6);
-    if !e.key.is_empty() {
-        fields.push(6 + b64(e.key.len()) + 2);
-    }
-    if e.create_revision != 0 {
-        fields.push(18 + digits(e.create_revision));
-    }
-    if e.mod_revision != 0 {
-        fields.push(15 + digits(e.mod_revision));
-    }
-    if e.version != 0 {
-        fields.push(10 + digits(e.version));
-    }
-    if !e.value.is_empty() {
-        fields.push(8 + b64(e.value.len()) + 2);
-    }
-    if e.lease != 0 {
-        fields.push(8 + digits(e.lease));
-    }
-    let kv: usize = fields.iter().sum::<usize>() + fields.len().saturating_sub(1);
-    let ty = if e.kind == EventKind::Delete { 9 } else { 0 };
-    14 + ty + 6 + kv + 2 + 8 + e.time.len() + 2 + 1
-}
-
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -908,7 +876,7 @@ impl Snapshotter {
                 let before = core.pending.len();
                 core.pending.retain(|e| e.mod_revision as u64 > r);
                 if core.pending.len() != before {
-                    core.pending_json = core.pending.iter().map(|e| event_json_len(e) + 1).sum();
+                    core.pending_json = core.pending.iter().map(|e| e.json_len() + 1).sum();
                 }
                 core.watched = Some(core.watched.map_or(r, |w| w.max(r)));
                 core.leases = LeaseTracker::default();
@@ -959,7 +927,7 @@ impl Snapshotter {
                     first_revision: e.mod_revision,
                 });
             }
-            core.pending_json += event_json_len(&e) + 1;
+            core.pending_json += e.json_len() + 1;
             core.watched = Some(rev);
             core.pending.push(e);
         }
@@ -1093,14 +1061,7 @@ impl Snapshotter {
                     self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
                 }
                 self.store_next(core);
-                let snapshot = Snapshot {
-                    name: job.name,
-                    key: job.key,
-                    prefix: self.config.prefix.trim_end_matches('/').to_string(),
-                    size,
-                    layout: crate::name::Layout::V2,
-                    is_chunk: false,
-                };
+                let snapshot = Snapshot::new_v2(&self.config.prefix, job.name, size);
                 // A delta a full snapshot already covers is not newer than that full snapshot.
                 self.progress.delta_round(extends.then_some(&snapshot));
                 Ok(Some(snapshot))
@@ -1117,7 +1078,7 @@ impl Snapshotter {
                 job.events.retain(|ev| ev.mod_revision.max(0) as u64 > covered);
                 job.events.append(&mut core.pending);
                 core.pending = job.events;
-                core.pending_json = core.pending.iter().map(|ev| event_json_len(ev) + 1).sum();
+                core.pending_json = core.pending.iter().map(|ev| ev.json_len() + 1).sum();
                 job.leases.retain(|l| l.first_revision.max(0) as u64 > covered);
                 job.leases.append(&mut core.leases.pending);
                 core.leases.pending = job.leases;
@@ -1230,39 +1191,6 @@ async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::DeltaWriter;
-
-    fn ev(kind: EventKind, key: &[u8], value: &[u8], rev: i64, lease: i64) -> Event {
-        Event {
-            kind,
-            key: key.to_vec(),
-            value: value.to_vec(),
-            create_revision: if kind == EventKind::Put { rev - 1 } else { 0 },
-            mod_revision: rev,
-            version: if kind == EventKind::Put { 3 } else { 0 },
-            lease,
-            time: "2026-11-25T11:40:06.17792404Z".into(),
-        }
-    }
-
-    #[test]
-    fn the_computed_json_length_is_what_the_delta_writer_writes() {
-        let events = [
-            ev(EventKind::Put, b"k", b"v", 5, 0),
-            ev(EventKind::Put, b"key2", b"", 1234567, -3),
-            ev(EventKind::Delete, b"abc", b"", 99, 0),
-            ev(EventKind::Put, &[0u8; 100], &[7u8; 1001], 10, 7_587_883_020_383_514_628),
-            ev(EventKind::Put, b"", b"x", 2, 0),
-        ];
-        let mut w = DeltaWriter::new();
-        let mut sum = 1; // '['
-        for (i, e) in events.iter().enumerate() {
-            w.push(e);
-            sum += event_json_len(e) + usize::from(i > 0);
-            assert_eq!(w.json_len(), sum, "event {i}");
-        }
-    }
-
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
