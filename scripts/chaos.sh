@@ -7,8 +7,9 @@
 #   a restore in the middle of it all, whose HashKV must equal etcd's at the same revision.
 # At the end everything resumes, the writer stops, the backups catch up, and a restore of the
 # latest backup must equal the live etcd (HashKV at its revision, and that revision is etcd's
-# last). Every object in the bucket is then read back through SeaweedFS's filer (not through
-# etcdbr) and must be whole: it decompresses and its sha256 trailer matches.
+# last). Every object the sidecar stored is read back through SeaweedFS's filer (not through
+# etcdbr), after each fault and at the end, and must be whole: it decompresses and its sha256
+# trailer matches.
 #
 # Before each fault etcd, the sidecar and SeaweedFS must all be running: one that exited by
 # itself is logged, restarted, and fails the run.
@@ -218,6 +219,87 @@ EOF
     PID_WRITER=$!
 }
 
+# --- the objects: read back through SeaweedFS's filer, not through etcdbr -----------------------
+# check_objects [final]: every object under v2/ not read before is read now; it must decompress
+# and carry a matching sha256 trailer (a full snapshot: a whole number of 4 KiB pages before it).
+# Run after every fault, so that objects garbage collection deletes later are read too. A
+# listed object that fails is read again 2 s later and is half-written if it fails again. The
+# verdicts accumulate in $W/objects.txt; `final` prints: objects read, of them full, delta,
+# half-written, staging objects left, objects in the bucket now.
+cat >"$W/check_objects.py" <<'EOF'
+import gzip, hashlib, json, os, sys, time, urllib.error, urllib.request, zlib
+port, bucket, prefix, state, final = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], len(sys.argv) > 5
+base = f"http://127.0.0.1:{port}/buckets/{bucket}/{prefix}"
+def listing(path):
+    req = urllib.request.Request(f"{base}/{path}/?limit=100000", headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return [e["FullPath"].rsplit("/", 1)[1] for e in (json.load(r).get("Entries") or [])
+                    if e.get("Mode", 0) & 0o40000 == 0]
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return []
+        raise
+def whole(name):
+    """True, False, or None when it is gone (garbage collected meanwhile)."""
+    try:
+        with urllib.request.urlopen(f"{base}/v2/{name}", timeout=300) as r:
+            raw = r.read()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+    try:
+        stem = name[:-len(".final")] if name.endswith(".final") else name
+        if stem.endswith(".gz"):
+            data = gzip.decompress(raw)
+        elif stem.endswith(".zlib"):
+            data = zlib.decompress(raw)
+        else:
+            data = raw
+        ok = len(data) > 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+        if name.startswith("Full-"):
+            ok = ok and (len(data) - 32) % 4096 == 0
+        return ok
+    except Exception:
+        return False
+seen = {}
+if os.path.exists(state):
+    for line in open(state):
+        name, verdict = line.split()
+        seen[name] = verdict
+try:
+    names = [n for n in listing("v2") if n.startswith("Full-") or n.startswith("Incr-")]
+    with open(state, "a") as out:
+        for name in names:
+            if name in seen:
+                continue
+            ok = whole(name)
+            if ok is False:
+                time.sleep(2)
+                ok = whole(name)
+            if ok is None:
+                continue
+            seen[name] = "whole" if ok else "half"
+            out.write(f"{name} {seen[name]}\n")
+            if not ok:
+                print(f"half-written: {name}", file=sys.stderr)
+    staging = len(listing(".etcdbr-staging")) if final else 0
+except (OSError, urllib.error.URLError) as e:
+    if final:
+        raise
+    print(f"object check skipped this time (the filer: {e})", file=sys.stderr)
+    sys.exit(0)
+if final:
+    v = list(seen.items())
+    print(len(v), sum(n.startswith("Full-") for n, _ in v), sum(n.startswith("Incr-") for n, _ in v),
+          sum(x == "half" for _, x in v), staging, len(names))
+EOF
+check_objects() {
+    python3 "$W/check_objects.py" "$P_FILER" "$BUCKET" "$PREFIX" "$W/objects.txt" "$@" 2>"$W/objects.err" || true
+    while read -r line; do log "$line"; done <"$W/objects.err"
+}
+
 # --- faults ------------------------------------------------------------------------------------
 KINDS=(etcd-kill etcd-stop sidecar-kill sidecar-stop sidecar-kill-in-full weed-kill weed-stop disk-full restore)
 declare -A DESC=(
@@ -404,6 +486,7 @@ while [ "$(date +%s)" -lt "$END" ] || [ "$n" -lt ${#KINDS[@]} ]; do
     n=$((n + 1))
     check_alive
     inject "$kind" "$n"
+    check_objects
     rand 2 8
     sleep "$R"
 done
@@ -452,51 +535,11 @@ done <"$W/restores.txt"
 read -r WRITES ACKED UNACKED <"$W/writer.summary"
 MAX_ACKED=$(awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$W/writer.log")
 
-# Every object in the bucket, read through the filer (not through etcdbr): it must decompress
-# and carry a matching sha256 trailer. Staging objects (never listed) are counted apart.
-read -r OBJECTS FULLS DELTAS HALF STAGING < <(python3 - "$P_FILER" "$BUCKET" "$PREFIX" <<'EOF'
-import gzip, hashlib, json, sys, urllib.request, zlib
-port, bucket, prefix = sys.argv[1:4]
-base = f"http://127.0.0.1:{port}/buckets/{bucket}/{prefix}"
-def listing(path):
-    req = urllib.request.Request(f"{base}/{path}/?limit=100000", headers={"Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return [e for e in (json.load(r).get("Entries") or []) if e.get("Mode", 0) & 0o40000 == 0]
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return []
-        raise
-objects = fulls = deltas = half = 0
-for e in listing("v2"):
-    name = e["FullPath"].rsplit("/", 1)[1]
-    if not (name.startswith("Full-") or name.startswith("Incr-")):
-        continue
-    objects += 1
-    fulls += name.startswith("Full-")
-    deltas += name.startswith("Incr-")
-    with urllib.request.urlopen(f"{base}/v2/{name}", timeout=120) as r:
-        raw = r.read()
-    try:
-        stem = name[:-len(".final")] if name.endswith(".final") else name
-        if stem.endswith(".gz"):
-            data = gzip.decompress(raw)
-        elif stem.endswith(".zlib"):
-            data = zlib.decompress(raw)
-        else:
-            data = raw
-        ok = len(data) > 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
-        if name.startswith("Full-"):
-            ok = ok and (len(data) - 32) % 4096 == 0
-    except Exception:
-        ok = False
-    if not ok:
-        half += 1
-        print(f"half-written: {name}", file=sys.stderr)
-staging = len(listing(".etcdbr-staging"))
-print(objects, fulls, deltas, half, staging)
-EOF
-)
+# The objects, read through the filer (checked after every fault, and once more here).
+if ! read -r OBJECTS FULLS DELTAS HALF STAGING IN_BUCKET < <(check_objects final); then
+    log "FAIL: the objects could not be read back through the filer"
+    OBJECTS=0 FULLS=0 DELTAS=0 HALF=unknown STAGING=unknown IN_BUCKET=unknown
+fi
 
 DIED_TEXT=${DIED# }
 DIED_TEXT=${DIED_TEXT:-none}
@@ -520,7 +563,7 @@ DIED_TEXT=${DIED_TEXT:-none}
     printf '| %-44s | %s |\n' "full snapshots on demand killed" "$FULLS_CUT cut by the SIGKILL, $FULLS_DONE answered before it, $FULLS_NOT_STARTED sidecar not healthy in time"
     printf '| %-44s | %s |\n' "processes that exited by themselves" "$DIED_TEXT"
     printf '| %-44s | %s |\n' "restores on the full temp disk" "$FULL_REFUSED refused cleanly (exit 9, disk named, nothing left), $FULL_BAD not, $FULL_SKIPPED before any backup"
-    printf '| %-44s | %s |\n' "objects in the bucket" "$OBJECTS ($FULLS full, $DELTAS delta), read back through the filer"
+    printf '| %-44s | %s |\n' "objects read back through the filer" "$OBJECTS ($FULLS full, $DELTAS delta; after every fault and at the end), $IN_BUCKET in the bucket at the end"
     printf '| %-44s | %s |\n' "objects left half-written" "$HALF"
     printf '| %-44s | %s |\n' "staging objects left (never listed)" "$STAGING"
     echo
