@@ -7,7 +7,7 @@
 //! objects it was made from are left in place: garbage collection removes them later.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use etcd_format::snapshot_file::TrailerWriter;
 use tracing::info;
 
+use crate::bridge::{ChannelWriter, receiver_stream};
 use crate::chain::{self, Target};
 use crate::compress::Encoder;
 use crate::error::Error;
@@ -173,7 +174,7 @@ pub async fn compact(
 pub fn snapshot_stream(path: PathBuf, compression: Compression, key: String) -> ByteStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
     tokio::task::spawn_blocking(move || {
-        let result = encode_snapshot(&path, compression, ChannelWriter { tx: tx.clone() });
+        let result = encode_snapshot(&path, compression, ChannelWriter::new(tx.clone(), 1 << 20));
         if let Err(e) = result {
             let _ = tx.blocking_send(Err(StoreError::Other {
                 key,
@@ -182,12 +183,12 @@ pub fn snapshot_stream(path: PathBuf, compression: Compression, key: String) -> 
             }));
         }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+    receiver_stream(rx)
 }
 
 fn encode_snapshot(path: &Path, compression: Compression, out: ChannelWriter) -> io::Result<()> {
     let mut file = File::open(path)?;
-    let enc = Encoder::new(compression, BufWriter::with_capacity(1 << 20, out));
+    let enc = Encoder::new(compression, out);
     let mut snapshot = TrailerWriter::new(enc);
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -198,22 +199,4 @@ fn encode_snapshot(path: &Path, compression: Compression, out: ChannelWriter) ->
         snapshot.write_all(&buf[..n])?;
     }
     snapshot.finish()?.finish()?.flush()
-}
-
-/// A `Write` whose bytes go to an async receiver, chunk by chunk.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, StoreError>>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped reading"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

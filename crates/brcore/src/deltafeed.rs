@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::bridge::ChannelReader;
 use crate::compress;
 use crate::delta::{DeltaDecoder, EventBatch};
 use crate::error::Error;
@@ -210,7 +211,7 @@ async fn fetch_and_decode(
                 }
             }
         });
-        Box::new(ChannelReader { rx: chunk_rx, current: Bytes::new() })
+        Box::new(ChannelReader::new(chunk_rx))
     };
     let name = snap.name.to_string();
     let decoded = tokio::task::spawn_blocking(move || decode(reader, compression, &key, index, &budget, &tx))
@@ -352,26 +353,5 @@ impl Iterator for DeltaFeed {
                 None
             }
         }
-    }
-}
-
-/// A sync `Read` over chunks that an async task sends.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes, Error>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }

@@ -4,6 +4,7 @@
 //! [`restore::Restorer`]). Talks to object stores only through [`Snapstore`] and reads and writes
 //! etcd's files through `etcd-format`.
 
+mod bridge;
 pub mod chain;
 pub mod compact;
 pub mod compress;

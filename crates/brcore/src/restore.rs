@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::bridge::ChannelReader;
 use crate::chain::{self, Chain, Target};
 use crate::compress::{self, blocks, blocks::MEMBER_HEADER_LEN, blocks::MemberHeader};
 use crate::delta::EventBatch;
@@ -890,7 +891,7 @@ async fn fetch_full(
     let writer_key = key.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let key = writer_key;
-        let reader = ChannelReader { rx, current: Bytes::new() };
+        let reader = ChannelReader::new(rx);
         let mut decoder = if in_blocks { Box::new(reader) } else { compress::decoder(compression, reader) };
         let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
         let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), trailer: Sha256Trailer::new() };
@@ -1080,27 +1081,6 @@ pub(crate) fn read_error(key: &str, e: io::Error) -> Error {
                 source: "reading the object failed".into(),
             }),
         },
-    }
-}
-
-/// A sync `Read` over chunks that an async task sends.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }
 

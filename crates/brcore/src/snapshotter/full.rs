@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::dbrev::{DbRevision, RevisionScanner};
+use crate::bridge::{ChannelWriter, receiver_stream};
 use crate::compress::Encoder;
 use crate::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
 use crate::error::Error;
@@ -254,13 +255,13 @@ fn encode(
         return Box::pin(header.chain(body));
     }
     if compression == Compression::None {
-        return Box::pin(futures::stream::poll_fn(move |cx| plain.poll_recv(cx)));
+        return receiver_stream(plain);
     }
     // LZW has no blocks: one encoder on a blocking thread, its output sent on as it comes.
-    let (tx, mut out) = mpsc::channel::<Result<Bytes, StoreError>>(4);
+    let (tx, out) = mpsc::channel::<Result<Bytes, StoreError>>(4);
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut enc = Encoder::new(compression, ChannelWriter { tx: tx.clone(), buf: Vec::new() });
+        let mut enc = Encoder::new(compression, ChannelWriter::new(tx.clone(), BLOCK_SIZE));
         while let Some(item) = plain.blocking_recv() {
             let written = match item {
                 Ok(block) => enc.write_all(&block),
@@ -279,7 +280,7 @@ fn encode(
             let _ = tx.blocking_send(Err(stream_failed(&key, "compression failed")));
         }
     });
-    Box::pin(futures::stream::poll_fn(move |cx| out.poll_recv(cx)))
+    receiver_stream(out)
 }
 
 /// Block buffers used again once every stage has dropped its share of them, so a snapshot of
@@ -312,30 +313,6 @@ impl BlockPool {
             self.handles.pop_front();
         }
         self.handles.push_back(handle);
-    }
-}
-
-/// A writer that sends what it is given, in chunks of [`BLOCK_SIZE`], to a channel.
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, StoreError>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= BLOCK_SIZE {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the upload stopped reading"))
     }
 }
 
