@@ -296,11 +296,36 @@ impl Restorer for OfflineRestorer {
 struct Cancel {
     cancelled: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
+    /// Held by the last step ([`finish_member_dir`]) and by a cancellation's removal of the
+    /// part dir, so the two never run at once: a removal racing the rename into place could
+    /// leave a partial `member/` where etcd boots from.
+    finishing: std::sync::Mutex<()>,
 }
 
 impl Cancel {
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn finishing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.finishing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs blocking file-system work (removing a tree, renames, fsyncs) on a blocking thread, off
+/// the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::task_failed(what, e))?
+}
+
+/// Removes a part dir that is no longer wanted; a part dir already gone is no error.
+fn remove_part_dir(part: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(part) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -339,11 +364,16 @@ async fn restore_cancellable(
         result = restore(store, &plan, progress, &cancel) => result,
         _ = cancel.wake.notified() => {
             // Dropping `restore` dropped the fetches; a blocking step still running only writes
-            // into files it already opened, which go away with the directory.
+            // into files it already opened, which go away with the directory. A last step
+            // already under way finishes first (see `Cancel::finishing`).
             warn!(dir = %part.display(), "restore cancelled: removing its unfinished files");
-            if let Err(e) = fs::remove_dir_all(&part)
-                && e.kind() != io::ErrorKind::NotFound
-            {
+            let (dir, cancel) = (part.clone(), cancel.clone());
+            let removed = blocking("removing the cancelled restore's files", move || {
+                let _finishing = cancel.finishing();
+                remove_part_dir(&dir).map_err(|e| Error::io(&dir, e))
+            })
+            .await;
+            if let Err(e) = removed {
                 warn!(dir = %part.display(), error = %e, "could not remove the cancelled restore's files");
             }
             Err(cancelled_error())
@@ -355,14 +385,18 @@ async fn restore(
     store: Arc<dyn Snapstore>,
     plan: &RestorePlan,
     progress: Arc<dyn Progress>,
-    cancel: &Cancel,
+    cancel: &Arc<Cancel>,
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    refuse_data_dir_not_a_dir(&plan.data_dir)?;
-    if !plan.dry_run {
-        refuse_existing_member(&plan.data_dir)?;
-    }
-    remove_unfinished_restore(&plan.data_dir)?;
+    let (data_dir, dry_run) = (plan.data_dir.clone(), plan.dry_run);
+    blocking("the data dir's checks", move || {
+        refuse_data_dir_not_a_dir(&data_dir)?;
+        if !dry_run {
+            refuse_existing_member(&data_dir)?;
+        }
+        remove_unfinished_restore(&data_dir)
+    })
+    .await?;
     let chain = chain::list_chain(store.as_ref(), &plan.prefix, plan.target).await?;
     info!(
         full = %chain.full.key,
@@ -380,24 +414,26 @@ async fn restore(
             for (key, why) in &report.left_out {
                 info!(object = %key, "left out: {why}");
             }
-            // Last chance to honour a cancellation: once `member/` is in place the restore is done.
-            let cancelled = cancel.is_cancelled();
-            if plan.dry_run || cancelled {
-                fs::remove_dir_all(&part).map_err(|e| Error::io(&part, e))?;
-                if cancelled {
-                    return Err(cancelled_error());
-                }
-            } else {
-                move_into_place(&part, &plan.data_dir)?;
-                report.data_dir = Some(plan.data_dir.clone());
+            let (data_dir, dry_run, cancel) = (plan.data_dir.clone(), plan.dry_run, cancel.clone());
+            let finished = blocking("moving the restored member dir into place", move || {
+                finish_member_dir(&part, &data_dir, dry_run, &cancel)
+            })
+            .await?;
+            match finished {
+                Finished::Cancelled => return Err(cancelled_error()),
+                Finished::InPlace => report.data_dir = Some(plan.data_dir.clone()),
+                Finished::Removed => {}
             }
             report.elapsed = started.elapsed();
             Ok(report)
         }
         Err(e) => {
-            if let Err(cleanup) = fs::remove_dir_all(&part)
-                && cleanup.kind() != io::ErrorKind::NotFound
-            {
+            let dir = part.clone();
+            let cleanup = blocking("removing the unfinished restore", move || {
+                remove_part_dir(&dir).map_err(|e| Error::io(&dir, e))
+            })
+            .await;
+            if let Err(cleanup) = cleanup {
                 warn!(dir = %part.display(), error = %cleanup, "could not remove the unfinished restore");
             }
             Err(e)
@@ -503,7 +539,14 @@ async fn build(
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreReport, Error> {
     let snap_dir = part.join("member").join("snap");
-    create_private_dirs(&snap_dir)?;
+    let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
+    let dirs = (snap_dir.clone(), temp_dir.clone());
+    blocking("creating the restore's directories", move || {
+        let (snap_dir, temp_dir) = dirs;
+        create_private_dirs(&snap_dir)?;
+        fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))
+    })
+    .await?;
     let db_path = snap_dir.join("db");
     let bump_past = (!plan.keep_revision && !plan.dry_run).then_some(chain.store_revision as i64);
     let opts = RebuildOptions {
@@ -533,8 +576,6 @@ async fn build(
         writer: bbolt::WriterOptions::default(),
         known_lease_ttls: lease_sidecars(store.as_ref(), &plan.prefix, chain).await?,
     };
-    let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
-    fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
     let fetch = FetchOptions {
         max_fetchers: plan.max_fetchers,
         skip_hash_check: plan.skip_hash_check,
@@ -1130,6 +1171,30 @@ fn set_private(path: &Path) -> Result<(), Error> {
 
 fn fsync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// How the last step of a restore ended.
+enum Finished {
+    /// `member/` is in the data dir.
+    InPlace,
+    /// A dry run: the part dir is removed.
+    Removed,
+    /// The caller went away before the rename: the part dir is removed.
+    Cancelled,
+}
+
+/// The restore's last step, sync (run through [`blocking`]) and under the cancellation lock: the
+/// last chance to honour a cancellation (once `member/` is in place the restore is done), then
+/// the part dir renamed into place, or removed after a dry run.
+fn finish_member_dir(part: &Path, data_dir: &Path, dry_run: bool, cancel: &Cancel) -> Result<Finished, Error> {
+    let _finishing = cancel.finishing();
+    let cancelled = cancel.is_cancelled();
+    if dry_run || cancelled {
+        fs::remove_dir_all(part).map_err(|e| Error::io(part, e))?;
+        return Ok(if cancelled { Finished::Cancelled } else { Finished::Removed });
+    }
+    move_into_place(part, data_dir)?;
+    Ok(Finished::InPlace)
 }
 
 /// Renames the finished `part` dir into place: the whole dir when the data dir is missing or
