@@ -447,6 +447,29 @@ mod tests {
         assert_eq!(parse_staging_key("etcd-main/.etcdbr-staging/Full-x-ab.part"), None);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_compression_streams_what_a_restore_decodes() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..(3 * BLOCK_SIZE + 12_345) as u32).map(|i| (i % 97) as u8).collect();
+        for compression in [Compression::None, Compression::Gzip, Compression::Zlib, Compression::Lzw] {
+            let (tx, rx) = mpsc::channel(2);
+            let stream = encode(compression, DEFAULT_FULL_SNAPSHOT_LEVEL, rx, "k");
+            let blocks: Vec<Bytes> = data.chunks(BLOCK_SIZE).map(Bytes::copy_from_slice).collect();
+            let feed = tokio::spawn(async move {
+                for b in blocks {
+                    tx.send(Ok(b)).await.unwrap();
+                }
+            });
+            let parts: Vec<Bytes> = stream.map(|p| p.unwrap()).collect().await;
+            feed.await.unwrap();
+            let mut plain = Vec::new();
+            crate::compress::decoder(compression, std::io::Cursor::new(parts.concat()))
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert!(plain == data, "{compression:?}: {} bytes back of {}", plain.len(), data.len());
+        }
+    }
+
     #[test]
     fn the_trailer_is_checked_whatever_the_chunking() {
         let db = vec![5u8; 4096];
