@@ -259,22 +259,8 @@ impl EtcdClient {
         EtcdError::Unavailable { endpoint: self.first_endpoint(), message: message.to_string() }
     }
 
-    /// Maps a client error to [`EtcdError`]: gRPC statuses that say "no" are refusals,
-    /// everything else is worth another try.
     fn map_err(&self, e: etcd_client::Error) -> EtcdError {
-        use tonic_code::classify;
-        match &e {
-            etcd_client::Error::GRpcStatus(status) if classify(status.code() as i32) => {
-                EtcdError::Refused { endpoint: self.first_endpoint(), message: status.message().to_string() }
-            }
-            etcd_client::Error::InvalidArgs(m) => {
-                EtcdError::Refused { endpoint: self.first_endpoint(), message: m.clone() }
-            }
-            etcd_client::Error::InvalidUri(m) => {
-                EtcdError::Refused { endpoint: self.first_endpoint(), message: m.to_string() }
-            }
-            _ => self.unavailable(e),
-        }
+        map_client_error(&self.first_endpoint(), e)
     }
 
     async fn connect(&self) -> Result<etcd_client::Client, EtcdError> {
@@ -282,24 +268,11 @@ impl EtcdClient {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let mut opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(self.config.connection_timeout)
+        let opts = connect_options(&self.config, &self.first_endpoint(), self.config.connection_timeout)?
             .with_keep_alive(Duration::from_secs(10), self.config.connection_timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        if let Some((user, password)) = &self.config.user {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
-        let mut endpoints = self.config.endpoints.clone();
-        if let Some(tls) = &self.config.tls {
-            opts = opts.with_tls(self.tls_options(tls)?);
-            // etcd-client decides TLS by scheme: plain host:port and http:// become https://.
-            for e in &mut endpoints {
-                if let Some(rest) = e.strip_prefix("http://") {
-                    *e = format!("https://{rest}");
-                }
-            }
-        }
+        let endpoints: Vec<String> = self.config.endpoints.iter().map(|e| endpoint_url(&self.config, e)).collect();
         let connect = etcd_client::Client::connect(endpoints, Some(opts));
         let client = tokio::time::timeout(self.config.connection_timeout, connect)
             .await
@@ -308,31 +281,6 @@ impl EtcdClient {
         debug!(endpoints = ?self.config.endpoints, "connected to etcd");
         *guard = Some(client.clone());
         Ok(client)
-    }
-
-    fn tls_options(&self, tls: &EtcdTls) -> Result<etcd_client::TlsOptions, EtcdError> {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| EtcdError::Refused {
-                endpoint: self.first_endpoint(),
-                message: format!("cannot read {}: {e}", p.display()),
-            })
-        };
-        let mut o = etcd_client::TlsOptions::new();
-        match &tls.cacert {
-            Some(ca) => o = o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
-            None => o = o.with_native_roots(),
-        }
-        match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => o = o.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?)),
-            (None, None) => {}
-            _ => {
-                return Err(EtcdError::Refused {
-                    endpoint: self.first_endpoint(),
-                    message: "a client certificate and its key must be given together".into(),
-                });
-            }
-        }
-        Ok(o)
     }
 
     /// Forgets the connection after a failure, so the next request dials again.
@@ -361,6 +309,72 @@ impl EtcdClient {
             }
         }
     }
+}
+
+/// Maps a client error to [`EtcdError`]: gRPC statuses that say "no" are refusals, everything
+/// else is worth another try.
+pub(crate) fn map_client_error(endpoint: &str, e: etcd_client::Error) -> EtcdError {
+    use tonic_code::classify;
+    let endpoint = endpoint.to_string();
+    match &e {
+        etcd_client::Error::GRpcStatus(status) if classify(status.code() as i32) => {
+            EtcdError::Refused { endpoint, message: status.message().to_string() }
+        }
+        etcd_client::Error::InvalidArgs(m) => EtcdError::Refused { endpoint, message: m.clone() },
+        etcd_client::Error::InvalidUri(m) => EtcdError::Refused { endpoint, message: m.to_string() },
+        _ => EtcdError::Unavailable { endpoint, message: e.to_string() },
+    }
+}
+
+/// The connection options `config` asks for (credentials, TLS, `timeout` for connecting);
+/// `endpoint` names the target in errors.
+pub(crate) fn connect_options(
+    config: &EtcdConfig,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<etcd_client::ConnectOptions, EtcdError> {
+    let mut opts = etcd_client::ConnectOptions::new().with_connect_timeout(timeout);
+    if let Some((user, password)) = &config.user {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        opts = opts.with_tls(tls_options(tls, endpoint)?);
+    }
+    Ok(opts)
+}
+
+/// `endpoint` as etcd-client must be given it: etcd-client decides TLS by scheme, so with TLS
+/// configured plain `http://` becomes `https://`.
+pub(crate) fn endpoint_url(config: &EtcdConfig, endpoint: &str) -> String {
+    match (&config.tls, endpoint.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => endpoint.to_string(),
+    }
+}
+
+fn tls_options(tls: &EtcdTls, endpoint: &str) -> Result<etcd_client::TlsOptions, EtcdError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| EtcdError::Refused {
+            endpoint: endpoint.to_string(),
+            message: format!("cannot read {}: {e}", p.display()),
+        })
+    };
+    let mut o = etcd_client::TlsOptions::new();
+    match &tls.cacert {
+        Some(ca) => o = o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
+        None => o = o.with_native_roots(),
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => o = o.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => {
+            return Err(EtcdError::Refused {
+                endpoint: endpoint.to_string(),
+                message: "a client certificate and its key must be given together".into(),
+            });
+        }
+    }
+    Ok(o)
 }
 
 /// gRPC status codes that mean "this request will not succeed as it is".

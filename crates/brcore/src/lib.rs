@@ -6,6 +6,7 @@
 
 mod bridge;
 pub mod chain;
+pub mod cluster;
 pub mod compact;
 pub mod compress;
 pub mod copy;

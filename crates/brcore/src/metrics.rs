@@ -75,6 +75,10 @@ pub struct Metrics {
     /// `etcdbr_verification_failures_total`: scheduled verifications that failed (a backup
     /// that differs from etcd, a damaged object, a gap, a store or etcd that did not answer).
     pub verification_failures_total: Counter,
+    /// `etcdbr_defragmentation_skipped_total`: defragmentation rounds of a multi-member cluster
+    /// skipped because a member was down or not yet a voter (etcdbr's own; the reference
+    /// retries every minute instead).
+    pub defragmentation_skipped_total: Counter,
 }
 
 /// The process-wide metrics, created on first use (as the reference registers at init).
@@ -189,6 +193,12 @@ impl Metrics {
                 "Total number of scheduled backup verifications that failed.",
             ))
             .expect("valid counter definition"),
+            defragmentation_skipped_total: Counter::with_opts(opts(
+                "",
+                "defragmentation_skipped_total",
+                "Total number of defragmentation rounds skipped because a member was not healthy.",
+            ))
+            .expect("valid counter definition"),
         };
         m.initialise();
         m
@@ -215,7 +225,7 @@ impl Metrics {
             }
         }
         self.snapshotter_failure.with_label_values(&[""]);
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(self.snapshot_duration_seconds.clone()),
             Box::new(self.snapshot_gc_total.clone()),
             Box::new(self.snapshot_latest_revision.clone()),
@@ -236,6 +246,7 @@ impl Metrics {
             Box::new(self.verification_last_success_timestamp_seconds.clone()),
             Box::new(self.verification_last_revision.clone()),
             Box::new(self.verification_failures_total.clone()),
+            Box::new(self.defragmentation_skipped_total.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registering in a fresh registry cannot clash.

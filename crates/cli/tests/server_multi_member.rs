@@ -258,6 +258,8 @@ fn start_with(version: EtcdVersion, extra: &[&str]) -> Setup {
             Sidecar { child, port: sidecar_ports[i], log }
         })
         .collect();
+    // Every sidecar listens before the test asks for its metrics.
+    wait_until("every sidecar to listen", || sidecars.iter().all(|s| s.get("/healthz").is_some()), &sidecars);
     Setup { tmp, store, names, cluster, sidecars }
 }
 

@@ -5,12 +5,19 @@
 //! flattens them to the comma-separated strings etcd expects, sets `name` and
 //! `initial-cluster-state`, and serves the result to the etcd container's start script.
 //!
+//! In a cluster of several members it also trims `initial-cluster` to the members the running
+//! cluster lists and says `initial-cluster-state: existing` while a learner joins
+//! ([`render_for_member`]), and [`cluster_spec`] reads the cluster the file describes for every
+//! other decision of the sidecar.
+//!
 //! Only a small YAML subset is read, the one etcd config files use: top-level `key: value`
 //! entries whose value is a scalar, a flow list `[a, b]`, a block list, or a one-level map of
 //! scalars and lists. Entries that are not rewritten are copied as written, comments included,
 //! so everything else in the file (TLS sections, quotas) reaches etcd unchanged. A full YAML
 //! library was not worth a dependency (`serde_yaml` is deprecated and `serde_yml` has an open
 //! RustSec advisory).
+
+use brcore::cluster::{ClusterSpec, LiveCluster, MemberSpec};
 
 /// A value of the YAML subset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,47 +302,111 @@ impl EtcdConf {
     }
 }
 
-/// Makes `text` (an etcd config) concrete for the member `pod_name` (or, without one, the
-/// config's own `name`): sets `name` (`<member-name-prefix>-<pod_name>` when the config sets
-/// etcd-druid's `member-name-prefix`, as the reference), flattens `initial-advertise-peer-urls` and
-/// `advertise-client-urls` (a map from member name to URLs, a list, or a string) to comma
-/// strings, and sets `initial-cluster-state` to `new` for a one-member cluster.
-///
-/// In a cluster of several members the file's `initial-cluster` and `initial-cluster-state`
-/// are kept as written: the reference trims the former to the current members and derives the
-/// latter from a learner's presence, which needs etcd's member API (not driven yet).
-pub fn render_for_member(text: &str, pod_name: Option<&str>) -> Result<String, String> {
-    let mut conf = EtcdConf::parse(text)?;
-    let name = match pod_name.filter(|n| !n.is_empty()) {
-        Some(n) => match conf.get_string("member-name-prefix")?.filter(|p| !p.is_empty()) {
-            Some(prefix) => format!("{prefix}-{n}"),
-            None => n.to_string(),
-        },
+/// This member's name, as the reference computes it: `<member-name-prefix>-<pod_name>` when
+/// the config sets `member-name-prefix`, else `pod_name` (`POD_NAME`); without a pod name, the
+/// config's own `name`.
+pub fn member_name(conf: &EtcdConf, pod_name: Option<&str>) -> Result<String, String> {
+    match pod_name.filter(|n| !n.is_empty()) {
+        Some(pod) => Ok(match conf.get_string("member-name-prefix")?.filter(|p| !p.is_empty()) {
+            Some(prefix) => format!("{prefix}-{pod}"),
+            None => pod.to_string(),
+        }),
         None => conf
             .get_string("name")?
             .filter(|n| !n.is_empty())
-            .ok_or("no member name: set POD_NAME or `name` in the config")?,
-    };
-    for key in ["initial-advertise-peer-urls", "advertise-client-urls"] {
-        let flat = match conf.get(key)? {
-            None | Some(Value::Empty) => continue,
-            Some(Value::Scalar(s)) => s,
-            Some(Value::List(items)) => items.join(","),
-            Some(Value::Map(members)) => match members.into_iter().find(|(k, _)| *k == name) {
-                Some((_, Value::Scalar(s))) => s,
-                Some((_, Value::List(items))) => items.join(","),
-                _ => return Err(format!("{key} has no URLs for member {name:?}")),
-            },
+            .ok_or_else(|| "no member name: set POD_NAME or `name` in the config".to_string()),
+    }
+}
+
+/// `key`'s URLs for `member`: from a map keyed by member name, or the value itself when it is a
+/// list or a comma-separated string. `None` when the key is absent or the map lacks the member.
+fn urls_for(conf: &EtcdConf, key: &str, member: &str) -> Result<Option<Vec<String>>, String> {
+    let split = |s: &str| s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect::<Vec<_>>();
+    Ok(match conf.get(key)? {
+        None | Some(Value::Empty) => None,
+        Some(Value::Scalar(s)) => Some(split(&s)),
+        Some(Value::List(items)) => Some(items),
+        Some(Value::Map(members)) => match members.into_iter().find(|(k, _)| k == member) {
+            Some((_, Value::Scalar(s))) => Some(split(&s)),
+            Some((_, Value::List(items))) => Some(items),
+            _ => None,
+        },
+    })
+}
+
+/// The cluster an etcd config describes, seen from the member `pod_name` (see
+/// [`member_name`]): the members of `initial-cluster` with their peer URLs (this member's from
+/// `initial-advertise-peer-urls` when given, as the reference adds it with those), their client
+/// URLs from `advertise-client-urls` (a map from member name to URLs, as etcd-druid writes), and
+/// `initial-cluster-token` (etcd's default `etcd-cluster` when absent).
+pub fn cluster_spec(text: &str, pod_name: Option<&str>, origin: &str) -> Result<ClusterSpec, String> {
+    let conf = EtcdConf::parse(text)?;
+    let this = member_name(&conf, pod_name)?;
+    let initial = conf.get_string("initial-cluster")?.ok_or("the config has no initial-cluster")?;
+    let token =
+        conf.get_string("initial-cluster-token")?.filter(|t| !t.is_empty()).unwrap_or_else(|| "etcd-cluster".into());
+    let mut members = Vec::new();
+    for (name, mut peer_urls) in brcore::cluster::parse_initial_cluster(&initial)? {
+        if name == this
+            && let Some(advertised) = urls_for(&conf, "initial-advertise-peer-urls", &name)?
+            && !advertised.is_empty()
+        {
+            peer_urls = advertised;
+        }
+        // A plain string or list of client URLs belongs to this member only.
+        let client_urls = match conf.get("advertise-client-urls")? {
+            Some(Value::Map(_)) => urls_for(&conf, "advertise-client-urls", &name)?.unwrap_or_default(),
+            _ if name == this => urls_for(&conf, "advertise-client-urls", &name)?.unwrap_or_default(),
+            _ => Vec::new(),
         };
-        conf.set(key, &flat);
+        members.push(MemberSpec { name, peer_urls, client_urls });
+    }
+    ClusterSpec::new(&this, members, &token, origin).map_err(|e| match e {
+        brcore::cluster::ClusterError::Config { why, .. } => why,
+        other => other.to_string(),
+    })
+}
+
+/// Makes `text` (an etcd config) concrete for the member `pod_name` (see [`member_name`]), as
+/// the reference's `/config`: sets `name`, flattens `initial-advertise-peer-urls` and
+/// `advertise-client-urls` (a map from member name to URLs, a list, or a string) to comma
+/// strings, and sets `initial-cluster` and `initial-cluster-state` from `live`, the running
+/// cluster's member list when a quorum answered:
+///
+/// - with more than one live member, `initial-cluster` keeps only the entries of members that
+///   are in the list (by name, or this member), so that a member joining an existing cluster
+///   names exactly its current members (etcd refuses a mismatch);
+/// - `initial-cluster-state` is `existing` when that cluster has several members and a learner
+///   is present (this member joining as one), else `new`; etcd ignores both once the data dir
+///   holds a member.
+pub fn render_for_member(text: &str, pod_name: Option<&str>, live: Option<&LiveCluster>) -> Result<String, String> {
+    let mut conf = EtcdConf::parse(text)?;
+    let name = member_name(&conf, pod_name)?;
+    for key in ["initial-advertise-peer-urls", "advertise-client-urls"] {
+        if conf.get(key)?.is_none_or(|v| v == Value::Empty) {
+            continue;
+        }
+        let urls = urls_for(&conf, key, &name)?.ok_or_else(|| format!("{key} has no URLs for member {name:?}"))?;
+        conf.set(key, &urls.join(","));
     }
     conf.set("name", &name);
-    let members =
-        conf.get_string("initial-cluster")?.map_or(0, |c| c.split(',').filter(|m| !m.trim().is_empty()).count());
-    // One member always bootstraps `new`; several keep the file's state (default `new`).
-    if members <= 1 || conf.get_string("initial-cluster-state")?.is_none() {
-        conf.set("initial-cluster-state", "new");
+    let mut initial = conf.get_string("initial-cluster")?.unwrap_or_default();
+    let live = live.filter(|l| l.members.len() > 1);
+    if let Some(live) = live {
+        let kept: Vec<&str> = initial
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| {
+                let member = entry.split_once('=').map_or(*entry, |(n, _)| n);
+                member == name || live.members.iter().any(|m| m.name == member)
+            })
+            .collect();
+        initial = kept.join(",");
+        conf.set("initial-cluster", &initial);
     }
+    let size = brcore::cluster::parse_initial_cluster(&initial)?.len();
+    let existing = size > 1 && live.is_some_and(LiveCluster::has_learner);
+    conf.set("initial-cluster-state", if existing { "existing" } else { "new" });
     Ok(conf.render())
 }
 
@@ -386,7 +457,7 @@ listen-metrics-urls: [http://0.0.0.0:2381, 'http://127.0.0.1:2382']
 
     #[test]
     fn renders_this_members_config() {
-        let out = render_for_member(DRUID, Some("etcd-main-0")).unwrap();
+        let out = render_for_member(DRUID, Some("etcd-main-0"), None).unwrap();
         let c = EtcdConf::parse(&out).unwrap();
         assert_eq!(c.get_string("name").unwrap().as_deref(), Some("etcd-main-0"));
         assert_eq!(
@@ -419,7 +490,7 @@ initial-advertise-peer-urls:
   - https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2380
 initial-cluster: shoot--foo-etcd-main-0=https://etcd-main-0.etcd-main-peer.shoot--foo.svc:2380
 ";
-        let out = render_for_member(conf, Some("etcd-main-0")).unwrap();
+        let out = render_for_member(conf, Some("etcd-main-0"), None).unwrap();
         let c = EtcdConf::parse(&out).unwrap();
         assert_eq!(c.get_string("name").unwrap().as_deref(), Some("shoot--foo-etcd-main-0"));
         assert_eq!(
@@ -432,17 +503,119 @@ initial-cluster: shoot--foo-etcd-main-0=https://etcd-main-0.etcd-main-peer.shoot
         );
         // An empty prefix is no prefix.
         let plain = conf.replace("member-name-prefix: shoot--foo", "member-name-prefix: \"\"");
-        let e = render_for_member(&plain, Some("etcd-main-0")).unwrap_err();
+        let e = render_for_member(&plain, Some("etcd-main-0"), None).unwrap_err();
         assert!(e.contains("\"etcd-main-0\""), "{e}");
     }
 
     #[test]
     fn a_member_missing_from_the_url_maps_is_an_error() {
-        let e = render_for_member(DRUID, Some("etcd-main-7")).unwrap_err();
+        let e = render_for_member(DRUID, Some("etcd-main-7"), None).unwrap_err();
         assert!(e.contains("etcd-main-7"), "{e}");
         // Without POD_NAME the config's own name is the member.
-        let e = render_for_member(DRUID, None).unwrap_err();
+        let e = render_for_member(DRUID, None, None).unwrap_err();
         assert!(e.contains("\"etcd-main\""), "{e}");
+    }
+
+    /// Three members as etcd-druid writes them (sigs.k8s.io/yaml: keys sorted, lists at the
+    /// map's indent), with a member-name prefix.
+    const DRUID_HA: &str = "\
+advertise-client-urls:
+  etcd-main-0:
+  - https://etcd-main-0.etcd-main-peer.shoot.svc:2379
+  etcd-main-1:
+  - https://etcd-main-1.etcd-main-peer.shoot.svc:2379
+  etcd-main-2:
+  - https://etcd-main-2.etcd-main-peer.shoot.svc:2379
+data-dir: /var/etcd/data/new.etcd
+initial-advertise-peer-urls:
+  etcd-main-0:
+  - https://etcd-main-0.etcd-main-peer.shoot.svc:2380
+  etcd-main-1:
+  - https://etcd-main-1.etcd-main-peer.shoot.svc:2380
+  - https://10.0.0.11:2380
+  etcd-main-2:
+  - https://etcd-main-2.etcd-main-peer.shoot.svc:2380
+initial-cluster: etcd-main-0=https://etcd-main-0.etcd-main-peer.shoot.svc:2380,etcd-main-1=https://etcd-main-1.etcd-main-peer.shoot.svc:2380,etcd-main-1=https://10.0.0.11:2380,etcd-main-2=https://etcd-main-2.etcd-main-peer.shoot.svc:2380
+initial-cluster-state: new
+initial-cluster-token: etcd-cluster
+name: etcd-config
+";
+
+    fn live(members: &[(&str, bool)]) -> LiveCluster {
+        LiveCluster {
+            cluster_id: 7,
+            leader_id: 1,
+            members: members
+                .iter()
+                .enumerate()
+                .map(|(i, (name, learner))| brcore::cluster::LiveMember {
+                    id: i as u64 + 1,
+                    name: name.to_string(),
+                    peer_urls: vec![format!("https://p{i}:2380")],
+                    client_urls: vec![],
+                    is_learner: *learner,
+                })
+                .collect(),
+            endpoint: "e".into(),
+        }
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_config_and_the_pod_name() {
+        let s = cluster_spec(DRUID_HA, Some("etcd-main-1"), "etcd config test").unwrap();
+        assert_eq!(s.this, "etcd-main-1");
+        assert_eq!(s.token, "etcd-cluster");
+        assert_eq!(s.members.len(), 3);
+        let me = s.this_member();
+        assert_eq!(me.peer_urls, ["https://etcd-main-1.etcd-main-peer.shoot.svc:2380", "https://10.0.0.11:2380"]);
+        assert_eq!(s.members[2].client_urls, ["https://etcd-main-2.etcd-main-peer.shoot.svc:2379"]);
+        let e = cluster_spec(DRUID_HA, None, "etcd config test").unwrap_err();
+        assert!(e.contains("\"etcd-config\" is not one of"), "{e}");
+        // A prefix names the members `<prefix>-<pod>`.
+        let prefixed = DRUID_HA.replace("etcd-main-", "shoot-etcd-main-") + "member-name-prefix: shoot\n";
+        let s = cluster_spec(&prefixed, Some("etcd-main-2"), "x").unwrap();
+        assert_eq!(s.this, "shoot-etcd-main-2");
+        let conf = EtcdConf::parse(&prefixed).unwrap();
+        assert_eq!(member_name(&conf, Some("etcd-main-0")).unwrap(), "shoot-etcd-main-0");
+        let out = render_for_member(&prefixed, Some("etcd-main-2"), None).unwrap();
+        assert!(out.contains("name: shoot-etcd-main-2\n"), "{out}");
+        // One member, flags style: a plain string of client URLs is this member's.
+        let single = "name: m0\ninitial-cluster: m0=http://a:2380\nadvertise-client-urls: http://a:2379\n";
+        let s = cluster_spec(single, None, "x").unwrap();
+        assert!(!s.is_multi_member());
+        assert_eq!(s.this_member().client_urls, ["http://a:2379"]);
+    }
+
+    #[test]
+    fn initial_cluster_and_state_follow_the_running_cluster() {
+        let get = |out: &str, key: &str| EtcdConf::parse(out).unwrap().get_string(key).unwrap().unwrap();
+        // No quorum answered (a bootstrap): the config's cluster, state new.
+        let out = render_for_member(DRUID_HA, Some("etcd-main-0"), None).unwrap();
+        assert_eq!(get(&out, "initial-cluster").matches('=').count(), 4);
+        assert_eq!(get(&out, "initial-cluster-state"), "new");
+        assert_eq!(
+            get(&out, "initial-advertise-peer-urls"),
+            "https://etcd-main-0.etcd-main-peer.shoot.svc:2380",
+            "this member's entry of the map"
+        );
+        // Scale-up 1 -> 3: etcd-main-0 runs, etcd-main-1 was just added as a learner (no name yet).
+        let out = render_for_member(DRUID_HA, Some("etcd-main-1"), Some(&live(&[("etcd-main-0", false), ("", true)])))
+            .unwrap();
+        assert_eq!(
+            get(&out, "initial-cluster"),
+            "etcd-main-0=https://etcd-main-0.etcd-main-peer.shoot.svc:2380,\
+             etcd-main-1=https://etcd-main-1.etcd-main-peer.shoot.svc:2380,etcd-main-1=https://10.0.0.11:2380"
+        );
+        assert_eq!(get(&out, "initial-cluster-state"), "existing");
+        // All three run, no learner: the whole cluster, state new (etcd ignores both then).
+        let all = live(&[("etcd-main-0", false), ("etcd-main-1", false), ("etcd-main-2", false)]);
+        let out = render_for_member(DRUID_HA, Some("etcd-main-2"), Some(&all)).unwrap();
+        assert_eq!(get(&out, "initial-cluster").matches('=').count(), 4);
+        assert_eq!(get(&out, "initial-cluster-state"), "new");
+        // A one-member live list (before a scale-up's first learner): left as configured.
+        let out = render_for_member(DRUID_HA, Some("etcd-main-1"), Some(&live(&[("etcd-main-0", false)]))).unwrap();
+        assert_eq!(get(&out, "initial-cluster").matches('=').count(), 4);
+        assert_eq!(get(&out, "initial-cluster-state"), "new");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct MemberInfo {
 }
 
 /// What the local etcd member says about leadership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Leadership {
     /// The id of the member answering.
     pub member_id: u64,
@@ -87,6 +87,8 @@ pub struct Leadership {
     pub leader_id: u64,
     /// The cluster's id (the member Lease carries it for etcd-druid).
     pub cluster_id: u64,
+    /// Whether the member answering is a learner (it is promoted once in sync).
+    pub is_learner: bool,
 }
 
 /// Why the cluster view could not be read.
@@ -211,7 +213,7 @@ impl ClusterView for EtcdClusterView {
         let status = self.call(|mut c| async move { c.status().await }).await?;
         let member_id = status.header().map(|h| h.member_id()).unwrap_or(0);
         let cluster_id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
-        Ok(Leadership { member_id, leader_id: status.leader(), cluster_id })
+        Ok(Leadership { member_id, leader_id: status.leader(), cluster_id, is_learner: status.is_learner() })
     }
 
     async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError> {
@@ -260,6 +262,11 @@ impl SidecarLocator {
         Ok(map)
     }
 
+    /// The base URL of a configured member's sidecar (see [`SidecarLocator::locate`]).
+    pub fn locate_spec(&self, member: &brcore::cluster::MemberSpec) -> Option<String> {
+        self.locate(&MemberInfo { id: 0, name: member.name.clone(), client_urls: member.client_urls.clone() })
+    }
+
     /// The base URL of `member`'s sidecar, `None` when neither the map nor its client URLs
     /// give one.
     pub fn locate(&self, member: &MemberInfo) -> Option<String> {
@@ -282,7 +289,8 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
-/// Publishes this sidecar's [`Role`], checked every period (see the module docs).
+/// Publishes this sidecar's [`Role`], checked every period (see the module docs), and
+/// promotes the local member while it is a learner ([`LeaderElector::with_promotion`]).
 #[derive(Debug)]
 pub struct LeaderElector {
     view: std::sync::Arc<dyn ClusterView>,
@@ -291,6 +299,8 @@ pub struct LeaderElector {
     role: watch::Sender<Role>,
     /// The last leader looked up, so the member list is read once per leader change.
     known: Mutex<Option<(u64, MemberInfo)>>,
+    /// Promotes the local member when it is a learner.
+    promotion: Option<std::sync::Arc<dyn brcore::cluster::ClusterAccess>>,
 }
 
 impl LeaderElector {
@@ -298,7 +308,15 @@ impl LeaderElector {
     /// [`Role::Unknown`].
     pub fn new(view: std::sync::Arc<dyn ClusterView>, locator: SidecarLocator, period: Duration) -> LeaderElector {
         let (role, _) = watch::channel(Role::Unknown);
-        LeaderElector { view, locator, period, role, known: Mutex::new(None) }
+        LeaderElector { view, locator, period, role, known: Mutex::new(None), promotion: None }
+    }
+
+    /// The same elector, promoting the local member through `cluster` while it is a learner
+    /// (the reference's promote callback): etcd refuses until the learner caught up with the
+    /// leader, so it is asked again every period.
+    pub fn with_promotion(mut self, cluster: std::sync::Arc<dyn brcore::cluster::ClusterAccess>) -> LeaderElector {
+        self.promotion = Some(cluster);
+        self
     }
 
     /// A receiver of the role: for the HTTP server (forwarding) and the supervisor.
@@ -331,8 +349,12 @@ impl LeaderElector {
                 return Role::Unknown;
             }
         };
+        brcore::metrics::metrics().is_learner.set(if l.is_learner { 1.0 } else { 0.0 });
         if l.leader_id == 0 {
             return Role::Unknown;
+        }
+        if l.is_learner {
+            self.promote(l.member_id).await;
         }
         if l.leader_id == l.member_id {
             return Role::Leader;
@@ -359,6 +381,44 @@ impl LeaderElector {
         }
     }
 
+    /// Asks the cluster to promote the local learner `id`; a refusal because it has not caught
+    /// up yet is expected and logged quietly.
+    async fn promote(&self, id: u64) {
+        let Some(cluster) = &self.promotion else {
+            return;
+        };
+        let spec = match cluster.spec() {
+            Ok(s) if s.is_multi_member() => s,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "this member is a learner, but the cluster cannot be read to promote it");
+                return;
+            }
+        };
+        let metrics = brcore::metrics::metrics();
+        let started = std::time::Instant::now();
+        let result = cluster.members(&spec).promote(id).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                metrics.member_promote_duration_seconds.with_label_values(&["true"]).observe(elapsed);
+                metrics.is_learner.set(0.0);
+                info!(id = format!("{id:x}"), "promoted this member from learner to voting member");
+            }
+            Err(e) if e.refusal() == Some(brcore::cluster::Refusal::NotALearner) => {
+                metrics.is_learner.set(0.0);
+                info!(id = format!("{id:x}"), "this member is a voting member already");
+            }
+            Err(e) if e.refusal() == Some(brcore::cluster::Refusal::LearnerNotInSync) => {
+                info!(id = format!("{id:x}"), "this learner is not in sync with the leader yet; promoting it later");
+            }
+            Err(e) => {
+                metrics.member_promote_duration_seconds.with_label_values(&["false"]).observe(elapsed);
+                warn!(id = format!("{id:x}"), error = %e, "cannot promote this learner");
+            }
+        }
+    }
+
     /// Checks every period until `stop` completes.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
@@ -376,18 +436,11 @@ impl LeaderElector {
 /// `previous` no longer reports itself healthy (its snapshotter has stored its last delta and
 /// stopped), at most `limit`. Returns whether the hand-off was seen (`false`: the limit passed
 /// and snapshotting starts anyway, risking a delta that overlaps, which restores tolerate).
-pub async fn wait_for_handoff(previous: &str, limit: Duration) -> bool {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(2)).build() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "cannot build an HTTP client to watch the previous leader's sidecar");
-            return false;
-        }
-    };
+pub async fn wait_for_handoff(client: &reqwest::Client, previous: &str, limit: Duration) -> bool {
     let url = format!("{}/healthz", previous.trim_end_matches('/'));
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        match client.get(&url).send().await {
+        match client.get(&url).timeout(Duration::from_secs(2)).send().await {
             Ok(r) if r.status().is_success() => debug!(%url, "the previous leader's sidecar still snapshots"),
             Ok(r) => {
                 info!(%url, status = r.status().as_u16(), "the previous leader's sidecar has stopped snapshotting");
@@ -404,6 +457,25 @@ pub async fn wait_for_handoff(previous: &str, limit: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The HTTP client sidecars talk to each other with (forwarding, the hand-off, the data-dir
+/// question): HTTPS certificates are checked against `cacert` (`--cacert`, as the reference's
+/// reverse proxy and health check trust it) besides the system's roots.
+pub fn sidecar_client(cacert: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if let Some(path) = cacert {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} holds no usable PEM certificate: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("cannot build the HTTP client for other sidecars: {e}"))
 }
 
 #[cfg(test)]
@@ -450,7 +522,7 @@ mod tests {
         async fn leadership(&self) -> Result<Leadership, ClusterError> {
             match self.leader.load(Ordering::SeqCst) {
                 u64::MAX => Err(ClusterError::Etcd { endpoint: "e".into(), message: "down".into() }),
-                leader_id => Ok(Leadership { member_id: 1, leader_id, cluster_id: 7 }),
+                leader_id => Ok(Leadership { member_id: 1, leader_id, ..Leadership::default() }),
             }
         }
         async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError> {
@@ -495,6 +567,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert!(wait_for_handoff(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).await);
+        let client = sidecar_client(None).unwrap();
+        assert!(wait_for_handoff(&client, &format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).await);
     }
 }

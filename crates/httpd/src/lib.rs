@@ -12,7 +12,8 @@
 //! | `/snapshot/latest` | `200` `{"fullSnapshot":…,"deltaSnapshots":…}` listed from the store |
 //! | `/snapshot/verify/latest` | etcdbr's own: `200` + the newest scheduled verification as JSON (`null` before the first); a follower forwards it to the leader's sidecar, which verifies; `404` when `--verification-period` is off |
 //! | (follower) `/snapshot/full`, `/snapshot/delta` | forwarded to the leader's sidecar after checking its `/healthz`, answer passed through; `503` when it is not ready, no leader is known or the request was already forwarded; `502` when it does not answer |
-//! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]) |
+//! | `/config` | the etcd config from `$ETCD_CONF` made concrete for this member (see [`etcdconf`]): with several members, `initial-cluster` trimmed to the running members and `initial-cluster-state: existing` while a learner joins |
+//! | `/member/data` | etcdbr's own, read-only: what this member's data dir holds, as JSON (see `validator::member_data`), for the other members' sidecars |
 //! | `/healthz` | `200 {"health":true}` or `503 {"health":false}` |
 //! | `/metrics` | the `etcdbr_*` metrics, Prometheus text format |
 //! | `/` | a status page: initialization, latest full snapshot and deltas, recent errors |
@@ -34,12 +35,16 @@
 //! requests to the leader's sidecar, found by a [`SidecarLocator`], and answer
 //! `/snapshot/latest` from the shared store themselves (see [`leader`]).
 //!
+//! The cluster this member belongs to is [`SidecarCluster`], the one view every decision uses
+//! (see [`cluster`] and `brcore::cluster`).
+//!
 //! Snapshots go through the [`SnapshotControl`] trait: [`LiveSnapshots`] asks the running
 //! snapshotter (through its handle) and falls back to [`StoreSnapshots`] (full snapshots taken
 //! here, deltas refused) while none runs.
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod error;
 pub mod etcdconf;
 pub mod leader;
@@ -48,6 +53,7 @@ mod server;
 pub mod snapshots;
 mod tls;
 
+pub use cluster::{ClusterSettings, FlagCluster, SidecarCluster};
 pub use error::Error;
 pub use leader::{LeaderElector, Role, SidecarLocator};
 pub use server::{

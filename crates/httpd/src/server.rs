@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use brcore::cluster::{ClusterAccess, LiveCluster};
 use brcore::metrics::Metrics;
 use brcore::verify::Verification;
 use tokio::net::TcpListener;
@@ -89,6 +90,13 @@ pub struct ServerConfig {
     /// it is a follower, `/snapshot/full` and `/snapshot/delta` are forwarded to the leader's
     /// sidecar; while the role is unknown they answer 503. `None`: always served here.
     pub leadership: Option<watch::Receiver<Role>>,
+    /// The cluster this member belongs to: `/config` trims `initial-cluster` to the running
+    /// members and sets `initial-cluster-state` from it, and `/member/data` names this member
+    /// after it. `None`: the config file alone.
+    pub cluster: Option<Arc<dyn ClusterAccess>>,
+    /// The CA bundle other sidecars' HTTPS certificates are checked against when requests are
+    /// forwarded to the leader's sidecar (`--cacert`, as the reference).
+    pub peer_cacert: Option<PathBuf>,
     /// Scheduled backup verification (`--verification-period`), when it is on: its results for
     /// `/snapshot/verify/latest` and the status page. `None`: off.
     pub verification: Option<VerificationFeed>,
@@ -116,6 +124,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("default_mode", &self.default_mode)
             .field("leadership", &self.leadership.as_ref().map(|r| r.borrow().clone()))
             .field("verification", &self.verification.as_ref().map(|v| v.period))
+            .field("cluster", &self.cluster)
+            .field("peer_cacert", &self.peer_cacert)
             .finish()
     }
 }
@@ -228,10 +238,7 @@ impl Shared {
         if let Some(c) = self.upstream.get() {
             return Ok(c);
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client for forwarding: {e}")))?;
+        let client = crate::leader::sidecar_client(self.config.peer_cacert.as_deref()).map_err(Error::Internal)?;
         Ok(self.upstream.get_or_init(|| client))
     }
 
@@ -293,7 +300,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static [Method]> {
     const ACT: &[Method] = &[Method::GET, Method::POST];
     const GET_ONLY: &[Method] = &[Method::GET];
     match path {
-        "/" | "/healthz" | "/metrics" | "/snapshot/latest" | "/snapshot/verify/latest" => Some(READ),
+        "/" | "/healthz" | "/metrics" | "/snapshot/latest" | "/snapshot/verify/latest" | "/member/data" => Some(READ),
         "/initialization/start" | "/snapshot/full" | "/snapshot/delta" => Some(ACT),
         "/initialization/status" | "/config" => Some(GET_ONLY),
         _ => None,
@@ -425,6 +432,7 @@ impl Server {
             .route("/snapshot/latest", get(snapshot_latest))
             .route("/snapshot/verify/latest", get(verify_latest))
             .route("/config", get(config))
+            .route("/member/data", get(member_data))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .fallback(|| async { (StatusCode::NOT_FOUND, "not found; see / for the endpoints\n") })
@@ -575,6 +583,12 @@ fn summarize(o: &Outcome) -> String {
             format!("restored revision {} from {} + {} delta(s)", r.stats.revision, r.full, r.deltas.len())
         }
         Action::FreshStart => "no backups to restore from: etcd starts empty".to_string(),
+        Action::JoinedAsLearner { member_id, removed: None } => {
+            format!("joined the running cluster as learner {member_id:x}; etcd syncs from the leader")
+        }
+        Action::JoinedAsLearner { member_id, removed: Some(old) } => {
+            format!("removed member {old:x} and added it back as learner {member_id:x}; etcd syncs from the leader")
+        }
     };
     format!("{} validation: {}; {action}", v.mode, v.verdict)
 }
@@ -680,9 +694,25 @@ async fn verify_latest(
     to_json(&latest.as_deref())
 }
 
+/// How long `/config` waits for a quorum to list the running members (the reference tries
+/// twice, 2 s apart); without one, the config's own cluster is served (a bootstrap).
+const CONFIG_LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
 async fn config(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
     let path = s.config.etcd_conf.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_CONF));
-    let result = render_config(&path, s.config.pod_name.as_deref(), s.config.config_output.as_deref()).await;
+    let live = match &s.config.cluster {
+        Some(cluster) => match cluster.spec() {
+            Ok(spec) if spec.is_multi_member() => cluster.members(&spec).live_within(CONFIG_LIVE_WAIT).await,
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot read the cluster for /config; serving the config's own cluster");
+                None
+            }
+        },
+        None => None,
+    };
+    let result =
+        render_config(&path, s.config.pod_name.as_deref(), s.config.config_output.as_deref(), live.as_ref()).await;
     match result {
         Ok(text) => Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response()),
         Err(e) => {
@@ -692,14 +722,19 @@ async fn config(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
     }
 }
 
-async fn render_config(path: &Path, pod_name: Option<&str>, output: Option<&Path>) -> Result<String, Error> {
+async fn render_config(
+    path: &Path,
+    pod_name: Option<&str>,
+    output: Option<&Path>,
+    live: Option<&LiveCluster>,
+) -> Result<String, Error> {
     let shown = path.display().to_string();
     let text = tokio::fs::read_to_string(path).await.map_err(|e| Error::EtcdConfig {
         path: shown.clone(),
         why: format!("cannot read it ({e}); set ETCD_CONF to the etcd config file"),
     })?;
     let rendered =
-        etcdconf::render_for_member(&text, pod_name).map_err(|why| Error::EtcdConfig { path: shown, why })?;
+        etcdconf::render_for_member(&text, pod_name, live).map_err(|why| Error::EtcdConfig { path: shown, why })?;
     if let Some(out) = output {
         write_atomically(out, rendered.as_bytes())
             .await
@@ -718,6 +753,20 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// `/member/data`: what this member's data dir holds, for the other members' sidecars (see
+/// `validator::member_data`); read-only.
+async fn member_data(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
+    let member = match &s.config.cluster {
+        Some(c) => c.spec().map(|spec| spec.this).unwrap_or_else(|_| s.init.options.plan.name.clone()),
+        None => s.init.options.plan.name.clone(),
+    };
+    let data_dir = s.init.options.plan.data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || validator::data_report(&data_dir, &member))
+        .await
+        .map_err(|e| Error::Internal(format!("the data dir check died: {e}")))?;
+    to_json(&report)
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {

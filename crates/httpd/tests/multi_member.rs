@@ -205,9 +205,10 @@ async fn followers_forward_to_the_leaders_sidecar() {
     // Hand-off: a healthy previous leader holds the new one back until the limit; an unhealthy
     // one lets it go at once.
     let base = format!("http://127.0.0.1:{}", lead.port);
-    assert!(!wait_for_handoff(&base, Duration::from_millis(500)).await);
+    let client = httpd::leader::sidecar_client(None).unwrap();
+    assert!(!wait_for_handoff(&client, &base, Duration::from_millis(500)).await);
     lead.handle.set_healthy(false);
-    assert!(wait_for_handoff(&base, Duration::from_secs(30)).await);
+    assert!(wait_for_handoff(&client, &base, Duration::from_secs(30)).await);
 
     // Leadership moves: the electors follow.
     let target = (leader + 2) % 3;

@@ -279,6 +279,8 @@ fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
         default_mode: Mode::Sanity,
         leadership: None,
         verification: None,
+        cluster: None,
+        peer_cacert: None,
     };
     (Server::new(config, init, Some(snapshots), metrics), out)
 }

@@ -22,12 +22,31 @@
 //! in the data dir). It is deleted only when [`InitOptions::remove_set_aside`] is set (the CLI's
 //! `--delete-invalid-member-dir`), and only after the restore succeeded.
 //!
-//! **Several members** (`--initial-cluster` with more than one entry): the reference skips the
-//! revision comparison (a follower may trail the leader's backups and resyncs from the leader),
-//! and for an invalid data dir removes the member from the cluster, deletes its data and adds it
-//! back as a learner, which then syncs from the leader. That needs the etcd member API, which
-//! etcdbr does not drive yet: an invalid data dir in a multi-member cluster is refused with
-//! [`InitError::MultiMember`], whose message gives the manual steps.
+//! **Several members.** With a [`ClusterAccess`] ([`Initializer::with_cluster`]) the cluster
+//! is the one it describes (etcd-druid's `$ETCD_CONF`), and a member rejoins from its peers,
+//! never from a backup alone (the reference's `pkg/initializer` and `pkg/member`):
+//!
+//! | the running cluster | this member | data dir | action |
+//! |---|---|---|---|
+//! | a quorum answers | not in the member list (scale-up, or removed) | any | set aside, join as a learner |
+//! | a quorum answers | listed | valid | nothing (a learner is promoted by the server once in sync) |
+//! | a quorum answers | listed | missing, corrupt, stale | remove the member, set aside, join as a learner |
+//! | no quorum | – | valid | nothing: etcd starts and the cluster forms again |
+//! | no quorum | – | bad, no backups | fresh start (a new cluster bootstraps, as the reference) |
+//! | no quorum | – | bad, backups | restore the latest backup with the whole membership, **only** when every other member's sidecar reports that its data is missing, unusable, or holds nothing but a bootstrap at the backup's revision; otherwise wait ([`InitError::PeersHoldData`], [`InitError::PeersUnknown`]) |
+//!
+//! A learner joins with an empty data dir and `initial-cluster-state: existing` (the server's
+//! `/config`), etcd syncs it from the leader, and the server's leader elector promotes it. The
+//! revision comparison is skipped: followers may trail the leader's backups. The reference
+//! never restores a multi-member cluster from its backup (its operators scale to one replica
+//! by hand); here every member of a cluster that lost all its data restores the same chain,
+//! which the offline restore makes byte-identical on each member, so they form the cluster
+//! the backup was taken of. A member whose data served the cluster is never restored beside:
+//! it may hold writes no backup has, and raft would not reconcile the two histories.
+//!
+//! Without a [`ClusterAccess`] (`etcdbrctl initialize`), an invalid data dir in a cluster of
+//! several members (`--initial-cluster`) is refused with [`InitError::MultiMember`], whose
+//! message gives the manual steps.
 
 use std::fs;
 use std::io;
@@ -35,8 +54,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::{Duration, Instant};
+
 use brcore::Snapstore;
 use brcore::chain::{self, Target};
+use brcore::cluster::{
+    ClusterAccess, ClusterError, ClusterSpec, DataReport, DataState, LiveMember, MemberClient, Refusal,
+};
 use brcore::error::Error as CoreError;
 use brcore::restore::{NoProgress, OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
 use tracing::{Instrument, info, info_span, warn};
@@ -68,6 +92,14 @@ pub enum Action {
     /// There were no backups (or no store) and no usable data: the data dir holds no `member/`
     /// and etcd will start empty, as a new member.
     FreshStart,
+    /// The member joined its running cluster as a learner with an empty data dir: etcd starts
+    /// with `initial-cluster-state: existing`, syncs from the leader and is promoted once in sync.
+    JoinedAsLearner {
+        /// Its new member id.
+        member_id: u64,
+        /// The id it had before, when it was removed first (its data dir was lost or damaged).
+        removed: Option<u64>,
+    },
 }
 
 /// The result of [`Initializer::initialize`].
@@ -102,12 +134,13 @@ pub enum InitError {
         /// The verdict ([`Verdict::InUse`] or [`Verdict::WrongVolume`]).
         verdict: Verdict,
     },
-    /// An invalid data dir in a multi-member cluster; see the module docs.
+    /// An invalid data dir in a multi-member cluster, without access to the cluster; see the
+    /// module docs.
     #[error(
         "{verdict}; this member belongs to a {members}-member cluster, where a bad member is replaced by \
          syncing from the leader, not by a restore: remove it (`etcdctl member remove <id>`), move its data dir \
          away, add it back (`etcdctl member add {name} --learner --peer-urls ...`), start etcd with \
-         --initial-cluster-state existing and promote it once it caught up; etcdbr does not automate this yet"
+         --initial-cluster-state existing and promote it once it caught up (`etcdbrctl server` does all this)"
     )]
     MultiMember {
         /// Why the data dir is invalid.
@@ -120,6 +153,52 @@ pub enum InitError {
     /// The backups could not be listed or restored.
     #[error(transparent)]
     Backup(#[from] CoreError),
+    /// The cluster could not be asked, or refused a member change.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    /// No quorum answers and this member's data dir is unusable, but other members still hold
+    /// data that served the cluster: this member rejoins from them once a quorum is back.
+    #[error(
+        "{verdict}, and no quorum of the cluster answers, but member(s) {} still hold data that served the \
+         cluster: this member rejoins from them once they form a quorum again (the initialization is retried); \
+         a restore from the backup is made only when every member lost its data",
+        holders.join(", ")
+    )]
+    PeersHoldData {
+        /// Why this data dir is unusable.
+        verdict: Verdict,
+        /// The members with data.
+        holders: Vec<String>,
+    },
+    /// No quorum answers, this member's data dir is unusable, and some members' sidecars could
+    /// not say what their data dirs hold.
+    #[error(
+        "{verdict}, and no quorum of the cluster answers; whether the other members lost their data too is \
+         unknown ({}): a restore from the backup is made only when every member lost its data, so this waits \
+         (the initialization is retried)",
+        unknown.join("; ")
+    )]
+    PeersUnknown {
+        /// Why this data dir is unusable.
+        verdict: Verdict,
+        /// The members that could not be asked, with the reason.
+        unknown: Vec<String>,
+    },
+    /// Another member was restored to a revision the latest backup does not end at: restoring
+    /// this one from the latest backup would give the members different histories.
+    #[error(
+        "member {member} was restored to revision {revision}, but the latest backup ends at revision \
+         {backup_revision}: the members would serve different data; restore every member from the same backup \
+         by hand (move their data dirs away and restart them together)"
+    )]
+    RevisionConflict {
+        /// The member.
+        member: String,
+        /// Its revision.
+        revision: i64,
+        /// The latest backup's.
+        backup_revision: i64,
+    },
     /// The invalid member dir could not be moved aside (or back after a failed restore).
     #[error("cannot move {} to {}: {source}; check permissions on the data dir", from.display(), to.display())]
     SetAside {
@@ -140,29 +219,65 @@ pub enum InitError {
     },
 }
 
+/// How long the multi-member steps wait for the cluster (see [`Initializer::with_waits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterWaits {
+    /// For a quorum to answer before deciding that none does (the reference probes for about 30 s).
+    pub quorum: Duration,
+    /// For the other members' sidecars to say what their data dirs hold.
+    pub peers: Duration,
+    /// For etcd to accept this member as a learner (it allows one learner at a time).
+    pub learner: Duration,
+}
+
+impl Default for ClusterWaits {
+    fn default() -> Self {
+        ClusterWaits {
+            quorum: Duration::from_secs(10),
+            peers: Duration::from_secs(60),
+            learner: Duration::from_secs(120),
+        }
+    }
+}
+
 /// Validates a data dir and restores it when needed.
 #[derive(Debug, Clone)]
 pub struct Initializer {
     store: Option<Arc<dyn Snapstore>>,
     restorer: Option<Arc<dyn Restorer>>,
+    cluster: Option<Arc<dyn ClusterAccess>>,
+    waits: ClusterWaits,
 }
 
 impl Initializer {
     /// An initializer reading backups from `store` and restoring with the offline restorer.
     pub fn new(store: Arc<dyn Snapstore>) -> Self {
         let restorer: Arc<dyn Restorer> = Arc::new(OfflineRestorer::new(store.clone()));
-        Initializer { store: Some(store), restorer: Some(restorer) }
+        Initializer { store: Some(store), restorer: Some(restorer), cluster: None, waits: ClusterWaits::default() }
     }
 
     /// An initializer with a store and another restorer (a test double, or a future online one).
     pub fn with_restorer(store: Arc<dyn Snapstore>, restorer: Arc<dyn Restorer>) -> Self {
-        Initializer { store: Some(store), restorer: Some(restorer) }
+        Initializer { store: Some(store), restorer: Some(restorer), cluster: None, waits: ClusterWaits::default() }
     }
 
     /// An initializer without a store (`--storage-provider` unset in the server): a valid data
     /// dir is kept, anything else becomes a fresh start, as in the reference.
     pub fn without_store() -> Self {
-        Initializer { store: None, restorer: None }
+        Initializer { store: None, restorer: None, cluster: None, waits: ClusterWaits::default() }
+    }
+
+    /// The same initializer, deciding with the cluster `cluster` describes and reaches (see
+    /// the module docs): its member name and membership replace the plan's.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterAccess>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The same initializer with other waits for the cluster.
+    pub fn with_waits(mut self, waits: ClusterWaits) -> Self {
+        self.waits = waits;
+        self
     }
 
     /// Validates `opts.plan.data_dir` and acts on the verdict; see the module docs.
@@ -172,60 +287,34 @@ impl Initializer {
     }
 
     async fn run(&self, opts: &InitOptions) -> Result<Outcome, InitError> {
-        let plan = &opts.plan;
-        if !matches!(plan.target, Target::Latest) {
+        if !matches!(opts.plan.target, Target::Latest) {
             return Err(CoreError::Refused {
                 why: "initialize restores the latest backup only; use `etcdbrctl restore` for a point in time".into(),
             }
             .into());
         }
+        let mut plan = opts.plan.clone();
+        if let Some(cluster) = &self.cluster {
+            let spec = cluster.spec()?;
+            // The configured cluster is the one a restore writes, with this member's name.
+            plan.cluster = spec.restore_cluster()?;
+            plan.name = spec.this.clone();
+            brcore::metrics::metrics().cluster_size.set(spec.members.len() as f64);
+            if spec.is_multi_member() {
+                return self.run_in_cluster(opts, &plan, &spec, cluster.as_ref()).await;
+            }
+        }
+        let plan = &plan;
         let members = plan.cluster.members.len();
         let multi = members > 1;
         // As the reference's initializer: the size of the cluster the flags describe.
         brcore::metrics::metrics().cluster_size.set(members as f64);
 
-        // The latest backed-up revision, unless there is no store or no backup.
-        let (backup_revision, no_backups, chain_error) = match &self.store {
-            None => (None, true, None),
-            Some(store) => match chain::list_chain(store.as_ref(), &plan.prefix, Target::Latest).await {
-                Ok(chain) => {
-                    let rev =
-                        chain.deltas.last().map(|d| d.name.last_revision).unwrap_or(chain.full.name.last_revision);
-                    info!(full = %chain.full.key, deltas = chain.deltas.len(), revision = rev, "latest backup");
-                    (Some(rev as i64), false, None)
-                }
-                Err(CoreError::NotFound { what }) => {
-                    info!("no backup in the store ({what})");
-                    (None, true, None)
-                }
-                // Unreachable store: without knowing the backups nothing may be decided.
-                Err(e @ CoreError::Store(_)) => return Err(e.into()),
-                // Damaged backups: a valid data dir is still fine; a restore would fail.
-                Err(e) => {
-                    warn!(error = %e, "the latest backups are unusable; validating without them");
-                    (None, false, Some(e))
-                }
-            },
-        };
-
-        let check_opts = Options {
-            mode: opts.mode,
-            // Several members: followers may trail the leader's backups and resync from it.
-            latest_backup_revision: if multi { None } else { backup_revision },
-            namespace: opts.namespace.clone(),
-        };
-        let data_dir = plan.data_dir.clone();
-        let validation = tokio::task::spawn_blocking(move || check::validate_with(&data_dir, &check_opts))
-            .await
-            .map_err(|e| InitError::Validation { path: plan.data_dir.clone(), source: io::Error::other(e) })?
-            .map_err(|source| InitError::Validation { path: plan.data_dir.clone(), source })?;
-
+        let latest = self.latest_backup(plan).await?;
+        // Several members: followers may trail the leader's backups and resync from it.
+        let compare = if multi { None } else { latest.revision };
+        let validation = self.validate(plan, opts, compare).await?;
         let verdict = validation.verdict.clone();
-        // As the reference: succeeded = the data dir was found valid.
-        brcore::metrics::metrics()
-            .validation_duration_seconds
-            .with_label_values(&[brcore::metrics::succeeded(verdict.is_valid())])
-            .observe(validation.elapsed.as_secs_f64());
         if verdict.is_valid() {
             info!(status = verdict.reference_status(), "the data dir is valid; nothing to do");
             return Ok(Outcome { validation, action: Action::Nothing, set_aside: None, after: None });
@@ -236,14 +325,71 @@ impl Initializer {
         if multi {
             return Err(InitError::MultiMember { verdict, members, name: plan.name.clone() });
         }
-        if let Some(e) = chain_error {
+        warn!(status = verdict.reference_status(), "the data dir is not usable: {verdict}");
+        self.restore_or_start_fresh(opts, plan, validation, latest).await
+    }
+
+    /// The latest backed-up revision, unless there is no store or no backup.
+    async fn latest_backup(&self, plan: &RestorePlan) -> Result<Latest, InitError> {
+        let Some(store) = &self.store else {
+            return Ok(Latest { revision: None, none: true, error: None });
+        };
+        match chain::list_chain(store.as_ref(), &plan.prefix, Target::Latest).await {
+            Ok(chain) => {
+                let rev = chain.deltas.last().map(|d| d.name.last_revision).unwrap_or(chain.full.name.last_revision);
+                info!(full = %chain.full.key, deltas = chain.deltas.len(), revision = rev, "latest backup");
+                Ok(Latest { revision: Some(rev as i64), none: false, error: None })
+            }
+            Err(CoreError::NotFound { what }) => {
+                info!("no backup in the store ({what})");
+                Ok(Latest { revision: None, none: true, error: None })
+            }
+            // Unreachable store: without knowing the backups nothing may be decided.
+            Err(e @ CoreError::Store(_)) => Err(e.into()),
+            // Damaged backups: a valid data dir is still fine; a restore would fail.
+            Err(e) => {
+                warn!(error = %e, "the latest backups are unusable; validating without them");
+                Ok(Latest { revision: None, none: false, error: Some(e) })
+            }
+        }
+    }
+
+    /// Validates the data dir (against `backup_revision` when given) and records the metric.
+    async fn validate(
+        &self,
+        plan: &RestorePlan,
+        opts: &InitOptions,
+        backup_revision: Option<i64>,
+    ) -> Result<Report, InitError> {
+        let check_opts =
+            Options { mode: opts.mode, latest_backup_revision: backup_revision, namespace: opts.namespace.clone() };
+        let data_dir = plan.data_dir.clone();
+        let validation = tokio::task::spawn_blocking(move || check::validate_with(&data_dir, &check_opts))
+            .await
+            .map_err(|e| InitError::Validation { path: plan.data_dir.clone(), source: io::Error::other(e) })?
+            .map_err(|source| InitError::Validation { path: plan.data_dir.clone(), source })?;
+        // As the reference: succeeded = the data dir was found valid.
+        brcore::metrics::metrics()
+            .validation_duration_seconds
+            .with_label_values(&[brcore::metrics::succeeded(validation.verdict.is_valid())])
+            .observe(validation.elapsed.as_secs_f64());
+        Ok(validation)
+    }
+
+    /// Sets the unusable member dir aside and restores the latest backup into the data dir, or
+    /// lets etcd start empty when there is no backup.
+    async fn restore_or_start_fresh(
+        &self,
+        opts: &InitOptions,
+        plan: &RestorePlan,
+        validation: Report,
+        latest: Latest,
+    ) -> Result<Outcome, InitError> {
+        if let Some(e) = latest.error {
             return Err(e.into());
         }
-
-        warn!(status = verdict.reference_status(), "the data dir is not usable: {verdict}");
         let set_aside = set_aside_member(&plan.data_dir)?;
-
-        let (Some(restorer), false) = (&self.restorer, no_backups) else {
+        let (Some(restorer), false) = (&self.restorer, latest.none) else {
             warn!(
                 set_aside = set_aside.as_ref().map(|p| p.display().to_string()),
                 "no backups to restore from: etcd will start empty, as a new member"
@@ -252,9 +398,8 @@ impl Initializer {
         };
 
         let progress: Arc<dyn Progress> = Arc::new(NoProgress);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let restored = restorer.restore(plan, progress).await;
-        // The reference's label: a single member restored from the backups.
         brcore::metrics::metrics()
             .restoration_duration_seconds
             .with_label_values(&["single_node", brcore::metrics::succeeded(restored.is_ok())])
@@ -268,9 +413,15 @@ impl Initializer {
                 return Err(e.into());
             }
         };
-        info!(revision = report.stats.revision, full = %report.full, deltas = report.deltas.len(), "restored the data dir");
+        info!(
+            revision = report.stats.revision,
+            full = %report.full,
+            deltas = report.deltas.len(),
+            members = plan.cluster.members.len(),
+            "restored the data dir"
+        );
 
-        let after_opts = Options { mode: Mode::Sanity, latest_backup_revision: backup_revision, namespace: None };
+        let after_opts = Options { mode: Mode::Sanity, latest_backup_revision: latest.revision, namespace: None };
         let data_dir = plan.data_dir.clone();
         let after = tokio::task::spawn_blocking(move || check::validate_with(&data_dir, &after_opts))
             .await
@@ -280,15 +431,258 @@ impl Initializer {
             return Err(InitError::RestoredInvalid { verdict: after.verdict });
         }
 
-        let kept = match set_aside {
+        let kept = self.drop_set_aside(opts, set_aside)?;
+        Ok(Outcome { validation, action: Action::Restored(Box::new(report)), set_aside: kept, after: Some(after) })
+    }
+
+    /// Deletes the set-aside member dir when asked to (`--delete-invalid-member-dir`).
+    fn drop_set_aside(&self, opts: &InitOptions, set_aside: Option<PathBuf>) -> Result<Option<PathBuf>, InitError> {
+        match set_aside {
             Some(aside) if opts.remove_set_aside => {
                 info!(dir = %aside.display(), "deleting the invalid member dir, as asked");
                 fs::remove_dir_all(&aside).map_err(|e| CoreError::io(&aside, e))?;
-                None
+                Ok(None)
             }
-            other => other,
-        };
-        Ok(Outcome { validation, action: Action::Restored(Box::new(report)), set_aside: kept, after: Some(after) })
+            other => Ok(other),
+        }
+    }
+
+    /// The multi-member decisions; see the module docs.
+    async fn run_in_cluster(
+        &self,
+        opts: &InitOptions,
+        plan: &RestorePlan,
+        spec: &ClusterSpec,
+        cluster: &dyn ClusterAccess,
+    ) -> Result<Outcome, InitError> {
+        let members = cluster.members(spec);
+        let me = spec.this_member();
+        info!(
+            member = %spec.this,
+            members = spec.members.len(),
+            origin = %spec.origin,
+            endpoints = ?members.endpoints(),
+            "this member belongs to a multi-member cluster: asking it for its member list"
+        );
+        let live = members.live_within(self.waits.quorum).await;
+        let validation = self.validate(plan, opts, None).await?;
+        let verdict = validation.verdict.clone();
+        if !verdict.is_valid() && !verdict.needs_restore() {
+            return Err(InitError::Untouchable { verdict });
+        }
+
+        if let Some(live) = live {
+            info!(
+                cluster_id = format!("{:x}", live.cluster_id),
+                members = live.members.len(),
+                answered = %live.endpoint,
+                "a quorum answers: a member that lost its data rejoins from its peers"
+            );
+            let Some(listed) = live.find(me).cloned() else {
+                info!(
+                    member = %me.name,
+                    "this member is not in the cluster's member list (a scale-up, or it was removed): \
+                     joining as a learner with an empty data dir"
+                );
+                let set_aside = set_aside_member(&plan.data_dir)?;
+                let added = add_learner(&members, me, self.waits.learner).await?;
+                let set_aside = self.drop_set_aside(opts, set_aside)?;
+                let action = Action::JoinedAsLearner { member_id: added.id, removed: None };
+                return Ok(Outcome { validation, action, set_aside, after: None });
+            };
+            if verdict.is_valid() {
+                if listed.is_learner {
+                    info!("the data dir is valid and this member is a learner: it is promoted once in sync");
+                } else {
+                    info!(status = verdict.reference_status(), "the data dir is valid; nothing to do");
+                }
+                return Ok(Outcome { validation, action: Action::Nothing, set_aside: None, after: None });
+            }
+            if listed.is_learner && listed.name.is_empty() && matches!(verdict, Verdict::Missing { .. }) {
+                info!(id = format!("{:x}", listed.id), "added as a learner already and not started yet: joining");
+                let action = Action::JoinedAsLearner { member_id: listed.id, removed: None };
+                return Ok(Outcome { validation, action, set_aside: None, after: None });
+            }
+            warn!(
+                status = verdict.reference_status(),
+                id = format!("{:x}", listed.id),
+                "the data dir is not usable ({verdict}): removing this member from the cluster and adding it \
+                 back as a learner, which syncs from the leader"
+            );
+            remove_member(&members, &listed).await?;
+            let set_aside = set_aside_member(&plan.data_dir)?;
+            let added = add_learner(&members, me, self.waits.learner).await?;
+            let set_aside = self.drop_set_aside(opts, set_aside)?;
+            let action = Action::JoinedAsLearner { member_id: added.id, removed: Some(listed.id) };
+            return Ok(Outcome { validation, action, set_aside, after: None });
+        }
+
+        // No quorum answers: the cluster is down, or still starting.
+        if verdict.is_valid() {
+            info!("no quorum answers yet, and the data dir is valid: etcd starts on it and the cluster forms again");
+            return Ok(Outcome { validation, action: Action::Nothing, set_aside: None, after: None });
+        }
+        let latest = self.latest_backup(plan).await?;
+        if latest.none {
+            // As the reference: with no backup, the store says this is a new cluster.
+            info!("no quorum answers and there is no backup: a new cluster bootstraps");
+            return self.restore_or_start_fresh(opts, plan, validation, latest).await;
+        }
+        warn!(
+            status = verdict.reference_status(),
+            "no quorum answers and the data dir is not usable ({verdict}): asking the other members' sidecars \
+             whether they lost their data too"
+        );
+        let reports = self.ask_peers(spec, cluster).await;
+        let mut holders = Vec::new();
+        let mut unknown = Vec::new();
+        for (peer, report) in &reports {
+            match report {
+                Ok(r) if r.state == DataState::Serving => holders.push(format!("{peer} ({})", r.detail)),
+                Ok(r) if r.state == DataState::Unknown => unknown.push(format!("{peer}: {}", r.detail)),
+                Ok(r) => info!(member = %peer, state = %r.state, revision = r.revision, "{}", r.detail),
+                Err(e) => unknown.push(e.to_string()),
+            }
+        }
+        if !holders.is_empty() {
+            return Err(InitError::PeersHoldData { verdict, holders });
+        }
+        if !unknown.is_empty() {
+            return Err(InitError::PeersUnknown { verdict, unknown });
+        }
+        if let Some(backup_revision) = latest.revision {
+            for (peer, report) in &reports {
+                if let Ok(DataReport { state: DataState::Bootstrap, revision: Some(revision), .. }) = report
+                    && *revision != backup_revision
+                {
+                    return Err(InitError::RevisionConflict {
+                        member: peer.clone(),
+                        revision: *revision,
+                        backup_revision,
+                    });
+                }
+            }
+        }
+        warn!(
+            members = spec.members.len(),
+            "every member lost its data: restoring this member from the latest backup, with the whole membership"
+        );
+        self.restore_or_start_fresh(opts, plan, validation, latest).await
+    }
+
+    /// Asks every other member's sidecar what its data dir holds, each until it answers with a
+    /// definite state or the wait for peers has passed. Stops early when one holds data.
+    async fn ask_peers(
+        &self,
+        spec: &ClusterSpec,
+        cluster: &dyn ClusterAccess,
+    ) -> Vec<(String, Result<DataReport, ClusterError>)> {
+        let deadline = Instant::now() + self.waits.peers;
+        let mut out = Vec::new();
+        for peer in spec.peers() {
+            let answer = loop {
+                let answer = cluster.peer_data(peer).await;
+                let definite = matches!(&answer, Ok(r) if r.state != DataState::Unknown);
+                if definite || Instant::now() + Duration::from_secs(2) > deadline {
+                    break answer;
+                }
+                match &answer {
+                    Ok(r) => info!(member = %peer.name, "{}; asking again", r.detail),
+                    Err(e) => info!(member = %peer.name, error = %e, "no answer yet; asking again"),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            };
+            let serving = matches!(&answer, Ok(r) if r.state == DataState::Serving);
+            out.push((peer.name.clone(), answer));
+            if serving {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// The latest backup as the initializer needs it.
+struct Latest {
+    /// Its last revision.
+    revision: Option<i64>,
+    /// There is no store, or no backup in it.
+    none: bool,
+    /// The backups are there but unusable.
+    error: Option<CoreError>,
+}
+
+/// Adds `me` as a learner, retrying while etcd has its one learner already (another member
+/// joining) or no quorum answers, up to `limit`. A member with these peer URLs that exists
+/// already (an earlier attempt got through) is taken as added.
+async fn add_learner(
+    members: &MemberClient,
+    me: &brcore::cluster::MemberSpec,
+    limit: Duration,
+) -> Result<LiveMember, InitError> {
+    let metrics = brcore::metrics::metrics();
+    let deadline = Instant::now() + limit;
+    loop {
+        let started = Instant::now();
+        let result = members.add_learner(&me.peer_urls).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(m) => {
+                metrics.add_learner_duration_seconds.with_label_values(&["true"]).observe(elapsed);
+                metrics.is_learner_count_total.with_label_values(&["true"]).inc();
+                metrics.is_learner.set(1.0);
+                info!(id = format!("{:x}", m.id), peer_urls = ?me.peer_urls, "added this member to the cluster as a learner");
+                return Ok(m);
+            }
+            Err(e) if e.refusal() == Some(Refusal::AlreadyMember) => {
+                let live = members.live().await?;
+                if let Some(m) = live.find(me).filter(|m| m.is_learner || m.name.is_empty()) {
+                    info!(id = format!("{:x}", m.id), "this member was added already");
+                    return Ok(m.clone());
+                }
+                return Err(e.into());
+            }
+            Err(e) => {
+                let retry = matches!(e.refusal(), Some(Refusal::TooManyLearners))
+                    || matches!(e, ClusterError::NoQuorum { .. } | ClusterError::Unavailable { .. });
+                if !retry || Instant::now() + Duration::from_secs(5) > deadline {
+                    metrics.add_learner_duration_seconds.with_label_values(&["false"]).observe(elapsed);
+                    metrics.is_learner_count_total.with_label_values(&["false"]).inc();
+                    return Err(e.into());
+                }
+                info!(error = %e, "cannot add this member as a learner yet; trying again in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// Removes `member` from the cluster (gone already counts as removed), retrying a few times
+/// while no quorum answers.
+async fn remove_member(members: &MemberClient, member: &LiveMember) -> Result<(), InitError> {
+    let metrics = brcore::metrics::metrics();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let result = members.remove(member.id).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                metrics.member_remove_duration_seconds.with_label_values(&["true"]).observe(elapsed);
+                info!(id = format!("{:x}", member.id), "removed this member from the cluster");
+                return Ok(());
+            }
+            Err(e) if e.refusal() == Some(Refusal::MemberNotFound) => return Ok(()),
+            Err(e @ (ClusterError::NoQuorum { .. } | ClusterError::Unavailable { .. })) if attempt < 5 => {
+                info!(error = %e, "cannot remove this member yet; trying again in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                metrics.member_remove_duration_seconds.with_label_values(&["false"]).observe(elapsed);
+                return Err(e.into());
+            }
+        }
     }
 }
 

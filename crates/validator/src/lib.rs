@@ -35,10 +35,12 @@
 
 pub mod check;
 pub mod initializer;
+pub mod member_data;
 mod probe;
 pub mod report;
 pub mod safeguard;
 
 pub use check::{Options, validate, validate_with};
-pub use initializer::{Action, InitError, InitOptions, Initializer, Outcome};
+pub use initializer::{Action, ClusterWaits, InitError, InitOptions, Initializer, Outcome};
+pub use member_data::data_report;
 pub use report::{Absent, Finding, Mode, Report, Severity, Verdict};

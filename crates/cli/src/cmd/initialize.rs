@@ -163,6 +163,15 @@ fn print_outcome(o: &Outcome) {
         Action::FreshStart => {
             println!("no backups to restore from: etcd will start empty, as a new member");
         }
+        Action::JoinedAsLearner { member_id, removed } => {
+            if let Some(old) = removed {
+                println!("removed member {old:x} from the cluster");
+            }
+            println!(
+                "added as learner {member_id:x}: start etcd with initial-cluster-state existing; it syncs from the \
+                 leader and is promoted once in sync"
+            );
+        }
     }
     if let Some(aside) = &o.set_aside {
         println!("the previous member dir is kept at {} (delete it once the cluster is healthy)", aside.display());

@@ -21,6 +21,12 @@
 //! Leases etcd-druid reads are kept beside all this ([`super::leases`]): every snapshotter the
 //! supervisor starts reports what it stored to the snapshot-Lease task, and the member Lease is
 //! renewed on its own heartbeat. Neither ever holds up a snapshot.
+//!
+//! The cluster is one view for every decision ([`SidecarCluster`]: `$ETCD_CONF` as etcd-druid
+//! writes it, else the flags): initialization rejoins a member that lost its data as a learner,
+//! the elector promotes it, `/config` trims `initial-cluster` to the running members, the
+//! snapshotter's defragmentation covers every member ([`ClusterEtcd`]), and this member's peer
+//! URLs are set to the configured ones once etcd answers.
 
 use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -29,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use brcore::cluster::{ClusterAccess, ClusterEtcd};
 use brcore::etcd::{EtcdClient, EtcdSource};
 use brcore::restore::RestorePlan;
 use brcore::secondary::SyncConfig;
@@ -38,8 +45,8 @@ use brcore::verify::{Verifier, VerifyPlan};
 use clap::{ArgAction, Args};
 use httpd::leader::{ClusterView, EtcdClusterView, wait_for_handoff};
 use httpd::{
-    InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig, ServerHandle, SidecarLocator,
-    SnapshotControl, StoreSnapshots, TlsFiles, VerificationFeed,
+    ClusterSettings, FlagCluster, InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig,
+    ServerHandle, SidecarCluster, SidecarLocator, SnapshotControl, StoreSnapshots, TlsFiles, VerificationFeed,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -56,6 +63,10 @@ const ETCD_POLL: Duration = Duration::from_secs(2);
 /// How long a new leader waits for the previous leader's sidecar beyond one reelection period:
 /// the snapshotter's shutdown drain (5 s) and its last delta's upload.
 const HANDOFF_GRACE: Duration = Duration::from_secs(15);
+/// Limit for each request about the cluster's members (the reference's `EtcdTimeout`).
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
+/// etcd-wrapper's port, where `POST /stop` restarts etcd (the reference's `etcdWrapperPort`).
+const ETCD_WRAPPER_PORT: u16 = 9095;
 
 /// `etcdbrctl server`: the reference's flags, names and defaults.
 #[derive(Debug, Args)]
@@ -98,8 +109,9 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub enable_profiling: bool,
-    /// No-op: the Go tool restarts etcd through etcd-wrapper after changing the member's peer
-    /// URL; this server does not drive etcd-wrapper restarts.
+    /// After this member's peer URLs in the cluster were set to the configured ones (after a
+    /// restore, or a switch to peer TLS), restart etcd through etcd-wrapper (`POST /stop` on
+    /// port 9095 of --endpoints' host), as the Go tool; without it, a warning says to restart.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub use_etcd_wrapper: bool,
@@ -115,8 +127,9 @@ pub struct ServerArgs {
     /// and this server's --server-port (the reference's rule; needs one sidecar per host).
     #[arg(long, default_value = "")]
     pub sidecar_endpoints: String,
-    /// No-op: the Go tool uses the etcd Service's client URLs to change the membership of a
-    /// multi-member cluster (learners, `/config` trimming), which this server does not do.
+    /// Client URLs that reach the cluster's ready members (etcd-druid: the client Service),
+    /// comma separated: member changes (a learner joining, a promotion) and the member list go
+    /// there first, then to every member's advertised client URL and --endpoints.
     #[arg(long)]
     pub service_endpoints: Option<String>,
     /// The full- and delta-snapshot Leases (Kubernetes).
@@ -178,8 +191,14 @@ fn env(name: &str) -> Option<String> {
 struct Setup {
     server: Server,
     snapshots: Option<Snapshotting>,
-    /// Decides who snapshots; present with a store.
+    /// Decides who snapshots and promotes this member while it is a learner.
     elector: Option<LeaderElector>,
+    /// The one view of the cluster.
+    cluster: Arc<dyn ClusterAccess>,
+    /// Restart etcd through etcd-wrapper after its peer URLs changed (`--use-etcd-wrapper`).
+    use_etcd_wrapper: bool,
+    /// The client for other sidecars and etcd-wrapper (trusts `--cacert`).
+    sidecar_client: reqwest::Client,
     etcd: Arc<EtcdClient>,
     listen: SocketAddr,
     /// The Kubernetes Lease tasks (none unless their flags turn them on; see [`run`]).
@@ -201,6 +220,8 @@ struct Snapshotting {
     secondary: Option<(Arc<dyn brcore::Snapstore>, SyncConfig)>,
     /// Scheduled verification and its period, while the snapshotter runs.
     verifier: Option<(Arc<Verifier>, Duration)>,
+    /// The client for other sidecars (trusts `--cacert`).
+    sidecar_client: reqwest::Client,
 }
 
 /// The flag values the server refuses, checked at start (see `crate::validate`) and again by
@@ -230,7 +251,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     let (sidecars, plan, snap) = check_flags(args)?;
     // What a killed restore left goes now, whether or not an initialization restores later.
     brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
-    // As the reference's server: the size of the cluster --initial-cluster describes.
+    // The size of the cluster --initial-cluster describes, until the cluster view below says.
     brcore::metrics::metrics().cluster_size.set(plan.cluster.members.len() as f64);
     let mode = match args.validation_mode {
         ValidationMode::Sanity => Mode::Sanity,
@@ -238,6 +259,42 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     };
     let etcd = Arc::new(EtcdClient::new(snap.etcd.clone()));
     let metrics = brcore::metrics::metrics().clone();
+    let tls = match (&args.server_cert, &args.server_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    };
+    let locator = SidecarLocator::new(sidecars, args.server_port, tls.is_some());
+    let sidecar_client =
+        httpd::leader::sidecar_client(args.snapshot.cacert.as_deref()).map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
+    // The one view of the cluster: $ETCD_CONF (druid's), else the flags.
+    let cluster: Arc<dyn ClusterAccess> = Arc::new(SidecarCluster::new(ClusterSettings {
+        etcd_conf: env("ETCD_CONF").map(PathBuf::from),
+        pod_name: env("POD_NAME"),
+        flags: FlagCluster {
+            initial_cluster: args.restore.initial_cluster.clone(),
+            name: args.restore.name.clone(),
+            token: args.restore.initial_cluster_token.clone(),
+        },
+        etcd: snap.etcd.clone(),
+        service_endpoints: args
+            .service_endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        timeout: MEMBER_TIMEOUT,
+        locator: locator.clone(),
+        client: sidecar_client.clone(),
+    }));
+    match cluster.spec() {
+        Ok(spec) => {
+            metrics.cluster_size.set(spec.members.len() as f64);
+            info!(member = %spec.this, members = spec.members.len(), origin = %spec.origin, "cluster");
+        }
+        // Not fatal: the configuration may appear or be fixed before the first initialization.
+        Err(e) => warn!(error = %e, "cannot read the cluster's configuration yet"),
+    }
     let (initializer, control, snapshotting) = if !args.snapshot.store.has_provider() {
         (Initializer::without_store(), None, None)
     } else {
@@ -256,15 +313,10 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         let control: Arc<dyn SnapshotControl> = live.clone();
         (Initializer::new(store.clone()), Some(control), Some((store, live)))
     };
-    let tls = match (&args.server_cert, &args.server_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
-        _ => None,
-    };
-    let elector = snapshotting.is_some().then(|| {
-        let view = Arc::new(EtcdClusterView::new(snap.etcd.clone(), args.etcd_connection_timeout_leader_election));
-        let locator = SidecarLocator::new(sidecars, args.server_port, tls.is_some());
-        LeaderElector::new(view, locator, args.reelection_period)
-    });
+    let initializer = initializer.with_cluster(cluster.clone());
+    // Also without a store: it promotes this member while it is a learner.
+    let view = Arc::new(EtcdClusterView::new(snap.etcd.clone(), args.etcd_connection_timeout_leader_election));
+    let elector = LeaderElector::new(view, locator, args.reelection_period).with_promotion(cluster.clone());
     // Verification runs beside the snapshotter, so on the leader's sidecar only.
     let verifier = match (&snapshotting, args.verification_period.is_zero()) {
         (Some((store, _)), false) => {
@@ -285,7 +337,9 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         verification: verifier
             .as_ref()
             .map(|v| VerificationFeed { period: args.verification_period, results: v.subscribe() }),
-        leadership: elector.as_ref().map(LeaderElector::subscribe),
+        leadership: Some(elector.subscribe()),
+        cluster: Some(cluster.clone()),
+        peer_cacert: args.snapshot.cacert.clone(),
         tls,
         auth_token: args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
         etcd_conf: env("ETCD_CONF").map(PathBuf::from),
@@ -339,20 +393,23 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     };
     let member_view: Arc<dyn ClusterView> =
         Arc::new(EtcdClusterView::new(snap.etcd.clone(), snap.etcd.connection_timeout));
+    let role = elector.subscribe();
     Ok(Setup {
         server,
-        snapshots: snapshotting.zip(elector.as_ref().map(LeaderElector::subscribe)).map(|((store, live), role)| {
-            Snapshotting {
-                store,
-                plan: snap,
-                live,
-                role,
-                handoff_limit,
-                secondary,
-                verifier: verifier.map(|v| (v, args.verification_period)),
-            }
+        snapshots: snapshotting.map(|(store, live)| Snapshotting {
+            store,
+            plan: snap,
+            live,
+            role,
+            handoff_limit,
+            secondary,
+            verifier: verifier.map(|v| (v, args.verification_period)),
+            sidecar_client: sidecar_client.clone(),
         }),
-        elector,
+        elector: Some(elector),
+        cluster,
+        use_etcd_wrapper: args.use_etcd_wrapper,
+        sidecar_client,
         etcd,
         listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
         leases: ServerLeases::default(),
@@ -398,7 +455,15 @@ async fn serve(
     let server = tokio::spawn(setup.server.serve(listener, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
-    supervise(&handle, setup.etcd, setup.snapshots, progress, stop_rx).await;
+    let reconciler = tokio::spawn(reconcile_peer_urls(
+        handle.clone(),
+        setup.etcd.clone(),
+        setup.cluster.clone(),
+        setup.use_etcd_wrapper.then(|| setup.sidecar_client.clone()),
+        stop_rx.clone(),
+    ));
+    supervise(&handle, setup.etcd, setup.cluster, setup.snapshots, progress, stop_rx).await;
+    reconciler.abort();
     if let Some(e) = elector {
         let _ = e.await;
     }
@@ -468,6 +533,75 @@ async fn wait_for_leadership(
     }
 }
 
+/// Once etcd answers, and again after every initialization: makes this member's peer URLs in
+/// the cluster what the configuration says (after a restore, or a switch to peer TLS), as the
+/// reference's sidecar does when it starts; with `--use-etcd-wrapper`, etcd is then restarted
+/// through etcd-wrapper (`POST /stop` on port 9095 of `--endpoints`' host) to use them.
+async fn reconcile_peer_urls(
+    handle: ServerHandle,
+    etcd: Arc<EtcdClient>,
+    cluster: Arc<dyn ClusterAccess>,
+    etcd_wrapper: Option<reqwest::Client>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut starts = handle.initialization_starts();
+    loop {
+        if !wait_for_etcd(&etcd, &handle, &stop).await {
+            return;
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match brcore::cluster::reconcile_peer_urls(cluster.as_ref()).await {
+                Ok(None) => break,
+                Ok(Some(old)) => {
+                    info!(previous = ?old, "updated this member's peer URLs to the configured ones");
+                    if let Some(client) = &etcd_wrapper {
+                        restart_etcd_wrapper(client, &etcd.endpoint()).await;
+                    } else {
+                        warn!(
+                            "etcd uses the new peer URLs after a restart; restart this member \
+                             (https://etcd.io/docs/v3.5/op-guide/runtime-configuration/#update-advertise-peer-urls)"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if attempts < 5 => {
+                    info!(error = %e, "cannot check this member's peer URLs yet; trying again in 5 s");
+                    tokio::select! {
+                        _ = stopped(stop.clone()) => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot check this member's peer URLs; trying again after the next initialization");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stopped(stop.clone()) => return,
+            changed = starts.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Asks etcd-wrapper beside `endpoint`'s host to restart etcd (the reference's
+/// `RestartEtcdWrapper`).
+async fn restart_etcd_wrapper(client: &reqwest::Client, endpoint: &str) {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let url = format!("{scheme}://{host}:{ETCD_WRAPPER_PORT}/stop");
+    match client.post(&url).timeout(Duration::from_secs(10)).send().await {
+        Ok(r) => info!(%url, status = r.status().as_u16(), "asked etcd-wrapper to restart etcd"),
+        Err(e) => error!(%url, error = %e, "cannot ask etcd-wrapper to restart etcd; restart this member"),
+    }
+}
+
 /// Completes when `role` is no longer [`Role::Leader`] (or its elector is gone).
 async fn leadership_lost(mut role: watch::Receiver<Role>) {
     loop {
@@ -483,6 +617,7 @@ async fn leadership_lost(mut role: watch::Receiver<Role>) {
 async fn supervise(
     handle: &ServerHandle,
     etcd: Arc<EtcdClient>,
+    cluster: Arc<dyn ClusterAccess>,
     snapshots: Option<Snapshotting>,
     progress: Option<ProgressSender>,
     stop: watch::Receiver<bool>,
@@ -492,7 +627,9 @@ async fn supervise(
         if !wait_for_etcd(&etcd, handle, &stop).await {
             return;
         }
-        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary, verifier }) = &snapshots else {
+        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary, verifier, sidecar_client }) =
+            &snapshots
+        else {
             // No store: healthy while etcd answers.
             handle.set_healthy(true);
             tokio::select! {
@@ -516,7 +653,7 @@ async fn supervise(
             );
             tokio::select! {
                 _ = stopped(stop.clone()) => return,
-                _ = wait_for_handoff(&previous, *handoff_limit) => {}
+                _ = wait_for_handoff(sidecar_client, &previous, *handoff_limit) => {}
             }
         }
         info!(endpoints = ?plan.etcd.endpoints, schedule = plan.snapshotter.full_schedule.as_str(), "starting the snapshotter");
@@ -536,7 +673,9 @@ async fn supervise(
                 }
             }
         };
-        let source: Arc<dyn EtcdSource> = etcd.clone();
+        // Defragmentation covers every member when the cluster has several.
+        let source: Arc<dyn EtcdSource> =
+            Arc::new(ClusterEtcd::new(etcd.clone(), cluster.clone(), brcore::metrics::metrics().clone()));
         let mut snapshotter =
             Snapshotter::new(source, store.clone(), plan.snapshotter.clone(), brcore::metrics::metrics().clone());
         if let Some(p) = &progress {
