@@ -14,7 +14,11 @@
 //!   source's hashkv;
 //! - scale-up 1 → 3: the new members join the existing cluster and nothing is lost;
 //! - with HTTPS sidecars and a private CA, `/snapshot/full` sent to a follower is served by the
-//!   leader's sidecar.
+//!   leader's sidecar;
+//! - a member whose configured peer URL changed (a new port, as a switch to peer TLS) gets it in
+//!   the membership from its sidecar, which then asks etcd-wrapper to restart etcd. etcd-wrapper
+//!   (gardener's Go binary) is on no package registry: a stand-in in the test answers its
+//!   `POST /stop` on port 9095 and restarts etcd the way the wrapper's container restart does.
 //!
 //! Heavy (three etcds and three sidecars on a shared machine): few keys, generous timeouts,
 //! no timing assertions.
@@ -81,6 +85,9 @@ struct Member {
     data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// A second peer port etcd listens on when [`Cluster::second_peer_port`] is set, advertised
+    /// instead of the first when [`Cluster::advertise_second_peer_port`] is.
+    peer_port_2: u16,
     sidecar_port: u16,
     sidecar: Option<Child>,
     /// Started while other members' wrappers still wait, hence behind a lock.
@@ -143,6 +150,12 @@ struct Cluster {
     members: Vec<Member>,
     tls: Option<Tls>,
     http: reqwest::Client,
+    /// The loopback address etcd listens on (127.0.0.1 unless a test needs one of its own).
+    host: String,
+    /// etcd also listens on each member's second peer port.
+    second_peer_port: bool,
+    /// The config advertises the second peer port.
+    advertise_second_peer_port: bool,
 }
 
 impl Drop for Cluster {
@@ -174,6 +187,7 @@ impl Cluster {
                     name,
                     client_port: free_port(),
                     peer_port: free_port(),
+                    peer_port_2: free_port(),
                     sidecar_port: free_port(),
                     sidecar: None,
                     etcd: std::sync::Mutex::new(None),
@@ -185,7 +199,17 @@ impl Cluster {
         if let Some(t) = &tls {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap());
         }
-        Cluster { _tmp: tmp, version, store, members, tls, http: http.build().unwrap() }
+        Cluster {
+            _tmp: tmp,
+            version,
+            store,
+            members,
+            tls,
+            http: http.build().unwrap(),
+            host: "127.0.0.1".into(),
+            second_peer_port: false,
+            advertise_second_peer_port: false,
+        }
     }
 
     fn scheme(&self) -> &'static str {
@@ -193,7 +217,7 @@ impl Cluster {
     }
 
     fn client_url(&self, i: usize) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme(), self.members[i].client_port)
+        format!("{}://{}:{}", self.scheme(), self.host, self.members[i].client_port)
     }
 
     fn sidecar_url(&self, i: usize) -> String {
@@ -203,7 +227,11 @@ impl Cluster {
     /// Writes druid's etcd config for every member, naming the members in `cluster` (indexes)
     /// as the cluster (a scale-up rewrites it with more).
     fn write_configs(&self, cluster: &[usize]) {
-        let peer = |i: usize| format!("http://127.0.0.1:{}", self.members[i].peer_port);
+        let peer = |i: usize| {
+            let m = &self.members[i];
+            let port = if self.advertise_second_peer_port { m.peer_port_2 } else { m.peer_port };
+            format!("http://{}:{port}", self.host)
+        };
         let initial: Vec<String> = cluster.iter().map(|&i| format!("{}={}", self.members[i].name, peer(i))).collect();
         let mut adv_client = String::from("advertise-client-urls:\n");
         let mut adv_peer = String::from("initial-advertise-peer-urls:\n");
@@ -222,19 +250,23 @@ impl Cluster {
                     t.ca.display()
                 ),
             };
+            let mut listen_peer = format!("http://{}:{}", self.host, m.peer_port);
+            if self.second_peer_port {
+                listen_peer.push_str(&format!(",http://{}:{}", self.host, m.peer_port_2));
+            }
             // sigs.k8s.io/yaml's output: keys sorted; per member only the listen URLs and data
             // dir differ here (druid's pods share one config and differ by host).
             let text = format!(
                 "{adv_client}auto-compaction-mode: periodic\nauto-compaction-retention: 30m\n{security}\
                  data-dir: {}\nenable-grpc-gateway: false\n{adv_peer}initial-cluster: {}\n\
                  initial-cluster-state: new\ninitial-cluster-token: etcd-cluster\n\
-                 listen-client-urls: {}://127.0.0.1:{}\nlisten-peer-urls: http://127.0.0.1:{}\nmetrics: basic\n\
+                 listen-client-urls: {}://{}:{}\nlisten-peer-urls: {listen_peer}\nmetrics: basic\n\
                  name: etcd-config\nquota-backend-bytes: 8589934592\nsnapshot-count: 10000\n",
                 m.data_dir.display(),
                 initial.join(","),
                 self.scheme(),
+                self.host,
                 m.client_port,
-                m.peer_port,
             );
             std::fs::write(m.etcd_conf(), text).unwrap();
         }
@@ -242,8 +274,8 @@ impl Cluster {
 
     /// Starts member `i`'s sidecar with the flags etcd-druid passes.
     fn start_sidecar(&mut self, i: usize) {
-        let scheme = self.scheme();
         let endpoints: Vec<String> = (0..self.members.len()).map(|j| self.client_url(j)).collect();
+        let own_endpoint = self.client_url(i);
         let sidecars: Vec<String> =
             (0..self.members.len()).map(|j| format!("{}={}", self.members[j].name, self.sidecar_url(j))).collect();
         let tls = self.tls.clone();
@@ -259,7 +291,7 @@ impl Cluster {
             .arg("--store-prefix=etcd-main")
             .arg(format!("--data-dir={}", m.data_dir.display()))
             .arg(format!("--snapstore-temp-directory={}", m.dir.join("data/temp").display()))
-            .arg(format!("--endpoints={scheme}://127.0.0.1:{}", m.client_port))
+            .arg(format!("--endpoints={own_endpoint}"))
             .arg(format!("--service-endpoints={}", endpoints.join(",")))
             .arg("--etcd-connection-timeout=30s")
             .arg("--use-etcd-wrapper=true")
@@ -418,6 +450,15 @@ impl Cluster {
                 )
             })
             .collect()
+    }
+
+    /// Member `name`'s peer URLs in the member list, as member `via` sees it.
+    fn peer_urls(&self, via: usize, name: &str) -> Vec<String> {
+        let out = self.ctl(via, &["member", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let member = v["members"].as_array().unwrap().iter().find(|m| m["name"] == name);
+        let member = member.unwrap_or_else(|| panic!("{name} not in the member list: {out}"));
+        member["peerURLs"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect()
     }
 
     fn leader(&self) -> Option<usize> {
@@ -772,4 +813,114 @@ async fn https_sidecars_forward_to_the_leader_with_a_private_ca_etcd_3_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_sidecars_forward_to_the_leader_with_a_private_ca_etcd_3_4() {
     https_forwarding(EtcdVersion::V3_4).await;
+}
+
+/// The part of etcd-wrapper the sidecar talks to: `POST /stop` on port 9095 of etcd's host.
+/// Records each request line; the test restarts etcd as the wrapper's container restart does.
+struct WrapperStandIn {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WrapperStandIn {
+    async fn start(host: &str) -> WrapperStandIn {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind((host, 9095))
+            .await
+            .unwrap_or_else(|e| panic!("the etcd-wrapper stand-in cannot listen on {host}:9095: {e}"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                seen.lock().unwrap().push(text.lines().next().unwrap_or_default().to_string());
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            }
+        });
+        WrapperStandIn { requests, task }
+    }
+
+    fn stops(&self) -> usize {
+        self.requests.lock().unwrap().iter().filter(|r| r.starts_with("POST /stop ")).count()
+    }
+}
+
+impl Drop for WrapperStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback address of this test's own (127.x.y.z), so that the stand-in's fixed port 9095
+/// meets no other test's.
+fn own_loopback() -> String {
+    let n =
+        std::process::id() ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("127.{}.{}.{}", 1 + n % 250, (n >> 8) % 250 + 1, (n >> 16) % 250 + 1)
+}
+
+async fn peer_url_switch(version: EtcdVersion) {
+    let mut c = Cluster::new(version, false);
+    c.host = own_loopback();
+    c.second_peer_port = true;
+    let wrapper = WrapperStandIn::start(&c.host).await;
+    let name = c.members[0].name.clone();
+    c.write_configs(&[0]);
+    c.start_sidecar(0);
+    c.bring_up(&[0]).await;
+    wait_for!(c, "the single member to serve", c.status(0).is_some_and(|s| s.leader != 0));
+    let cluster_id = c.status(0).unwrap().cluster_id;
+    let first = format!("http://{}:{}", c.host, c.members[0].peer_port);
+    assert_eq!(c.peer_urls(0, &name), vec![first.clone()]);
+    c.put_keys(0, "kept", 5);
+    let rev = c.status(0).unwrap().revision;
+    let hash = c.hashkv(0, rev);
+    assert_eq!(wrapper.stops(), 0, "the peer URL was as configured: no restart");
+
+    // The configuration moves the member to its second peer port; the pod restarts (sidecar
+    // and etcd, which keeps its data dir and so the old peer URL in the membership).
+    c.advertise_second_peer_port = true;
+    c.write_configs(&[0]);
+    c.members[0].kill_etcd();
+    c.start_sidecar(0);
+    let config = c.bring_up(&[0]).await.remove(0);
+    let second = format!("http://{}:{}", c.host, c.members[0].peer_port_2);
+    assert!(config.contains(&second), "the served config advertises {second}:\n{config}");
+    wait_for!(c, format!("{name}'s peer URL to become {second}"), {
+        c.status(0).is_some() && c.peer_urls(0, &name) == vec![second.clone()]
+    });
+    wait_for!(c, "the sidecar to ask etcd-wrapper to restart etcd", wrapper.stops() == 1);
+    // What etcd-wrapper's restart does: etcd stops, the wrapper asks the sidecar again and
+    // starts etcd on the config it serves.
+    c.members[0].kill_etcd();
+    c.bring_up(&[0]).await;
+    wait_for!(c, "etcd back after the restart", c.status(0).is_some_and(|s| s.leader != 0));
+    assert_eq!(c.peer_urls(0, &name), vec![second.clone()]);
+    let s = c.status(0).unwrap();
+    assert_eq!(s.cluster_id, cluster_id, "the same cluster");
+    assert_eq!(c.hashkv(0, rev), hash, "the same data");
+    // Once as configured, no further restart (give the reconciler a few polls to misbehave).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(wrapper.stops(), 1, "one restart for one change");
+    let log = std::fs::read_to_string(c.members[0].sidecar_log()).unwrap();
+    assert!(log.contains("updated this member's peer URLs to the configured ones"), "{log}");
+    assert!(log.contains("asked etcd-wrapper to restart etcd"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_peer_url_is_set_in_the_membership_and_etcd_restarted_etcd_3_5() {
+    peer_url_switch(EtcdVersion::V3_5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_peer_url_is_set_in_the_membership_and_etcd_restarted_etcd_3_4() {
+    peer_url_switch(EtcdVersion::V3_4).await;
 }
