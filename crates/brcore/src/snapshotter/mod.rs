@@ -26,13 +26,15 @@
 //! snapshot at `R` moves `chain` to at least `R` and drops events `≤ R` from memory.
 
 pub mod collect;
+mod config;
 pub mod dbrev;
+mod deltas;
 pub mod full;
+mod handle;
 pub mod leases;
 pub mod progress;
 pub mod schedule;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,18 +43,20 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::compress::Encoder;
-use crate::delta::{Event, EventKind, encode_events};
+use crate::delta::Event;
 use crate::error::Error;
 use crate::etcd::{EtcdError, EtcdSource, WatchStream};
-use crate::gc::{GcOptions, Policy};
+use crate::gc::GcOptions;
 use crate::metrics::{KIND_DELTA, KIND_FULL, Metrics};
-use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName};
-use crate::store::{Snapstore, WriteOptions};
-use full::{FullOptions, FullSnapshot, take_full_snapshot};
-use leases::LeaseRecord;
+use crate::name::Snapshot;
+use crate::store::Snapstore;
+pub use config::{RunReport, SnapshotterConfig};
+use deltas::{DeltaJob, LeaseTracker};
+use full::{FullSnapshot, take_full_snapshot};
+use handle::Request;
+pub use handle::{RequestError, SnapshotterHandle};
 pub use progress::{Progress, ProgressSender};
 pub use schedule::Schedule;
 
@@ -63,81 +67,6 @@ const NEW_SECOND_LIMIT: Duration = Duration::from_secs(3);
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Attempts to store the last delta at shutdown.
 const FINAL_FLUSH_ATTEMPTS: u32 = 3;
-
-/// Everything the snapshotter needs to know (the `snapshot` sub-command's flags, checked).
-#[derive(Debug, Clone)]
-pub struct SnapshotterConfig {
-    /// Store prefix (`--store-prefix`); objects go to `<prefix>/v2/`.
-    pub prefix: String,
-    /// When to take full snapshots (`--schedule`).
-    pub full_schedule: Schedule,
-    /// How often buffered events become a delta (`--delta-snapshot-period`); `None` disables
-    /// deltas and the watch (the reference does so below 1 s).
-    pub delta_period: Option<Duration>,
-    /// JSON bytes of buffered events that trigger a delta at once (`--delta-snapshot-memory-limit`).
-    pub delta_memory_limit: usize,
-    /// Buffered JSON bytes above which the watch is no longer read while the store fails.
-    pub max_pending_bytes: usize,
-    /// How often garbage is collected (`--garbage-collection-period`); `None` disables it.
-    pub gc_period: Option<Duration>,
-    /// Which full snapshots garbage collection keeps (`--garbage-collection-policy`, `--max-backups`).
-    pub gc_policy: Policy,
-    /// Deltas of older streams younger than this are kept (`--delta-snapshot-retention-period`).
-    pub delta_retention: Duration,
-    /// Compression of new objects (`--compress-snapshots`, `--compression-policy`).
-    pub compression: Compression,
-    /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`).
-    pub write: WriteOptions,
-    /// Deflate level of gzip and zlib full snapshots (`--compression-level`).
-    pub compression_level: u32,
-    /// Limit for one full snapshot (`--etcd-snapshot-timeout`).
-    pub snapshot_timeout: Duration,
-    /// Limit for storing one delta before it is retried.
-    pub delta_upload_timeout: Duration,
-    /// When to defragment etcd, followed by a full snapshot (`--defragmentation-schedule`).
-    pub defrag_schedule: Option<Schedule>,
-}
-
-impl SnapshotterConfig {
-    /// The reference's defaults, for the store prefix `prefix`.
-    pub fn new(prefix: impl Into<String>) -> SnapshotterConfig {
-        let limit = 10 * 1024 * 1024;
-        SnapshotterConfig {
-            prefix: prefix.into(),
-            // The reference's default schedule; a constant that parses.
-            full_schedule: Schedule::parse("0 */1 * * *").expect("valid default schedule"),
-            delta_period: Some(Duration::from_secs(20)),
-            delta_memory_limit: limit,
-            max_pending_bytes: 4 * limit,
-            gc_period: Some(Duration::from_secs(60)),
-            gc_policy: Policy::Exponential,
-            delta_retention: Duration::ZERO,
-            compression: Compression::Gzip,
-            write: WriteOptions::default(),
-            compression_level: crate::compress::blocks::DEFAULT_FULL_SNAPSHOT_LEVEL,
-            snapshot_timeout: Duration::from_secs(15 * 60),
-            delta_upload_timeout: Duration::from_secs(120),
-            defrag_schedule: None,
-        }
-    }
-}
-
-/// What a run did, returned when it stops.
-#[derive(Debug, Clone, Default)]
-pub struct RunReport {
-    /// Full snapshots stored.
-    pub full_snapshots: usize,
-    /// Delta snapshots stored (including the last one).
-    pub delta_snapshots: usize,
-    /// The last revision stored when the run stopped.
-    pub last_revision: Option<u64>,
-    /// The delta stored at shutdown, if there were events to store.
-    pub final_delta: Option<Snapshot>,
-    /// Times the watch had to be reopened.
-    pub watch_reconnects: usize,
-    /// Times the watch found its start revision compacted.
-    pub compactions_seen: usize,
-}
 
 /// A simple capped exponential backoff.
 #[derive(Debug, Clone)]
@@ -161,13 +90,6 @@ impl Backoff {
     }
 }
 
-/// Leases seen since the last full snapshot and those the buffered events introduce.
-#[derive(Debug, Default)]
-struct LeaseTracker {
-    known: HashSet<i64>,
-    pending: Vec<LeaseRecord>,
-}
-
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -180,64 +102,6 @@ fn error_class(e: &Error) -> &'static str {
         Error::Corrupt { .. } | Error::Conflict { .. } => "corrupt",
         Error::Io { .. } | Error::NoSpace { .. } => "io",
         _ => "other",
-    }
-}
-
-/// Why a request to a snapshotter failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// The snapshotter is not running (not started yet, or stopped).
-    #[error("the snapshotter is not running")]
-    NotRunning,
-    /// Delta snapshots are disabled (no delta period, or one below 1 s).
-    #[error("delta snapshots are disabled (no delta period of 1 s or more)")]
-    DeltasDisabled,
-    /// The operation ran and failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// What a [`SnapshotterHandle`] asks for.
-#[derive(Debug)]
-enum Request {
-    Full { is_final: bool, reply: oneshot::Sender<Result<Snapshot, RequestError>> },
-    Delta { reply: oneshot::Sender<Result<Option<Snapshot>, RequestError>> },
-    Defragment { reply: oneshot::Sender<Result<(), RequestError>> },
-}
-
-/// Asks a running [`Snapshotter`] for an out-of-schedule snapshot or defragmentation (what the
-/// HTTP API's `/snapshot/full`, `/snapshot/delta` and a defragmentation trigger call). Cheap to
-/// clone; requests are served in order by the snapshotter's loop.
-#[derive(Debug, Clone)]
-pub struct SnapshotterHandle {
-    tx: mpsc::Sender<Request>,
-}
-
-impl SnapshotterHandle {
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Request,
-    ) -> Result<T, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| RequestError::NotRunning)?;
-        answer.await.map_err(|_| RequestError::NotRunning)?
-    }
-
-    /// Takes a full snapshot now (started after this call, so it holds every write acknowledged
-    /// before it) and returns it; `is_final` names it `.final`.
-    pub async fn full_snapshot(&self, is_final: bool) -> Result<Snapshot, RequestError> {
-        self.ask(|reply| Request::Full { is_final, reply }).await
-    }
-
-    /// Stores the buffered events as a delta now; `None` when there were none.
-    pub async fn delta_snapshot(&self) -> Result<Option<Snapshot>, RequestError> {
-        self.ask(|reply| Request::Delta { reply }).await
-    }
-
-    /// Defragments etcd now; a full snapshot follows, as after a scheduled defragmentation.
-    pub async fn defragment(&self) -> Result<(), RequestError> {
-        self.ask(|reply| Request::Defragment { reply }).await
     }
 }
 
@@ -385,17 +249,6 @@ impl Snapshotter {
         SnapshotterHandle { tx: self.requests_tx.clone() }
     }
 
-    fn full_options(&self) -> FullOptions {
-        FullOptions {
-            prefix: self.config.prefix.clone(),
-            compression: self.config.compression,
-            write: self.config.write.clone(),
-            compression_level: self.config.compression_level,
-            timeout: self.config.snapshot_timeout,
-            is_final: false,
-        }
-    }
-
     /// Runs until `shutdown` completes, then stores the buffered events as a last delta and
     /// returns. Starts with a full snapshot, as the reference does.
     ///
@@ -495,7 +348,7 @@ impl Snapshotter {
                 core.full_wanted = false;
                 let source = self.source.clone();
                 let store = self.store.clone();
-                let mut opts = self.full_options();
+                let mut opts = self.config.full_options();
                 opts.is_final = std::mem::take(&mut core.full_final_queued);
                 core.full_waiters_running = std::mem::take(&mut core.full_waiters_queued);
                 full_task = Some(tokio::spawn(async move {
@@ -901,291 +754,6 @@ impl Snapshotter {
             }
         }
     }
-
-    /// Buffers a batch's new events, looking up leases not seen since the last full snapshot.
-    async fn accept(&self, core: &mut Core, events: Vec<Event>) {
-        // A batch holds whole revisions, so a revision is either entirely new or entirely seen.
-        let seen = core.watched;
-        for e in events {
-            let rev = e.mod_revision.max(0) as u64;
-            if seen.is_some_and(|w| rev <= w) {
-                continue; // already buffered or stored (a resumed watch repeats them)
-            }
-            if e.kind == EventKind::Put && e.lease != 0 && core.leases.known.insert(e.lease) {
-                let (granted, remaining) = match self.source.lease_ttl(e.lease).await {
-                    Ok(Some(t)) => (Some(t.granted_ttl), Some(t.remaining_ttl)),
-                    Ok(None) => (None, None),
-                    Err(err) => {
-                        warn!(lease = e.lease, error = %err, "cannot look up a lease's TTL; recording it as unknown");
-                        (None, None)
-                    }
-                };
-                core.leases.pending.push(LeaseRecord {
-                    id: e.lease,
-                    granted_ttl: granted,
-                    remaining_ttl: remaining,
-                    first_revision: e.mod_revision,
-                });
-            }
-            core.pending_json += e.json_len() + 1;
-            core.watched = Some(rev);
-            core.pending.push(e);
-        }
-    }
-
-    /// Stores the buffered events as a delta (and their lease sidecar first), waiting for it.
-    /// A delta already being stored in the background is waited for first, so deltas stay in
-    /// order. Does nothing when nothing is buffered or no chain exists yet. On failure the
-    /// events stay buffered and a retry is scheduled.
-    async fn flush(&self, core: &mut Core) -> Result<Option<Snapshot>, Error> {
-        self.settle_flush(core).await;
-        match self.take_delta(core) {
-            Some(job) => {
-                let outcome = store_delta(self.delta_context(), job).await;
-                self.delta_finished(core, Ok(outcome))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Starts storing the buffered events as a delta in the background, unless one is being
-    /// stored already: the watch keeps being read meanwhile. etcd drops a watcher that stops
-    /// reading into a catch-up mode that sends at most 1,000 revisions per 100 ms, so a watch
-    /// that pauses for every upload falls behind a busy etcd for good.
-    ///
-    /// While one is being stored, the buffered events are cut into a queued delta instead, so
-    /// every delta stays near the memory limit; queued deltas are stored one after another.
-    fn start_flush(&self, core: &mut Core) {
-        if let Some(job) = self.take_delta(core) {
-            core.queued_json += job.json;
-            core.queued.push_back(job);
-        }
-        self.store_next(core);
-    }
-
-    /// Starts storing the oldest queued delta, unless one is being stored.
-    fn store_next(&self, core: &mut Core) {
-        if core.flush_task.is_some() {
-            return;
-        }
-        if let Some(job) = core.queued.pop_front() {
-            core.queued_json -= job.json;
-            core.storing = Some(job.name.last_revision);
-            core.flush_task = Some(tokio::spawn(store_delta(self.delta_context(), job)));
-        }
-    }
-
-    /// Waits until the deltas being stored and queued are stored (or one failed, which puts
-    /// them all back into the buffer), taking each into account.
-    async fn settle_flush(&self, core: &mut Core) {
-        while let Some(task) = core.flush_task.take() {
-            let outcome = task.await;
-            let _ = self.delta_finished(core, outcome);
-        }
-    }
-
-    fn delta_context(&self) -> DeltaContext {
-        DeltaContext {
-            store: self.store.clone(),
-            store_lock: self.store_lock.clone(),
-            compression: self.config.compression,
-            write: self.config.write.clone(),
-            timeout: self.config.delta_upload_timeout,
-            prefix: self.config.prefix.clone(),
-        }
-    }
-
-    /// Moves the buffered events and lease records into a delta to store.
-    fn take_delta(&self, core: &mut Core) -> Option<DeltaJob> {
-        // A delta starts after the last one cut, stored or not.
-        let chain = core.queued.back().map(|j| j.name.last_revision).or(core.storing).or(core.chain)?;
-        let Some(last) = core.pending.last().map(|e| e.mod_revision.max(0) as u64) else {
-            debug!("no events since the last snapshot; no delta");
-            return None;
-        };
-        let name = SnapshotName {
-            kind: SnapshotKind::Incr,
-            start_revision: chain + 1,
-            last_revision: last,
-            created_on: unix_now(),
-            compression: self.config.compression,
-            is_final: false,
-        };
-        Some(DeltaJob {
-            key: name.key_v2(&self.config.prefix),
-            name,
-            chain,
-            events: std::mem::take(&mut core.pending),
-            json: std::mem::take(&mut core.pending_json),
-            leases: std::mem::take(&mut core.leases.pending),
-            started: std::time::Instant::now(),
-        })
-    }
-
-    /// Takes a stored delta into account, or puts a failed one's events back in front of those
-    /// buffered since.
-    fn delta_finished(
-        &self,
-        core: &mut Core,
-        outcome: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>,
-    ) -> Result<Option<Snapshot>, Error> {
-        core.storing = None;
-        let (mut job, result) = match outcome {
-            Ok(done) => done,
-            // Only a panic in the encoder gets here. Its events are gone with the task, so no
-            // later delta can follow on: a new chain starts with a full snapshot.
-            Err(e) => {
-                let e = Error::task_failed("the delta task", e);
-                error!(error = %e, "a delta was lost; starting a new chain with a full snapshot");
-                core.forget_chain();
-                return Err(self.flush_failed(core, e));
-            }
-        };
-        let last = job.name.last_revision;
-        match result {
-            Ok(size) => {
-                let secs = job.started.elapsed().as_secs_f64();
-                info!(object = %job.key, events = job.events.len(), size, leases = job.leases.len(), "delta snapshot stored");
-                self.metrics.observe_snapshot(KIND_DELTA, true, secs, last, job.name.created_on);
-                core.flush_backoff.reset();
-                core.flush_retry_at = None;
-                core.report.delta_snapshots += 1;
-                // A full snapshot that finished while this delta was stored may already cover
-                // it; the chain never moves back.
-                let extends = core.chain.is_some_and(|c| last > c);
-                if extends {
-                    core.chain = Some(last);
-                    core.deltas_since_full += 1;
-                    core.revisions_since_full += last - job.chain;
-                    self.metrics.snapstore_latest_deltas_total.set(core.deltas_since_full as f64);
-                    self.metrics.snapstore_latest_deltas_revisions_total.set(core.revisions_since_full as f64);
-                }
-                self.store_next(core);
-                let snapshot = Snapshot::new_v2(&self.config.prefix, job.name, size);
-                // A delta a full snapshot already covers is not newer than that full snapshot.
-                self.progress.delta_round(extends.then_some(&snapshot));
-                Ok(Some(snapshot))
-            }
-            Err(e) => {
-                // This delta and the queued ones go back in front of what arrived since, minus
-                // what a full snapshot taken meanwhile covers; the next attempt cuts them again.
-                let covered = core.chain.unwrap_or(0);
-                for mut queued in std::mem::take(&mut core.queued) {
-                    job.events.append(&mut queued.events);
-                    job.leases.append(&mut queued.leases);
-                }
-                core.queued_json = 0;
-                job.events.retain(|ev| ev.mod_revision.max(0) as u64 > covered);
-                job.events.append(&mut core.pending);
-                core.pending = job.events;
-                core.pending_json = core.pending.iter().map(|ev| ev.json_len() + 1).sum();
-                job.leases.retain(|l| l.first_revision.max(0) as u64 > covered);
-                job.leases.append(&mut core.leases.pending);
-                core.leases.pending = job.leases;
-                self.metrics.observe_snapshot(KIND_DELTA, false, job.started.elapsed().as_secs_f64(), 0, 0);
-                Err(self.flush_failed(core, e))
-            }
-        }
-    }
-
-    fn flush_failed(&self, core: &mut Core, e: Error) -> Error {
-        let wait = core.flush_backoff.step();
-        warn!(error = %e, events = core.pending.len(), retry_in = ?wait, "storing a delta failed; keeping its events");
-        self.metrics.failure(error_class(&e));
-        core.flush_retry_at = Some(Instant::now() + wait);
-        e
-    }
-
-    /// Reads the watch until it has delivered etcd's current revision, within [`DRAIN_LIMIT`].
-    async fn drain(&self, core: &mut Core, watch: &mut WatchStream) {
-        let target = match tokio::time::timeout(DRAIN_LIMIT, self.source.status()).await {
-            Ok(Ok(s)) => s.revision.max(0) as u64,
-            _ => return,
-        };
-        let deadline = Instant::now() + DRAIN_LIMIT;
-        while core.watched.is_some_and(|w| w < target) {
-            match tokio::time::timeout_at(deadline, watch.next()).await {
-                Ok(Some(Ok(batch))) => {
-                    self.accept(core, batch.events).await;
-                    if core.pending_json >= self.config.delta_memory_limit && self.flush(core).await.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-    }
-}
-
-/// A delta on its way to the store: the buffered events it took, to be put back on failure.
-struct DeltaJob {
-    name: SnapshotName,
-    key: String,
-    /// The chain's last revision when the delta was cut (its start revision minus one).
-    chain: u64,
-    events: Vec<Event>,
-    /// Their JSON bytes, as counted against the memory limit.
-    json: usize,
-    leases: Vec<LeaseRecord>,
-    started: std::time::Instant,
-}
-
-/// What storing a delta needs, owned, so it can run as a task of its own.
-struct DeltaContext {
-    store: Arc<dyn Snapstore>,
-    store_lock: Arc<tokio::sync::Mutex<()>>,
-    compression: Compression,
-    write: WriteOptions,
-    timeout: Duration,
-    prefix: String,
-}
-
-/// Encodes and compresses a delta off the async threads, then writes its lease sidecar (if
-/// any) and the delta, holding the store lock so garbage collection never sees the one
-/// without the other. Hands the job back with the result.
-async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64, Error>) {
-    let compression = ctx.compression;
-    let events = job.events;
-    let encoded = tokio::task::spawn_blocking(move || {
-        let content = encode_events(&events);
-        let mut enc = Encoder::new(compression, Vec::with_capacity(content.len() / 4));
-        let r = std::io::Write::write_all(&mut enc, &content).and_then(|()| enc.finish());
-        (events, r)
-    })
-    .await;
-    let (events, compressed) = match encoded {
-        Ok((events, Ok(bytes))) => (events, bytes),
-        Ok((events, Err(e))) => {
-            // The encoder writes into memory: only a bug of ours fails it.
-            return (DeltaJob { events, ..job }, Err(Error::internal(format!("compressing a delta: {e}"))));
-        }
-        Err(e) => {
-            return (DeltaJob { events: Vec::new(), ..job }, Err(Error::task_failed("the delta encoder", e)));
-        }
-    };
-    let job = DeltaJob { events, ..job };
-    let result = {
-        let _guard = ctx.store_lock.lock().await;
-        let write = async {
-            if !job.leases.is_empty() {
-                let body = leases::encode(&job.name, &job.leases);
-                let sidecar = leases::sidecar_key(&ctx.prefix, &job.name);
-                let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(body))]));
-                ctx.store.write(&sidecar, data, &ctx.write).await?;
-            }
-            let data: crate::ByteStream = Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(compressed))]));
-            ctx.store.write(&job.key, data, &ctx.write).await
-        };
-        match tokio::time::timeout(ctx.timeout, write).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Store(crate::StoreError::Other {
-                key: job.key.clone(),
-                retryable: true,
-                source: format!("no answer within {:?}", ctx.timeout).into(),
-            })),
-        }
-    };
-    (job, result)
 }
 
 #[cfg(test)]
