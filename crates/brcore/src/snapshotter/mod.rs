@@ -186,6 +186,41 @@ struct Core {
 }
 
 impl Core {
+    /// The state a run begins in: a full snapshot wanted, the watch due, the timers set.
+    fn new(config: &SnapshotterConfig, store_revision_at_start: Option<u64>) -> Core {
+        Core {
+            chain: None,
+            floor: None,
+            watched: None,
+            pending: Vec::new(),
+            pending_json: 0,
+            leases: LeaseTracker::default(),
+            full_wanted: true,
+            full_done_once: false,
+            full_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            full_retry_at: None,
+            watch_backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(8)),
+            watch_retry_at: Instant::now(),
+            flush_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            flush_retry_at: None,
+            next_flush: config.delta_period.map(|p| Instant::now() + p),
+            next_full: instant_after(&config.full_schedule),
+            next_defrag: config.defrag_schedule.as_ref().and_then(instant_after),
+            deltas_since_full: 0,
+            revisions_since_full: 0,
+            store_revision_at_start,
+            report: RunReport::default(),
+            full_waiters_queued: Vec::new(),
+            full_final_queued: false,
+            full_waiters_running: Vec::new(),
+            defrag_waiters: Vec::new(),
+            flush_task: None,
+            storing: None,
+            queued: Default::default(),
+            queued_json: 0,
+        }
+    }
+
     /// Drops the chain and everything buffered or queued for it, and asks for the full
     /// snapshot that starts a new one; the watch reopens at etcd's current revision.
     fn forget_chain(&mut self) {
@@ -201,6 +236,27 @@ impl Core {
         self.full_retry_at = None;
         self.watch_retry_at = Instant::now();
     }
+}
+
+/// What a full snapshot task returns: the snapshot (or why not) and how long it took.
+type FullOutcome = (Result<FullSnapshot, Error>, Duration);
+type FullTask = JoinHandle<FullOutcome>;
+/// What a defragmentation task returns.
+type DefragOutcome = (Result<(), EtcdError>, Duration);
+type DefragTask = JoinHandle<DefragOutcome>;
+
+/// When the loop must wake even if nothing arrives: the next timer, or a backoff that ends
+/// (the full snapshot's while one is wanted and none runs, the watch's while it is down).
+fn next_wake(core: &Core, watch_down: bool, full_idle: bool) -> Instant {
+    min_instant(&[
+        // While a delta is being stored, the next one waits for it (the loop's branch for it).
+        core.next_flush.filter(|_| core.flush_task.is_none()).map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
+        core.next_full,
+        core.next_defrag,
+        core.full_retry_at.filter(|_| core.full_wanted && full_idle),
+        watch_down.then_some(core.watch_retry_at),
+    ])
+    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
 }
 
 fn instant_after(schedule: &Schedule) -> Option<Instant> {
@@ -263,286 +319,52 @@ impl Snapshotter {
             warn!(error = %e, "could not clean up staging objects of unfinished full snapshots; trying at the next start");
         }
         let store_revision_at_start = self.new_history_guard().await;
-        let mut core = Core {
-            chain: None,
-            floor: None,
-            watched: None,
-            pending: Vec::new(),
-            pending_json: 0,
-            leases: LeaseTracker::default(),
-            full_wanted: true,
-            full_done_once: false,
-            full_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
-            full_retry_at: None,
-            watch_backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(8)),
-            watch_retry_at: Instant::now(),
-            flush_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            flush_retry_at: None,
-            next_flush: self.config.delta_period.map(|p| Instant::now() + p),
-            next_full: instant_after(&self.config.full_schedule),
-            next_defrag: self.config.defrag_schedule.as_ref().and_then(instant_after),
-            deltas_since_full: 0,
-            revisions_since_full: 0,
-            store_revision_at_start,
-            report: RunReport::default(),
-            full_waiters_queued: Vec::new(),
-            full_final_queued: false,
-            full_waiters_running: Vec::new(),
-            defrag_waiters: Vec::new(),
-            flush_task: None,
-            storing: None,
-            queued: Default::default(),
-            queued_json: 0,
-        };
-        let gc_task = self.config.gc_period.map(|period| {
-            let store = self.store.clone();
-            let prefix = self.config.prefix.clone();
-            let policy = self.config.gc_policy;
-            let opts = GcOptions {
-                delta_retention_secs: self.config.delta_retention.as_secs() as i64,
-                last_uploaded_revision: None,
-                delete_chunks: false,
-            };
-            let metrics = self.metrics.clone();
-            let lock = self.store_lock.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let _guard = lock.lock().await;
-                    if let Err(e) =
-                        collect::collect_garbage(&*store, &prefix, policy, &opts, unix_now(), &metrics).await
-                    {
-                        warn!(error = %e, "garbage collection failed; trying again next period");
-                        metrics.failure("gc");
-                    }
-                }
-            })
-        });
-
+        let mut core = Core::new(&self.config, store_revision_at_start);
+        let gc_task = self.spawn_gc();
         let mut watch: Option<WatchStream> = None;
-        let mut full_task: Option<JoinHandle<(Result<FullSnapshot, Error>, Duration)>> = None;
-        let mut defrag_task: Option<JoinHandle<(Result<(), EtcdError>, Duration)>> = None;
+        let mut full_task: Option<FullTask> = None;
+        let mut defrag_task: Option<DefragTask> = None;
         let mut requests = std::mem::replace(&mut self.requests, mpsc::channel(1).1);
         let mut requests_closed = false;
         tokio::pin!(shutdown);
 
+        // One turn: start what is due, then wait for the first of the branches and hand it to
+        // its `on_*` method.
         let result = loop {
-            // Open the watch when it is down and its backoff has passed.
             if deltas && watch.is_none() && Instant::now() >= core.watch_retry_at {
-                match self.open_watch(&mut core).await {
-                    Ok(w) => watch = Some(w),
-                    Err(e) => {
-                        let wait = core.watch_backoff.step();
-                        warn!(error = %e, retry_in = ?wait, "cannot watch etcd");
-                        self.metrics.failure("etcd");
-                        core.watch_retry_at = Instant::now() + wait;
-                    }
-                }
+                watch = self.reopen_watch(&mut core).await;
             }
-            // Start a full snapshot when one is wanted, none runs, and a chain can be based on it.
-            let full_due = core.full_retry_at.is_none_or(|t| Instant::now() >= t);
-            let base_known = !deltas || core.chain.is_some() || core.floor.is_some();
-            if core.full_wanted && full_task.is_none() && full_due && base_known {
-                core.full_wanted = false;
-                let source = self.source.clone();
-                let store = self.store.clone();
-                let mut opts = self.config.full_options();
-                opts.is_final = std::mem::take(&mut core.full_final_queued);
-                core.full_waiters_running = std::mem::take(&mut core.full_waiters_queued);
-                full_task = Some(tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let r = take_full_snapshot(&*source, &*store, &opts).await;
-                    (r, started.elapsed())
-                }));
+            if full_task.is_none() {
+                full_task = self.start_full_if_due(&mut core);
             }
-            self.metrics.snapshot_required.with_label_values(&[KIND_FULL]).set(if core.full_wanted {
-                1.0
-            } else {
-                0.0
-            });
-            self.metrics.snapshot_required.with_label_values(&[KIND_DELTA]).set(if core.pending.is_empty() {
-                0.0
-            } else {
-                1.0
-            });
-
-            let wake = min_instant(&[
-                // While a delta is being stored, the next one waits for it (its branch below).
-                core.next_flush
-                    .filter(|_| core.flush_task.is_none())
-                    .map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
-                core.next_full,
-                core.next_defrag,
-                core.full_retry_at.filter(|_| core.full_wanted && full_task.is_none()),
-                (deltas && watch.is_none()).then_some(core.watch_retry_at),
-            ])
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            self.publish_required(&core);
+            let wake = next_wake(&core, deltas && watch.is_none(), full_task.is_none());
             let read_watch = watch.is_some() && core.pending_json + core.queued_json < self.config.max_pending_bytes;
-
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break Ok(()),
                 joined = async { full_task.as_mut().expect("guarded by the condition").await }, if full_task.is_some() => {
                     full_task = None;
-                    let (outcome, took) = joined
-                        .unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
-                    let answer = match &outcome {
-                        Ok(f) => Ok(f.snapshot.clone()),
-                        Err(e) => Err(RequestError::Failed(e.to_string())),
-                    };
-                    for w in core.full_waiters_running.drain(..) {
-                        let _ = w.send(answer.clone());
-                    }
-                    if let Err(e) = self.full_finished(&mut core, outcome, took) {
+                    if let Err(e) = self.on_full_done(&mut core, joined) {
                         break Err(e);
-                    }
-                    // Events that reached the memory limit before the first full snapshot gave
-                    // them a chain could not be cut then: cut them now, not at the next event.
-                    if core.pending_json >= self.config.delta_memory_limit
-                        && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
-                    {
-                        self.start_flush(&mut core);
                     }
                 }
                 joined = async { defrag_task.as_mut().expect("guarded by the condition").await }, if defrag_task.is_some() => {
                     defrag_task = None;
-                    let (outcome, took) = joined.unwrap_or_else(|e| {
-                        (Err(EtcdError::Unavailable { endpoint: self.source.endpoint(), message: format!("defragmentation task: {e}") }), Duration::ZERO)
-                    });
-                    let endpoint = self.source.endpoint();
-                    let ok = outcome.is_ok();
-                    self.metrics
-                        .defragmentation_duration_seconds
-                        .with_label_values(&[endpoint.as_str(), crate::metrics::succeeded(ok)])
-                        .observe(took.as_secs_f64());
-                    let answer = outcome.as_ref().map(|_| ()).map_err(|e| RequestError::Failed(e.to_string()));
-                    for w in core.defrag_waiters.drain(..) {
-                        let _ = w.send(answer.clone());
-                    }
-                    match outcome {
-                        Ok(()) => {
-                            info!(seconds = took.as_secs_f64(), "etcd defragmented; taking a full snapshot");
-                            core.full_wanted = true;
-                        }
-                        Err(e) => {
-                            self.metrics.failure("defragmentation");
-                            warn!(error = %e, "defragmentation failed");
-                        }
-                    }
+                    self.on_defrag_done(&mut core, joined);
                 }
                 joined = async { core.flush_task.as_mut().expect("guarded by the condition").await }, if core.flush_task.is_some() => {
                     core.flush_task = None;
-                    let _ = self.delta_finished(&mut core, joined);
-                    // Events kept arriving meanwhile: cut the next delta at once if they reached
-                    // the memory limit.
-                    if core.pending_json >= self.config.delta_memory_limit
-                        && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
-                    {
-                        self.start_flush(&mut core);
-                    }
+                    self.on_delta_stored(&mut core, joined);
                 }
-                request = requests.recv(), if !requests_closed => {
-                    match request {
-                        Some(Request::Full { is_final, reply }) => {
-                            info!(is_final, "full snapshot requested");
-                            core.full_waiters_queued.push(reply);
-                            core.full_final_queued |= is_final;
-                            core.full_wanted = true;
-                            core.full_retry_at = None;
-                        }
-                        Some(Request::Delta { reply }) => {
-                            let answer = if !deltas {
-                                Err(RequestError::DeltasDisabled)
-                            } else {
-                                let r = self.flush(&mut core).await.map_err(|e| RequestError::Failed(e.to_string()));
-                                if matches!(r, Ok(None)) && core.chain.is_some() {
-                                    self.progress.delta_round(None);
-                                }
-                                core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
-                                r
-                            };
-                            let _ = reply.send(answer);
-                        }
-                        Some(Request::Defragment { reply }) => {
-                            core.defrag_waiters.push(reply);
-                            if defrag_task.is_none() {
-                                defrag_task = Some(self.spawn_defrag());
-                            }
-                        }
-                        None => requests_closed = true,
-                    }
-                }
+                request = requests.recv(), if !requests_closed => match request {
+                    Some(request) => self.on_request(&mut core, request, &mut defrag_task).await,
+                    None => requests_closed = true,
+                },
                 item = async { watch.as_mut().expect("guarded by the condition").next().await }, if read_watch => {
-                    match item {
-                        Some(Ok(batch)) if batch.events.is_empty()
-                            && batch.header_revision > 0
-                            && core.watched.is_some_and(|w| (batch.header_revision as u64) < w) =>
-                        {
-                            // etcd is behind revisions it already delivered: it was restored
-                            // from an older backup. Its history differs from the chain's.
-                            warn!(
-                                etcd_revision = batch.header_revision,
-                                watched = core.watched,
-                                "etcd's revision went backwards (restored from a backup?); starting a new chain"
-                            );
-                            watch = None;
-                            self.restart_chain(&mut core, false).await;
-                        }
-                        Some(Ok(batch)) => {
-                            core.watch_backoff.reset();
-                            self.accept(&mut core, batch.events).await;
-                            if core.pending_json >= self.config.delta_memory_limit
-                                && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
-                            {
-                                debug!(bytes = core.pending_json, "delta memory limit reached");
-                                self.start_flush(&mut core);
-                            }
-                        }
-                        Some(Err(EtcdError::Compacted { requested, compact_revision })) => {
-                            watch = None;
-                            self.compacted(&mut core, requested, compact_revision).await;
-                        }
-                        Some(Err(e)) => {
-                            watch = None;
-                            self.watch_lost(&mut core, &e.to_string());
-                        }
-                        None => {
-                            watch = None;
-                            self.watch_lost(&mut core, "watch stream ended");
-                        }
-                    }
+                    self.on_watch(&mut core, item, &mut watch).await;
                 }
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    if core.next_flush.is_some_and(|t| now >= t)
-                        && core.flush_retry_at.is_none_or(|t| now >= t)
-                        && core.flush_task.is_none()
-                    {
-                        if core.pending.is_empty() && core.chain.is_some() {
-                            // A round with nothing to store: the chain is up to date.
-                            self.progress.delta_round(None);
-                        }
-                        self.start_flush(&mut core);
-                        core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
-                    }
-                    if core.next_full.is_some_and(|t| now >= t) {
-                        core.next_full = instant_after(&self.config.full_schedule);
-                        if full_task.is_none() {
-                            info!("scheduled full snapshot");
-                            core.full_wanted = true;
-                        }
-                    }
-                    if core.next_defrag.is_some_and(|t| now >= t) {
-                        core.next_defrag = self.config.defrag_schedule.as_ref().and_then(instant_after);
-                        if defrag_task.is_none() {
-                            defrag_task = Some(self.spawn_defrag());
-                        } else {
-                            info!("skipping a scheduled defragmentation: the previous one still runs");
-                        }
-                    }
-                }
+                _ = tokio::time::sleep_until(wake) => self.on_timer(&mut core, full_task.is_some(), &mut defrag_task),
             }
         };
 
@@ -553,6 +375,255 @@ impl Snapshotter {
             t.abort();
         }
         result?;
+        Ok(self.stop(core, watch, full_task).await)
+    }
+
+    /// Garbage collection on its period, as a task of its own (it takes the store lock).
+    fn spawn_gc(&self) -> Option<JoinHandle<()>> {
+        let period = self.config.gc_period?;
+        let store = self.store.clone();
+        let prefix = self.config.prefix.clone();
+        let policy = self.config.gc_policy;
+        let opts = GcOptions {
+            delta_retention_secs: self.config.delta_retention.as_secs() as i64,
+            last_uploaded_revision: None,
+            delete_chunks: false,
+        };
+        let metrics = self.metrics.clone();
+        let lock = self.store_lock.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _guard = lock.lock().await;
+                if let Err(e) = collect::collect_garbage(&*store, &prefix, policy, &opts, unix_now(), &metrics).await {
+                    warn!(error = %e, "garbage collection failed; trying again next period");
+                    metrics.failure("gc");
+                }
+            }
+        }))
+    }
+
+    /// Opens the watch whose backoff has passed; `None` (and a longer backoff) if etcd refuses.
+    async fn reopen_watch(&self, core: &mut Core) -> Option<WatchStream> {
+        match self.open_watch(core).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let wait = core.watch_backoff.step();
+                warn!(error = %e, retry_in = ?wait, "cannot watch etcd");
+                self.metrics.failure("etcd");
+                core.watch_retry_at = Instant::now() + wait;
+                None
+            }
+        }
+    }
+
+    /// Starts a full snapshot when one is wanted, its backoff has passed and a chain can be
+    /// based on it (none runs: the caller asks only then).
+    fn start_full_if_due(&self, core: &mut Core) -> Option<FullTask> {
+        let full_due = core.full_retry_at.is_none_or(|t| Instant::now() >= t);
+        let base_known = self.config.delta_period.is_none() || core.chain.is_some() || core.floor.is_some();
+        if !(core.full_wanted && full_due && base_known) {
+            return None;
+        }
+        core.full_wanted = false;
+        let source = self.source.clone();
+        let store = self.store.clone();
+        let mut opts = self.config.full_options();
+        opts.is_final = std::mem::take(&mut core.full_final_queued);
+        core.full_waiters_running = std::mem::take(&mut core.full_waiters_queued);
+        Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = take_full_snapshot(&*source, &*store, &opts).await;
+            (r, started.elapsed())
+        }))
+    }
+
+    /// `etcdbr_snapshot_required`: whether a full snapshot is wanted and events wait for a delta.
+    fn publish_required(&self, core: &Core) {
+        let as_gauge = |b: bool| if b { 1.0 } else { 0.0 };
+        self.metrics.snapshot_required.with_label_values(&[KIND_FULL]).set(as_gauge(core.full_wanted));
+        self.metrics.snapshot_required.with_label_values(&[KIND_DELTA]).set(as_gauge(!core.pending.is_empty()));
+    }
+
+    /// Cuts a delta at once when the buffered events reached the memory limit (and the store's
+    /// backoff allows).
+    fn cut_at_memory_limit(&self, core: &mut Core) {
+        if core.pending_json >= self.config.delta_memory_limit
+            && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
+        {
+            debug!(bytes = core.pending_json, "delta memory limit reached");
+            self.start_flush(core);
+        }
+    }
+
+    /// A full snapshot ended: its waiters are answered and the chain follows it. `Err` ends the
+    /// run (the first full snapshot failed for a reason retrying cannot fix).
+    fn on_full_done(&self, core: &mut Core, joined: Result<FullOutcome, tokio::task::JoinError>) -> Result<(), Error> {
+        let (outcome, took) =
+            joined.unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
+        let answer = match &outcome {
+            Ok(f) => Ok(f.snapshot.clone()),
+            Err(e) => Err(RequestError::Failed(e.to_string())),
+        };
+        for w in core.full_waiters_running.drain(..) {
+            let _ = w.send(answer.clone());
+        }
+        self.full_finished(core, outcome, took)?;
+        // Events that reached the memory limit before the first full snapshot gave them a
+        // chain could not be cut then: cut them now, not at the next event.
+        self.cut_at_memory_limit(core);
+        Ok(())
+    }
+
+    /// A defragmentation ended: its waiters are answered; a full snapshot follows a success.
+    fn on_defrag_done(&self, core: &mut Core, joined: Result<DefragOutcome, tokio::task::JoinError>) {
+        let (outcome, took) = joined.unwrap_or_else(|e| {
+            let message = format!("defragmentation task: {e}");
+            (Err(EtcdError::Unavailable { endpoint: self.source.endpoint(), message }), Duration::ZERO)
+        });
+        let endpoint = self.source.endpoint();
+        let ok = outcome.is_ok();
+        self.metrics
+            .defragmentation_duration_seconds
+            .with_label_values(&[endpoint.as_str(), crate::metrics::succeeded(ok)])
+            .observe(took.as_secs_f64());
+        let answer = outcome.as_ref().map(|_| ()).map_err(|e| RequestError::Failed(e.to_string()));
+        for w in core.defrag_waiters.drain(..) {
+            let _ = w.send(answer.clone());
+        }
+        match outcome {
+            Ok(()) => {
+                info!(seconds = took.as_secs_f64(), "etcd defragmented; taking a full snapshot");
+                core.full_wanted = true;
+            }
+            Err(e) => {
+                self.metrics.failure("defragmentation");
+                warn!(error = %e, "defragmentation failed");
+            }
+        }
+    }
+
+    /// The delta stored in the background ended; the next one is cut at once if the events
+    /// that kept arriving meanwhile reached the memory limit.
+    fn on_delta_stored(&self, core: &mut Core, joined: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>) {
+        let _ = self.delta_finished(core, joined);
+        self.cut_at_memory_limit(core);
+    }
+
+    /// A request from a [`SnapshotterHandle`].
+    async fn on_request(&self, core: &mut Core, request: Request, defrag_task: &mut Option<DefragTask>) {
+        match request {
+            Request::Full { is_final, reply } => {
+                info!(is_final, "full snapshot requested");
+                core.full_waiters_queued.push(reply);
+                core.full_final_queued |= is_final;
+                core.full_wanted = true;
+                core.full_retry_at = None;
+            }
+            Request::Delta { reply } => {
+                let answer = if self.config.delta_period.is_none() {
+                    Err(RequestError::DeltasDisabled)
+                } else {
+                    let r = self.flush(core).await.map_err(|e| RequestError::Failed(e.to_string()));
+                    if matches!(r, Ok(None)) && core.chain.is_some() {
+                        self.progress.delta_round(None);
+                    }
+                    core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
+                    r
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Defragment { reply } => {
+                core.defrag_waiters.push(reply);
+                if defrag_task.is_none() {
+                    *defrag_task = Some(self.spawn_defrag());
+                }
+            }
+        }
+    }
+
+    /// What the watch delivered; `watch` is closed when it failed or etcd went back.
+    async fn on_watch(
+        &self,
+        core: &mut Core,
+        item: Option<Result<crate::etcd::WatchBatch, EtcdError>>,
+        watch: &mut Option<WatchStream>,
+    ) {
+        match item {
+            Some(Ok(batch))
+                if batch.events.is_empty()
+                    && batch.header_revision > 0
+                    && core.watched.is_some_and(|w| (batch.header_revision as u64) < w) =>
+            {
+                // etcd is behind revisions it already delivered: it was restored from an older
+                // backup. Its history differs from the chain's.
+                warn!(
+                    etcd_revision = batch.header_revision,
+                    watched = core.watched,
+                    "etcd's revision went backwards (restored from a backup?); starting a new chain"
+                );
+                *watch = None;
+                self.restart_chain(core, false).await;
+            }
+            Some(Ok(batch)) => {
+                core.watch_backoff.reset();
+                self.accept(core, batch.events).await;
+                self.cut_at_memory_limit(core);
+            }
+            Some(Err(EtcdError::Compacted { requested, compact_revision })) => {
+                *watch = None;
+                self.compacted(core, requested, compact_revision).await;
+            }
+            Some(Err(e)) => {
+                *watch = None;
+                self.watch_lost(core, &e.to_string());
+            }
+            None => {
+                *watch = None;
+                self.watch_lost(core, "watch stream ended");
+            }
+        }
+    }
+
+    /// A timer passed: the delta period, the full snapshot schedule, the defragmentation
+    /// schedule, or a backoff (whose work the next turn starts).
+    fn on_timer(&self, core: &mut Core, full_running: bool, defrag_task: &mut Option<DefragTask>) {
+        let now = Instant::now();
+        if core.next_flush.is_some_and(|t| now >= t)
+            && core.flush_retry_at.is_none_or(|t| now >= t)
+            && core.flush_task.is_none()
+        {
+            if core.pending.is_empty() && core.chain.is_some() {
+                // A round with nothing to store: the chain is up to date.
+                self.progress.delta_round(None);
+            }
+            self.start_flush(core);
+            core.next_flush = self.config.delta_period.map(|p| Instant::now() + p);
+        }
+        if core.next_full.is_some_and(|t| now >= t) {
+            core.next_full = instant_after(&self.config.full_schedule);
+            if !full_running {
+                info!("scheduled full snapshot");
+                core.full_wanted = true;
+            }
+        }
+        if core.next_defrag.is_some_and(|t| now >= t) {
+            core.next_defrag = self.config.defrag_schedule.as_ref().and_then(instant_after);
+            if defrag_task.is_none() {
+                *defrag_task = Some(self.spawn_defrag());
+            } else {
+                info!("skipping a scheduled defragmentation: the previous one still runs");
+            }
+        }
+    }
+
+    /// Shutdown: a full snapshot already stored is taken into account (one still running is
+    /// dropped), the watch is read up to etcd's current revision, and the buffered events are
+    /// stored as a last delta.
+    async fn stop(&self, mut core: Core, mut watch: Option<WatchStream>, full_task: Option<FullTask>) -> RunReport {
+        let deltas = self.config.delta_period.is_some();
         if let Some(t) = full_task {
             if t.is_finished() {
                 // Stored, but not yet taken into account: the last delta builds on it.
@@ -594,7 +665,7 @@ impl Snapshotter {
             }
         }
         core.report.last_revision = core.chain;
-        Ok(core.report)
+        core.report
     }
 
     /// Looks at the store before the first full snapshot: returns its newest revision, and
