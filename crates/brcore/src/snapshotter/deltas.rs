@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::leases::{self, LeaseRecord};
-use super::{Core, DRAIN_LIMIT, Snapshotter, error_class, unix_now};
+use super::{DRAIN_LIMIT, LoopState, Snapshotter, error_class, unix_now};
 use crate::compress::Encoder;
 use crate::delta::{Event, EventKind, encode_events};
 use crate::error::Error;
@@ -29,7 +29,7 @@ pub(super) struct LeaseTracker {
 
 impl Snapshotter {
     /// Buffers a batch's new events, looking up leases not seen since the last full snapshot.
-    pub(super) async fn accept(&self, core: &mut Core, events: Vec<Event>) {
+    pub(super) async fn accept(&self, core: &mut LoopState, events: Vec<Event>) {
         // A batch holds whole revisions, so a revision is either entirely new or entirely seen.
         let seen = core.watched;
         for e in events {
@@ -63,7 +63,7 @@ impl Snapshotter {
     /// A delta already being stored in the background is waited for first, so deltas stay in
     /// order. Does nothing when nothing is buffered or no chain exists yet. On failure the
     /// events stay buffered and a retry is scheduled.
-    pub(super) async fn flush(&self, core: &mut Core) -> Result<Option<Snapshot>, Error> {
+    pub(super) async fn flush(&self, core: &mut LoopState) -> Result<Option<Snapshot>, Error> {
         self.settle_flush(core).await;
         match self.take_delta(core) {
             Some(job) => {
@@ -81,7 +81,7 @@ impl Snapshotter {
     ///
     /// While one is being stored, the buffered events are cut into a queued delta instead, so
     /// every delta stays near the memory limit; queued deltas are stored one after another.
-    pub(super) fn start_flush(&self, core: &mut Core) {
+    pub(super) fn start_flush(&self, core: &mut LoopState) {
         if let Some(job) = self.take_delta(core) {
             core.queued_json += job.json;
             core.queued.push_back(job);
@@ -90,7 +90,7 @@ impl Snapshotter {
     }
 
     /// Starts storing the oldest queued delta, unless one is being stored.
-    fn store_next(&self, core: &mut Core) {
+    fn store_next(&self, core: &mut LoopState) {
         if core.flush_task.is_some() {
             return;
         }
@@ -103,7 +103,7 @@ impl Snapshotter {
 
     /// Waits until the deltas being stored and queued are stored (or one failed, which puts
     /// them all back into the buffer), taking each into account.
-    pub(super) async fn settle_flush(&self, core: &mut Core) {
+    pub(super) async fn settle_flush(&self, core: &mut LoopState) {
         while let Some(task) = core.flush_task.take() {
             let outcome = task.await;
             let _ = self.delta_finished(core, outcome);
@@ -122,7 +122,7 @@ impl Snapshotter {
     }
 
     /// Moves the buffered events and lease records into a delta to store.
-    fn take_delta(&self, core: &mut Core) -> Option<DeltaJob> {
+    fn take_delta(&self, core: &mut LoopState) -> Option<DeltaJob> {
         // A delta starts after the last one cut, stored or not.
         let chain = core.queued.back().map(|j| j.name.last_revision).or(core.storing).or(core.chain)?;
         let Some(last) = core.pending.last().map(|e| e.mod_revision.max(0) as u64) else {
@@ -152,7 +152,7 @@ impl Snapshotter {
     /// buffered since.
     pub(super) fn delta_finished(
         &self,
-        core: &mut Core,
+        core: &mut LoopState,
         outcome: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>,
     ) -> Result<Option<Snapshot>, Error> {
         core.storing = None;
@@ -214,7 +214,7 @@ impl Snapshotter {
         }
     }
 
-    fn flush_failed(&self, core: &mut Core, e: Error) -> Error {
+    fn flush_failed(&self, core: &mut LoopState, e: Error) -> Error {
         let wait = core.flush_backoff.step();
         warn!(error = %e, events = core.pending.len(), retry_in = ?wait, "storing a delta failed; keeping its events");
         self.metrics.failure(error_class(&e));
@@ -223,7 +223,7 @@ impl Snapshotter {
     }
 
     /// Reads the watch until it has delivered etcd's current revision, within [`DRAIN_LIMIT`].
-    pub(super) async fn drain(&self, core: &mut Core, watch: &mut WatchStream) {
+    pub(super) async fn drain(&self, core: &mut LoopState, watch: &mut WatchStream) {
         let target = match tokio::time::timeout(DRAIN_LIMIT, self.source.status()).await {
             Ok(Ok(s)) => s.revision.max(0) as u64,
             _ => return,

@@ -24,6 +24,15 @@
 //!
 //! Full snapshots run beside the loop, so the watch is read while a large db streams: a full
 //! snapshot at `R` moves `chain` to at least `R` and drops events `≤ R` from memory.
+//!
+//! # Where things are
+//!
+//! This file is the loop ([`Snapshotter::run`], a dispatcher: each branch of its `select!` is an
+//! `on_*` method on the loop's state) and the handlers of full snapshots, defragmentation,
+//! requests and timers; it is over 700 lines because one state machine reads best in one
+//! place. Apart from it: `config.rs` (what it is told, what a run reports), `handle.rs`
+//! (requests), `deltas.rs` (the delta pipeline), `watch.rs` (the watch), `full.rs` (one full
+//! snapshot), `dbrev.rs` (the revision read from the db), `collect.rs` and `leases.rs`.
 
 pub mod collect;
 mod config;
@@ -34,6 +43,7 @@ mod handle;
 pub mod leases;
 pub mod progress;
 pub mod schedule;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -146,7 +156,7 @@ pub struct Snapshotter {
 }
 
 /// The loop's state besides the futures it polls (see the module docs).
-struct Core {
+struct LoopState {
     chain: Option<u64>,
     /// While `chain` is `None`: the revision a full snapshot must reach to start a chain.
     floor: Option<u64>,
@@ -185,10 +195,10 @@ struct Core {
     queued_json: usize,
 }
 
-impl Core {
+impl LoopState {
     /// The state a run begins in: a full snapshot wanted, the watch due, the timers set.
-    fn new(config: &SnapshotterConfig, store_revision_at_start: Option<u64>) -> Core {
-        Core {
+    fn new(config: &SnapshotterConfig, store_revision_at_start: Option<u64>) -> LoopState {
+        LoopState {
             chain: None,
             floor: None,
             watched: None,
@@ -247,7 +257,7 @@ type DefragTask = JoinHandle<DefragOutcome>;
 
 /// When the loop must wake even if nothing arrives: the next timer, or a backoff that ends
 /// (the full snapshot's while one is wanted and none runs, the watch's while it is down).
-fn next_wake(core: &Core, watch_down: bool, full_idle: bool) -> Instant {
+fn next_wake(core: &LoopState, watch_down: bool, full_idle: bool) -> Instant {
     min_instant(&[
         // While a delta is being stored, the next one waits for it (the loop's branch for it).
         core.next_flush.filter(|_| core.flush_task.is_none()).map(|t| core.flush_retry_at.map_or(t, |r| r.max(t))),
@@ -319,7 +329,7 @@ impl Snapshotter {
             warn!(error = %e, "could not clean up staging objects of unfinished full snapshots; trying at the next start");
         }
         let store_revision_at_start = self.new_history_guard().await;
-        let mut core = Core::new(&self.config, store_revision_at_start);
+        let mut core = LoopState::new(&self.config, store_revision_at_start);
         let gc_task = self.spawn_gc();
         let mut watch: Option<WatchStream> = None;
         let mut full_task: Option<FullTask> = None;
@@ -405,23 +415,9 @@ impl Snapshotter {
         }))
     }
 
-    /// Opens the watch whose backoff has passed; `None` (and a longer backoff) if etcd refuses.
-    async fn reopen_watch(&self, core: &mut Core) -> Option<WatchStream> {
-        match self.open_watch(core).await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let wait = core.watch_backoff.step();
-                warn!(error = %e, retry_in = ?wait, "cannot watch etcd");
-                self.metrics.failure("etcd");
-                core.watch_retry_at = Instant::now() + wait;
-                None
-            }
-        }
-    }
-
     /// Starts a full snapshot when one is wanted, its backoff has passed and a chain can be
     /// based on it (none runs: the caller asks only then).
-    fn start_full_if_due(&self, core: &mut Core) -> Option<FullTask> {
+    fn start_full_if_due(&self, core: &mut LoopState) -> Option<FullTask> {
         let full_due = core.full_retry_at.is_none_or(|t| Instant::now() >= t);
         let base_known = self.config.delta_period.is_none() || core.chain.is_some() || core.floor.is_some();
         if !(core.full_wanted && full_due && base_known) {
@@ -441,7 +437,7 @@ impl Snapshotter {
     }
 
     /// `etcdbr_snapshot_required`: whether a full snapshot is wanted and events wait for a delta.
-    fn publish_required(&self, core: &Core) {
+    fn publish_required(&self, core: &LoopState) {
         let as_gauge = |b: bool| if b { 1.0 } else { 0.0 };
         self.metrics.snapshot_required.with_label_values(&[KIND_FULL]).set(as_gauge(core.full_wanted));
         self.metrics.snapshot_required.with_label_values(&[KIND_DELTA]).set(as_gauge(!core.pending.is_empty()));
@@ -449,7 +445,7 @@ impl Snapshotter {
 
     /// Cuts a delta at once when the buffered events reached the memory limit (and the store's
     /// backoff allows).
-    fn cut_at_memory_limit(&self, core: &mut Core) {
+    fn cut_at_memory_limit(&self, core: &mut LoopState) {
         if core.pending_json >= self.config.delta_memory_limit
             && core.flush_retry_at.is_none_or(|t| Instant::now() >= t)
         {
@@ -460,7 +456,11 @@ impl Snapshotter {
 
     /// A full snapshot ended: its waiters are answered and the chain follows it. `Err` ends the
     /// run (the first full snapshot failed for a reason retrying cannot fix).
-    fn on_full_done(&self, core: &mut Core, joined: Result<FullOutcome, tokio::task::JoinError>) -> Result<(), Error> {
+    fn on_full_done(
+        &self,
+        core: &mut LoopState,
+        joined: Result<FullOutcome, tokio::task::JoinError>,
+    ) -> Result<(), Error> {
         let (outcome, took) =
             joined.unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
         let answer = match &outcome {
@@ -478,7 +478,7 @@ impl Snapshotter {
     }
 
     /// A defragmentation ended: its waiters are answered; a full snapshot follows a success.
-    fn on_defrag_done(&self, core: &mut Core, joined: Result<DefragOutcome, tokio::task::JoinError>) {
+    fn on_defrag_done(&self, core: &mut LoopState, joined: Result<DefragOutcome, tokio::task::JoinError>) {
         let (outcome, took) = joined.unwrap_or_else(|e| {
             let message = format!("defragmentation task: {e}");
             (Err(EtcdError::Unavailable { endpoint: self.source.endpoint(), message }), Duration::ZERO)
@@ -507,13 +507,17 @@ impl Snapshotter {
 
     /// The delta stored in the background ended; the next one is cut at once if the events
     /// that kept arriving meanwhile reached the memory limit.
-    fn on_delta_stored(&self, core: &mut Core, joined: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>) {
+    fn on_delta_stored(
+        &self,
+        core: &mut LoopState,
+        joined: Result<(DeltaJob, Result<u64, Error>), tokio::task::JoinError>,
+    ) {
         let _ = self.delta_finished(core, joined);
         self.cut_at_memory_limit(core);
     }
 
     /// A request from a [`SnapshotterHandle`].
-    async fn on_request(&self, core: &mut Core, request: Request, defrag_task: &mut Option<DefragTask>) {
+    async fn on_request(&self, core: &mut LoopState, request: Request, defrag_task: &mut Option<DefragTask>) {
         match request {
             Request::Full { is_final, reply } => {
                 info!(is_final, "full snapshot requested");
@@ -544,52 +548,9 @@ impl Snapshotter {
         }
     }
 
-    /// What the watch delivered; `watch` is closed when it failed or etcd went back.
-    async fn on_watch(
-        &self,
-        core: &mut Core,
-        item: Option<Result<crate::etcd::WatchBatch, EtcdError>>,
-        watch: &mut Option<WatchStream>,
-    ) {
-        match item {
-            Some(Ok(batch))
-                if batch.events.is_empty()
-                    && batch.header_revision > 0
-                    && core.watched.is_some_and(|w| (batch.header_revision as u64) < w) =>
-            {
-                // etcd is behind revisions it already delivered: it was restored from an older
-                // backup. Its history differs from the chain's.
-                warn!(
-                    etcd_revision = batch.header_revision,
-                    watched = core.watched,
-                    "etcd's revision went backwards (restored from a backup?); starting a new chain"
-                );
-                *watch = None;
-                self.restart_chain(core, false).await;
-            }
-            Some(Ok(batch)) => {
-                core.watch_backoff.reset();
-                self.accept(core, batch.events).await;
-                self.cut_at_memory_limit(core);
-            }
-            Some(Err(EtcdError::Compacted { requested, compact_revision })) => {
-                *watch = None;
-                self.compacted(core, requested, compact_revision).await;
-            }
-            Some(Err(e)) => {
-                *watch = None;
-                self.watch_lost(core, &e.to_string());
-            }
-            None => {
-                *watch = None;
-                self.watch_lost(core, "watch stream ended");
-            }
-        }
-    }
-
     /// A timer passed: the delta period, the full snapshot schedule, the defragmentation
     /// schedule, or a backoff (whose work the next turn starts).
-    fn on_timer(&self, core: &mut Core, full_running: bool, defrag_task: &mut Option<DefragTask>) {
+    fn on_timer(&self, core: &mut LoopState, full_running: bool, defrag_task: &mut Option<DefragTask>) {
         let now = Instant::now();
         if core.next_flush.is_some_and(|t| now >= t)
             && core.flush_retry_at.is_none_or(|t| now >= t)
@@ -622,7 +583,12 @@ impl Snapshotter {
     /// Shutdown: a full snapshot already stored is taken into account (one still running is
     /// dropped), the watch is read up to etcd's current revision, and the buffered events are
     /// stored as a last delta.
-    async fn stop(&self, mut core: Core, mut watch: Option<WatchStream>, full_task: Option<FullTask>) -> RunReport {
+    async fn stop(
+        &self,
+        mut core: LoopState,
+        mut watch: Option<WatchStream>,
+        full_task: Option<FullTask>,
+    ) -> RunReport {
         let deltas = self.config.delta_period.is_some();
         if let Some(t) = full_task {
             if t.is_finished() {
@@ -706,55 +672,9 @@ impl Snapshotter {
         })
     }
 
-    /// Opens the watch at `watched + 1`, learning etcd's revision first when there is no
-    /// position yet (start, or after a compaction).
-    async fn open_watch(&self, core: &mut Core) -> Result<WatchStream, EtcdError> {
-        let from = match core.watched {
-            Some(w) => w,
-            None => {
-                let rev = self.source.status().await?.revision.max(0) as u64;
-                core.watched = Some(rev);
-                if core.chain.is_none() {
-                    core.floor = Some(rev);
-                }
-                rev
-            }
-        };
-        let w = self.source.watch(from as i64 + 1).await?;
-        debug!(from = from + 1, "watching etcd");
-        Ok(w)
-    }
-
-    fn watch_lost(&self, core: &mut Core, why: &str) {
-        let wait = core.watch_backoff.step();
-        warn!(reason = why, resume_at = core.watched.map(|w| w + 1), retry_in = ?wait, "etcd watch lost; resuming");
-        self.metrics.failure("etcd");
-        core.report.watch_reconnects += 1;
-        core.watch_retry_at = Instant::now() + wait;
-    }
-
-    async fn compacted(&self, core: &mut Core, requested: i64, compact_revision: i64) {
-        warn!(requested, compact_revision, "etcd compacted the revisions the watch needs; taking a full snapshot");
-        self.metrics.failure("compacted");
-        core.report.compactions_seen += 1;
-        self.restart_chain(core, true).await;
-    }
-
-    /// Forgets the chain and takes a full snapshot to start a new one; the watch reopens at
-    /// etcd's current revision. `keep_buffered` first stores the events received so far (they
-    /// belong to the old chain and are still valid).
-    async fn restart_chain(&self, core: &mut Core, keep_buffered: bool) {
-        if keep_buffered && let Err(e) = self.flush(core).await {
-            warn!(error = %e, "could not store the events received before the compaction; the full snapshot covers them");
-        }
-        // A delta of the old chain still being stored finishes before the chain is forgotten.
-        self.settle_flush(core).await;
-        core.forget_chain();
-    }
-
     fn full_finished(
         &self,
-        core: &mut Core,
+        core: &mut LoopState,
         outcome: Result<FullSnapshot, Error>,
         took: Duration,
     ) -> Result<(), Error> {
