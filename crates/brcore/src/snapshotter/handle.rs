@@ -27,7 +27,7 @@ pub(super) enum Request {
     Defragment { reply: oneshot::Sender<Result<(), RequestError>> },
 }
 
-/// Asks a running [`Snapshotter`] for an out-of-schedule snapshot or defragmentation (what the
+/// Asks a running [`Snapshotter`](super::Snapshotter) for an out-of-schedule snapshot or defragmentation (what the
 /// HTTP API's `/snapshot/full`, `/snapshot/delta` and a defragmentation trigger call). Cheap to
 /// clone; requests are served in order by the snapshotter's loop.
 #[derive(Debug, Clone)]
