@@ -8,7 +8,7 @@
 # Usage: scripts/bench-verify.sh            (reference size: 165 MB full, 60,000 revisions)
 #        KEYS=12000 REVISIONS=5000 scripts/bench-verify.sh   (quick check)
 # Env: KEYS, VALUE_SIZE, REVISIONS, EVENTS_PER_DELTA (as bench-restore.sh), REPEAT (3),
-#      ETCDBRCTL (a prebuilt binary; default: build target/release/etcdbrctl), WORK (scratch dir),
+#      ETCDBRCTL (another binary to measure; default target/release/etcdbrctl), WORK (scratch dir),
 #      ETCDBR_BENCH_DATA (the generated stores' cache).
 set -euo pipefail
 
@@ -24,11 +24,10 @@ if [[ ! -x /usr/bin/time ]]; then
     exit 1
 fi
 cd "$ROOT"
-if [[ -z "${ETCDBRCTL:-}" ]]; then
-    cargo build --release -p etcdbrctl >&2
-    ETCDBRCTL=$ROOT/target/release/etcdbrctl
-fi
-cargo build --release -p etcdbr-benches --bins >&2
+# One build of both: built alone, the benches resolve their dependencies' features differently
+# and recompile most of them (tens of minutes on the shared machine).
+cargo build --release -p etcdbrctl -p etcdbr-benches --bins >&2
+ETCDBRCTL=${ETCDBRCTL:-$ROOT/target/release/etcdbrctl}
 DS=$("$ROOT/target/release/gen-store" --keys "$KEYS" --value-size "$VALUE_SIZE" --revisions "$REVISIONS" \
     --events-per-delta "$EVENTS_PER_DELTA" | tail -1)
 WORK=${WORK:-$(mktemp -d /tmp/etcdbr-bench-verify.XXXXXX)}
