@@ -2,7 +2,7 @@
 //! checker and a streaming bulk writer.
 //!
 //! Sync code over files and byte slices: no async runtime, no etcd knowledge. The format is
-//! specified in `formats-reference.md` §1–§2; this is the layout as implemented here.
+//! described in the repository's `docs/formats.md` §1; this is the layout as implemented here.
 //!
 //! # Layout
 //!

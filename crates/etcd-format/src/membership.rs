@@ -346,7 +346,7 @@ impl Cluster {
 
     /// The v2 store JSON (`json.Marshal(store)`) that restore saves in the `.snap` file: member
     /// *i* (1-based, ascending ID) created at raft index *i*, with a create event per member in
-    /// the watcher history, byte for byte as etcd 3.4/3.5 write it (formats-reference §5.4).
+    /// the watcher history, byte for byte as etcd 3.4/3.5 write it (`docs/formats.md` §6).
     pub fn v2_store_json(&self) -> String {
         const EXPIRE: &str = "\"ExpireTime\":\"0001-01-01T00:00:00Z\"";
         const HISTORY: usize = 1000;
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn spec_id_vector() {
-        // formats-reference §5.1, verified against etcd.
+        // Verified against etcd (`docs/formats.md` §7).
         let c = Cluster::from_initial_cluster("n1=http://127.0.0.1:24801", "tok1").unwrap();
         assert_eq!(c.members[0].id_hex(), "18e0185557c0ce00");
         assert_eq!(format!("{:x}", c.id()), "d02ac130b9ebfd3b");
@@ -614,7 +614,7 @@ mod tests {
         );
         m.name = "n1".into();
         m.client_urls = vec!["http://127.0.0.1:23791".into()];
-        // The real 3.4.23 value quoted in formats-reference §3.
+        // The value real etcd 3.4.23 wrote.
         assert_eq!(
             m.to_json(),
             r#"{"id":13668033151171901709,"peerURLs":["http://127.0.0.1:23801"],"name":"n1","clientURLs":["http://127.0.0.1:23791"]}"#

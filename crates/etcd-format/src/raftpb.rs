@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn spec_vectors_round_trip() {
-        // From formats-reference.md §5.3 (real etcdutl 3.5.1 output, 1 member).
+        // Real etcdutl 3.5.1 output, 1 member (the WAL records of `docs/formats.md` §5).
         let meta = [
             0x08, 0x80, 0x9c, 0x83, 0xbe, 0xd5, 0x8a, 0x86, 0xf0, 0x18, 0x10, 0xbb, 0xfa, 0xaf, 0xcf, 0x8b, 0xa6, 0xb0,
             0x95, 0xd0, 0x01,

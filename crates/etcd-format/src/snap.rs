@@ -4,7 +4,7 @@
 //! and `crc` is its crc32c (Castagnoli, not chained), as `Snapshotter.save` writes it; etcd's
 //! `Snapshotter.Load` renames an empty file or one with a bad CRC to `*.broken`. For a restored
 //! member the snapshot's data is the v2 store JSON of the membership
-//! ([`crate::membership::Cluster::v2_store_json`]). See formats-reference §5.4.
+//! ([`crate::membership::Cluster::v2_store_json`]). See `docs/formats.md` §6.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};

@@ -4,7 +4,7 @@
 //! stream of frames: an 8-byte little-endian length field, a `walpb.Record`, and zero padding to
 //! the next 8-byte boundary. Every record carries a crc32c chained over the data of all records
 //! before it, across segments. A length field of 0 ends a segment's records (the rest of the
-//! preallocated 64,000,000-byte file is zeros). See formats-reference §5.3 and etcd's
+//! preallocated 64,000,000-byte file is zeros). See `docs/formats.md` §5 and etcd's
 //! `wal/encoder.go`, `decoder.go`, `wal.go`.
 //!
 //! The reader is stricter than etcd's in a few places where etcd's own encoder is deterministic

@@ -39,7 +39,6 @@ use brcore::cluster::{ClusterAccess, ClusterEtcd};
 use brcore::etcd::{EtcdClient, EtcdSource};
 use brcore::restore::RestorePlan;
 use brcore::secondary::SyncConfig;
-use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{ProgressSender, Snapshotter};
 use brcore::verify::{Verifier, VerifyPlan};
 use clap::{ArgAction, Args};
@@ -299,15 +298,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         (Initializer::without_store(), None, None)
     } else {
         let store = snapstore::open(&store_config(&args.snapshot.store)).context("cannot open the backup store")?;
-        let s = &snap.snapshotter;
-        let options = FullOptions {
-            prefix: s.prefix.clone(),
-            compression: s.compression,
-            write: s.write.clone(),
-            compression_level: s.compression_level,
-            timeout: s.snapshot_timeout,
-            is_final: false,
-        };
+        let options = snap.snapshotter.full_options();
         let direct = StoreSnapshots::new(etcd.clone(), store.clone(), options, metrics.clone());
         let live = Arc::new(LiveSnapshots::new(direct));
         let control: Arc<dyn SnapshotControl> = live.clone();
