@@ -162,7 +162,15 @@ start_weed() {
         fi
         sleep 0.1
     done
-    log "SeaweedFS did not come up"; tail -20 "$W/logs/weed.log" >&2; exit 1
+    log "SeaweedFS did not come up"; tail -20 "$W/logs/weed.log" >&2
+    # weed marks every volume read-only when its disk has less than 1 % free ("No writable
+    # volumes"), and `weed mini` has no flag to lower that: say so rather than leave a riddle.
+    local free_pct
+    free_pct=$(df --output=avail,size "$W/weed" | awk 'NR==2 {printf "%.2f", 100 * $1 / $2}')
+    if awk -v p="$free_pct" 'BEGIN {exit !(p < 1)}'; then
+        log "the disk of $W/weed has $(df -h --output=avail "$W/weed" | tail -1 | tr -d ' ') free ($free_pct %): SeaweedFS stores nothing below 1 %; free disk space and run again"
+    fi
+    exit 1
 }
 
 # --- the sidecar ---------------------------------------------------------------------------------
