@@ -319,13 +319,7 @@ impl<'a> Bucket<'a> {
                 return Ok(if exact { Some(page.leaf(i)?) } else { None });
             }
             if page.count == 0 {
-                return Err(Corrupt::new(
-                    FindingKind::BadElement,
-                    Some(page.pgid),
-                    Some(page.at),
-                    "branch page with no elements",
-                )
-                .into());
+                return Err(empty_branch(&page).into());
             }
             // The child covering `key`: the last element whose key is <= key (or the first).
             let i = if exact { i } else { i.saturating_sub(1) };
@@ -343,13 +337,7 @@ impl<'a> Bucket<'a> {
                 if page.is_leaf() {
                     return Ok(None);
                 }
-                return Err(Corrupt::new(
-                    FindingKind::BadElement,
-                    Some(page.pgid),
-                    Some(page.at),
-                    "branch page with no elements",
-                )
-                .into());
+                return Err(empty_branch(&page).into());
             }
             let i = usize::from(page.count) - 1;
             if page.is_leaf() {
@@ -412,6 +400,11 @@ impl<'a> IntoIterator for &Bucket<'a> {
     fn into_iter(self) -> Iter<'a> {
         self.iter()
     }
+}
+
+/// A branch page must have at least one element to descend into.
+fn empty_branch(page: &PageRef<'_>) -> Corrupt {
+    Corrupt::new(FindingKind::BadElement, Some(page.pgid), Some(page.at), "branch page with no elements")
 }
 
 fn too_deep(pgid: u64) -> Corrupt {

@@ -284,6 +284,26 @@ impl EtcdClient {
     }
 
     /// Forgets the connection after a failure, so the next request dials again.
+    /// Opens `what` (a stream) within the connection timeout; a failure or a timeout drops the
+    /// connection, so the next call connects anew.
+    async fn open_stream<T>(
+        &self,
+        what: &str,
+        open: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        match tokio::time::timeout(self.config.connection_timeout, open).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(self.map_err(e))
+            }
+            Err(_) => {
+                self.reset().await;
+                Err(self.unavailable(format!("{what} did not open in time")))
+            }
+        }
+    }
+
     async fn reset(&self) {
         *self.client.lock().await = None;
     }
@@ -413,18 +433,7 @@ impl EtcdSource for EtcdClient {
     async fn snapshot(&self) -> Result<SnapshotStream, EtcdError> {
         let mut client = self.connect().await?;
         let endpoint = self.first_endpoint();
-        let open = tokio::time::timeout(self.config.connection_timeout, client.snapshot()).await;
-        let stream = match open {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.reset().await;
-                return Err(self.map_err(e));
-            }
-            Err(_) => {
-                self.reset().await;
-                return Err(self.unavailable("snapshot stream did not open in time"));
-            }
-        };
+        let stream = self.open_stream("snapshot stream", client.snapshot()).await?;
         Ok(Box::pin(futures::stream::unfold((stream, endpoint, false), |(mut stream, endpoint, ended)| async move {
             if ended {
                 return None;
@@ -446,18 +455,7 @@ impl EtcdSource for EtcdClient {
         let endpoint = self.first_endpoint();
         let opts =
             etcd_client::WatchOptions::new().with_all_keys().with_start_revision(from_revision).with_progress_notify();
-        let open = tokio::time::timeout(self.config.connection_timeout, client.watch(vec![0u8], Some(opts))).await;
-        let stream = match open {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.reset().await;
-                return Err(self.map_err(e));
-            }
-            Err(_) => {
-                self.reset().await;
-                return Err(self.unavailable("watch did not open in time"));
-            }
-        };
+        let stream = self.open_stream("watch", client.watch(vec![0u8], Some(opts))).await?;
         Ok(Box::pin(futures::stream::unfold(
             (stream, endpoint, false),
             move |(mut stream, endpoint, ended)| async move {
