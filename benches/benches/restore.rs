@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use brcore::delta::Event;
-use brcore::rebuild::{LeasePolicy, Membership, RebuildOptions, rebuild_db};
+use brcore::rebuild::{Membership, RebuildOptions, rebuild_db};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use etcdbr_benches::{Dataset, DatasetParams, ETCD_3_5_30_DIR, default_data_root};
 
@@ -30,16 +30,7 @@ fn dataset(keys: u64) -> Dataset {
 }
 
 fn options() -> RebuildOptions {
-    RebuildOptions {
-        to_revision: None,
-        to_time_nanos: None,
-        membership: Membership::Keep,
-        lease_policy: LeasePolicy::default(),
-        bump_revision: None,
-        bump_past: None,
-        writer: bbolt::WriterOptions::default(),
-        known_lease_ttls: Default::default(),
-    }
+    RebuildOptions::new(Membership::Keep)
 }
 
 /// One rebuild into a fresh temp file; returns the revisions applied.

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use brcore::delta::EventKind;
-use brcore::rebuild::{LeasePolicy, Membership, RebuildOptions, rebuild_db};
+use brcore::rebuild::{Membership, RebuildOptions, rebuild_db};
 use etcdbr_benches::{Dataset, DatasetParams, ETCD_3_5_30_DIR};
 
 #[test]
@@ -44,16 +44,7 @@ fn generated_store_rebuilds_to_the_last_revision_with_consistent_keys() {
     assert!(events.windows(2).any(|w| w[0].mod_revision == w[1].mod_revision), "some revisions are txns");
 
     let db = bbolt::Db::open(&ds.db_file()).unwrap();
-    let opts = RebuildOptions {
-        to_revision: None,
-        to_time_nanos: None,
-        membership: Membership::Keep,
-        lease_policy: LeasePolicy::default(),
-        bump_revision: None,
-        bump_past: None,
-        writer: bbolt::WriterOptions::default(),
-        known_lease_ttls: Default::default(),
-    };
+    let opts = RebuildOptions::new(Membership::Keep);
     let out = root.path().join("rebuilt.db");
     let file = std::fs::File::create(&out).unwrap();
     let (_, stats) = rebuild_db(&db, events.iter().cloned().map(Ok), &opts, file).unwrap();

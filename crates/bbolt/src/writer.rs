@@ -28,8 +28,17 @@ pub enum FreelistMode {
     None,
 }
 
-/// Options of [`BulkWriter`].
+/// Options of [`BulkWriter`]: the defaults and the `with_*` setters. Fields may be added in any
+/// release (`#[non_exhaustive]`).
+///
+/// ```
+/// use bbolt::{FreelistMode, WriterOptions};
+///
+/// let opts = WriterOptions::default().with_page_size(16384).with_fill(0.9).with_freelist(FreelistMode::None);
+/// assert_eq!(opts.page_size, 16384);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct WriterOptions {
     /// The page size, a power of two from 512 to 1 MiB. 4096 unless a source file's must be kept.
     pub page_size: u32,
@@ -44,6 +53,26 @@ pub struct WriterOptions {
     pub fill: f64,
     /// Whether to persist an empty freelist page.
     pub freelist: FreelistMode,
+}
+
+impl WriterOptions {
+    /// Sets [`WriterOptions::page_size`].
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Sets [`WriterOptions::fill`].
+    pub fn with_fill(mut self, fill: f64) -> Self {
+        self.fill = fill;
+        self
+    }
+
+    /// Sets [`WriterOptions::freelist`].
+    pub fn with_freelist(mut self, freelist: FreelistMode) -> Self {
+        self.freelist = freelist;
+        self
+    }
 }
 
 impl Default for WriterOptions {

@@ -139,11 +139,8 @@ fn truncated_files_are_refused_at_open() {
 #[test]
 fn corrupted_page_cycles_end_iteration_and_lookups_with_an_error() {
     // A db whose key bucket has branches, then one branch made to point at itself.
-    let mut w = bbolt::BulkWriter::new(
-        std::io::Cursor::new(Vec::new()),
-        WriterOptions { page_size: 512, ..Default::default() },
-    )
-    .unwrap();
+    let mut w =
+        bbolt::BulkWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions::default().with_page_size(512)).unwrap();
     w.begin_bucket(b"b").unwrap();
     for i in 0..2000u32 {
         w.put(&i.to_be_bytes(), b"v").unwrap();

@@ -65,13 +65,13 @@ fn assert_copy_accepted_by_etcd(src: &Path, opts: WriterOptions, dir: &Path) {
 fn options() -> Vec<WriterOptions> {
     vec![
         WriterOptions::default(),
-        WriterOptions { page_size: 4096, fill: 0.9, freelist: FreelistMode::None },
+        WriterOptions::default().with_fill(0.9).with_freelist(FreelistMode::None),
         // Tiny fill: many leaves and several branch levels even for a small db.
-        WriterOptions { page_size: 4096, fill: 0.1, freelist: FreelistMode::Page },
+        WriterOptions::default().with_fill(0.1).with_freelist(FreelistMode::Page),
         // Other page sizes (64 KiB is the OS page size on some arm64 kernels): bbolt takes the
         // page size from meta 0, so etcd must accept these on any host.
-        WriterOptions { page_size: 1024, fill: 1.0, freelist: FreelistMode::None },
-        WriterOptions { page_size: 65536, fill: 1.0, freelist: FreelistMode::Page },
+        WriterOptions::default().with_page_size(1024).with_fill(1.0).with_freelist(FreelistMode::None),
+        WriterOptions::default().with_page_size(65536).with_fill(1.0).with_freelist(FreelistMode::Page),
     ]
 }
 

@@ -69,11 +69,9 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>, ps: usize) {
 }
 
 fn small_page_db() -> Vec<u8> {
-    let mut w = BulkWriter::new(
-        std::io::Cursor::new(Vec::new()),
-        WriterOptions { page_size: 512, fill: 0.5, ..Default::default() },
-    )
-    .unwrap();
+    let mut w =
+        BulkWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions::default().with_page_size(512).with_fill(0.5))
+            .unwrap();
     for bucket in [&b"a"[..], b"key", b"meta"] {
         w.begin_bucket(bucket).unwrap();
         for i in 0..300u32 {

@@ -25,8 +25,10 @@ use crate::rebuild::{LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::restore::{FetchOptions, Progress, rebuild_chain};
 use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
 
-/// What to compact and how to store the result.
+/// What to compact and how to store the result: [`CompactPlan::new`], then set what differs from
+/// its defaults. Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CompactPlan {
     /// The store prefix (`--store-prefix`).
     pub prefix: String,
@@ -53,6 +55,26 @@ pub struct CompactPlan {
     /// TTL of leases the deltas reference but the full snapshot lacks: the new full snapshot
     /// holds a record for each, so later restores keep them.
     pub lease_policy: LeasePolicy,
+}
+
+impl CompactPlan {
+    /// Compacts the newest chain under `prefix`, rebuilding in `temp_dir`, with the reference's
+    /// defaults: hash checked, no quota, the folded objects' compression, 6 fetchers, the
+    /// default memory budget, default upload parts and lease policy.
+    pub fn new(prefix: impl Into<String>, temp_dir: impl Into<PathBuf>) -> CompactPlan {
+        CompactPlan {
+            prefix: prefix.into(),
+            temp_dir: temp_dir.into(),
+            snapshot_temp_dir: None,
+            skip_hash_check: false,
+            quota_bytes: None,
+            compression: None,
+            write: WriteOptions::default(),
+            max_fetchers: 6,
+            memory_budget: crate::deltafeed::DEFAULT_BUDGET,
+            lease_policy: LeasePolicy::default(),
+        }
+    }
 }
 
 /// How a compaction ended.

@@ -18,8 +18,10 @@ use crate::error::Error;
 use crate::name::{Layout, Snapshot, SnapshotKind, SnapshotName, parse_listing, v2_dir};
 use crate::store::{Snapstore, WriteOptions};
 
-/// What to copy.
+/// What to copy: [`CopyPlan::new`], then set what differs from its defaults.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CopyPlan {
     /// The source's store prefix.
     pub source_prefix: String,
@@ -36,6 +38,22 @@ pub struct CopyPlan {
     pub write: WriteOptions,
     /// "Now", in unix seconds (injected so the age filter is testable).
     pub now: i64,
+}
+
+impl CopyPlan {
+    /// Every backup set under `source_prefix` copied to `dest_prefix`, ten objects at once,
+    /// default upload parts; `now` in unix seconds (for [`CopyPlan::max_age_secs`]).
+    pub fn new(source_prefix: impl Into<String>, dest_prefix: impl Into<String>, now: i64) -> CopyPlan {
+        CopyPlan {
+            source_prefix: source_prefix.into(),
+            dest_prefix: dest_prefix.into(),
+            max_backups: None,
+            max_age_secs: None,
+            parallel: 10,
+            write: WriteOptions::default(),
+            now,
+        }
+    }
 }
 
 /// What a copy did.

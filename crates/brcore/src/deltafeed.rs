@@ -98,13 +98,22 @@ impl Budget {
     }
 }
 
-/// How the deltas are fetched.
+/// How the deltas are fetched: [`FeedOptions::new`].
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct FeedOptions {
     /// Deltas in flight at most (`--max-fetchers`).
     pub max_fetchers: usize,
     /// Memory budget in bytes (see the module docs).
     pub budget: u64,
+}
+
+impl FeedOptions {
+    /// At most `max_fetchers` deltas in flight within `budget` bytes.
+    pub fn new(max_fetchers: usize, budget: u64) -> FeedOptions {
+        FeedOptions { max_fetchers, budget }
+    }
 }
 
 /// The writer's side: the events of every delta, in chain order (an iterator of batches), and

@@ -187,7 +187,11 @@ pub struct EtcdTls {
 }
 
 /// How to reach etcd.
+///
+/// [`EtcdConfig::new`] takes the endpoints and the reference's defaults; set other fields after.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs; the first one is asked for status.
     pub endpoints: Vec<String>,
@@ -213,6 +217,14 @@ impl fmt::Debug for EtcdConfig {
             .field("user", &self.user.as_ref().map(|(u, _)| (u, "<redacted>")))
             .field("tls", &self.tls)
             .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// etcd at `endpoints` (client URLs), plain HTTP without credentials, with the reference's
+    /// timeouts.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        EtcdConfig { endpoints: endpoints.into_iter().map(Into::into).collect(), ..EtcdConfig::default() }
     }
 }
 

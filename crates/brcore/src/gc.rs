@@ -59,8 +59,10 @@ pub enum Policy {
     },
 }
 
-/// Settings besides the policy.
+/// Settings besides the policy: [`GcOptions::default`] (delete every older delta, no chunk), then
+/// set what differs. Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct GcOptions {
     /// Deltas of older streams younger than this many seconds are kept
     /// (`--delta-snapshot-retention-period`; 0 deletes them all).

@@ -69,8 +69,10 @@ impl Default for LeasePolicy {
     }
 }
 
-/// Options of one rebuild pass.
+/// Options of one rebuild pass: [`RebuildOptions::new`], then set what differs.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RebuildOptions {
     /// Apply events up to and including this revision; `None` = all.
     pub to_revision: Option<i64>,
@@ -94,6 +96,23 @@ pub struct RebuildOptions {
     /// TTLs (seconds) of leases granted after the full snapshot, as the snapshotter recorded
     /// them beside the deltas; they win over `lease_policy`.
     pub known_lease_ttls: HashMap<i64, i64>,
+}
+
+impl RebuildOptions {
+    /// Every revision, written with `membership`, the default lease policy and writer options,
+    /// no bump.
+    pub fn new(membership: Membership) -> RebuildOptions {
+        RebuildOptions {
+            to_revision: None,
+            to_time_nanos: None,
+            membership,
+            lease_policy: LeasePolicy::default(),
+            bump_revision: None,
+            bump_past: None,
+            writer: WriterOptions::default(),
+            known_lease_ttls: HashMap::new(),
+        }
+    }
 }
 
 /// Revisions added on top of the store's newest when a restore goes back in time and bumps past

@@ -721,8 +721,11 @@ pub async fn lease_sidecars(
     Ok(ttls)
 }
 
-/// How the chain's objects are fetched.
+/// How the chain's objects are fetched: [`FetchOptions::default`] (the reference's 6 fetchers,
+/// the hash checked, [`crate::deltafeed::DEFAULT_BUDGET`]), then set what differs.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct FetchOptions {
     /// Deltas fetched at once.
     pub max_fetchers: usize,
@@ -730,6 +733,12 @@ pub struct FetchOptions {
     pub skip_hash_check: bool,
     /// Memory for deltas read and decoded ahead of the writer ([`crate::deltafeed`]).
     pub memory_budget: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions { max_fetchers: 6, skip_hash_check: false, memory_budget: crate::deltafeed::DEFAULT_BUDGET }
+    }
 }
 
 /// Fetches `chain` from `store` and rebuilds it into a fresh db at `db_path`: the full snapshot

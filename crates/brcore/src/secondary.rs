@@ -25,8 +25,10 @@ use crate::store::{Snapstore, WriteOptions};
 /// Objects copied at once by a sync round (the reference's fixed ten).
 pub const SYNC_PARALLEL_COPIES: usize = 10;
 
-/// How the secondary store is kept in sync.
+/// How the secondary store is kept in sync: [`SyncConfig::new`], then set what differs from its
+/// defaults. Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SyncConfig {
     /// The primary store's prefix (`--store-prefix`).
     pub primary_prefix: String,
@@ -44,6 +46,22 @@ pub struct SyncConfig {
     pub gc_policy: Policy,
     /// The collection's other settings (the primary's).
     pub gc_options: GcOptions,
+}
+
+impl SyncConfig {
+    /// Copies from `primary_prefix` to `secondary_prefix` every `period`, default upload parts,
+    /// no garbage collection of the secondary.
+    pub fn new(primary_prefix: impl Into<String>, secondary_prefix: impl Into<String>, period: Duration) -> SyncConfig {
+        SyncConfig {
+            primary_prefix: primary_prefix.into(),
+            secondary_prefix: secondary_prefix.into(),
+            period,
+            write: WriteOptions::default(),
+            gc_period: None,
+            gc_policy: Policy::Exponential,
+            gc_options: GcOptions::default(),
+        }
+    }
 }
 
 /// One copy round: the primary's backups the secondary lacks, copied. An empty primary is

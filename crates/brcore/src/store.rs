@@ -23,8 +23,10 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
-/// Options for [`Snapstore::write`].
+/// Options for [`Snapstore::write`]: [`WriteOptions::new`] or the reference's defaults
+/// ([`WriteOptions::default`]). Fields may be added in any release (`#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WriteOptions {
     /// Upload parts in flight at once, where the backend uploads in parts
     /// (`--max-parallel-chunk-uploads`).
@@ -32,6 +34,13 @@ pub struct WriteOptions {
     /// Size of one part (`--min-chunk-size`); memory in flight is bounded by
     /// `max_parallel_parts * part_size`.
     pub part_size: usize,
+}
+
+impl WriteOptions {
+    /// `max_parallel_parts` parts of `part_size` bytes in flight.
+    pub fn new(max_parallel_parts: usize, part_size: usize) -> Self {
+        WriteOptions { max_parallel_parts, part_size }
+    }
 }
 
 impl Default for WriteOptions {

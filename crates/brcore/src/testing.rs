@@ -71,7 +71,7 @@ fn keys(list: &[ObjectMeta]) -> Vec<&str> {
 
 /// Parts small enough that the multi-part clauses really span parts (5 MiB is S3's minimum).
 fn opts() -> WriteOptions {
-    WriteOptions { max_parallel_parts: 3, part_size: 5 * MIB }
+    WriteOptions::new(3, 5 * MIB)
 }
 
 async fn clean(s: &dyn Snapstore, prefix: &str) {

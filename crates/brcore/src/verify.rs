@@ -40,8 +40,10 @@ use crate::rebuild::{LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::restore::{self, FetchOptions, Progress};
 use crate::store::Snapstore;
 
-/// What to verify and how.
+/// What to verify and how: [`VerifyPlan::new`], then set what differs from its defaults.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VerifyPlan {
     /// The store prefix (`--store-prefix`).
     pub prefix: String,

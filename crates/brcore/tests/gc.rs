@@ -148,7 +148,8 @@ fn exponential_in_continuous_operation_over_six_weeks() {
 
 #[test]
 fn limit_based_in_continuous_operation_with_delta_retention() {
-    let opts = GcOptions { delta_retention_secs: 6 * HOUR, ..Default::default() };
+    let mut opts = GcOptions::default();
+    opts.delta_retention_secs = 6 * HOUR;
     let (now, set) = run_hourly(Policy::LimitBased { max_backups: 7 }, opts, 14);
     let fulls = fulls(&set);
     assert_eq!(fulls.len(), 7, "the newest max-backups full snapshots");

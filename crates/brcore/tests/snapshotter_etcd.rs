@@ -31,11 +31,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn source(endpoint: &str) -> Arc<dyn EtcdSource> {
-    Arc::new(EtcdClient::new(EtcdConfig {
-        endpoints: vec![endpoint.to_string()],
-        connection_timeout: Duration::from_secs(2),
-        ..EtcdConfig::default()
-    }))
+    let mut config = EtcdConfig::new([endpoint]);
+    config.connection_timeout = Duration::from_secs(2);
+    Arc::new(EtcdClient::new(config))
 }
 
 fn config(delta_period: Duration) -> SnapshotterConfig {
@@ -344,12 +342,10 @@ async fn full_snapshots_are_named_after_the_db_revision_on_both_versions() {
         c.compact(rev, Some(CompactionOptions::new().with_physical())).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = local_store(dir.path());
-        let opts = FullOptions {
-            // Small parts: the upload of the staging object holds many of them.
-            write: WriteOptions { max_parallel_parts: 1, part_size: 64 * 1024 },
-            timeout: Duration::from_secs(60),
-            ..FullOptions::new(PREFIX)
-        };
+        let mut opts = FullOptions::new(PREFIX);
+        // Small parts: the upload of the staging object holds many of them.
+        opts.write = WriteOptions::new(1, 64 * 1024);
+        opts.timeout = Duration::from_secs(60);
         let full = take_full_snapshot(&*source(&etcd.endpoint()), &*store, &opts).await.expect("full snapshot");
         assert_eq!(full.snapshot.name.last_revision, rev as u64, "{version:?}");
         assert!(

@@ -178,16 +178,19 @@ pub struct SecondaryStoreArgs {
 impl SecondaryStoreArgs {
     /// The secondary store's config, when sync is enabled.
     pub fn store_config(&self) -> Option<snapstore::StoreConfig> {
-        self.secondary_backup_sync_enabled.then(|| snapstore::StoreConfig {
-            provider: self.secondary_storage_provider.parse().unwrap_or(snapstore::Provider::Local),
-            container: self.secondary_store_container.clone(),
-            prefix: self.secondary_store_prefix.clone(),
-            endpoint_override: self.secondary_store_endpoint_override.clone().filter(|e| !e.trim().is_empty()),
-            max_parallel_chunk_uploads: usize::try_from(self.secondary_max_parallel_chunk_uploads)
-                .unwrap_or(usize::MAX),
-            min_chunk_size: usize::try_from(self.secondary_min_chunk_size).unwrap_or(usize::MAX),
-            temp_dir: self.secondary_snapstore_temp_directory.clone(),
-            env_prefix: "SECONDARY_".to_string(),
+        self.secondary_backup_sync_enabled.then(|| {
+            let mut config = snapstore::StoreConfig::default()
+                .with_prefix(self.secondary_store_prefix.clone())
+                .with_uploads(
+                    usize::try_from(self.secondary_max_parallel_chunk_uploads).unwrap_or(usize::MAX),
+                    usize::try_from(self.secondary_min_chunk_size).unwrap_or(usize::MAX),
+                )
+                .with_temp_dir(self.secondary_snapstore_temp_directory.clone())
+                .with_env_prefix("SECONDARY_");
+            config.provider = self.secondary_storage_provider.parse().unwrap_or(snapstore::Provider::Local);
+            config.container = self.secondary_store_container.clone();
+            config.endpoint_override = self.secondary_store_endpoint_override.clone().filter(|e| !e.trim().is_empty());
+            config
         })
     }
 

@@ -70,8 +70,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// How the server behaves (the `server` sub-command's flags and environment, checked).
+/// How the server behaves (the `server` sub-command's flags and environment, checked):
+/// [`ServerConfig::default`], then set what differs.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Serve HTTPS with these files instead of HTTP.
     pub tls: Option<TlsFiles>,

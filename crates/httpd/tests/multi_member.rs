@@ -28,30 +28,23 @@ const TOKEN: &str = "t0ken";
 fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
     let temp = dir.join("tmp");
     std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig {
-        provider: snapstore::Provider::Local,
-        container: Some(dir.join("store").display().to_string()),
-        temp_dir: temp,
-        ..Default::default()
-    })
-    .expect("open the Local store")
+    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
+        .expect("open the Local store")
 }
 
 fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
     Initialization {
         initializer: Initializer::new(store),
-        options: InitOptions {
-            mode: Mode::Sanity,
-            plan: RestorePlan::new(
+        options: InitOptions::new(
+            Mode::Sanity,
+            RestorePlan::new(
                 String::new(),
                 dir.join("unused"),
                 Cluster::from_initial_cluster("default=http://127.0.0.1:2380", "etcd-cluster").unwrap(),
                 "default",
             )
             .with_max_fetchers(4),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        ),
     }
 }
 
@@ -74,11 +67,14 @@ impl Sidecar {
     ) -> Sidecar {
         let port = listener.local_addr().unwrap().port();
         let metrics = Metrics::new();
-        let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
-        let options = FullOptions { timeout: Duration::from_secs(60), ..FullOptions::new("") };
+        let source = Arc::new(EtcdClient::new(EtcdConfig::new(vec![etcd.endpoint()])));
+        let mut options = FullOptions::new("");
+        options.timeout = Duration::from_secs(60);
         let control: Arc<dyn SnapshotControl> =
             Arc::new(StoreSnapshots::new(source, store.clone(), options, metrics.clone()));
-        let config = ServerConfig { auth_token: Some(TOKEN.into()), leadership: Some(role), ..ServerConfig::default() };
+        let mut config = ServerConfig::default();
+        config.auth_token = Some(TOKEN.into());
+        config.leadership = Some(role);
         let server = Server::new(config, init(store, dir), Some(control), metrics.clone());
         let handle = server.handle();
         let (tx, rx) = oneshot::channel::<()>();
@@ -138,10 +134,7 @@ async fn followers_forward_to_the_leaders_sidecar() {
     let electors: Vec<LeaderElector> = cluster
         .iter()
         .map(|e| {
-            let view = Arc::new(EtcdClusterView::new(
-                EtcdConfig { endpoints: vec![e.endpoint()], ..Default::default() },
-                Duration::from_secs(5),
-            ));
+            let view = Arc::new(EtcdClusterView::new(EtcdConfig::new(vec![e.endpoint()]), Duration::from_secs(5)));
             LeaderElector::new(view, SidecarLocator::new(map.clone(), 1, false), Duration::from_secs(1))
         })
         .collect();

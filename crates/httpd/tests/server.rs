@@ -63,13 +63,8 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
 fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
     let temp = dir.join("tmp");
     std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig {
-        provider: snapstore::Provider::Local,
-        container: Some(dir.join("store").display().to_string()),
-        temp_dir: temp,
-        ..Default::default()
-    })
-    .expect("open the Local store")
+    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
+        .expect("open the Local store")
 }
 
 fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
@@ -83,7 +78,9 @@ fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {
 }
 
 fn full_options() -> FullOptions {
-    FullOptions { timeout: Duration::from_secs(120), ..FullOptions::new("") }
+    let mut options = FullOptions::new("");
+    options.timeout = Duration::from_secs(120);
+    options
 }
 
 /// The offline restorer behind a gate the test opens, so `Progress` can be observed.
@@ -126,7 +123,7 @@ async fn runbook(version: EtcdVersion) {
     etcd.etcdctl(&["del", "/registry/pods/p07"]);
     let store = local_store(tmp.path());
     let metrics = Metrics::new();
-    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let source = Arc::new(EtcdClient::new(EtcdConfig::new(vec![etcd.endpoint()])));
     let snapshots: Arc<dyn SnapshotControl> =
         Arc::new(StoreSnapshots::new(source, store.clone(), full_options(), metrics.clone()));
     let gate = Arc::new(Semaphore::new(0));
@@ -134,12 +131,7 @@ async fn runbook(version: EtcdVersion) {
     let peer_url = etcd.peer_url();
     let init = Initialization {
         initializer: Initializer::with_restorer(store.clone(), restorer),
-        options: InitOptions {
-            mode: Mode::Full,
-            plan: plan(etcd.data_dir(), &format!("default={peer_url}"), "default"),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        options: InitOptions::new(Mode::Full, plan(etcd.data_dir(), &format!("default={peer_url}"), "default")),
     };
     let server = Server::new(ServerConfig::default(), init, Some(snapshots), metrics);
     let s = Running::start(server, "http").await;
@@ -253,35 +245,26 @@ fn guarded_server(dir: &Path, tls: Option<TlsFiles>) -> (Server, PathBuf) {
     let conf = dir.join("etcd.conf.yaml");
     std::fs::write(&conf, ETCD_CONF).unwrap();
     let out = dir.join("served.conf.yaml");
-    let unreachable = Arc::new(EtcdClient::new(EtcdConfig {
-        endpoints: vec![format!("http://127.0.0.1:{}", testsupport::free_port())],
-        connection_timeout: Duration::from_secs(2),
-        ..Default::default()
-    }));
+    let mut unreachable = EtcdConfig::new([format!("http://127.0.0.1:{}", testsupport::free_port())]);
+    unreachable.connection_timeout = Duration::from_secs(2);
+    let unreachable = Arc::new(EtcdClient::new(unreachable));
     let metrics = Metrics::new();
     let snapshots: Arc<dyn SnapshotControl> =
         Arc::new(StoreSnapshots::new(unreachable, store.clone(), full_options(), metrics.clone()));
     let init = Initialization {
         initializer: Initializer::new(store),
-        options: InitOptions {
-            mode: Mode::Sanity,
-            plan: plan(&dir.join("data"), "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381", "a"),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        options: InitOptions::new(
+            Mode::Sanity,
+            plan(&dir.join("data"), "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381", "a"),
+        ),
     };
-    let config = ServerConfig {
-        tls,
-        auth_token: Some("t0ken".into()),
-        etcd_conf: Some(conf),
-        config_output: Some(out.clone()),
-        pod_name: Some("etcd-main-0".into()),
-        default_mode: Mode::Sanity,
-        leadership: None,
-        verification: None,
-        cluster: None,
-        peer_cacert: None,
-    };
+    let mut config = ServerConfig::default();
+    config.tls = tls;
+    config.auth_token = Some("t0ken".into());
+    config.etcd_conf = Some(conf);
+    config.config_output = Some(out.clone());
+    config.pod_name = Some("etcd-main-0".into());
+    config.default_mode = Mode::Sanity;
     (Server::new(config, init, Some(snapshots), metrics), out)
 }
 
@@ -441,7 +424,7 @@ async fn snapshots_on_demand_from_a_running_snapshotter() {
     etcd.etcdctl(&["put", "before", "1"]);
     let store = local_store(tmp.path());
     let metrics = Metrics::new();
-    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let source = Arc::new(EtcdClient::new(EtcdConfig::new(vec![etcd.endpoint()])));
     let mut config = SnapshotterConfig::new("");
     // Scheduled deltas far apart: the deltas seen here are the ones asked for.
     config.delta_period = Some(Duration::from_secs(3600));
@@ -456,12 +439,10 @@ async fn snapshots_on_demand_from_a_running_snapshotter() {
     }));
     let init = Initialization {
         initializer: Initializer::new(store.clone()),
-        options: InitOptions {
-            mode: Mode::Sanity,
-            plan: plan(&tmp.path().join("unused"), "default=http://127.0.0.1:2380", "default"),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        options: InitOptions::new(
+            Mode::Sanity,
+            plan(&tmp.path().join("unused"), "default=http://127.0.0.1:2380", "default"),
+        ),
     };
     let control: Arc<dyn SnapshotControl> = live.clone();
     let s = Running::start(Server::new(ServerConfig::default(), init, Some(control), metrics), "http").await;
@@ -537,7 +518,7 @@ async fn only_get_and_post_act_and_head_delete_trace_do_nothing() {
     etcd.etcdctl(&["put", "/k", "v"]);
     let store = local_store(tmp.path());
     let metrics = Metrics::new();
-    let source = Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
+    let source = Arc::new(EtcdClient::new(EtcdConfig::new(vec![etcd.endpoint()])));
     let snapshots: Arc<dyn SnapshotControl> =
         Arc::new(StoreSnapshots::new(source, store.clone(), full_options(), metrics.clone()));
     let conf = tmp.path().join("etcd.conf.yaml");
@@ -545,21 +526,17 @@ async fn only_get_and_post_act_and_head_delete_trace_do_nothing() {
     let out = tmp.path().join("served.conf.yaml");
     let init = Initialization {
         initializer: Initializer::new(store.clone()),
-        options: InitOptions {
-            mode: Mode::Sanity,
-            // A missing data dir and a store without backups: a run ends `Successful` at once.
-            plan: plan(&tmp.path().join("data"), "default=http://127.0.0.1:2380", "default"),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        // A missing data dir and a store without backups: a run ends `Successful` at once.
+        options: InitOptions::new(
+            Mode::Sanity,
+            plan(&tmp.path().join("data"), "default=http://127.0.0.1:2380", "default"),
+        ),
     };
     // No token, the Go tool's default: the method is the only guard.
-    let config = ServerConfig {
-        etcd_conf: Some(conf),
-        config_output: Some(out.clone()),
-        pod_name: Some("etcd-main-0".into()),
-        ..ServerConfig::default()
-    };
+    let mut config = ServerConfig::default();
+    config.etcd_conf = Some(conf);
+    config.config_output = Some(out.clone());
+    config.pod_name = Some("etcd-main-0".into());
     let s = Running::start(Server::new(config, init, Some(snapshots), metrics), "http").await;
     let client = reqwest::Client::new();
     let starts = s.handle.initialization_starts();

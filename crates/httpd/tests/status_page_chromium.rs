@@ -30,21 +30,16 @@ const BROWSER_LIMIT: Duration = Duration::from_secs(60);
 fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
     let temp = dir.join("tmp");
     std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig {
-        provider: snapstore::Provider::Local,
-        container: Some(dir.join("store").display().to_string()),
-        temp_dir: temp,
-        ..Default::default()
-    })
-    .expect("open the Local store")
+    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
+        .expect("open the Local store")
 }
 
 fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
     Initialization {
         initializer: Initializer::new(store),
-        options: InitOptions {
-            mode: Mode::Sanity,
-            plan: RestorePlan::new(
+        options: InitOptions::new(
+            Mode::Sanity,
+            RestorePlan::new(
                 String::new(),
                 etcd.data_dir().to_path_buf(),
                 Cluster::from_initial_cluster(&format!("default={}", etcd.peer_url()), "etcd-cluster")
@@ -52,9 +47,7 @@ fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
                 "default",
             )
             .with_max_fetchers(4),
-            namespace: None,
-            remove_set_aside: false,
-        },
+        ),
     }
 }
 
@@ -126,9 +119,9 @@ async fn status_page_renders_in_headless_chromium() {
     }
     let store = local_store(tmp.path());
     let metrics = Metrics::new();
-    let source: Arc<dyn EtcdSource> =
-        Arc::new(EtcdClient::new(EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }));
-    let options = FullOptions { timeout: Duration::from_secs(120), ..FullOptions::new("") };
+    let source: Arc<dyn EtcdSource> = Arc::new(EtcdClient::new(EtcdConfig::new(vec![etcd.endpoint()])));
+    let mut options = FullOptions::new("");
+    options.timeout = Duration::from_secs(120);
     let live =
         Arc::new(LiveSnapshots::new(StoreSnapshots::new(source.clone(), store.clone(), options, metrics.clone())));
     // The snapshotter takes deltas only when asked (a long period), so the chain is the test's.
@@ -148,11 +141,9 @@ async fn status_page_renders_in_headless_chromium() {
     let verifier = Verifier::new(store.clone(), source.clone(), VerifyPlan::new("", &verify_tmp), metrics.clone());
     // An etcd config that is not there: `/config` fails, and the page lists the failure.
     let missing_conf = tmp.path().join("no <such> etcd.conf.yaml");
-    let config = ServerConfig {
-        etcd_conf: Some(missing_conf),
-        verification: Some(VerificationFeed { period: Duration::from_secs(3600), results: verifier.subscribe() }),
-        ..Default::default()
-    };
+    let mut config = ServerConfig::default();
+    config.etcd_conf = Some(missing_conf);
+    config.verification = Some(VerificationFeed { period: Duration::from_secs(3600), results: verifier.subscribe() });
     let server = Server::new(config, init(store, &etcd), Some(snapshots), metrics);
     let handle = server.handle();
     handle.set_healthy(true);

@@ -47,13 +47,7 @@ async fn the_leases_carry_the_stored_revisions_and_an_outage_loses_no_snapshot()
     let etcd = Etcd::start(EtcdVersion::V3_5);
     put(&etcd, 10, "a");
     let dir = tempfile::tempdir().unwrap();
-    let store = snapstore::open(&snapstore::StoreConfig {
-        provider: snapstore::Provider::Local,
-        container: Some(dir.path().to_string_lossy().into_owned()),
-        prefix: PREFIX.into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let store = snapstore::open(&snapstore::StoreConfig::local(dir.path()).with_prefix(PREFIX)).unwrap();
     let mut api = KubeApi::start();
     api.create_lease(NS, "full-snapshot-revisions");
     api.create_lease(NS, "delta-snapshot-revisions");
@@ -62,11 +56,11 @@ async fn the_leases_carry_the_stored_revisions_and_an_outage_loses_no_snapshot()
     cfg.full_schedule = Schedule::parse("0 0 1 1 *").unwrap();
     cfg.delta_period = Some(Duration::from_secs(1));
     cfg.gc_period = None;
-    let source: Arc<dyn EtcdSource> = Arc::new(EtcdClient::new(EtcdConfig {
-        endpoints: vec![etcd.endpoint()],
-        connection_timeout: Duration::from_secs(5),
-        ..EtcdConfig::default()
-    }));
+    let source: Arc<dyn EtcdSource> = {
+        let mut config = EtcdConfig::new([etcd.endpoint()]);
+        config.connection_timeout = Duration::from_secs(5);
+        Arc::new(EtcdClient::new(config))
+    };
     let progress = ProgressSender::new();
     let snapshotter = Snapshotter::new(source, store.clone(), cfg, Metrics::new()).report_progress_to(progress.clone());
     let handle = snapshotter.handle();

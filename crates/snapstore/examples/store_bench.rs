@@ -90,7 +90,7 @@ struct Row {
 async fn run(store: &dyn Snapstore, size: u64, parts: usize, part_mib: usize) -> Result<Row, String> {
     let key = format!("bench/obj-{parts}x{part_mib}");
     let seed = (parts * 1000 + part_mib) as u64;
-    let opts = WriteOptions { max_parallel_parts: parts, part_size: part_mib * MIB };
+    let opts = WriteOptions::new(parts, part_mib * MIB);
 
     reset_peak_rss();
     let t = Instant::now();
@@ -195,12 +195,7 @@ async fn main() {
     }
     let creds_dir = creds.path().display().to_string();
     let env = move |k: &str| (k == "AWS_APPLICATION_CREDENTIALS").then(|| creds_dir.clone());
-    let config = StoreConfig {
-        provider: Provider::S3,
-        container: Some(seaweed.bucket().to_string()),
-        endpoint_override: Some(seaweed.endpoint()),
-        ..StoreConfig::default()
-    };
+    let config = StoreConfig::new(Provider::S3, seaweed.bucket()).with_endpoint_override(seaweed.endpoint());
     let store = OpendalStore::open_with_env(&config, &env).expect("open the SeaweedFS store");
     store.check().await.expect("bucket reachable");
 

@@ -85,7 +85,22 @@ pub const DEFAULT_LOCAL_CONTAINER: &str = "default.bkp";
 ///
 /// Credentials are not part of it: [`crate::open`] reads them from the reference's environment
 /// variables and files, so a `StoreConfig` can be printed and logged safely.
+///
+/// Built with [`StoreConfig::new`] or [`StoreConfig::local`] and the `with_*` setters; fields may
+/// be added in any release (the struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use snapstore::{Provider, StoreConfig};
+///
+/// let s3 = StoreConfig::new(Provider::S3, "backups")
+///     .with_prefix("etcd-main")
+///     .with_endpoint_override("http://127.0.0.1:8333");
+/// assert_eq!(s3.snapshot_prefix(), "etcd-main/v2");
+/// let local = StoreConfig::local("/var/backups/etcd");
+/// assert_eq!(local.provider, Provider::Local);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// `--storage-provider`.
     pub provider: Provider,
@@ -128,6 +143,48 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
+    /// A store of `provider` in `container` (the bucket or container; the directory for Local),
+    /// with an empty prefix and the reference's defaults otherwise.
+    pub fn new(provider: Provider, container: impl Into<String>) -> Self {
+        StoreConfig { provider, container: Some(container.into()), ..StoreConfig::default() }
+    }
+
+    /// A Local store in `dir`.
+    pub fn local(dir: impl AsRef<std::path::Path>) -> Self {
+        StoreConfig::new(Provider::Local, dir.as_ref().display().to_string())
+    }
+
+    /// Sets [`StoreConfig::prefix`].
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`StoreConfig::endpoint_override`].
+    pub fn with_endpoint_override(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_override = Some(url.into());
+        self
+    }
+
+    /// Sets [`StoreConfig::max_parallel_chunk_uploads`] and [`StoreConfig::min_chunk_size`].
+    pub fn with_uploads(mut self, max_parallel_chunk_uploads: usize, min_chunk_size: usize) -> Self {
+        self.max_parallel_chunk_uploads = max_parallel_chunk_uploads;
+        self.min_chunk_size = min_chunk_size;
+        self
+    }
+
+    /// Sets [`StoreConfig::temp_dir`].
+    pub fn with_temp_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.temp_dir = dir.into();
+        self
+    }
+
+    /// Sets [`StoreConfig::env_prefix`].
+    pub fn with_env_prefix(mut self, env_prefix: impl Into<String>) -> Self {
+        self.env_prefix = env_prefix.into();
+        self
+    }
+
     /// Checks the flags the way the reference does: at least one upload in flight and parts of
     /// at least 5 MiB.
     pub fn validate(&self) -> Result<(), Error> {
@@ -191,7 +248,7 @@ impl StoreConfig {
 
     /// The write options these flags ask for.
     pub fn write_options(&self) -> brcore::WriteOptions {
-        brcore::WriteOptions { max_parallel_parts: self.max_parallel_chunk_uploads, part_size: self.min_chunk_size }
+        brcore::WriteOptions::new(self.max_parallel_chunk_uploads, self.min_chunk_size)
     }
 
     /// The container after the `STORAGE_CONTAINER` fallback (and, for Local, the default).

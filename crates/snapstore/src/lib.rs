@@ -129,13 +129,13 @@ pub enum Error {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// // A Local store: objects are files under the container directory.
 /// let dir = tempfile::tempdir().unwrap();
-/// let config = StoreConfig { container: Some(dir.path().display().to_string()), ..StoreConfig::default() };
+/// let config = StoreConfig::local(dir.path());
 /// assert_eq!(config.provider, Provider::Local);
 /// let store = snapstore::open(&config).unwrap();
 /// assert!(store.list("etcd-main/v2/").await.unwrap().is_empty());
 ///
 /// // An S3 bucket (credentials from $AWS_APPLICATION_CREDENTIALS when it is used).
-/// let s3 = StoreConfig { provider: Provider::S3, container: Some("backups".into()), ..StoreConfig::default() };
+/// let s3 = StoreConfig::new(Provider::S3, "backups");
 /// # let _ = s3;
 /// # }
 /// ```

@@ -21,14 +21,14 @@ async fn read_all(store: &dyn Snapstore, key: &str) -> Vec<u8> {
 }
 
 fn small_parts() -> WriteOptions {
-    WriteOptions { max_parallel_parts: 3, part_size: 5 * MIB }
+    WriteOptions::new(3, 5 * MIB)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let config = StoreConfig { container: Some(root.display().to_string()), ..StoreConfig::default() };
+    let config = StoreConfig::local(&root);
     let store = Arc::new(OpendalStore::open_with_env(&config, &|_| None).expect("open Local"));
     assert_eq!(store.local_root(), Some(root.as_path()));
     // Opening (and reading) writes nothing into the store: restores may read read-only stores.
@@ -57,7 +57,7 @@ async fn local_store_conforms() {
     }
     // A relative container lives under $HOME.
     let home = dir.path().display().to_string();
-    let config = StoreConfig { container: Some("rel.bkp".into()), ..StoreConfig::default() };
+    let config = StoreConfig::local("rel.bkp");
     let rel = OpendalStore::open_with_env(&config, &|k| (k == "HOME").then(|| home.clone())).unwrap();
     assert_eq!(rel.local_root(), Some(dir.path().join("rel.bkp").as_path()));
 }
@@ -72,12 +72,7 @@ fn aws_credentials_dir(access: &str, secret: &str) -> tempfile::TempDir {
 }
 
 fn s3_config(endpoint: String, bucket: &str) -> StoreConfig {
-    StoreConfig {
-        provider: Provider::S3,
-        container: Some(bucket.to_string()),
-        endpoint_override: Some(endpoint),
-        ..StoreConfig::default()
-    }
+    StoreConfig::new(Provider::S3, bucket).with_endpoint_override(endpoint)
 }
 
 fn env_with(name: &'static str, value: String) -> impl Fn(&str) -> Option<String> {
@@ -105,12 +100,7 @@ fn azure_credentials_json(account: &str, key: &str) -> tempfile::TempDir {
 }
 
 fn abs_config(endpoint: String, container: &str) -> StoreConfig {
-    StoreConfig {
-        provider: Provider::ABS,
-        container: Some(container.to_string()),
-        endpoint_override: Some(endpoint),
-        ..StoreConfig::default()
-    }
+    StoreConfig::new(Provider::ABS, container).with_endpoint_override(endpoint)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,8 +125,7 @@ async fn rename_256_mib_timing() {
     let _ = tracing_subscriber::fmt().with_env_filter("snapstore=debug").with_test_writer().try_init();
     let obj = data(256 * MIB, 12);
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        StoreConfig { container: Some(dir.path().join("store").display().to_string()), ..StoreConfig::default() };
+    let config = StoreConfig::local(dir.path().join("store"));
     let local: Arc<dyn Snapstore> = Arc::new(OpendalStore::open_with_env(&config, &|_| None).unwrap());
     let seaweed = testsupport::seaweed::SeaweedS3::start();
     let creds = aws_credentials_dir(seaweed.access_key(), seaweed.secret_key());

@@ -101,7 +101,7 @@ fn keys(list: &[ObjectMeta]) -> Vec<&str> {
 }
 
 fn opts() -> WriteOptions {
-    WriteOptions { max_parallel_parts: 3, part_size: 5 * MIB }
+    WriteOptions::new(3, 5 * MIB)
 }
 
 fn seaweed_store(seaweed: &testsupport::seaweed::SeaweedS3) -> (Arc<OpendalStore>, tempfile::TempDir) {
@@ -111,12 +111,7 @@ fn seaweed_store(seaweed: &testsupport::seaweed::SeaweedS3) -> (Arc<OpendalStore
     std::fs::write(creds.path().join("region"), "us-east-1\n").unwrap();
     let dir = creds.path().display().to_string();
     let env = move |k: &str| (k == "AWS_APPLICATION_CREDENTIALS").then(|| dir.clone());
-    let config = StoreConfig {
-        provider: Provider::S3,
-        container: Some(seaweed.bucket().to_string()),
-        endpoint_override: Some(seaweed.endpoint()),
-        ..StoreConfig::default()
-    };
+    let config = StoreConfig::new(Provider::S3, seaweed.bucket()).with_endpoint_override(seaweed.endpoint());
     (Arc::new(OpendalStore::open_with_env(&config, &env).expect("open S3")), creds)
 }
 
@@ -127,12 +122,7 @@ fn azurite_store(azurite: &testsupport::azurite::Azurite) -> (Arc<OpendalStore>,
     std::fs::write(&file, json.to_string()).unwrap();
     let path = file.display().to_string();
     let env = move |k: &str| (k == "AZURE_APPLICATION_CREDENTIALS_JSON").then(|| path.clone());
-    let config = StoreConfig {
-        provider: Provider::ABS,
-        container: Some(azurite.container().to_string()),
-        endpoint_override: Some(azurite.endpoint()),
-        ..StoreConfig::default()
-    };
+    let config = StoreConfig::new(Provider::ABS, azurite.container()).with_endpoint_override(azurite.endpoint());
     (Arc::new(OpendalStore::open_with_env(&config, &env).expect("open ABS")), creds)
 }
 

@@ -242,7 +242,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn config() -> StoreConfig {
-    StoreConfig { provider: Provider::Swift, container: Some("container".into()), ..StoreConfig::default() }
+    StoreConfig::new(Provider::Swift, "container")
 }
 
 fn os_env(cloud: &Cloud, password: &str) -> impl Fn(&str) -> Option<String> + use<> {

@@ -26,12 +26,9 @@ fn env_with(name: &'static str, value: String) -> impl Fn(&str) -> Option<String
 }
 
 fn config(provider: Provider, container: &str, endpoint: Option<String>) -> StoreConfig {
-    StoreConfig {
-        provider,
-        container: Some(container.to_string()),
-        endpoint_override: endpoint,
-        ..StoreConfig::default()
-    }
+    let mut config = StoreConfig::new(provider, container);
+    config.endpoint_override = endpoint;
+    config
 }
 
 /// A loopback URL where nothing listens.
@@ -251,9 +248,13 @@ async fn oss_ecs_and_ocs_open_from_their_credentials() {
 #[test]
 fn open_refuses_bad_flags_and_missing_containers() {
     let none = |_: &str| None;
-    let small = StoreConfig { min_chunk_size: 1024, ..StoreConfig::default() };
+    let small = StoreConfig::default().with_uploads(5, 1024);
     assert!(matches!(OpendalStore::open_with_env(&small, &none), Err(Error::Config(_))));
-    let s3 = StoreConfig { provider: Provider::S3, ..StoreConfig::default() };
+    let s3 = {
+        let mut s3 = StoreConfig::default();
+        s3.provider = Provider::S3;
+        s3
+    };
     let err = OpendalStore::open_with_env(&s3, &none).unwrap_err();
     assert!(err.to_string().contains("STORAGE_CONTAINER"), "{err}");
     // STORAGE_CONTAINER fills in for --store-container.

@@ -68,8 +68,10 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::check::{self, Options};
 use crate::report::{Mode, Report, Verdict};
 
-/// What the initializer is asked to do.
+/// What the initializer is asked to do: [`InitOptions::new`], then set what differs. Fields may
+/// be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InitOptions {
     /// How deep to validate.
     pub mode: Mode,
@@ -80,6 +82,14 @@ pub struct InitOptions {
     pub namespace: Option<String>,
     /// Delete the set-aside member dir once the restore succeeded, instead of keeping it.
     pub remove_set_aside: bool,
+}
+
+impl InitOptions {
+    /// Validate in `mode` and restore with `plan` when needed; no namespace guard, a set-aside
+    /// member dir is kept.
+    pub fn new(mode: Mode, plan: RestorePlan) -> InitOptions {
+        InitOptions { mode, plan, namespace: None, remove_set_aside: false }
+    }
 }
 
 /// What the initializer did about the data dir.

@@ -146,7 +146,7 @@ fn golden(version: EtcdVersion) -> &'static Golden {
 }
 
 fn store_at(container: &Path) -> Arc<dyn Snapstore> {
-    let cfg = snapstore::StoreConfig { container: Some(container.to_str().unwrap().to_string()), ..Default::default() };
+    let cfg = snapstore::StoreConfig::local(container);
     snapstore::open(&cfg).unwrap()
 }
 
@@ -176,12 +176,10 @@ impl Case {
         let cluster =
             Cluster::from_initial_cluster(&format!("default=http://127.0.0.1:{}", self.peer_port), "etcd-cluster")
                 .unwrap();
-        InitOptions {
+        InitOptions::new(
             mode,
-            plan: RestorePlan::new(prefix.to_string(), self.data_dir.clone(), cluster, "default").with_max_fetchers(2),
-            namespace: None,
-            remove_set_aside: false,
-        }
+            RestorePlan::new(prefix.to_string(), self.data_dir.clone(), cluster, "default").with_max_fetchers(2),
+        )
     }
 
     async fn initialize(&self, g: &Golden, mode: Mode) -> Result<Outcome, InitError> {

@@ -65,10 +65,7 @@ pub async fn restore_latest(
 /// etcdbrctl reads them: `AWS_APPLICATION_CREDENTIALS` names a directory of one-value files
 /// (`accessKeyID`, `secretAccessKey`, `region`).
 pub fn s3_store(bucket: &str, endpoint: Option<&str>) -> Result<Arc<dyn Snapstore>, snapstore::Error> {
-    snapstore::open(&snapstore::StoreConfig {
-        provider: snapstore::Provider::S3,
-        container: Some(bucket.to_string()),
-        endpoint_override: endpoint.map(str::to_string),
-        ..snapstore::StoreConfig::default()
-    })
+    let mut config = snapstore::StoreConfig::new(snapstore::Provider::S3, bucket);
+    config.endpoint_override = endpoint.map(str::to_string);
+    snapstore::open(&config)
 }

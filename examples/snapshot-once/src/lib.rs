@@ -18,12 +18,12 @@ pub async fn snapshot_once(
     store: Arc<dyn Snapstore>,
     prefix: &str,
 ) -> Result<FullSnapshot, brcore::error::Error> {
-    let etcd = EtcdClient::new(EtcdConfig { endpoints: vec![endpoint.to_string()], ..EtcdConfig::default() });
+    let etcd = EtcdClient::new(EtcdConfig::new(vec![endpoint.to_string()]));
     take_full_snapshot(&etcd, store.as_ref(), &FullOptions::new(prefix)).await
 }
 
 /// A store on the local filesystem under `dir`, as `etcdbrctl --storage-provider Local
 /// --store-container DIR` opens it.
 pub fn local_store(dir: &str) -> Result<Arc<dyn Snapstore>, snapstore::Error> {
-    snapstore::open(&snapstore::StoreConfig { container: Some(dir.to_string()), ..snapstore::StoreConfig::default() })
+    snapstore::open(&snapstore::StoreConfig::local(dir))
 }

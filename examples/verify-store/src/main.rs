@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: example-verify-store <store dir> <prefix>");
         return ExitCode::from(2);
     };
-    let config = snapstore::StoreConfig { container: Some(dir.clone()), ..snapstore::StoreConfig::default() };
+    let config = snapstore::StoreConfig::local(dir);
     let store = match snapstore::open(&config) {
         Ok(store) => store,
         Err(e) => {

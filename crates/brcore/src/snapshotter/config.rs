@@ -8,8 +8,11 @@ use crate::gc::Policy;
 use crate::name::{Compression, Snapshot};
 use crate::store::WriteOptions;
 
-/// Everything the snapshotter needs to know (the `snapshot` sub-command's flags, checked).
+/// Everything the snapshotter needs to know (the `snapshot` sub-command's flags, checked):
+/// [`SnapshotterConfig::new`], then set what differs from its defaults. Fields may be added in
+/// any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SnapshotterConfig {
     /// Store prefix (`--store-prefix`); objects go to `<prefix>/v2/`.
     pub prefix: String,

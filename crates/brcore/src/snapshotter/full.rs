@@ -36,8 +36,10 @@ use crate::store::{ByteStream, Snapstore, StoreError, WriteOptions};
 /// The directory under the store prefix where full snapshots are uploaded before their rename.
 pub const STAGING_DIR: &str = ".etcdbr-staging";
 
-/// How to take and store a full snapshot.
+/// How to take and store a full snapshot: [`FullOptions::new`], then set what differs from its
+/// defaults. Fields may be added in any release (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FullOptions {
     /// Store prefix (`--store-prefix`); the object goes to `<prefix>/v2/`.
     pub prefix: String,

@@ -126,10 +126,7 @@ fn error_class(e: &Error) -> &'static str {
 ///
 /// # async fn run(store: Arc<dyn brcore::Snapstore>) -> Result<(), Box<dyn std::error::Error>> {
 /// // Needs a live etcd at the endpoint and a store (see `snapstore::open`).
-/// let etcd = Arc::new(EtcdClient::new(EtcdConfig {
-///     endpoints: vec!["http://127.0.0.1:2379".into()],
-///     ..EtcdConfig::default()
-/// }));
+/// let etcd = Arc::new(EtcdClient::new(EtcdConfig::new(["http://127.0.0.1:2379"])));
 /// let mut config = SnapshotterConfig::new("etcd-main");
 /// config.full_schedule = Schedule::parse("0 */1 * * *")?; // a full snapshot every hour
 /// config.delta_period = Some(Duration::from_secs(20)); // deltas from the watch, every 20 s

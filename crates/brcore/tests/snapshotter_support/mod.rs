@@ -15,11 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// A Local snapstore rooted at `dir`.
 pub fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
-    let cfg = snapstore::StoreConfig {
-        provider: snapstore::Provider::Local,
-        container: Some(dir.to_string_lossy().into_owned()),
-        ..Default::default()
-    };
+    let cfg = snapstore::StoreConfig::local(dir);
     snapstore::open(&cfg).expect("open the Local store")
 }
 

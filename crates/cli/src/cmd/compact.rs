@@ -95,21 +95,15 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     let r = &args.restoration;
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
     let scratch = Scratch::new(&r.data_dir)?;
-    let plan = CompactPlan {
-        prefix: args.store.store_prefix.clone(),
-        temp_dir: r.data_dir.clone(),
-        snapshot_temp_dir: r.restoration_temp_snapshots_dir.clone(),
-        skip_hash_check: r.skip_hash_check,
-        quota_bytes: Some(r.embedded_etcd_quota_bytes),
-        compression,
-        write: brcore::WriteOptions {
-            max_parallel_parts: args.store.max_parallel_chunk_uploads.max(1),
-            part_size: args.store.min_chunk_size,
-        },
-        max_fetchers: r.max_fetchers.max(1),
-        memory_budget: args.restoration.restore_memory_budget,
-        lease_policy,
-    };
+    let mut plan = CompactPlan::new(args.store.store_prefix.clone(), r.data_dir.clone());
+    plan.snapshot_temp_dir = r.restoration_temp_snapshots_dir.clone();
+    plan.skip_hash_check = r.skip_hash_check;
+    plan.quota_bytes = Some(r.embedded_etcd_quota_bytes);
+    plan.compression = compression;
+    plan.write = brcore::WriteOptions::new(args.store.max_parallel_chunk_uploads.max(1), args.store.min_chunk_size);
+    plan.max_fetchers = r.max_fetchers.max(1);
+    plan.memory_budget = args.restoration.restore_memory_budget;
+    plan.lease_policy = lease_policy;
     let result = compact(store, &plan, Arc::new(brcore::restore::NoProgress)).await;
     scratch.remove();
     let outcome = match result {

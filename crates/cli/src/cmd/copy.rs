@@ -115,18 +115,11 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
         }
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64;
-    let plan = CopyPlan {
-        source_prefix: source_config.prefix.clone(),
-        dest_prefix: dest_config.prefix.clone(),
-        max_backups: usize::try_from(args.max_backups_to_copy).ok(),
-        max_age_secs: (args.max_backup_age >= 0).then(|| args.max_backup_age * 24 * 3600),
-        parallel: usize::try_from(args.max_parallel_copy_operations).unwrap_or(usize::MAX).max(1),
-        write: brcore::WriteOptions {
-            max_parallel_parts: args.store.max_parallel_chunk_uploads.max(1),
-            part_size: args.store.min_chunk_size,
-        },
-        now,
-    };
+    let mut plan = CopyPlan::new(source_config.prefix.clone(), dest_config.prefix.clone(), now);
+    plan.max_backups = usize::try_from(args.max_backups_to_copy).ok();
+    plan.max_age_secs = (args.max_backup_age >= 0).then(|| args.max_backup_age * 24 * 3600);
+    plan.parallel = usize::try_from(args.max_parallel_copy_operations).unwrap_or(usize::MAX).max(1);
+    plan.write = brcore::WriteOptions::new(args.store.max_parallel_chunk_uploads.max(1), args.store.min_chunk_size);
     let report = match copy(source, dest, &plan).await {
         Ok(report) => report,
         // As the Go tool: no source backups, nothing to copy, exit 0.

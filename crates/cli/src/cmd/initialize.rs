@@ -116,12 +116,9 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
         let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;
         Initializer::new(store)
     };
-    let opts = InitOptions {
-        mode,
-        plan,
-        namespace: std::env::var("POD_NAMESPACE").ok().filter(|n| !n.trim().is_empty()),
-        remove_set_aside: args.delete_invalid_member_dir,
-    };
+    let mut opts = InitOptions::new(mode, plan);
+    opts.namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.trim().is_empty());
+    opts.remove_set_aside = args.delete_invalid_member_dir;
     let outcome = initializer.initialize(&opts).await.map_err(to_anyhow)?;
     print_outcome(&outcome);
     Ok(())

@@ -229,29 +229,24 @@ pub(crate) fn live_etcd(args: &crate::flags::EtcdArgs) -> anyhow::Result<Option<
     if endpoints.is_empty() {
         return Ok(None);
     }
-    let config = brcore::etcd::EtcdConfig {
-        endpoints,
-        connection_timeout: args.etcd_connection_timeout,
-        user,
-        tls,
-        ..Default::default()
-    };
+    let mut config = brcore::etcd::EtcdConfig::new(endpoints);
+    config.connection_timeout = args.etcd_connection_timeout;
+    config.user = user;
+    config.tls = tls;
     Ok(Some(brcore::etcd::EtcdClient::new(config)))
 }
 
 /// The store config from the store flags.
 pub fn store_config(args: &crate::flags::StoreArgs) -> snapstore::StoreConfig {
-    snapstore::StoreConfig {
-        // The flag's value parser accepted only known names.
-        provider: args.storage_provider.parse().unwrap_or(snapstore::Provider::Local),
-        container: args.store_container.clone(),
-        prefix: args.store_prefix.clone(),
-        endpoint_override: args.store_endpoint_override.clone(),
-        max_parallel_chunk_uploads: args.max_parallel_chunk_uploads,
-        min_chunk_size: args.min_chunk_size,
-        temp_dir: args.snapstore_temp_directory.clone(),
-        env_prefix: String::new(),
-    }
+    let mut config = snapstore::StoreConfig::default()
+        .with_prefix(args.store_prefix.clone())
+        .with_uploads(args.max_parallel_chunk_uploads, args.min_chunk_size)
+        .with_temp_dir(args.snapstore_temp_directory.clone());
+    // The flag's value parser accepted only known names.
+    config.provider = args.storage_provider.parse().unwrap_or(snapstore::Provider::Local);
+    config.container = args.store_container.clone();
+    config.endpoint_override = args.store_endpoint_override.clone();
+    config
 }
 
 /// Completes on SIGTERM or ctrl-c.

@@ -311,40 +311,34 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     // Verification runs beside the snapshotter, so on the leader's sidecar only.
     let verifier = match (&snapshotting, args.verification_period.is_zero()) {
         (Some((store, _)), false) => {
-            let plan = VerifyPlan {
-                prefix: snap.snapshotter.prefix.clone(),
-                target: brcore::chain::Target::Latest,
-                temp_dir: args.snapshot.store.snapstore_temp_directory.clone(),
-                max_fetchers: args.restore.max_fetchers.max(1),
-                skip_hash_check: args.restore.skip_hash_check,
-                memory_budget: args.restore.restore_memory_budget,
-                samples: 1,
-            };
+            let mut plan =
+                VerifyPlan::new(snap.snapshotter.prefix.clone(), args.snapshot.store.snapstore_temp_directory.clone());
+            plan.max_fetchers = args.restore.max_fetchers.max(1);
+            plan.skip_hash_check = args.restore.skip_hash_check;
+            plan.memory_budget = args.restore.restore_memory_budget;
             Some(Arc::new(Verifier::new(store.clone(), etcd.clone(), plan, metrics.clone())))
         }
         _ => None,
     };
-    let config = ServerConfig {
-        verification: verifier
-            .as_ref()
-            .map(|v| VerificationFeed { period: args.verification_period, results: v.subscribe() }),
-        leadership: Some(elector.subscribe()),
-        cluster: Some(cluster.clone()),
-        peer_cacert: args.snapshot.cacert.clone(),
-        tls,
-        auth_token: args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty()),
-        etcd_conf: env("ETCD_CONF").map(PathBuf::from),
-        config_output: env("HOME").map(|h| PathBuf::from(h).join("etcd.conf.yaml")),
-        pod_name: env("POD_NAME"),
-        default_mode: mode,
-    };
+    let mut config = ServerConfig::default();
+    config.verification =
+        verifier.as_ref().map(|v| VerificationFeed { period: args.verification_period, results: v.subscribe() });
+    config.leadership = Some(elector.subscribe());
+    config.cluster = Some(cluster.clone());
+    config.peer_cacert = args.snapshot.cacert.clone();
+    config.tls = tls;
+    config.auth_token = args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty());
+    config.etcd_conf = env("ETCD_CONF").map(PathBuf::from);
+    config.config_output = env("HOME").map(|h| PathBuf::from(h).join("etcd.conf.yaml"));
+    config.pod_name = env("POD_NAME");
+    config.default_mode = mode;
     let init = Initialization {
         initializer,
-        options: InitOptions {
-            mode,
-            plan,
-            namespace: env("POD_NAMESPACE"),
-            remove_set_aside: args.delete_invalid_member_dir,
+        options: {
+            let mut options = InitOptions::new(mode, plan);
+            options.namespace = env("POD_NAMESPACE");
+            options.remove_set_aside = args.delete_invalid_member_dir;
+            options
         },
     };
     let server = Server::new(config, init, control, metrics);
@@ -353,22 +347,12 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         Some(config) => {
             let store = snapstore::open(&config).context("cannot open the secondary backup store")?;
             let s = &snap.snapshotter;
-            let sync = SyncConfig {
-                primary_prefix: s.prefix.clone(),
-                secondary_prefix: config.prefix.clone(),
-                period: args.secondary.secondary_backup_sync_period,
-                write: brcore::WriteOptions {
-                    max_parallel_parts: config.max_parallel_chunk_uploads.max(1),
-                    part_size: config.min_chunk_size,
-                },
-                gc_period: s.gc_period,
-                gc_policy: s.gc_policy,
-                gc_options: brcore::gc::GcOptions {
-                    delta_retention_secs: s.delta_retention.as_secs() as i64,
-                    last_uploaded_revision: None,
-                    delete_chunks: false,
-                },
-            };
+            let mut sync =
+                SyncConfig::new(s.prefix.clone(), config.prefix.clone(), args.secondary.secondary_backup_sync_period);
+            sync.write = brcore::WriteOptions::new(config.max_parallel_chunk_uploads.max(1), config.min_chunk_size);
+            sync.gc_period = s.gc_period;
+            sync.gc_policy = s.gc_policy;
+            sync.gc_options.delta_retention_secs = s.delta_retention.as_secs() as i64;
             Some((store, sync))
         }
         None => {

@@ -208,24 +208,17 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
     s.gc_policy = policy;
     s.delta_retention = args.delta_snapshot_retention_period;
     s.compression = compression;
-    s.write = brcore::WriteOptions {
-        max_parallel_parts: store.max_parallel_chunk_uploads.max(1),
-        part_size: store.min_chunk_size,
-    };
+    s.write = brcore::WriteOptions::new(store.max_parallel_chunk_uploads.max(1), store.min_chunk_size);
     s.compression_level = args.compression_level;
     s.snapshot_timeout = args.etcd_snapshot_timeout;
     s.defrag_schedule = Some(defrag_schedule);
-    Ok(SnapshotPlan {
-        etcd: EtcdConfig {
-            endpoints,
-            connection_timeout: args.etcd_connection_timeout,
-            snapshot_timeout: args.etcd_snapshot_timeout,
-            defrag_timeout: args.etcd_defrag_timeout,
-            user,
-            tls,
-        },
-        snapshotter: s,
-    })
+    let mut etcd = EtcdConfig::new(endpoints);
+    etcd.connection_timeout = args.etcd_connection_timeout;
+    etcd.snapshot_timeout = args.etcd_snapshot_timeout;
+    etcd.defrag_timeout = args.etcd_defrag_timeout;
+    etcd.user = user;
+    etcd.tls = tls;
+    Ok(SnapshotPlan { etcd, snapshotter: s })
 }
 
 /// Runs the snapshotter until SIGTERM or ctrl-c.

@@ -52,15 +52,12 @@ pub struct VerifyArgs {
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let live = super::live_etcd(&args.etcd)?;
     let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
-    let plan = VerifyPlan {
-        prefix: args.store.store_prefix.clone(),
-        target: args.to_revision.map_or(Target::Latest, Target::Revision),
-        temp_dir: args.temp_dir.clone(),
-        max_fetchers: args.max_fetchers.max(1),
-        skip_hash_check: args.skip_hash_check,
-        memory_budget: args.restore_memory_budget,
-        samples: args.samples as usize,
-    };
+    let mut plan = VerifyPlan::new(args.store.store_prefix.clone(), args.temp_dir.clone());
+    plan.target = args.to_revision.map_or(Target::Latest, Target::Revision);
+    plan.max_fetchers = args.max_fetchers.max(1);
+    plan.skip_hash_check = args.skip_hash_check;
+    plan.memory_budget = args.restore_memory_budget;
+    plan.samples = args.samples as usize;
     let progress: Arc<dyn Progress> = if std::io::stderr().is_terminal() && args.write_out == WriteOut::Simple {
         Arc::new(super::restore::Bar::new())
     } else {
