@@ -23,6 +23,10 @@ use support::*;
 use tokio::sync::{mpsc, oneshot};
 
 const PREFIX: &str = "etcd-main";
+/// The longest any wait below may take. Only a bound: each wait ends as soon as its condition
+/// holds. Generous, as a 2-core machine running builds beside the tests can stall the runtime
+/// for seconds (10 s was exceeded under a load of 13).
+const PATIENCE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // A minimal bbolt db as etcd's snapshot stream carries it: meta pages, a root bucket whose `key`
@@ -442,7 +446,7 @@ impl Running {
 }
 
 async fn wait_full(store: &dyn Snapstore, min_last: u64) -> Name {
-    wait_for(Duration::from_secs(10), "a full snapshot", || async {
+    wait_for(PATIENCE, "a full snapshot", || async {
         let (names, _) = list(store, PREFIX).await;
         names.into_iter().rfind(|n| n.kind == "Full" && n.last >= min_last)
     })
@@ -450,7 +454,7 @@ async fn wait_full(store: &dyn Snapstore, min_last: u64) -> Name {
 }
 
 async fn wait_delta_reaching(store: &dyn Snapstore, rev: u64) {
-    wait_for(Duration::from_secs(10), "a delta", || async {
+    wait_for(PATIENCE, "a delta", || async {
         let (names, _) = list(store, PREFIX).await;
         names.iter().any(|n| n.kind == "Incr" && n.last >= rev).then_some(())
     })
@@ -615,7 +619,7 @@ async fn a_failing_store_keeps_the_events_until_it_heals() {
     for i in 0..10 {
         etcd.put(&format!("k{i}"), "v");
     }
-    wait_for(Duration::from_secs(10), "two failed delta writes", || async {
+    wait_for(PATIENCE, "two failed delta writes", || async {
         (flaky.failed_writes.load(Ordering::SeqCst) >= 2).then_some(())
     })
     .await;
@@ -727,7 +731,7 @@ async fn leases_first_seen_in_a_delta_get_a_sidecar_with_their_ttl() {
     assert_eq!(leases.len(), 2, "{body}");
     assert_eq!(leases[0]["id"], 77);
     assert_eq!(leases[0]["granted_ttl"], 60);
-    assert_eq!(leases[0]["first_revision"], r);
+    assert_eq!(leases[0]["first_revision"], r, "{body} {names:?} {others:?}");
     assert_eq!(leases[1]["id"], 99);
     assert!(leases[1]["granted_ttl"].is_null());
 }
@@ -849,9 +853,14 @@ async fn the_garbage_collection_loop_deletes_older_sets_while_running() {
     etcd.put("c", "3");
     let second = run.handle.full_snapshot(false).await.unwrap();
     assert_eq!(second.name.last_revision, 3);
-    wait_for(Duration::from_secs(10), "the older set to be collected", || async {
+    // The older set is the first full snapshot and the delta up to revision 2. A delta of
+    // revision 3 may also exist: cut from the watch while the second full snapshot was taken, in
+    // the same second, it sorts after that full snapshot in the reference's order and so belongs
+    // to the latest stream, which is never collected (as in the Go tool); it is redundant, not
+    // wrong, and goes with the stream.
+    wait_for(PATIENCE, "the older set to be collected", || async {
         let (names, _) = list(&*store, PREFIX).await;
-        (!names.iter().any(|n| n.key == first.key || n.kind == "Incr" && n.last <= 3)).then_some(())
+        (!names.iter().any(|n| n.key == first.key || n.kind == "Incr" && n.last <= 2)).then_some(())
     })
     .await;
     etcd.put("d", "4");
@@ -913,7 +922,7 @@ async fn an_etcd_restored_to_an_older_revision_starts_a_new_chain() {
         s.rev = 3;
         s.down = false;
     }
-    let second = wait_for(Duration::from_secs(10), "a full snapshot of the restored etcd", || async {
+    let second = wait_for(PATIENCE, "a full snapshot of the restored etcd", || async {
         let (names, _) = list(&*store, PREFIX).await;
         names.into_iter().find(|n| n.kind == "Full" && n.last == 3)
     })

@@ -75,6 +75,8 @@ pub use schedule::Schedule;
 const NEW_SECOND_LIMIT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for events etcd has but the watch has not delivered yet.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long a stop waits for a full snapshot in progress before abandoning it.
+const FULL_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Attempts to store the last delta at shutdown.
 const FINAL_FLUSH_ATTEMPTS: u32 = 3;
 
@@ -587,17 +589,22 @@ impl Snapshotter {
         full_task: Option<FullTask>,
     ) -> RunReport {
         let deltas = self.config.delta_period.is_some();
-        if let Some(t) = full_task {
-            if t.is_finished() {
-                // Stored, but not yet taken into account: the last delta builds on it.
-                let (outcome, took) =
-                    t.await.unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
-                if let Err(e) = self.full_finished(&mut core, outcome, took) {
-                    warn!(error = %e, "the full snapshot failed");
+        if let Some(mut t) = full_task {
+            // A full snapshot in flight may be stored already or nearly: wait for it a little,
+            // as the last delta builds on it. Dropping an upload that is not done leaves nothing
+            // under the object's name (Snapstore contract).
+            match tokio::time::timeout(FULL_STOP_GRACE, &mut t).await {
+                Ok(joined) => {
+                    let (outcome, took) = joined
+                        .unwrap_or_else(|e| (Err(Error::task_failed("the full snapshot task", e)), Duration::ZERO));
+                    if let Err(e) = self.full_finished(&mut core, outcome, took) {
+                        warn!(error = %e, "the full snapshot failed");
+                    }
                 }
-            } else {
-                // Dropping the upload leaves nothing under the object's name (Snapstore contract).
-                t.abort();
+                Err(_) => {
+                    info!(waited = ?FULL_STOP_GRACE, "stopping: abandoning the full snapshot in progress");
+                    t.abort();
+                }
             }
         }
         info!("stopping: storing the buffered events as a last delta");
