@@ -14,7 +14,7 @@
 //! holds a complete `member/` dir. The store is only read.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -936,18 +936,28 @@ async fn fetch_full(
         }
     }
     let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
     let out_path = path.to_path_buf();
     let writer_key = key.clone();
+    // Inflated members' buffers go back to the inflaters once written.
+    let pool = BufferPool::default();
+    let writer_pool = pool.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         let key = writer_key;
-        let reader = ChannelReader::new(rx);
-        let mut decoder = if in_blocks { Box::new(reader) } else { compress::decoder(compression, reader) };
         let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
-        let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), trailer: Sha256Trailer::new() };
-        copy_full(&mut decoder, &mut out, &key, &out_path)?;
-        let HashingWriter { inner, trailer } = out;
-        let file = inner.into_inner().map_err(|e| Error::io(&out_path, e.into_error()))?;
+        let mut out = HashingWriter { inner: file, trailer: Sha256Trailer::new() };
+        if in_blocks {
+            // Whole inflated members, in order: written as they are, no copy.
+            while let Some(plain) = rx.blocking_recv() {
+                let plain = plain?;
+                out.write_all(&plain).map_err(|e| Error::io(&out_path, e))?;
+                writer_pool.put(Vec::from(plain));
+            }
+        } else {
+            let mut decoder = compress::decoder(compression, ChannelReader::new(rx));
+            copy_full(&mut decoder, &mut out, &key, &out_path)?;
+        }
+        let HashingWriter { inner: file, trailer } = out;
         let db_len = trailer.data_len();
         // An etcd snapshot is whole pages plus the 32-byte sha256 of them.
         match trailer.finish(&key) {
@@ -988,13 +998,16 @@ async fn fetch_full(
             split_members(Box::pin(compressed), key.clone())
                 .map(move |member| {
                     let key = member_key.clone();
+                    let pool = pool.clone();
                     async move {
                         let member = member?;
-                        tokio::task::spawn_blocking(move || blocks::inflate_member(&member))
-                            .await
-                            .map_err(|e| Error::task_failed("the inflater", e))?
-                            .map(Bytes::from)
-                            .map_err(|e| read_error(&key, e))
+                        tokio::task::spawn_blocking(move || {
+                            let mut plain = pool.take();
+                            blocks::inflate_member_into(&member, &mut plain).map(|()| Bytes::from(plain))
+                        })
+                        .await
+                        .map_err(|e| Error::task_failed("the inflater", e))?
+                        .map_err(|e| read_error(&key, e))
                     }
                 })
                 .buffered(workers + 2),
@@ -1134,9 +1147,31 @@ pub(crate) fn read_error(key: &str, e: io::Error) -> Error {
     }
 }
 
-/// Writes through to a file while feeding every byte to the trailer check.
+/// Buffers of inflated members, reused: the writer puts back what it has written.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// Buffers kept at most: those in flight between the inflaters and the writer.
+    const KEEP: usize = 32;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < Self::KEEP
+        {
+            v.push(buf);
+        }
+    }
+}
+
+/// Writes through to a file while feeding every byte to the trailer check. Unbuffered: every
+/// write is a whole member or a 256 KiB read, large enough as they come.
 struct HashingWriter {
-    inner: BufWriter<File>,
+    inner: File,
     trailer: Sha256Trailer,
 }
 
