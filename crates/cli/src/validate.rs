@@ -76,11 +76,35 @@ fn store(args: &StoreArgs) -> Result<(), String> {
 }
 
 fn store_config(config: &snapstore::StoreConfig) -> Result<(), String> {
-    config.validate().map_err(|e| e.to_string())?;
-    if let Some(root) = config.local_root().map_err(|e| e.to_string())? {
-        directory(&config.flag("store-container"), &root)?;
+    let named = |e: snapstore::Error| match &e {
+        snapstore::Error::Setting { setting, why } => format!("{} {why}", store_flag(config, *setting)),
+        _ => e.to_string(),
+    };
+    config.validate().map_err(named)?;
+    if let Some(root) = config.local_root().map_err(named)? {
+        directory(&flag(config, "store-container"), &root)?;
     }
-    directory(&config.flag("snapstore-temp-directory"), &config.temp_dir)
+    directory(&flag(config, "snapstore-temp-directory"), &config.temp_dir)
+}
+
+/// The flag that sets `name` for this store: `--store-prefix`, or `--source-store-prefix` for
+/// `copy`'s source (`SOURCE_` variables), `--secondary-store-prefix` for the secondary store.
+fn flag(config: &snapstore::StoreConfig, name: &str) -> String {
+    format!("--{}{name}", config.env_prefix.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// The flag behind a store setting.
+fn store_flag(config: &snapstore::StoreConfig, setting: snapstore::Setting) -> String {
+    use snapstore::Setting;
+    match setting {
+        Setting::Container => flag(config, "store-container"),
+        Setting::Prefix => flag(config, "store-prefix"),
+        Setting::EndpointOverride => flag(config, "store-endpoint-override"),
+        Setting::MaxParallelChunkUploads => flag(config, "max-parallel-chunk-uploads"),
+        Setting::MinChunkSize => flag(config, "min-chunk-size"),
+        // Settings added later: the library's own words name the field.
+        _ => format!("the {setting}"),
+    }
 }
 
 /// The restoration paths: the data dir and the temp dir for the full snapshot.
@@ -139,5 +163,19 @@ mod tests {
         let e = directory("--restoration-temp-snapshots-dir", &file.join("sub")).unwrap_err();
         assert!(e.contains(&format!("{} is a file", file.display())), "{e}");
         assert!(directory("--data-dir", Path::new("")).is_err());
+    }
+
+    #[test]
+    fn a_store_setting_is_named_by_the_flag_of_its_store() {
+        let source = snapstore::StoreConfig::default().with_prefix("/p").with_env_prefix("SOURCE_");
+        let e = store_config(&source).unwrap_err();
+        assert!(e.starts_with("--source-store-prefix \"/p\": "), "{e}");
+        let primary = snapstore::StoreConfig::new(snapstore::Provider::S3, "b/p");
+        let e = store_config(&primary).unwrap_err();
+        assert!(e.starts_with("--store-container \"b/p\": S3 bucket names"), "{e}");
+        let secondary =
+            snapstore::StoreConfig::default().with_uploads(0, snapstore::MIN_CHUNK_SIZE).with_env_prefix("SECONDARY_");
+        let e = store_config(&secondary).unwrap_err();
+        assert!(e.starts_with("--secondary-max-parallel-chunk-uploads 0: "), "{e}");
     }
 }

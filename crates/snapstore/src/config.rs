@@ -78,6 +78,34 @@ impl FromStr for Provider {
 /// minimum multipart part size.
 pub const MIN_CHUNK_SIZE: usize = 5 * 1024 * 1024;
 
+/// A [`StoreConfig`] field, as an invalid value's error names it ([`crate::Error::Setting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// [`StoreConfig::container`].
+    Container,
+    /// [`StoreConfig::prefix`].
+    Prefix,
+    /// [`StoreConfig::endpoint_override`].
+    EndpointOverride,
+    /// [`StoreConfig::max_parallel_chunk_uploads`].
+    MaxParallelChunkUploads,
+    /// [`StoreConfig::min_chunk_size`].
+    MinChunkSize,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Setting::Container => "store container",
+            Setting::Prefix => "store prefix",
+            Setting::EndpointOverride => "store endpoint override",
+            Setting::MaxParallelChunkUploads => "parallel part uploads",
+            Setting::MinChunkSize => "upload part size",
+        })
+    }
+}
+
 /// The Local provider's container when none is given.
 pub const DEFAULT_LOCAL_CONTAINER: &str = "default.bkp";
 
@@ -187,45 +215,43 @@ impl StoreConfig {
 
     /// Checks the flags the way the reference does: at least one upload in flight and parts of
     /// at least 5 MiB.
+    ///
+    /// An invalid value is [`Error::Setting`] naming the field ([`Setting`]), so that a caller
+    /// can name where the value came from (the CLI names its flag).
     pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |setting, why: String| Err(Error::Setting { setting, why });
         if self.max_parallel_chunk_uploads == 0 {
-            return Err(Error::Config("--max-parallel-chunk-uploads must be greater than 0".into()));
+            return invalid(Setting::MaxParallelChunkUploads, "0: at least one part must be in flight".into());
         }
         if self.min_chunk_size < MIN_CHUNK_SIZE {
-            return Err(Error::Config(format!(
-                "--min-chunk-size must be at least {MIN_CHUNK_SIZE} bytes (5 MiB), got {}",
-                self.min_chunk_size
-            )));
+            return invalid(
+                Setting::MinChunkSize,
+                format!("{} bytes: at least {MIN_CHUNK_SIZE} bytes (5 MiB) are needed", self.min_chunk_size),
+            );
         }
         if let Some(endpoint) = &self.endpoint_override
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
-            return Err(Error::Config(format!(
-                "--store-endpoint-override must be an http:// or https:// URL, got {endpoint:?}"
-            )));
+            return invalid(Setting::EndpointOverride, format!("{endpoint:?}: give an http:// or https:// URL"));
         }
         if let Err(why) = brcore::name::check_prefix(&self.prefix) {
-            return Err(Error::Config(format!("{} {:?}: {why}", self.flag("store-prefix"), self.prefix)));
+            return invalid(Setting::Prefix, format!("{:?}: {why}", self.prefix));
         }
         if self.provider != Provider::Local
             && let Some(c) = self.container.as_deref().filter(|c| !c.is_empty())
             && (c.contains('/') || c.trim() != c || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()))
         {
-            return Err(Error::Config(format!(
-                "{} {c:?}: {} {} names have no '/', spaces or control characters (put a path into {})",
-                self.flag("store-container"),
-                self.provider,
-                if matches!(self.provider, Provider::ABS | Provider::Swift) { "container" } else { "bucket" },
-                self.flag("store-prefix"),
-            )));
+            return invalid(
+                Setting::Container,
+                format!(
+                    "{c:?}: {} {} names have no '/', spaces or control characters (a path belongs in the \
+                     store prefix)",
+                    self.provider,
+                    if matches!(self.provider, Provider::ABS | Provider::Swift) { "container" } else { "bucket" },
+                ),
+            );
         }
         Ok(())
-    }
-
-    /// The flag that sets `name` for this store: `--store-prefix`, or `--source-store-prefix`
-    /// for `copy`'s source ([`StoreConfig::env_prefix`] `SOURCE_`).
-    pub fn flag(&self, name: &str) -> String {
-        format!("--{}{name}", self.env_prefix.to_ascii_lowercase().replace('_', "-"))
     }
 
     /// For the Local provider: the directory the store would use, from `--store-container`, the
@@ -257,10 +283,10 @@ impl StoreConfig {
         match self.container.clone().filter(|c| !c.is_empty()).or_else(from_env) {
             Some(c) => Ok(c),
             None if self.provider == Provider::Local => Ok(DEFAULT_LOCAL_CONTAINER.to_string()),
-            None => Err(Error::Config(format!(
-                "no container for {}: set --store-container or {}STORAGE_CONTAINER",
-                self.provider, self.env_prefix
-            ))),
+            None => Err(Error::Setting {
+                setting: Setting::Container,
+                why: format!("not given for {}: give one, or set {}STORAGE_CONTAINER", self.provider, self.env_prefix),
+            }),
         }
     }
 }
@@ -301,20 +327,27 @@ mod tests {
     fn validate_refuses_what_the_reference_refuses() {
         let ok = StoreConfig::default();
         ok.validate().unwrap();
+        let setting = |c: StoreConfig| match c.validate() {
+            Err(Error::Setting { setting, why }) => (setting, format!("{setting}: {why}")),
+            other => panic!("{other:?}"),
+        };
         let zero = StoreConfig { max_parallel_chunk_uploads: 0, ..StoreConfig::default() };
-        assert!(zero.validate().unwrap_err().to_string().contains("max-parallel"));
+        assert_eq!(setting(zero).0, Setting::MaxParallelChunkUploads);
         let small = StoreConfig { min_chunk_size: MIN_CHUNK_SIZE - 1, ..StoreConfig::default() };
-        assert!(small.validate().unwrap_err().to_string().contains("min-chunk-size"));
+        let (s, msg) = setting(small);
+        assert_eq!(s, Setting::MinChunkSize);
+        assert!(msg.contains("5242879 bytes") && msg.contains("5 MiB"), "{msg}");
         let bad = StoreConfig { endpoint_override: Some("127.0.0.1:9000".into()), ..StoreConfig::default() };
-        assert!(bad.validate().is_err());
+        assert_eq!(setting(bad).0, Setting::EndpointOverride);
         let prefix = StoreConfig { prefix: "./p".into(), ..StoreConfig::default() };
-        let msg = prefix.validate().unwrap_err().to_string();
-        assert!(msg.contains("--store-prefix \"./p\"") && msg.contains("did you mean \"p\""), "{msg}");
-        let source = StoreConfig { prefix: "/p".into(), env_prefix: "SOURCE_".into(), ..StoreConfig::default() };
-        assert!(source.validate().unwrap_err().to_string().contains("--source-store-prefix \"/p\""));
+        let (s, msg) = setting(prefix);
+        assert_eq!(s, Setting::Prefix);
+        assert!(msg.contains("store prefix: \"./p\"") && msg.contains("did you mean \"p\""), "{msg}");
+        assert!(!msg.contains("--"), "a library message names no flag: {msg}");
         let bucket = StoreConfig { provider: Provider::S3, container: Some("b/p".into()), ..StoreConfig::default() };
-        let msg = bucket.validate().unwrap_err().to_string();
-        assert!(msg.contains("--store-container \"b/p\"") && msg.contains("S3 bucket"), "{msg}");
+        let (s, msg) = setting(bucket);
+        assert_eq!(s, Setting::Container);
+        assert!(msg.contains("\"b/p\"") && msg.contains("S3 bucket"), "{msg}");
         let local = StoreConfig { container: Some("/var/backups/etcd".into()), ..StoreConfig::default() };
         local.validate().unwrap();
     }

@@ -55,7 +55,7 @@ mod store;
 
 use std::path::PathBuf;
 
-pub use config::{DEFAULT_LOCAL_CONTAINER, MIN_CHUNK_SIZE, Provider, StoreConfig};
+pub use config::{DEFAULT_LOCAL_CONTAINER, MIN_CHUNK_SIZE, Provider, Setting, StoreConfig};
 pub use credentials::{
     AbsCredentials, Credentials, GcsCredentials, OssCredentials, S3Credentials, Secret, SwiftCredentials,
 };
@@ -75,6 +75,14 @@ pub enum Error {
     /// A flag value the reference also refuses, or a combination that cannot work.
     #[error("invalid snapstore configuration: {0}")]
     Config(String),
+    /// A [`StoreConfig`] setting the reference also refuses ([`StoreConfig::validate`]).
+    #[error("{setting}: {why}")]
+    Setting {
+        /// The setting (the CLI names its flag).
+        setting: Setting,
+        /// What is wrong with the value, and what would do.
+        why: String,
+    },
     /// Credentials are missing or incomplete; the reason names the field and file, never a value.
     #[error("{provider} credentials: {reason}")]
     Credentials {
