@@ -14,6 +14,7 @@ pub mod delta;
 pub mod deltafeed;
 pub mod error;
 pub mod etcd;
+pub mod fetch;
 pub mod gc;
 pub mod iothread;
 pub mod memory;

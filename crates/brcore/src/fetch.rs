@@ -1,0 +1,531 @@
+//! Fetching a chain into a rebuild, shared by restore, compact and verification: the full
+//! snapshot streamed (in parallel ranged reads where the store allows, decompressed in blocks,
+//! its sha256 trailer checked) into a temp file, or read in place on a Local store; the deltas
+//! fetched and decoded in parallel within a memory budget ([`crate::deltafeed`]); both fed to
+//! [`rebuild::rebuild_db`] on a blocking thread. Also the lease sidecars the snapshotter wrote
+//! beside the deltas.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tracing::{Instrument, info_span};
+
+use crate::bridge::ChannelReader;
+use crate::chain::Chain;
+use crate::compress::{self, blocks, blocks::MEMBER_HEADER_LEN, blocks::MemberHeader};
+use crate::delta::EventBatch;
+use crate::deltafeed::{self, DeltaFeed, Piece};
+use crate::error::Error;
+use crate::iothread::ThreadedFile;
+use crate::name::{Compression, Snapshot};
+use crate::overlap::{FullRepeats, OverlapCheck};
+use crate::rebuild::{self, RebuildOptions, RebuildStats};
+use crate::restore::{Progress, set_private};
+use crate::store::{Snapstore, StoreError};
+use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus};
+
+/// The TTLs the snapshotter recorded (in `Leases-…json` sidecars beside the deltas) for leases
+/// granted after the full snapshot: lease id → granted TTL. Stores without sidecars (the Go
+/// tool's) give an empty map. A sidecar that does not parse is corrupt: it is ours, so it
+/// should.
+pub async fn lease_sidecars(
+    store: &dyn Snapstore,
+    prefix: &str,
+    chain: &Chain,
+) -> Result<std::collections::HashMap<i64, i64>, Error> {
+    use crate::snapshotter::leases;
+    let mut ttls = std::collections::HashMap::new();
+    if chain.deltas.is_empty() {
+        return Ok(ttls);
+    }
+    let ranges: std::collections::HashSet<(u64, u64)> =
+        chain.deltas.iter().map(|d| (d.name.start_revision, d.name.last_revision)).collect();
+    for object in store.list(&crate::name::v2_dir(prefix)).await? {
+        let Some(range) = leases::parse_sidecar_key(&object.key) else { continue };
+        if !ranges.contains(&range) {
+            continue;
+        }
+        let mut stream = store.read(&object.key, None).await?;
+        let mut raw = Vec::with_capacity(object.size as usize);
+        while let Some(chunk) = stream.next().await {
+            raw.extend_from_slice(&chunk?);
+        }
+        let sidecar = leases::decode(&raw).map_err(|why| Error::corrupt(&object.key, why))?;
+        for lease in sidecar.leases {
+            if let Some(ttl) = lease.granted_ttl.filter(|&t| t > 0) {
+                ttls.insert(lease.id, ttl);
+            }
+        }
+    }
+    Ok(ttls)
+}
+
+/// How the chain's objects are fetched: [`FetchOptions::default`] (the reference's 6 fetchers,
+/// the hash checked, [`crate::deltafeed::DEFAULT_BUDGET`]), then set what differs.
+/// Fields may be added in any release (the struct is `#[non_exhaustive]`).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// Deltas fetched at once.
+    pub max_fetchers: usize,
+    /// Accept a full snapshot without a sha256 trailer.
+    pub skip_hash_check: bool,
+    /// Memory for deltas read and decoded ahead of the writer ([`crate::deltafeed`]).
+    pub memory_budget: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions { max_fetchers: 6, skip_hash_check: false, memory_budget: crate::deltafeed::DEFAULT_BUDGET }
+    }
+}
+
+/// Fetches `chain` from `store` and rebuilds it into a fresh db at `db_path`: the full snapshot
+/// streams (decompressed, its trailer checked) into a temp file in `temp_dir`, the deltas are
+/// fetched and decoded in parallel and applied in order by [`rebuild::rebuild_db`]. The db is
+/// fsynced. Returns the rebuild's numbers and the bytes read from the store.
+///
+/// The shared core of restore, compact and verification.
+pub async fn rebuild_chain(
+    store: Arc<dyn Snapstore>,
+    chain: &Chain,
+    opts: RebuildOptions,
+    db_path: &Path,
+    temp_dir: &Path,
+    fetch: FetchOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<(RebuildStats, u64), Error> {
+    fs::create_dir_all(temp_dir).map_err(|e| Error::io(temp_dir, e))?;
+    let full_path = tempfile::Builder::new()
+        .prefix("full-snapshot-")
+        .tempfile_in(temp_dir)
+        .map_err(|e| Error::io(temp_dir, e))?
+        .into_temp_path();
+
+    // Deltas: fetched and decoded in parallel as they stream, handed to the writer in order,
+    // in the memory budget. Deltas that repeat revisions (two leaders uploading, the
+    // reference's #1043, or the same range stored twice) are compared where they overlap, and
+    // each revision is applied once.
+    let check = OverlapCheck::new(chain);
+    let items: Vec<Snapshot> = check.items().iter().map(|i| i.snapshot.clone()).collect();
+    let feed = deltafeed::start(
+        store.clone(),
+        items,
+        deltafeed::FeedOptions { max_fetchers: fetch.max_fetchers, budget: fetch.memory_budget },
+        progress.clone(),
+    );
+
+    // The deltas are already being fetched and decoded (up to the channel's bound) while the
+    // full snapshot streams in. An uncompressed full snapshot on the local filesystem is read in
+    // place (its trailer checked in one read pass): no copy, as etcd's own restore.
+    let in_place = match chain.full.name.compression {
+        Compression::None => store.local_path(&chain.full.key),
+        _ => None,
+    };
+    let fetched_full = match &in_place {
+        Some(path) => verify_in_place(path, &chain.full.key, fetch.skip_hash_check, progress.as_ref()).await,
+        None => fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await,
+    };
+    let full_bytes = match fetched_full {
+        Ok(n) => n,
+        Err(e) => {
+            feed.abort();
+            return Err(e);
+        }
+    };
+    // bbolt reads only up to the db's high-water mark, so the trailer after it is ignored.
+    let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
+    let db_out = db_path.to_path_buf();
+    let full_key = chain.full.key.clone();
+    let (stats, feed) = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
+        let mut feed = feed;
+        let written = (|| {
+            let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
+            let out = File::create(&db_out).map_err(|e| Error::io(&db_out, e))?;
+            set_private(&db_out)?;
+            // Events that repeat the full snapshot's content are compared with its db.
+            let repeats = FullRepeats::new(&full_key, &source)?;
+            let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false };
+            // The kernel's copy of the db into the page cache runs on a thread of its own.
+            let (out, stats) = rebuild::rebuild_db_batches(&source, batches, &opts, ThreadedFile::new(out))
+                .map_err(|e| e.at_db_path(&db_out))?;
+            let file = out.finish().map_err(|e| Error::io(&db_out, e))?;
+            file.sync_all().map_err(|e| Error::io(&db_out, e))?;
+            Ok(stats)
+        })();
+        match written {
+            Ok(stats) => Ok((stats, feed)),
+            Err(e) => {
+                feed.abort();
+                // A gap or a revision going backwards inside a damaged delta: its hash says so.
+                Err(feed.damage().unwrap_or(e))
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::task_failed("the db writer", e))??;
+    let fetched = feed.fetched().await?;
+    drop(full_path);
+    Ok((stats, full_bytes + fetched))
+}
+
+/// The writer's view of the delta feed: batches, with the deltas compared where they overlap
+/// and the events that repeat the full snapshot compared with its db.
+struct Checked<'a, 'f> {
+    feed: &'f mut DeltaFeed,
+    check: OverlapCheck,
+    repeats: FullRepeats<'a>,
+    /// The delta being read.
+    key: String,
+    failed: bool,
+}
+
+impl Iterator for Checked<'_, '_> {
+    type Item = Result<EventBatch, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let piece = match self.feed.next()? {
+                Ok(piece) => piece,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
+            let item = match piece {
+                Piece::Begin(index, key) => {
+                    self.check.begin(index);
+                    self.repeats.begin_object();
+                    self.key = key;
+                    continue;
+                }
+                Piece::Batch(mut batch) => self
+                    .check
+                    .filter(&mut batch)
+                    .and_then(|()| self.repeats.check_refs(&self.key, batch.iter()))
+                    .map(|()| batch),
+                Piece::End => match self.check.end() {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            self.failed = item.is_err();
+            return Some(item);
+        }
+    }
+}
+
+/// Checks the sha256 trailer of an uncompressed full snapshot that is read in place.
+async fn verify_in_place(path: &Path, key: &str, skip_hash_check: bool, progress: &dyn Progress) -> Result<u64, Error> {
+    let p = path.to_path_buf();
+    let status = tokio::task::spawn_blocking(move || etcd_format::snapshot_file::verify_snapshot_file(&p))
+        .await
+        .map_err(|e| Error::task_failed("the snapshot verifier", e))?;
+    match status {
+        Ok(TrailerStatus::Verified) => {}
+        Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
+        Ok(TrailerStatus::NoTrailer) => {
+            return Err(Error::corrupt(
+                key,
+                "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
+                 skip the hash check only if it is a raw db copied from a data dir",
+            ));
+        }
+        Err(e) => {
+            return Err(Error::corrupt(
+                key,
+                format!("{e}: the object is damaged; restore from an older full snapshot"),
+            ));
+        }
+    }
+    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    progress.full_bytes(len);
+    Ok(len)
+}
+
+/// Streams the full snapshot into `path`: decompressed, its sha256 trailer checked and cut off.
+/// Returns the compressed bytes read from the store.
+async fn fetch_full(
+    store: &dyn Snapstore,
+    snap: &Snapshot,
+    path: &Path,
+    skip_hash_check: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, Error> {
+    let span = info_span!("fetch_full", object = %snap.key);
+    let mut stream = ranged_read(store, &snap.key, snap.size);
+    let key = snap.key.clone();
+    let compression = snap.name.compression;
+    let mut fetched = 0u64;
+    // The first bytes say whether a gzip object is etcdbr's members in blocks, which inflate
+    // in parallel, or one stream (the Go tool's), which inflates on one core.
+    let mut head = bytes::BytesMut::new();
+    while head.len() < MEMBER_HEADER_LEN {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                fetched += chunk.len() as u64;
+                progress.full_bytes(chunk.len() as u64);
+                head.extend_from_slice(&chunk);
+            }
+            None => break,
+        }
+    }
+    let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
+    let out_path = path.to_path_buf();
+    let writer_key = key.clone();
+    // Inflated members' buffers go back to the inflaters once written.
+    let pool = BufferPool::default();
+    let writer_pool = pool.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let key = writer_key;
+        let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
+        let mut out = HashingWriter { inner: file, trailer: Sha256Trailer::new() };
+        if in_blocks {
+            // Whole inflated members, in order: written as they are, no copy.
+            while let Some(plain) = rx.blocking_recv() {
+                let plain = plain?;
+                out.write_all(&plain).map_err(|e| Error::io(&out_path, e))?;
+                writer_pool.put(Vec::from(plain));
+            }
+        } else {
+            let mut decoder = compress::decoder(compression, ChannelReader::new(rx));
+            copy_full(&mut decoder, &mut out, &key, &out_path)?;
+        }
+        let HashingWriter { inner: file, trailer } = out;
+        let db_len = trailer.data_len();
+        // An etcd snapshot is whole pages plus the 32-byte sha256 of them.
+        match trailer.finish(&key) {
+            Ok(TrailerStatus::Verified) => file.set_len(db_len).map_err(|e| Error::io(&out_path, e))?,
+            Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
+            Ok(TrailerStatus::NoTrailer) => {
+                return Err(Error::corrupt(
+                    &key,
+                    "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
+                     skip the hash check only if it is a raw db copied from a data dir",
+                ));
+            }
+            Err(e) => {
+                return Err(Error::corrupt(
+                    &key,
+                    format!("{e}: the object is damaged; restore from an older full snapshot"),
+                ));
+            }
+        }
+        // No fsync: this file is a temporary input, read back at once and removed; the db
+        // written from it is what gets fsynced.
+        drop(file);
+        Ok(())
+    });
+    let first = futures::stream::iter([Ok(head.freeze())]);
+    let counted = stream.map(|chunk| {
+        let chunk = chunk.map_err(Error::from)?;
+        fetched += chunk.len() as u64;
+        progress.full_bytes(chunk.len() as u64);
+        Ok(chunk)
+    });
+    let compressed = first.chain(counted);
+    let mut plain: futures::stream::BoxStream<'_, Result<Bytes, Error>> = if in_blocks {
+        // Members inflate on every core; the writer gets their bytes in order.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+        let member_key = key.clone();
+        Box::pin(
+            split_members(Box::pin(compressed), key.clone())
+                .map(move |member| {
+                    let key = member_key.clone();
+                    let pool = pool.clone();
+                    async move {
+                        let member = member?;
+                        tokio::task::spawn_blocking(move || {
+                            let mut plain = pool.take();
+                            blocks::inflate_member_into(&member, &mut plain).map(|()| Bytes::from(plain))
+                        })
+                        .await
+                        .map_err(|e| Error::task_failed("the inflater", e))?
+                        .map_err(|e| read_error(&key, e))
+                    }
+                })
+                .buffered(workers + 2),
+        )
+    } else {
+        Box::pin(compressed)
+    };
+    async {
+        while let Some(chunk) = plain.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    drop(plain);
+    drop(tx);
+    writer.await.map_err(|e| Error::task_failed("the snapshot writer", e))??;
+    Ok(fetched)
+}
+
+/// Cuts a stream of compressed bytes into its gzip block members ([`MemberHeader`]).
+fn split_members<'a>(
+    compressed: futures::stream::BoxStream<'a, Result<Bytes, Error>>,
+    key: String,
+) -> impl futures::Stream<Item = Result<Bytes, Error>> + 'a {
+    let state = (compressed, bytes::BytesMut::new(), 0u64, false);
+    futures::stream::unfold(state, move |(mut input, mut pending, mut offset, done)| {
+        let key = key.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                if pending.len() >= MEMBER_HEADER_LEN {
+                    let Some(h) = MemberHeader::parse(&pending) else {
+                        let e = Error::corrupt(
+                            &key,
+                            format!("no gzip block member starts at byte {offset}; the object is damaged"),
+                        );
+                        return Some((Err(e), (input, pending, offset, true)));
+                    };
+                    let len = h.member_len as usize;
+                    if pending.len() >= len {
+                        offset += len as u64;
+                        let member = pending.split_to(len).freeze();
+                        return Some((Ok(member), (input, pending, offset, false)));
+                    }
+                }
+                match input.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (input, pending, offset, true))),
+                    None if pending.is_empty() => return None,
+                    None => {
+                        let e = Error::corrupt(
+                            &key,
+                            format!("it ends inside a gzip block member at byte {offset}; the object is truncated"),
+                        );
+                        return Some((Err(e), (input, pending, offset, true)));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Bytes of one ranged read of a full snapshot.
+const FULL_PART: u64 = 8 << 20;
+/// Ranged reads of a full snapshot in flight: downloads from object stores are faster in
+/// parallel, and memory stays bounded by parts × part size.
+const FULL_PARTS_IN_FLIGHT: usize = 4;
+
+/// Reads `key` (`size` bytes by the listing) as ranged reads in flight at once, yielding the
+/// bytes in order. A small object, or one whose size is unknown, is one plain read.
+fn ranged_read<'a>(
+    store: &'a dyn Snapstore,
+    key: &'a str,
+    size: u64,
+) -> futures::stream::BoxStream<'a, Result<Bytes, StoreError>> {
+    if size <= FULL_PART {
+        return Box::pin(futures::stream::once(store.read(key, None)).try_flatten());
+    }
+    let ranges = (0..size).step_by(FULL_PART as usize).map(move |start| start..(start + FULL_PART).min(size));
+    Box::pin(
+        futures::stream::iter(ranges)
+            .map(move |range| async move {
+                let mut part = store.read(key, Some(range)).await?;
+                let mut chunks = Vec::new();
+                while let Some(chunk) = part.next().await {
+                    chunks.push(chunk?);
+                }
+                Ok::<_, StoreError>(futures::stream::iter(chunks.into_iter().map(Ok)))
+            })
+            .buffered(FULL_PARTS_IN_FLIGHT)
+            .try_flatten(),
+    )
+}
+
+/// Copies the decompressed full snapshot into the temp file at `path`, telling the two sides'
+/// failures apart: a read failure is the object's (damaged data, or the store's error carried
+/// through the decoder), a write failure is the temp file's (a full disk names its filesystem).
+fn copy_full(from: &mut impl Read, to: &mut impl Write, key: &str, path: &Path) -> Result<(), Error> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(key, e)),
+        };
+        to.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// A failure reading the object `key` through its decoder.
+pub(crate) fn read_error(key: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidInput => {
+            Error::corrupt(key, format!("it does not decompress: {e}; the object is damaged or truncated"))
+        }
+        // The store's error (or another of ours) carried through the reader keeps its kind;
+        // anything else is the stream's I/O, named by the object.
+        _ => match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(err)) => *err,
+            Some(Err(other)) => {
+                Error::Store(StoreError::Other { key: key.to_string(), retryable: false, source: other })
+            }
+            None => Error::Store(StoreError::Other {
+                key: key.to_string(),
+                retryable: false,
+                source: "reading the object failed".into(),
+            }),
+        },
+    }
+}
+
+/// Buffers of inflated members, reused: the writer puts back what it has written.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// Buffers kept at most: those in flight between the inflaters and the writer.
+    const KEEP: usize = 32;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut v| v.pop()).unwrap_or_default()
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < Self::KEEP
+        {
+            v.push(buf);
+        }
+    }
+}
+
+/// Writes through to a file while feeding every byte to the trailer check. Unbuffered: every
+/// write is a whole member or a 256 KiB read, large enough as they come.
+struct HashingWriter {
+    inner: File,
+    trailer: Sha256Trailer,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.trailer.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
