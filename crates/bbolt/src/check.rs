@@ -1,4 +1,4 @@
-//! The checker: bbolt's `tx.Check()` (§1.9 of the formats reference) plus the checks bbolt
+//! The checker: bbolt's `tx.Check()` (`docs/formats.md` §1.4) plus the checks bbolt
 //! leaves out (page self ids, exact flags, element bounds, meta checksums, freelist ranges).
 
 use crate::db::MAX_TREE_DEPTH;

@@ -72,7 +72,7 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Opens the file at `path` read-only by mapping it into memory, discovers the page size and
-    /// picks the active meta page the way bbolt does (§1.2 of the formats reference).
+    /// picks the active meta page the way bbolt does (`docs/formats.md` §1).
     ///
     /// The file must not be modified or truncated while the returned `Db` lives: the mapping
     /// would change under our feet. Multi-GiB files are fine, nothing is read whole.

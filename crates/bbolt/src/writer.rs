@@ -1,5 +1,5 @@
 //! The bulk writer: a fresh, compact bbolt file from sorted input, streamed page by page
-//! (§2 of the formats reference).
+//! (`docs/formats.md` §1.5).
 //!
 //! (The file passes 700 lines only with its unit tests, kept beside the code they pin.)
 
