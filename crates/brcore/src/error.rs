@@ -59,9 +59,9 @@ pub enum Error {
         /// How they differ.
         detail: String,
     },
-    /// The object store failed.
+    /// The object store failed (a damaged encrypted object is [`Error::Corrupt`] instead).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// etcd failed or refused a request.
     #[error("etcd request failed: {message}{}", if *retryable { " (temporary; will be retried)" } else { "; check the etcd endpoints and credentials" })]
     Etcd {
@@ -177,6 +177,17 @@ pub fn human_bytes(n: u64) -> String {
 /// Whether `e` says a filesystem is full or a disk quota is used up.
 pub fn is_no_space(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+impl From<StoreError> for Error {
+    /// A store's error keeps its kind, except a damaged object (an encrypted one that does not
+    /// authenticate), which is the object's corruption, as for any other damaged object.
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Corrupt { key, why } => Error::Corrupt { object: key, why },
+            other => Error::Store(other),
+        }
+    }
 }
 
 impl Error {

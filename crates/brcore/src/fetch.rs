@@ -432,7 +432,7 @@ fn ranged_read<'a>(
     key: &'a str,
     size: u64,
 ) -> futures::stream::BoxStream<'a, Result<Bytes, StoreError>> {
-    if size <= FULL_PART {
+    if size <= FULL_PART || !store.ranged_reads() {
         return Box::pin(futures::stream::once(store.read(key, None)).try_flatten());
     }
     let ranges = (0..size).step_by(FULL_PART as usize).map(move |start| start..(start + FULL_PART).min(size));

@@ -12,6 +12,7 @@ pub mod compress;
 pub mod copy;
 pub mod delta;
 pub mod deltafeed;
+pub mod encrypt;
 pub mod error;
 pub mod etcd;
 pub mod fetch;

@@ -68,6 +68,23 @@ pub enum StoreError {
         /// What the store said.
         message: String,
     },
+    /// The object's content is damaged: an encrypted object whose header or payload does not
+    /// authenticate ([`crate::encrypt`]). A restore reports it as a corrupt object.
+    #[error("{key} is damaged: {why}")]
+    Corrupt {
+        /// The stored key.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An encrypted object cannot be decrypted with the keys given (none fits, or none given).
+    #[error("cannot decrypt {key}: {why}")]
+    Decrypt {
+        /// The stored key.
+        key: String,
+        /// Why, and what to do.
+        why: String,
+    },
     /// Anything else; `retryable` says whether trying again may help (timeouts, 5xx, resets).
     #[error("store operation on {key} failed: {source}")]
     Other {
@@ -156,6 +173,13 @@ pub trait Snapstore: Send + Sync + fmt::Debug {
     /// server-side copy.
     async fn rename(&self, from: &str, to: &str) -> Result<u64, StoreError> {
         rename_by_streaming(self, from, to).await
+    }
+
+    /// Whether reading byte ranges of one object at once is worth it (the restore fetches a
+    /// large full snapshot as parallel ranged reads). `false` where a range costs as much as the
+    /// whole object up to its end ([`crate::encrypt::EncryptedStore`]); ranges stay correct.
+    fn ranged_reads(&self) -> bool {
+        true
     }
 
     /// For a store on the local filesystem: the path of the complete object `key`, so a reader
