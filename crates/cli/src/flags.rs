@@ -77,6 +77,12 @@ pub struct StoreArgs {
     /// Temp directory for store transfers.
     #[arg(long, default_value = "/tmp")]
     pub snapstore_temp_directory: PathBuf,
+    /// etcdbr's own: client-side encryption. An age identity file (`age-keygen -o FILE`): objects
+    /// written are encrypted to its first key (names end in `.age`), objects read are decrypted
+    /// with any of its keys (rotate by putting the new key first). The store never sees plaintext;
+    /// the Go tool cannot read such objects.
+    #[arg(long, env = "ETCDBR_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -99,6 +105,9 @@ impl StoreArgs {
         }
         if !self.store_prefix.trim().is_empty() {
             given.push("--store-prefix");
+        }
+        if self.encryption_key_file.is_some() {
+            given.push("--encryption-key-file (or ETCDBR_ENCRYPTION_KEY_FILE)");
         }
         if !given.is_empty() {
             return Err(format!(

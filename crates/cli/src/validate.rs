@@ -72,6 +72,7 @@ fn store(args: &StoreArgs) -> Result<(), String> {
     if !args.has_provider() {
         return Ok(());
     }
+    cmd::encryption_keys(args.encryption_key_file.as_deref(), "--encryption-key-file").map_err(|e| e.to_string())?;
     store_config(&cmd::store_config(args))
 }
 

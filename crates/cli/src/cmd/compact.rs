@@ -12,7 +12,6 @@ use brcore::rebuild::LeasePolicy;
 use clap::{ArgAction, Args};
 use tracing::info;
 
-use super::store_config;
 use crate::flags::{RestorationArgs, SnapshotLeaseArgs, StoreArgs};
 
 /// `etcdbrctl compact`: the Go tool's flags (its restoration flags, the store flags, its
@@ -93,7 +92,7 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     // Before any work, as the reference builds its Kubernetes client first.
     let leases = super::leases::snapshot_leases(&args.snapshot_leases, &super::leases::LeaseEnv::from_env()).await?;
     let r = &args.restoration;
-    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let store = super::open_store(&args.store)?;
     let scratch = Scratch::new(&r.data_dir)?;
     let mut plan = CompactPlan::new(args.store.store_prefix.clone(), r.data_dir.clone());
     plan.snapshot_temp_dir = r.restoration_temp_snapshots_dir.clone();

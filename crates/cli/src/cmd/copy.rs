@@ -66,6 +66,12 @@ pub struct CopyArgs {
     /// limit; negative values are refused, as the Go tool does).
     #[arg(long, default_value = "0s", value_parser = crate::pflag::go_duration_signed, allow_hyphen_values = true)]
     pub wait_for_final_snapshot_timeout: GoDuration,
+    /// etcdbr's own: the age identity file to decrypt the source with (default:
+    /// --encryption-key-file). With both, the copies are re-encrypted to --encryption-key-file's
+    /// first key: a copy to another key, or a store moved to a new key. Refused without
+    /// --encryption-key-file, which would write the backups decrypted.
+    #[arg(long, env = "ETCDBR_SOURCE_ENCRYPTION_KEY_FILE")]
+    pub source_encryption_key_file: Option<PathBuf>,
 }
 
 /// The source store's config: the destination's provider and prefix when not given, its own
@@ -92,14 +98,26 @@ pub(crate) fn check_flags(args: &CopyArgs) -> anyhow::Result<snapstore::StoreCon
     if args.wait_for_final_snapshot_timeout.negative {
         bail!("--wait-for-final-snapshot-timeout must not be less than 0");
     }
+    if args.source_encryption_key_file.is_some() && args.store.encryption_key_file.is_none() {
+        bail!(
+            "--source-encryption-key-file given without --encryption-key-file: the copies would be \
+             written decrypted; give --encryption-key-file with the key to encrypt them to"
+        );
+    }
+    super::encryption_keys(args.source_encryption_key_file.as_deref(), "--source-encryption-key-file")?;
     source_config(args, &store_config(&args.store))
 }
 
 pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
     let source_config = check_flags(&args)?;
     let dest_config = store_config(&args.store);
-    let source = snapstore::open(&source_config).context("cannot open the source store")?;
-    let dest = snapstore::open(&dest_config).context("cannot open the destination store")?;
+    let dest_keys = super::encryption_keys(args.store.encryption_key_file.as_deref(), "--encryption-key-file")?;
+    let source_keys = match &args.source_encryption_key_file {
+        Some(file) => super::encryption_keys(Some(file), "--source-encryption-key-file")?,
+        None => dest_keys.clone(),
+    };
+    let source = super::open_encrypted(&source_config, source_keys).context("cannot open the source store")?;
+    let dest = super::open_encrypted(&dest_config, dest_keys).context("cannot open the destination store")?;
     if args.wait_for_final_snapshot {
         let timeout = args.wait_for_final_snapshot_timeout.magnitude;
         info!(timeout = ?timeout, "waiting for a final full snapshot in the source");

@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use brcore::chain::Target;
 use brcore::restore::RestorePlan;
 use clap::{ArgAction, Args, ValueEnum};
 use validator::{Action, InitError, InitOptions, Initializer, Mode, Outcome};
 
-use super::store_config;
 use crate::flags::RestoreArgs;
 
 /// `--validation-mode`.
@@ -113,7 +112,7 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
     let initializer = if !args.restore.store.has_provider() {
         Initializer::without_store()
     } else {
-        let store = snapstore::open(&store_config(&args.restore.store)).context("cannot open the backup store")?;
+        let store = super::open_store(&args.restore.store)?;
         Initializer::new(store)
     };
     let mut opts = InitOptions::new(mode, plan);

@@ -12,6 +12,8 @@ pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod verify;
 
+use anyhow::Context as _;
+
 use crate::flags::Command;
 
 /// Any failure not listed below.
@@ -247,6 +249,31 @@ pub fn store_config(args: &crate::flags::StoreArgs) -> snapstore::StoreConfig {
     config.container = args.store_container.clone();
     config.endpoint_override = args.store_endpoint_override.clone();
     config
+}
+
+/// The keys of `--encryption-key-file` (checked at start by `crate::validate`), if given.
+pub fn encryption_keys(file: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<brcore::encrypt::Keys>> {
+    match file {
+        Some(path) => Ok(Some(brcore::encrypt::Keys::from_file(path).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?)),
+        None => Ok(None),
+    }
+}
+
+/// Opens the store `config` names, encrypting and decrypting with `keys` (see
+/// `brcore::encrypt`). Every command opens its stores through this, so encrypted objects are
+/// listed and read (or refused, naming the key they need) by all of them.
+pub fn open_encrypted(
+    config: &snapstore::StoreConfig,
+    keys: Option<brcore::encrypt::Keys>,
+) -> anyhow::Result<std::sync::Arc<dyn brcore::Snapstore>> {
+    let store = snapstore::open(config)?;
+    Ok(std::sync::Arc::new(brcore::encrypt::EncryptedStore::new(store, keys)))
+}
+
+/// Opens the store of `args` with its `--encryption-key-file`.
+pub fn open_store(args: &crate::flags::StoreArgs) -> anyhow::Result<std::sync::Arc<dyn brcore::Snapstore>> {
+    let keys = encryption_keys(args.encryption_key_file.as_deref(), "--encryption-key-file")?;
+    open_encrypted(&store_config(args), keys).context("cannot open the backup store")
 }
 
 /// Completes on SIGTERM or ctrl-c.

@@ -12,12 +12,11 @@ use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Res
 use etcd_format::membership::Cluster;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::store_config;
 use crate::flags::RestoreArgs;
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
-    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let store = super::open_store(&args.store)?;
     let progress: Arc<dyn Progress> =
         if std::io::stderr().is_terminal() { Arc::new(Bar::new()) } else { Arc::new(brcore::restore::NoProgress) };
     let report = match OfflineRestorer::new(store).restore(&plan, progress).await {

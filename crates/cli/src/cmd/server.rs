@@ -54,7 +54,6 @@ use validator::{InitOptions, Initializer, Mode};
 use super::initialize::ValidationMode;
 use super::leases::{LeaseEnv, ServerLeases};
 use super::snapshot::{SnapshotArgs, SnapshotPlan};
-use super::store_config;
 use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SecondaryStoreArgs, SnapshotLeaseArgs};
 
 /// How often etcd is asked whether it is up while the snapshotter waits for it.
@@ -297,7 +296,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     let (initializer, control, snapshotting) = if !args.snapshot.store.has_provider() {
         (Initializer::without_store(), None, None)
     } else {
-        let store = snapstore::open(&store_config(&args.snapshot.store)).context("cannot open the backup store")?;
+        let store = super::open_store(&args.snapshot.store)?;
         let options = snap.snapshotter.full_options();
         let direct = StoreSnapshots::new(etcd.clone(), store.clone(), options, metrics.clone());
         let live = Arc::new(LiveSnapshots::new(direct));
@@ -345,7 +344,10 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     let handoff_limit = args.reelection_period + HANDOFF_GRACE;
     let secondary = match args.secondary.store_config() {
         Some(config) => {
-            let store = snapstore::open(&config).context("cannot open the secondary backup store")?;
+            // The secondary store holds the same backups, so it is encrypted with the same keys.
+            let keys =
+                super::encryption_keys(args.snapshot.store.encryption_key_file.as_deref(), "--encryption-key-file")?;
+            let store = super::open_encrypted(&config, keys).context("cannot open the secondary backup store")?;
             let s = &snap.snapshotter;
             let mut sync =
                 SyncConfig::new(s.prefix.clone(), config.prefix.clone(), args.secondary.secondary_backup_sync_period);

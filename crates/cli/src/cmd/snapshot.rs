@@ -225,7 +225,7 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
 pub async fn run(command: SnapshotCommand) -> anyhow::Result<()> {
     let args = command.args;
     let plan = plan(&args)?;
-    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let store = super::open_store(&args.store)?;
     info!(
         endpoints = ?plan.etcd.endpoints,
         schedule = plan.snapshotter.full_schedule.as_str(),

@@ -8,7 +8,7 @@ use brcore::etcd::EtcdSource;
 use brcore::status::{BackupStatus, MaxLag, ObjectInfo, Verdict};
 use clap::Args;
 
-use super::{EXIT_CORRUPT, EXIT_ETCD_BEHIND, EXIT_LAGGING, EXIT_NO_BACKUP, EXIT_UNAVAILABLE, store_config};
+use super::{EXIT_CORRUPT, EXIT_ETCD_BEHIND, EXIT_LAGGING, EXIT_NO_BACKUP, EXIT_UNAVAILABLE};
 use crate::flags::{EtcdArgs, StoreArgs, WriteOut};
 
 /// `etcdbrctl status`.
@@ -57,7 +57,7 @@ pub(crate) fn check_flags(args: &StatusArgs) -> anyhow::Result<()> {
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     check_flags(&args)?;
     let live = super::live_etcd(&args.etcd)?;
-    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let store = super::open_store(&args.store)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let source = live.as_ref().map(|l| l as &dyn EtcdSource);
     let status = brcore::status::backup_status(store.as_ref(), &args.store.store_prefix, source, args.max_lag, now)

@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use brcore::chain::Target;
 use brcore::etcd::EtcdSource;
 use brcore::restore::Progress;
@@ -12,7 +11,7 @@ use brcore::verify::{Comparison, Outcome, VerifyPlan, VerifyReport};
 use clap::Args;
 
 use super::status::size;
-use super::{EXIT_CORRUPT, EXIT_UNAVAILABLE, store_config};
+use super::{EXIT_CORRUPT, EXIT_UNAVAILABLE};
 use crate::flags::{EtcdArgs, StoreArgs, WriteOut};
 
 /// `etcdbrctl verify`.
@@ -51,7 +50,7 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let live = super::live_etcd(&args.etcd)?;
-    let store = snapstore::open(&store_config(&args.store)).context("cannot open the backup store")?;
+    let store = super::open_store(&args.store)?;
     let mut plan = VerifyPlan::new(args.store.store_prefix.clone(), args.temp_dir.clone());
     plan.target = args.to_revision.map_or(Target::Latest, Target::Revision);
     plan.max_fetchers = args.max_fetchers.max(1);
