@@ -76,7 +76,9 @@ pub enum KeyError {
         line: usize,
     },
     /// The file holds no identity.
-    #[error("the encryption key file {path} holds no identity (AGE-SECRET-KEY-1… line); create one with `age-keygen -o FILE`")]
+    #[error(
+        "the encryption key file {path} holds no identity (AGE-SECRET-KEY-1… line); create one with `age-keygen -o FILE`"
+    )]
     Empty {
         /// The file.
         path: String,
@@ -424,12 +426,11 @@ impl Snapstore for EncryptedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SnapstoreExt;
     use crate::InMemoryStore;
+    use crate::store::SnapstoreExt;
 
     fn chunks(data: &[u8], size: usize) -> ByteStream {
-        let parts: Vec<Result<Bytes, StoreError>> =
-            data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let parts: Vec<Result<Bytes, StoreError>> = data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         Box::pin(futures::stream::iter(parts))
     }
 
@@ -492,7 +493,10 @@ mod tests {
         let none = EncryptedStore::new(inner.clone(), None);
         assert!(none.list("k/").await.unwrap().iter().any(|m| m.key == "k/old"));
         let err = none.read("k/old", None).await.map(|_| ()).unwrap_err();
-        assert!(matches!(&err, StoreError::Decrypt { .. }) && err.to_string().contains("--encryption-key-file"), "{err}");
+        assert!(
+            matches!(&err, StoreError::Decrypt { .. }) && err.to_string().contains("--encryption-key-file"),
+            "{err}"
+        );
 
         // A flipped byte in the payload: refused as damaged, not returned.
         let mut raw = inner.read_to_bytes("k/new.age").await.unwrap().to_vec();
