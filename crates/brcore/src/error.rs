@@ -161,17 +161,24 @@ impl std::fmt::Display for DiskSpace {
 
 /// `n` bytes in binary units with one decimal ("19.8 MiB"), exact below 1 KiB.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
+    if n < 1024 { format!("{n} bytes") } else { scaled(n, &["KiB", "MiB", "GiB", "TiB", "PiB"]) }
+}
+
+/// `n` (at least 1 KiB) in the largest of `units` (KiB upwards) that keeps it at or above 1.
+fn scaled(n: u64, units: &[&str]) -> String {
     let mut v = n as f64 / 1024.0;
     let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
+    while v >= 1024.0 && unit + 1 < units.len() {
         v /= 1024.0;
         unit += 1;
     }
-    format!("{v:.1} {}", UNITS[unit])
+    format!("{v:.1} {}", units[unit])
+}
+
+/// A byte count for tables and pages: `872 B`, `1.5 MiB`, up to TiB (what `etcdbrctl status`
+/// and the status page print).
+pub fn human_bytes_short(n: u64) -> String {
+    if n < 1024 { format!("{n} B") } else { scaled(n, &["KiB", "MiB", "GiB", "TiB"]) }
 }
 
 /// Whether `e` says a filesystem is full or a disk quota is used up.
@@ -350,6 +357,8 @@ mod tests {
         assert_eq!(human_bytes(512), "512 bytes");
         assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes_short(872), "872 B");
+        assert_eq!(human_bytes_short(1536), "1.5 KiB");
     }
 
     #[tokio::test]

@@ -196,17 +196,7 @@ th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}td.when{white-s
 
 /// A byte count the way an operator reads it: `872 B`, `1.5 KiB`, `203.4 MiB`.
 fn size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    brcore::error::human_bytes_short(bytes)
 }
 
 /// One block of the timeline: a snapshot's kind, revisions and age; the name in the tooltip.

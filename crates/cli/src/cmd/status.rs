@@ -128,17 +128,7 @@ pub(crate) fn age(secs: i64) -> String {
 
 /// A byte count: `872 B`, `1.5 MiB`.
 pub(crate) fn size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    brcore::error::human_bytes_short(bytes)
 }
 
 fn object_line(o: &ObjectInfo, now: i64) -> String {
