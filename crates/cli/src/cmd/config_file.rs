@@ -114,6 +114,8 @@ const OWN_FLAGS: &[&str] = &[
     "sidecar_endpoints",
     "compression_level",
     "lease_ttl",
+    // without it the server would write plaintext backups where the operator asked for encryption
+    "encryption_key_file",
 ];
 
 /// Reads the config file and returns the `server` flags it amounts to, `--flag=value` each.
@@ -334,5 +336,24 @@ exponentialBackoffConfig:
         assert!(flags_from_yaml("etcdConnectionConfig:\n  endpoints:\n  - {a: b}\n").is_err());
         assert!(flags_from_yaml("serverConfig: {port: {x: 1}}\n").is_err());
         assert!(flags_from_yaml("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_encryption_key_file_is_kept_beside_a_config_file() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "serverConfig:\n  port: 8080\n").unwrap();
+        let matches = crate::flags::Cli::command().get_matches_from([
+            "etcdbrctl",
+            "server",
+            "--config-file",
+            file.to_str().unwrap(),
+            "--encryption-key-file",
+            "/etc/etcdbr/backup.key",
+        ]);
+        let (argv, ignored) = server_argv(&matches).unwrap().unwrap();
+        assert!(argv.contains(&"--encryption-key-file=/etc/etcdbr/backup.key".to_string()), "{argv:?}");
+        assert!(!ignored.iter().any(|f| f.contains("encryption")), "{ignored:?}");
     }
 }
