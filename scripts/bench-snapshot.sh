@@ -45,7 +45,9 @@ for need in /usr/bin/time "$EBIN/etcd" "$EBIN/etcdctl" curl python3; do
 done
 
 echo "== building (release)" >&2
-(cd "$ROOT" && cargo build --release -q -p etcdbrctl --bin etcdbrctl && cargo build --release -q -p etcdbr-benches --bin etcd-load)
+# One build of both, as bench-restore.sh does: built alone, etcdbr-benches unifies other
+# features and rebuilds every dependency (and bench-all.sh would pay it between its parts).
+(cd "$ROOT" && cargo build --release -q -p etcdbrctl -p etcdbr-benches --bins)
 BRCTL=$ROOT/target/release/etcdbrctl
 DEFAULT_LEVEL=$("$BRCTL" snapshot --help | grep -A6 -- '--compression-level' | sed -n 's/.*\[default: \([0-9]*\)\].*/\1/p' | head -1)
 LOAD=$ROOT/target/release/etcd-load
