@@ -78,6 +78,8 @@ snapshot() {
     shift 2
     rm -rf "$container"
     local log=$RUN/$label.log start
+    rm -f "$log"
+    : >"$log"
     start=$(now)
     "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" --delta-snapshot-period 0s \
         --garbage-collection-period 0s --storage-provider Local --store-container "$container" \
