@@ -249,7 +249,10 @@ async fn oss_ecs_and_ocs_open_from_their_credentials() {
 fn open_refuses_bad_flags_and_missing_containers() {
     let none = |_: &str| None;
     let small = StoreConfig::default().with_uploads(5, 1024);
-    assert!(matches!(OpendalStore::open_with_env(&small, &none), Err(Error::Config(_))));
+    assert!(matches!(
+        OpendalStore::open_with_env(&small, &none),
+        Err(Error::Setting { setting: snapstore::Setting::MinChunkSize, .. })
+    ));
     let s3 = {
         let mut s3 = StoreConfig::default();
         s3.provider = Provider::S3;
