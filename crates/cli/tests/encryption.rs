@@ -1,5 +1,5 @@
 //! Client-side encryption (`--encryption-key-file`, issue 19) through the real binary against
-//! real etcd 3.4 and 3.5 and every store that runs here (Local, SeaweedFS S3, Azurite):
+//! real etcd 3.4 and 3.5 on every store that runs here (Local, SeaweedFS S3, Azurite):
 //! snapshot → the store holds only ciphertext → restore → etcd boots with an equal `hashkv`;
 //! a key rotation mid-chain restores; a wrong key (exit 6) and a flipped byte (exit 3) are
 //! refused naming the object and leave no data dir; `age -d` (Debian's `age`) and gunzip turn a
@@ -325,18 +325,70 @@ fn key_rotation_mid_chain_wrong_key_damage_and_reencrypting_copy() {
     assert_refused(&out, &data_dir, 3, b_deltas.last().unwrap(), "a flipped byte");
 }
 
-/// Snapshot and restore with encryption on an object store; without the key the same restore
-/// is refused naming an `.age` object, so the store holds the objects encrypted.
-fn object_store_round_trip(store: &Store, what: &str) {
-    let version = EtcdVersion::V3_5;
-    let source = Etcd::start(version);
-    write_some(&source, "x", 10);
-    let tmp = tempfile::tempdir().unwrap();
-    let key = key_file(tmp.path(), "k.key", &[&Keys::generate()]);
-    snapshot_while(&source, store, &key, &[], || write_some(&source, "y", 5));
-    restore_and_compare(store, &key, &source, version, what);
-    let (out, data_dir) = restore(store, None, tmp.path(), free_port());
-    assert_refused(&out, &data_dir, 6, ".gz.age", what);
+/// An object store under test: how `etcdbrctl` reaches it (for a store prefix), and how the test
+/// reads its raw objects past etcdbr's decryption.
+struct ObjectStore {
+    what: &'static str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    config: snapstore::StoreConfig,
+}
+
+impl ObjectStore {
+    fn store(&self, prefix: &str) -> Store {
+        let mut args = self.args.clone();
+        args.extend(["--store-prefix".to_string(), prefix.to_string()]);
+        Store { args, env: self.env.clone() }
+    }
+
+    /// Every object under `prefix` as the store holds it (read through the store's own API
+    /// without a key: the bytes an attacker with read access to the bucket gets).
+    fn raw_objects(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        use brcore::{Snapstore, SnapstoreExt};
+        let env = self.env.clone();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let store = snapstore::OpendalStore::open_with_env(&self.config, &lookup).expect("open the store raw");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut out = Vec::new();
+            for meta in store.list(prefix).await.expect("list the store") {
+                let bytes = store.read_to_bytes(&meta.key).await.expect("read an object");
+                out.push((meta.key, bytes.to_vec()));
+            }
+            out
+        })
+    }
+}
+
+/// Snapshot and restore with encryption on an object store, with etcd 3.5 (gzip) and 3.4
+/// (uncompressed, so plaintext would show), each under its own prefix: every stored object is
+/// age's format under an `.age` name and holds neither a value nor a key written to etcd; the
+/// restore is bit-exact; without the key the same restore is refused naming an `.age` object.
+fn object_store_round_trip(store: &ObjectStore) {
+    for (version, prefix, extra, suffix) in [
+        (EtcdVersion::V3_5, "etcd-35", &[][..], ".gz.age"),
+        (EtcdVersion::V3_4, "etcd-34", &["--compress-snapshots=false"][..], ".age"),
+    ] {
+        let what = format!("{}, {version:?}", store.what);
+        let source = Etcd::start(version);
+        write_some(&source, "x", 10);
+        let tmp = tempfile::tempdir().unwrap();
+        let key = key_file(tmp.path(), "k.key", &[&Keys::generate()]);
+        let cli = store.store(prefix);
+        snapshot_while(&source, &cli, &key, extra, || write_some(&source, "y", 5));
+        let raw = store.raw_objects(prefix);
+        assert!(raw.iter().any(|(k, _)| k.contains("/Full-")), "{what}: a full snapshot is stored: {raw:?}");
+        assert!(raw.iter().any(|(k, _)| k.contains("/Incr-")), "{what}: a delta is stored");
+        for (name, bytes) in &raw {
+            assert!(name.ends_with(".age"), "{what}: {name} is not encrypted");
+            assert!(bytes.starts_with(b"age-encryption.org/v1"), "{what}: {name} is not age's format");
+            for needle in [MARKER, "/secret/x-", "/secret/y-"] {
+                assert!(!contains(bytes, needle), "{what}: {name} holds {needle:?} in plaintext");
+            }
+        }
+        restore_and_compare(&cli, &key, &source, version, &what);
+        let (out, data_dir) = restore(&cli, None, tmp.path(), free_port());
+        assert_refused(&out, &data_dir, 6, suffix, &what);
+    }
 }
 
 #[test]
@@ -346,11 +398,13 @@ fn encrypted_round_trip_through_s3() {
     std::fs::write(creds.path().join("accessKeyID"), seaweed.access_key()).unwrap();
     std::fs::write(creds.path().join("secretAccessKey"), seaweed.secret_key()).unwrap();
     std::fs::write(creds.path().join("region"), "us-east-1").unwrap();
-    let args = ["--storage-provider", "S3", "--store-container", seaweed.bucket(), "--store-prefix", "etcd-main"];
+    let args = ["--storage-provider", "S3", "--store-container", seaweed.bucket()];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     args.extend(["--store-endpoint-override".to_string(), seaweed.endpoint()]);
-    let store = Store { args, env: vec![("AWS_APPLICATION_CREDENTIALS".into(), creds.path().display().to_string())] };
-    object_store_round_trip(&store, "S3 (SeaweedFS)");
+    let env = vec![("AWS_APPLICATION_CREDENTIALS".into(), creds.path().display().to_string())];
+    let config = snapstore::StoreConfig::new(snapstore::Provider::S3, seaweed.bucket())
+        .with_endpoint_override(seaweed.endpoint());
+    object_store_round_trip(&ObjectStore { what: "S3 (SeaweedFS)", args, env, config });
 }
 
 #[test]
@@ -359,11 +413,13 @@ fn encrypted_round_trip_through_azure_blob() {
     let creds = tempfile::tempdir().unwrap();
     std::fs::write(creds.path().join("storageAccount"), azurite.account()).unwrap();
     std::fs::write(creds.path().join("storageKey"), azurite.key()).unwrap();
-    let args = ["--storage-provider", "ABS", "--store-container", azurite.container(), "--store-prefix", "etcd-main"];
+    let args = ["--storage-provider", "ABS", "--store-container", azurite.container()];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     args.extend(["--store-endpoint-override".to_string(), azurite.endpoint()]);
-    let store = Store { args, env: vec![("AZURE_APPLICATION_CREDENTIALS".into(), creds.path().display().to_string())] };
-    object_store_round_trip(&store, "Azure Blob (Azurite)");
+    let env = vec![("AZURE_APPLICATION_CREDENTIALS".into(), creds.path().display().to_string())];
+    let config = snapstore::StoreConfig::new(snapstore::Provider::ABS, azurite.container())
+        .with_endpoint_override(azurite.endpoint());
+    object_store_round_trip(&ObjectStore { what: "Azure Blob (Azurite)", args, env, config });
 }
 
 /// A key file that is not one: exit 2 naming the flag, before anything runs; the key's text is
