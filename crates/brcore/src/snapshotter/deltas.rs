@@ -27,6 +27,17 @@ pub(super) struct LeaseTracker {
     pub(super) pending: Vec<LeaseRecord>,
 }
 
+impl LeaseTracker {
+    /// A full snapshot at `revision` holds every lease alive there, so records of leases first
+    /// seen at or below it are no longer needed; records of leases first seen above it belong
+    /// to buffered events the full snapshot does not cover (the watch may run ahead of the
+    /// snapshot's completion) and are kept, with their leases still known.
+    pub(super) fn after_full(&mut self, revision: u64) {
+        self.pending.retain(|l| l.first_revision.max(0) as u64 > revision);
+        self.known = self.pending.iter().map(|l| l.id).collect();
+    }
+}
+
 impl Snapshotter {
     /// Buffers a batch's new events, looking up leases not seen since the last full snapshot.
     pub(super) async fn accept(&self, core: &mut LoopState, events: Vec<Event>) {
@@ -312,4 +323,23 @@ async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64,
         }
     };
     (job, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: i64, first_revision: i64) -> LeaseRecord {
+        LeaseRecord { id, granted_ttl: Some(60), remaining_ttl: Some(59), first_revision }
+    }
+
+    #[test]
+    fn a_full_snapshot_keeps_the_records_of_leases_first_seen_above_it() {
+        let mut t = LeaseTracker { known: [7, 8, 9].into(), pending: vec![record(7, 1), record(8, 2), record(9, 3)] };
+        t.after_full(1);
+        assert_eq!(t.pending.iter().map(|l| (l.id, l.first_revision)).collect::<Vec<_>>(), [(8, 2), (9, 3)]);
+        assert_eq!(t.known, [8, 9].into(), "lease 7 is in the full snapshot; 8 and 9 are recorded already");
+        t.after_full(3);
+        assert!(t.pending.is_empty() && t.known.is_empty());
+    }
 }

@@ -727,7 +727,7 @@ impl Snapshotter {
                     core.pending_json = core.pending.iter().map(|e| e.json_len() + 1).sum();
                 }
                 core.watched = Some(core.watched.map_or(r, |w| w.max(r)));
-                core.leases = LeaseTracker::default();
+                core.leases.after_full(r);
                 core.deltas_since_full = 0;
                 core.revisions_since_full = 0;
                 self.metrics.snapstore_latest_deltas_total.set(0.0);
