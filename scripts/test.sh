@@ -3,8 +3,8 @@
 # rustdoc, an offline supply-chain audit), then the whole suite against real components: etcd 3.4
 # and 3.5, SeaweedFS's S3 gateway, Azurite, Chromium. Any gate that fails fails the run.
 # Usage: bash scripts/test.sh [cargo test args]
-#   ETCDBR_ADVISORY_DB  the RustSec advisory database to audit against (default: ../advisory-db
-#                       or ../shared/advisory-db beside the repository, whichever exists)
+#   ETCDBR_ADVISORY_DB  a RustSec advisory database to audit against instead of the repository's
+#                       own advisory-db/ (see scripts/audit.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
