@@ -6,8 +6,8 @@
 //! stored object back into etcd's snapshot; `copy` re-encrypts to another key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use brcore::encrypt::Keys;
 use testsupport::azurite::Azurite;
@@ -48,19 +48,6 @@ fn key_file(dir: &Path, name: &str, keys: &[&Keys]) -> PathBuf {
     path
 }
 
-fn wait_exit(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    panic!("etcdbrctl did not exit within {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// Runs `etcdbrctl snapshot` (a full snapshot at start, deltas every second) while `writes`
 /// writes to etcd, then stops it with SIGTERM.
 fn snapshot_while(etcd: &Etcd, store: &Store, key: &Path, extra: &[&str], writes: impl FnOnce()) {
@@ -77,7 +64,7 @@ fn snapshot_while(etcd: &Etcd, store: &Store, key: &Path, extra: &[&str], writes
     writes();
     std::thread::sleep(Duration::from_millis(2000));
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let out = wait_exit(child, Duration::from_secs(30));
+    let out = testsupport::wait_output(child, Duration::from_secs(30));
     assert!(out.status.success(), "etcdbrctl snapshot failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 

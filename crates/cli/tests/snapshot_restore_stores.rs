@@ -4,8 +4,8 @@
 //! Local (a directory), S3 (SeaweedFS's gateway) and Azure Blob (Azurite).
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use testsupport::azurite::Azurite;
 use testsupport::seaweed::SeaweedS3;
@@ -24,19 +24,6 @@ fn etcdbrctl() -> Command {
         cmd.env_remove(var);
     }
     cmd
-}
-
-fn wait_exit(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    panic!("etcdbrctl did not exit within {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn round_trip(store: &StoreFlags, what: &str) {
@@ -77,7 +64,7 @@ fn round_trip(store: &StoreFlags, what: &str) {
     let rev = source.revision();
     let (source_hash, _, _) = source.hashkv(rev);
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let out = wait_exit(child, Duration::from_secs(30));
+    let out = testsupport::wait_output(child, Duration::from_secs(30));
     assert!(out.status.success(), "{what}: etcdbrctl snapshot failed: {}", String::from_utf8_lossy(&out.stderr));
 
     let tmp = tempfile::tempdir().unwrap();

@@ -45,6 +45,21 @@ pub(crate) fn log_tail_of(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Waits for `child` (started with piped output) to exit and returns its output; kills it and
+/// panics with its stderr when it is still running after `limit`.
+pub fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("wait for the child").is_some() {
+            return child.wait_with_output().expect("the child's output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("the child's output");
+    panic!("the child did not exit within {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Ports are handed out from a per-process counter offset by the pid, then probed, so parallel
