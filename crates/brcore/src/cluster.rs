@@ -622,14 +622,7 @@ impl MemberClient {
             })?
             .map_err(|e| ClusterError::from_etcd(what, map_client_error(endpoint, e)))?;
         Ok(MemberStatus {
-            status: EtcdStatus {
-                revision: s.header().map_or(0, |h| h.revision()),
-                db_size: s.db_size(),
-                db_size_in_use: s.raft_used_db_size(),
-                version: s.version().to_string(),
-                leader: s.leader(),
-                member_id: s.header().map_or(0, |h| h.member_id()),
-            },
+            status: EtcdStatus::from_response(&s),
             is_learner: s.is_learner(),
             cluster_id: s.header().map_or(0, |h| h.cluster_id()),
         })

@@ -53,6 +53,20 @@ pub struct EtcdStatus {
     pub member_id: u64,
 }
 
+impl EtcdStatus {
+    /// The fields of a Maintenance/Status answer.
+    pub(crate) fn from_response(s: &etcd_client::StatusResponse) -> EtcdStatus {
+        EtcdStatus {
+            revision: s.header().map_or(0, |h| h.revision()),
+            db_size: s.db_size(),
+            db_size_in_use: s.raft_used_db_size(),
+            version: s.version().to_string(),
+            leader: s.leader(),
+            member_id: s.header().map_or(0, |h| h.member_id()),
+        }
+    }
+}
+
 /// What etcd's HashKV RPC answered (`etcdctl endpoint hashkv --rev`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveHashKv {
@@ -512,14 +526,7 @@ impl EtcdSource for EtcdClient {
         let endpoint = self.first_endpoint();
         self.unary(self.config.connection_timeout, |c| async move {
             let s = c.maintenance_client().status().await?;
-            Ok(EtcdStatus {
-                revision: s.header().map_or(0, |h| h.revision()),
-                db_size: s.db_size(),
-                db_size_in_use: s.raft_used_db_size(),
-                version: s.version().to_string(),
-                leader: s.leader(),
-                member_id: s.header().map_or(0, |h| h.member_id()),
-            })
+            Ok(EtcdStatus::from_response(&s))
         })
         .await
         .map_err(|e| {
