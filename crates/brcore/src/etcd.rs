@@ -277,6 +277,11 @@ impl EtcdClient {
         EtcdClient { config, client: Mutex::new(None) }
     }
 
+    /// How this client reaches etcd.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
     fn first_endpoint(&self) -> String {
         self.config.endpoints.first().cloned().unwrap_or_default()
     }

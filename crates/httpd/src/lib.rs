@@ -38,6 +38,11 @@
 //! The cluster this member belongs to is [`SidecarCluster`], the one view every decision uses
 //! (see [`cluster`] and `brcore::cluster`).
 //!
+//! [`sidecar::run`] serves the [`Server`] and supervises what runs beside it (the snapshotter
+//! while etcd is up, this member leads and no initialization runs; `/healthz` in step with it;
+//! the hand-over between leaders; peer URL updates): everything `etcdbrctl server` does after
+//! reading its flags.
+//!
 //! Snapshots go through the [`SnapshotControl`] trait: [`LiveSnapshots`] asks the running
 //! snapshotter (through its handle) and falls back to [`StoreSnapshots`] (full snapshots taken
 //! here, deltas refused) while none runs.
@@ -50,6 +55,7 @@ pub mod etcdconf;
 pub mod leader;
 pub mod page;
 mod server;
+pub mod sidecar;
 pub mod snapshots;
 mod tls;
 

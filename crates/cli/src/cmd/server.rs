@@ -2,53 +2,48 @@
 //! demand, `/config`, `/healthz`, `/metrics`, a status page), plus the snapshotter whenever
 //! etcd is reachable, until SIGTERM or ctrl-c.
 //!
-//! The snapshotter is stopped while an initialization runs (the data dir is being replaced) and
-//! started again once etcd answers; `/healthz` is 200 only while it runs, as in the reference.
+//! This file is flags → setup → run: the flags (the reference's), their checks, and the
+//! [`SidecarConfig`] they amount to. The supervision (the snapshotter's restarts around
+//! initializations and leadership changes, `/healthz`, the hand-over between leaders, peer URL
+//! updates) is `httpd::sidecar`'s, so an embedder of `httpd` gets it too.
+//!
 //! Without `--storage-provider` there is no store: initialization keeps a valid data dir or
 //! lets etcd start empty, the snapshot endpoints answer 405, and `/healthz` follows etcd.
-//!
-//! In a multi-member cluster only the sidecar of the raft leader snapshots (the reference's
-//! leader elector): a [`LeaderElector`] asks the local member every `--reelection-period`; the
-//! snapshotter runs while this member leads and stops, storing its buffered events as a last
-//! delta, when leadership moves. A new leader first waits (bounded) for the previous leader's
-//! sidecar to finish that last delta, then starts its own chain with a full snapshot, so the
-//! two never upload at the same time. Followers forward `/snapshot/full` and `/snapshot/delta`
-//! to the leader's sidecar (found through `--sidecar-endpoints`, else the leader's client URL
-//! host and this server's port, as the reference) and answer `/snapshot/latest` from the
-//! shared store themselves; their `/healthz` is 503, as the reference's non-leaders.
+//! Followers find the leader's sidecar through `--sidecar-endpoints`, else the leader's client
+//! URL host and this server's port, as the reference.
 //!
 //! With `--enable-snapshot-lease-renewal` and `--enable-member-lease-renewal` the Kubernetes
 //! Leases etcd-druid reads are kept beside all this ([`super::leases`]): every snapshotter the
-//! supervisor starts reports what it stored to the snapshot-Lease task, and the member Lease is
+//! sidecar starts reports what it stored to the snapshot-Lease task, and the member Lease is
 //! renewed on its own heartbeat. Neither ever holds up a snapshot.
 //!
 //! The cluster is one view for every decision ([`SidecarCluster`]: `$ETCD_CONF` as etcd-druid
 //! writes it, else the flags): initialization rejoins a member that lost its data as a learner,
-//! the elector promotes it, `/config` trims `initial-cluster` to the running members, the
-//! snapshotter's defragmentation covers every member ([`ClusterEtcd`]), and this member's peer
-//! URLs are set to the configured ones once etcd answers.
+//! the elector promotes it, `/config` trims `initial-cluster` to the running members.
+//!
+//! Over 700 lines only with its unit tests (about 320 lines: the flags' defaults and checks,
+//! and two runs of the whole command against real etcd); the code is under 400.
 
 use std::future::Future;
-use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use brcore::cluster::{ClusterAccess, ClusterEtcd};
-use brcore::etcd::{EtcdClient, EtcdSource};
+use brcore::cluster::ClusterAccess;
+use brcore::etcd::EtcdClient;
 use brcore::restore::RestorePlan;
 use brcore::secondary::SyncConfig;
-use brcore::snapshotter::{ProgressSender, Snapshotter};
 use brcore::verify::{Verifier, VerifyPlan};
 use clap::{ArgAction, Args};
-use httpd::leader::{ClusterView, EtcdClusterView, wait_for_handoff};
+use httpd::leader::{ClusterView, EtcdClusterView};
+use httpd::sidecar::{SidecarConfig, SidecarSnapshots};
 use httpd::{
-    ClusterSettings, FlagCluster, InitStatus, Initialization, LeaderElector, LiveSnapshots, Role, Server, ServerConfig,
-    ServerHandle, SidecarCluster, SidecarLocator, SnapshotControl, StoreSnapshots, TlsFiles, VerificationFeed,
+    ClusterSettings, FlagCluster, Initialization, LeaderElector, LiveSnapshots, Server, ServerConfig, SidecarCluster,
+    SidecarLocator, SnapshotControl, StoreSnapshots, TlsFiles, VerificationFeed,
 };
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use validator::{InitOptions, Initializer, Mode};
 
 use super::initialize::ValidationMode;
@@ -56,15 +51,8 @@ use super::leases::{LeaseEnv, ServerLeases};
 use super::snapshot::{SnapshotArgs, SnapshotPlan};
 use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SecondaryStoreArgs, SnapshotLeaseArgs};
 
-/// How often etcd is asked whether it is up while the snapshotter waits for it.
-const ETCD_POLL: Duration = Duration::from_secs(2);
-/// How long a new leader waits for the previous leader's sidecar beyond one reelection period:
-/// the snapshotter's shutdown drain (5 s) and its last delta's upload.
-const HANDOFF_GRACE: Duration = Duration::from_secs(15);
 /// Limit for each request about the cluster's members (the reference's `EtcdTimeout`).
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
-/// etcd-wrapper's port, where `POST /stop` restarts etcd (the reference's `etcdWrapperPort`).
-const ETCD_WRAPPER_PORT: u16 = 9095;
 
 /// `etcdbrctl server`: the reference's flags, names and defaults.
 #[derive(Debug, Args)]
@@ -187,39 +175,14 @@ fn env(name: &str) -> Option<String> {
 
 /// Everything a server run needs, checked.
 struct Setup {
-    server: Server,
-    snapshots: Option<Snapshotting>,
-    /// Decides who snapshots and promotes this member while it is a learner.
-    elector: Option<LeaderElector>,
-    /// The one view of the cluster.
-    cluster: Arc<dyn ClusterAccess>,
-    /// Restart etcd through etcd-wrapper after its peer URLs changed (`--use-etcd-wrapper`).
-    use_etcd_wrapper: bool,
-    /// The client for other sidecars and etcd-wrapper (trusts `--cacert`).
-    sidecar_client: reqwest::Client,
-    etcd: Arc<EtcdClient>,
-    listen: SocketAddr,
+    /// What `httpd::sidecar::run` serves and supervises.
+    sidecar: SidecarConfig,
+    /// Port of the HTTP API (all interfaces).
+    port: u16,
     /// The Kubernetes Lease tasks (none unless their flags turn them on; see [`run`]).
     leases: ServerLeases,
     /// Who this member is, for the member Lease (the leader elector's question, asked apart).
     member_view: Arc<dyn ClusterView>,
-}
-
-/// What the snapshotter needs, and where the HTTP API reaches it.
-struct Snapshotting {
-    store: Arc<dyn brcore::Snapstore>,
-    plan: SnapshotPlan,
-    live: Arc<LiveSnapshots>,
-    /// This sidecar's role; the snapshotter runs while it is [`Role::Leader`].
-    role: watch::Receiver<Role>,
-    /// How long a new leader waits for the previous leader's sidecar to stop.
-    handoff_limit: Duration,
-    /// The secondary store and how it is kept in sync, while the snapshotter runs.
-    secondary: Option<(Arc<dyn brcore::Snapstore>, SyncConfig)>,
-    /// Scheduled verification and its period, while the snapshotter runs.
-    verifier: Option<(Arc<Verifier>, Duration)>,
-    /// The client for other sidecars (trusts `--cacert`).
-    sidecar_client: reqwest::Client,
 }
 
 /// The flag values the server refuses, checked at start (see `crate::validate`) and again by
@@ -341,7 +304,6 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         },
     };
     let server = Server::new(config, init, control, metrics);
-    let handoff_limit = args.reelection_period + HANDOFF_GRACE;
     let secondary = match args.secondary.store_config() {
         Some(config) => {
             // The secondary store holds the same backups, so it is encrypted with the same keys.
@@ -371,358 +333,49 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     let member_view: Arc<dyn ClusterView> =
         Arc::new(EtcdClusterView::new(snap.etcd.clone(), snap.etcd.connection_timeout));
     let role = elector.subscribe();
-    Ok(Setup {
-        server,
-        snapshots: snapshotting.map(|(store, live)| Snapshotting {
-            store,
-            plan: snap,
-            live,
-            role,
-            handoff_limit,
-            secondary,
-            verifier: verifier.map(|v| (v, args.verification_period)),
-            sidecar_client: sidecar_client.clone(),
-        }),
-        elector: Some(elector),
-        cluster,
-        use_etcd_wrapper: args.use_etcd_wrapper,
-        sidecar_client,
-        etcd,
-        listen: SocketAddr::from((Ipv6Addr::UNSPECIFIED, args.server_port)),
-        leases: ServerLeases::default(),
-        member_view,
-    })
+    let mut sidecar = SidecarConfig::new(server, etcd, cluster);
+    sidecar.snapshots = snapshotting.map(|(store, live)| {
+        let mut s =
+            SidecarSnapshots::new(store, snap.snapshotter, live, role, args.reelection_period, sidecar_client.clone());
+        s.secondary = secondary;
+        s.verifier = verifier.map(|v| (v, args.verification_period));
+        s
+    });
+    sidecar.elector = Some(elector);
+    sidecar.etcd_wrapper = args.use_etcd_wrapper.then(|| sidecar_client.clone());
+    Ok(Setup { sidecar, port: args.server_port, leases: ServerLeases::default(), member_view })
 }
 
 /// Runs the server until SIGTERM or ctrl-c.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut setup = setup(&args)?;
     setup.leases = ServerLeases::new(&args.snapshot_leases, &args.member_lease, &LeaseEnv::from_env()).await?;
-    let listener = bind(setup.listen).await?;
+    let listener =
+        httpd::sidecar::listen(setup.port).await.with_context(|| format!("cannot listen on port {}", setup.port))?;
     serve(setup, listener, super::stop_signal()).await
 }
 
-/// Listens on all interfaces: IPv6 and IPv4 where the system allows both on one socket, IPv4
-/// alone otherwise.
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Ok(l),
-        Err(e) => {
-            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
-            warn!(error = %e, "cannot listen on {addr}; trying {v4}");
-            tokio::net::TcpListener::bind(v4).await.with_context(|| format!("cannot listen on port {}", addr.port()))
-        }
-    }
-}
-
+/// The Lease tasks beside `httpd::sidecar::run`, until `stop`.
 async fn serve(
-    setup: Setup,
+    mut setup: Setup,
     listener: tokio::net::TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;
         let _ = stop_tx.send(true);
     });
-    let handle = setup.server.handle();
-    let elector = setup.elector.map(|e| tokio::spawn(e.run(stopped(stop_rx.clone()))));
     let (lease_tasks, progress) = setup.leases.spawn(setup.member_view, stop_rx.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(setup.server.serve(listener, async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    }));
-    let reconciler = tokio::spawn(reconcile_peer_urls(
-        handle.clone(),
-        setup.etcd.clone(),
-        setup.cluster.clone(),
-        setup.use_etcd_wrapper.then(|| setup.sidecar_client.clone()),
-        stop_rx.clone(),
-    ));
-    supervise(&handle, setup.etcd, setup.cluster, setup.snapshots, progress, stop_rx).await;
-    reconciler.abort();
-    if let Some(e) = elector {
-        let _ = e.await;
-    }
+    setup.sidecar.progress = progress;
+    let result = httpd::sidecar::run(setup.sidecar, listener, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    })
+    .await;
     for t in lease_tasks {
         let _ = t.await;
     }
-    match server.await {
-        Ok(result) => result.context("the HTTP server failed"),
-        Err(e) => bail!("the HTTP server task died: {e}"),
-    }
-}
-
-/// Waits until `stop` turns true.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Waits until etcd answers (and no initialization runs); `false` if told to stop first.
-async fn wait_for_etcd(etcd: &EtcdClient, handle: &ServerHandle, stop: &watch::Receiver<bool>) -> bool {
-    loop {
-        if *stop.borrow() {
-            return false;
-        }
-        if handle.init_status() != InitStatus::Progress {
-            match etcd.status().await {
-                Ok(_) => return true,
-                Err(e) => tracing::debug!(error = %e, "etcd is not reachable yet"),
-            }
-        }
-        tokio::select! {
-            _ = stopped(stop.clone()) => return false,
-            _ = tokio::time::sleep(ETCD_POLL) => {}
-        }
-    }
-}
-
-/// Waits until this sidecar leads; `None` if told to stop first, else the sidecar of the leader
-/// seen last before (the one to hand off from). Not leading, `/healthz` answers 503.
-async fn wait_for_leadership(
-    role: &mut watch::Receiver<Role>,
-    handle: &ServerHandle,
-    stop: &watch::Receiver<bool>,
-) -> Option<Option<String>> {
-    let mut previous = None;
-    let mut told = false;
-    loop {
-        if *stop.borrow() {
-            return None;
-        }
-        let now = role.borrow_and_update().clone();
-        match now {
-            Role::Leader => return Some(previous),
-            Role::Follower { sidecar, leader_name, .. } => {
-                if !told {
-                    info!(leader = leader_name, "this etcd member does not lead: the leader's sidecar snapshots");
-                    told = true;
-                }
-                previous = sidecar;
-            }
-            Role::Unknown => {}
-        }
-        handle.set_healthy(false);
-        tokio::select! {
-            _ = stopped(stop.clone()) => return None,
-            changed = role.changed() => if changed.is_err() { return None },
-        }
-    }
-}
-
-/// Once etcd answers, and again after every initialization: makes this member's peer URLs in
-/// the cluster what the configuration says (after a restore, or a switch to peer TLS), as the
-/// reference's sidecar does when it starts; with `--use-etcd-wrapper`, etcd is then restarted
-/// through etcd-wrapper (`POST /stop` on port 9095 of `--endpoints`' host) to use them.
-async fn reconcile_peer_urls(
-    handle: ServerHandle,
-    etcd: Arc<EtcdClient>,
-    cluster: Arc<dyn ClusterAccess>,
-    etcd_wrapper: Option<reqwest::Client>,
-    stop: watch::Receiver<bool>,
-) {
-    let mut starts = handle.initialization_starts();
-    loop {
-        if !wait_for_etcd(&etcd, &handle, &stop).await {
-            return;
-        }
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match brcore::cluster::reconcile_peer_urls(cluster.as_ref()).await {
-                Ok(None) => break,
-                Ok(Some(old)) => {
-                    info!(previous = ?old, "updated this member's peer URLs to the configured ones");
-                    if let Some(client) = &etcd_wrapper {
-                        restart_etcd_wrapper(client, &etcd.endpoint()).await;
-                    } else {
-                        warn!(
-                            "etcd uses the new peer URLs after a restart; restart this member \
-                             (https://etcd.io/docs/v3.5/op-guide/runtime-configuration/#update-advertise-peer-urls)"
-                        );
-                    }
-                    break;
-                }
-                Err(e) if attempts < 5 => {
-                    info!(error = %e, "cannot check this member's peer URLs yet; trying again in 5 s");
-                    tokio::select! {
-                        _ = stopped(stop.clone()) => return,
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot check this member's peer URLs; trying again after the next initialization");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            _ = stopped(stop.clone()) => return,
-            changed = starts.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Asks etcd-wrapper beside `endpoint`'s host to restart etcd (the reference's
-/// `RestartEtcdWrapper`).
-async fn restart_etcd_wrapper(client: &reqwest::Client, endpoint: &str) {
-    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let url = format!("{scheme}://{host}:{ETCD_WRAPPER_PORT}/stop");
-    match client.post(&url).timeout(Duration::from_secs(10)).send().await {
-        Ok(r) => info!(%url, status = r.status().as_u16(), "asked etcd-wrapper to restart etcd"),
-        Err(e) => error!(%url, error = %e, "cannot ask etcd-wrapper to restart etcd; restart this member"),
-    }
-}
-
-/// Completes when `role` is no longer [`Role::Leader`] (or its elector is gone).
-async fn leadership_lost(mut role: watch::Receiver<Role>) {
-    loop {
-        let leading = *role.borrow_and_update() == Role::Leader;
-        if !leading || role.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Keeps the snapshotter running while etcd is up, this member leads and no initialization
-/// runs, and `/healthz` in step with it, until `stop`.
-async fn supervise(
-    handle: &ServerHandle,
-    etcd: Arc<EtcdClient>,
-    cluster: Arc<dyn ClusterAccess>,
-    snapshots: Option<Snapshotting>,
-    progress: Option<ProgressSender>,
-    stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        if !wait_for_etcd(&etcd, handle, &stop).await {
-            return;
-        }
-        let Some(Snapshotting { store, plan, live, role, handoff_limit, secondary, verifier, sidecar_client }) =
-            &snapshots
-        else {
-            // No store: healthy while etcd answers.
-            handle.set_healthy(true);
-            tokio::select! {
-                _ = stopped(stop.clone()) => return,
-                _ = tokio::time::sleep(ETCD_POLL) => {}
-            }
-            if etcd.status().await.is_err() {
-                handle.set_healthy(false);
-            }
-            continue;
-        };
-        // Only the raft leader's sidecar snapshots.
-        let mut role = role.clone();
-        let Some(previous) = wait_for_leadership(&mut role, handle, &stop).await else {
-            return;
-        };
-        if let Some(previous) = previous {
-            info!(
-                previous = previous.as_str(),
-                "leadership moved here: waiting for the previous leader's sidecar to stop"
-            );
-            tokio::select! {
-                _ = stopped(stop.clone()) => return,
-                _ = wait_for_handoff(sidecar_client, &previous, *handoff_limit) => {}
-            }
-        }
-        info!(endpoints = ?plan.etcd.endpoints, schedule = plan.snapshotter.full_schedule.as_str(), "starting the snapshotter");
-        handle.set_healthy(true);
-        // Subscribed before the snapshotter starts, so no initialization can slip past it.
-        let mut starts = handle.initialization_starts();
-        if handle.init_status() == InitStatus::Progress {
-            continue;
-        }
-        let until = {
-            let stop = stop.clone();
-            async move {
-                tokio::select! {
-                    _ = stopped(stop) => {}
-                    _ = starts.changed() => info!("initialization started: stopping the snapshotter"),
-                    _ = leadership_lost(role) => info!("leadership moved away: stopping the snapshotter"),
-                }
-            }
-        };
-        // Defragmentation covers every member when the cluster has several.
-        let source: Arc<dyn EtcdSource> =
-            Arc::new(ClusterEtcd::new(etcd.clone(), cluster.clone(), brcore::metrics::metrics().clone()));
-        let mut snapshotter =
-            Snapshotter::new(source, store.clone(), plan.snapshotter.clone(), brcore::metrics::metrics().clone());
-        if let Some(p) = &progress {
-            // The snapshot Leases follow every snapshotter this server runs.
-            snapshotter = snapshotter.report_progress_to(p.clone());
-        }
-        // The snapshotter rides out etcd outages by itself; /healthz follows etcd meanwhile.
-        let checker = {
-            let (etcd, handle) = (etcd.clone(), handle.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ETCD_POLL).await;
-                    let up = etcd.status().await.is_ok();
-                    if handle.init_status() != InitStatus::Progress {
-                        handle.set_healthy(up);
-                    }
-                }
-            })
-        };
-        // The secondary store is kept in sync by the snapshotting sidecar only (the reference's
-        // leader callbacks), for as long as its snapshotter runs.
-        let sync = secondary.as_ref().map(|(secondary, config)| {
-            tokio::spawn(brcore::secondary::run(
-                store.clone(),
-                secondary.clone(),
-                config.clone(),
-                brcore::metrics::metrics().clone(),
-                std::future::pending(),
-            ))
-        });
-        // So is scheduled verification: against the leader's etcd, of the chain it uploads.
-        let verifying = verifier.as_ref().map(|(verifier, period)| {
-            let (verifier, period) = (verifier.clone(), *period);
-            info!(period = ?period, "scheduled verification on");
-            tokio::spawn(async move { verifier.run(period, std::future::pending()).await })
-        });
-        live.attach(snapshotter.handle());
-        let result = snapshotter.run(until).await;
-        live.detach();
-        checker.abort();
-        if let Some(sync) = sync {
-            sync.abort();
-        }
-        if let Some(verifying) = verifying {
-            verifying.abort();
-        }
-        handle.set_healthy(false);
-        match result {
-            Ok(report) => {
-                backoff = Duration::from_secs(1);
-                info!(
-                    full_snapshots = report.full_snapshots,
-                    delta_snapshots = report.delta_snapshots,
-                    last_revision = report.last_revision,
-                    "snapshotter stopped"
-                );
-            }
-            Err(e) => {
-                error!(error = %e, retry_in = ?backoff, "the snapshotter failed");
-                tokio::select! {
-                    _ = stopped(stop.clone()) => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(128));
-            }
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
+    result.context("the HTTP server failed")
 }
 
 #[cfg(test)]
@@ -756,8 +409,8 @@ mod tests {
         assert_eq!(a.snapshot.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(a.snapshot.defragmentation_schedule, "0 0 */3 * *");
         let s = setup(&a).unwrap();
-        assert!(s.snapshots.is_none(), "no --storage-provider, no store");
-        assert_eq!(s.listen.port(), 8080);
+        assert!(s.sidecar.snapshots.is_none(), "no --storage-provider, no store");
+        assert_eq!(s.port, 8080);
     }
 
     #[test]
@@ -786,7 +439,7 @@ mod tests {
             parse(&["--storage-provider", "Local", "--store-container", store, "--sidecar-endpoints", "m0=http://a:1"])
                 .unwrap();
         let s = setup(&a).unwrap();
-        assert!(s.elector.is_some() && s.snapshots.is_some(), "a store brings the leader elector");
+        assert!(s.sidecar.elector.is_some() && s.sidecar.snapshots.is_some(), "a store brings the leader elector");
         assert_eq!(a.reelection_period, Duration::from_secs(5), "the reference's default");
     }
 
