@@ -56,7 +56,7 @@ pub struct S3Credentials {
     /// `endpoint` (deprecated in the reference in favour of `--store-endpoint-override`).
     pub endpoint: Option<String>,
     /// `s3ForcePathStyle`: path-style requests when true; otherwise virtual-hosted where the
-    /// bucket and endpoint allow it, as the Go tool's AWS SDK (see `store::s3_virtual_host_style`).
+    /// bucket and endpoint allow it, as the Go tool's AWS SDK (see `store::operator::s3_virtual_host_style`).
     pub force_path_style: Option<bool>,
     /// `insecureSkipVerify`: TLS certificates of the endpoint are not verified (logged as a warning).
     pub insecure_skip_verify: bool,

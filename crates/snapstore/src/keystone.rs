@@ -2,7 +2,7 @@
 //! client does it: a token for the credentials (password, application credential or an
 //! existing token), scoped to the project, and the object-store URL from the token's catalog.
 //!
-//! The store asks again before the token expires (see `store.rs`).
+//! The store asks again before the token expires (see `store/mod.rs`).
 
 use std::time::{Duration, SystemTime};
 
