@@ -131,7 +131,9 @@ pub(super) fn map_io_error(provider: Provider, key: &str, e: std::io::Error, ret
 mod tests {
     use std::path::PathBuf;
 
-    use super::super::Settings;
+    use super::super::local::LocalFs;
+    use super::super::remote::Remote;
+    use super::super::{Backend, Settings};
     use super::*;
 
     #[test]
@@ -162,18 +164,18 @@ mod tests {
 
     #[test]
     fn store_errors_name_the_object_and_the_store() {
-        let settings = |provider, container: &str, endpoint: Option<&str>, local_root: Option<&str>| Settings {
+        let settings = |provider, container: &str, endpoint: Option<&str>| Settings {
             provider,
             container: container.to_string(),
             endpoint_override: endpoint.map(str::to_string),
             env_prefix: String::new(),
             env: Default::default(),
-            local_root: local_root.map(PathBuf::from),
         };
-        let s3 = settings(Provider::S3, "backups", Some("http://127.0.0.1:8333"), None).describe();
+        let s3 = Remote.describe(&settings(Provider::S3, "backups", Some("http://127.0.0.1:8333")));
         assert_eq!(&*s3, "S3 bucket \"backups\" at http://127.0.0.1:8333");
-        assert_eq!(&*settings(Provider::ABS, "c", None, None).describe(), "ABS container \"c\"");
-        assert_eq!(&*settings(Provider::Local, "/b", None, Some("/b")).describe(), "Local store /b");
+        assert_eq!(&*Remote.describe(&settings(Provider::ABS, "c", None)), "ABS container \"c\"");
+        let local = LocalFs::new(PathBuf::from("/b"));
+        assert_eq!(&*local.describe(&settings(Provider::Local, "/b", None)), "Local store /b");
 
         let e = opendal::Error::new(ErrorKind::Unexpected, "connection refused").set_temporary();
         let msg = in_store(&s3, map_opendal_error(Provider::S3, "p/v2/Full-00000000-00000009-1", e, true)).to_string();

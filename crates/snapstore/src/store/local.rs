@@ -3,36 +3,126 @@
 //! opendal's `Fs` service like every other store's.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use brcore::{ByteStream, StoreError};
+use async_trait::async_trait;
+use brcore::{ByteStream, StoreError, WriteOptions};
 use futures::StreamExt;
-use tracing::{debug, warn};
+use opendal::Operator;
+use tracing::{Instrument, debug, field, info_span, warn};
 
-use super::OpendalStore;
-use super::error::in_store;
+use super::error::{Call, in_store};
+use super::operator::local_operator;
+use super::{Backend, OpendalStore, Settings};
 use crate::Error;
+use crate::credentials::Credentials;
+use crate::keystone::SwiftSession;
 
 /// The directory inside a Local store's root where writes are staged before the rename; it is
 /// on the same file system as the objects, so the rename is atomic, and it is never listed.
 pub const LOCAL_TEMP_DIR: &str = ".etcdbr-tmp";
 
-/// The Local store's staging directory.
-impl OpendalStore {
-    /// The Local staging directory, created (0700) and swept of stale files at the first write.
-    pub(super) fn local_temp_dir(&self, root: &Path, key: &str) -> Result<PathBuf, StoreError> {
-        let temp = root.join(LOCAL_TEMP_DIR);
-        if self.local_temp_ready.get().is_none() {
+/// The Local store: objects are files under `root`. Writes are staged in [`LOCAL_TEMP_DIR`]
+/// and renamed into place; renames are `rename(2)`; both are fsynced.
+pub(super) struct LocalFs {
+    root: PathBuf,
+    /// `Local store <root>`, as errors name it.
+    name: Arc<str>,
+    /// Set once [`LOCAL_TEMP_DIR`] exists, which the first write creates.
+    temp_ready: OnceLock<()>,
+}
+
+impl LocalFs {
+    /// The store under `root` (which exists).
+    pub(super) fn new(root: PathBuf) -> LocalFs {
+        let name = format!("Local store {}", root.display()).into();
+        LocalFs { root, name, temp_ready: OnceLock::new() }
+    }
+
+    /// The staging directory, created (0700) and swept of stale files at the first write.
+    fn temp_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let temp = self.root.join(LOCAL_TEMP_DIR);
+        if self.temp_ready.get().is_none() {
             create_private_dir(&temp).map_err(|e| StoreError::Other {
                 key: key.to_string(),
                 retryable: false,
                 source: Box::new(e),
             })?;
             remove_stale_staging_files(&temp);
-            let _ = self.local_temp_ready.set(());
+            let _ = self.temp_ready.set(());
         }
         Ok(temp)
+    }
+}
+
+#[async_trait]
+impl Backend for LocalFs {
+    fn describe(&self, _: &Settings) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn operator(&self, _: &Settings, _: &Credentials, _: Option<&SwiftSession>) -> Result<Option<Operator>, Error> {
+        local_operator(&self.root).map(Some)
+    }
+
+    async fn write(
+        &self,
+        store: &OpendalStore,
+        key: &str,
+        data: ByteStream,
+        _: &WriteOptions,
+    ) -> Result<u64, StoreError> {
+        let temp = self.temp_dir(key)?;
+        let span = info_span!("snapstore.write", provider = %store.provider(), key, bytes = field::Empty);
+        async {
+            let written = write_local_file(&self.root, &self.name, &temp, key, data).await?;
+            tracing::Span::current().record("bytes", written);
+            debug!(bytes = written, "object stored");
+            Ok(written)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn rename(&self, _: &OpendalStore, _: &Call, from: &str, to: &str) -> Result<u64, StoreError> {
+        tracing::Span::current().record("method", "fs-rename");
+        let (root, src, dst) = (self.root.clone(), from.to_string(), to.to_string());
+        let joined = tokio::task::spawn_blocking(move || rename_local_file(&root, &src, &dst)).await;
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Other {
+            key: from.to_string(),
+            retryable: false,
+            source,
+        };
+        match joined {
+            Ok(Ok(size)) => Ok(size),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound { key: from.to_string() })
+            }
+            Ok(Err(e)) => Err(fail(Box::new(e))),
+            Err(e) => Err(fail(Box::new(e))),
+        }
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    /// Complete objects only, since writes go through the staging directory and a rename.
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s == ".." || s.is_empty()) {
+            return None;
+        }
+        let path = self.root.join(key);
+        path.is_file().then_some(path)
+    }
+
+    fn reserved(&self, key: &str) -> bool {
+        key == LOCAL_TEMP_DIR || self.staging(key)
+    }
+
+    fn staging(&self, key: &str) -> bool {
+        key.strip_prefix(LOCAL_TEMP_DIR).is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
@@ -72,14 +162,14 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<(), Error> {
 /// appears under `key`.
 pub(super) async fn write_local_file(
     root: &Path,
+    store: &Arc<str>,
     temp: &Path,
     key: &str,
     mut data: ByteStream,
 ) -> Result<u64, StoreError> {
-    let store: Arc<str> = format!("Local store {}", root.display()).into();
     let fail = |e: std::io::Error| {
         in_store(
-            &store,
+            store,
             StoreError::Other {
                 key: key.to_string(),
                 // A full disk may be freed by garbage collection; a permission error needs a person.

@@ -3,25 +3,31 @@
 //! Split the way OpenDAL splits a service: this file holds the store (opening, credential
 //! reload, the Keystone login) and its [`Snapstore`] implementation; [`operator`] builds the
 //! opendal operator of each provider; [`error`] maps opendal's errors to [`StoreError`]s (with
-//! the retry layer that tells a temporary failure from a lasting one); [`copy`] renames on object
-//! stores by server-side copy; [`local`] writes and renames the Local store's files.
+//! the retry layer that tells a temporary failure from a lasting one).
+//!
+//! What the Local store and the object stores do differently sits behind one [`Backend`],
+//! chosen once by the provider when the store is opened: [`local::LocalFs`] (the atomic write
+//! through a temp file, the fsynced `rename(2)`, the reserved staging directory) or
+//! [`remote::Remote`] (the multipart/block writer, the rename by server-side copy in [`copy`]).
+//! No operation asks which kind of store it runs on.
 
 mod copy;
 mod error;
 mod local;
 mod operator;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use brcore::{ByteStream, ObjectMeta, Snapstore, StoreError, WriteOptions};
 use futures::{StreamExt, TryStreamExt};
 use opendal::{ErrorKind, Operator};
-use tracing::{Instrument, debug, debug_span, field, info_span, warn};
+use tracing::{Instrument, debug, debug_span, field};
 
 use crate::Error;
 use crate::config::{Provider, StoreConfig, local_root};
@@ -30,8 +36,9 @@ use crate::keystone::{self, SwiftSession};
 
 use error::{Call, container_missing};
 pub use local::LOCAL_TEMP_DIR;
-use local::{create_private_dir, rename_local_file, write_local_file};
+use local::{LocalFs, create_private_dir};
 use operator::{TlsOptions, http_client};
+use remote::Remote;
 
 /// The environment variables a store may read, captured once at open so a reload sees the same.
 type EnvSnapshot = BTreeMap<String, String>;
@@ -90,21 +97,71 @@ struct Settings {
     endpoint_override: Option<String>,
     env_prefix: String,
     env: EnvSnapshot,
-    /// The Local root directory (None for object stores).
-    local_root: Option<PathBuf>,
+}
+
+/// What the Local store and the object stores do differently: [`OpendalStore::open_with_env`]
+/// chooses one by the provider, once, and every operation goes through it.
+#[async_trait]
+trait Backend: Send + Sync {
+    /// The store as errors name it: `Local store /backups`, `S3 bucket "b" at http://…`.
+    fn describe(&self, s: &Settings) -> Arc<str>;
+
+    /// The operator for `creds`, with its timeout layer; `None` for Swift with Keystone
+    /// credentials until `session` (the token and storage URL Keystone issued) is given.
+    fn operator(
+        &self,
+        s: &Settings,
+        creds: &Credentials,
+        session: Option<&SwiftSession>,
+    ) -> Result<Option<Operator>, Error>;
+
+    /// Stores `data` under `key` (checked) so that it appears whole or not at all.
+    async fn write(
+        &self,
+        store: &OpendalStore,
+        key: &str,
+        data: ByteStream,
+        opts: &WriteOptions,
+    ) -> Result<u64, StoreError>;
+
+    /// Renames `from` to `to` (two different keys, both checked) with `call`, this rename's
+    /// operator; returns the object's size.
+    async fn rename(&self, store: &OpendalStore, call: &Call, from: &str, to: &str) -> Result<u64, StoreError>;
+
+    /// The directory the objects are files in, for the Local store.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+
+    /// The file that holds `key`, for the Local store (see [`Snapstore::local_path`]).
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+
+    /// Whether `key` belongs to the store's own staging and is refused as an object key.
+    fn reserved(&self, _key: &str) -> bool {
+        false
+    }
+
+    /// Whether a listed `key` lies in the store's own staging and is left out of listings.
+    fn staging(&self, _key: &str) -> bool {
+        false
+    }
 }
 
 /// A [`Snapstore`] on an opendal operator, with retry and timeout layers, credential reload
 /// and, for Local, atomic temp-file writes. See the crate docs for the guarantees.
 pub struct OpendalStore {
     s: Settings,
+    /// Local or object store, chosen at open.
+    backend: Box<dyn Backend>,
+    /// The store as errors name it ([`Backend::describe`]).
+    name: Arc<str>,
     /// Credential files and dirs to stat before each operation (empty: nothing to reload).
     watched: RwLock<Vec<PathBuf>>,
     current: RwLock<Current>,
     /// One Keystone login at a time (Swift with Keystone credentials).
     keystone: tokio::sync::Mutex<()>,
-    /// Local only: set once [`LOCAL_TEMP_DIR`] exists, which the first write creates.
-    local_temp_ready: OnceLock<()>,
 }
 
 impl fmt::Debug for OpendalStore {
@@ -114,7 +171,7 @@ impl fmt::Debug for OpendalStore {
             .field("provider", &self.s.provider)
             .field("container", &self.s.container)
             .field("endpoint_override", &self.s.endpoint_override)
-            .field("local_root", &self.s.local_root)
+            .field("local_root", &self.backend.local_root())
             .finish_non_exhaustive()
     }
 }
@@ -137,13 +194,14 @@ impl OpendalStore {
         let lookup = |name: &str| env.get(name).cloned();
         let container = config.resolve_container(&lookup)?;
         prepare_temp_dir(&config.temp_dir)?;
-        let local_root = match config.provider {
+        // The one place that tells the Local store from object stores.
+        let backend: Box<dyn Backend> = match config.provider {
             Provider::Local => {
                 let root = local_root(&container, lookup("HOME").as_deref())?;
                 create_private_dir(&root)?;
-                Some(root)
+                Box::new(LocalFs::new(root))
             }
-            _ => None,
+            _ => Box::new(Remote),
         };
         let s = Settings {
             provider: config.provider,
@@ -151,18 +209,19 @@ impl OpendalStore {
             endpoint_override: config.endpoint_override.clone(),
             env_prefix: config.env_prefix.clone(),
             env,
-            local_root,
         };
+        let name = backend.describe(&s);
         let loaded = s.load_credentials()?;
-        let op = s.build_operator(&loaded.credentials, None)?;
+        let op = backend.operator(&s, &loaded.credentials, None)?;
         let fingerprint = credentials::fingerprint(&loaded.watched);
         debug!(provider = %s.provider, container = %s.container, "opened snapstore");
         Ok(OpendalStore {
             s,
+            backend,
+            name,
             watched: RwLock::new(loaded.watched),
             current: RwLock::new(Current { op, fingerprint, credentials: loaded.credentials, session: None }),
             keystone: tokio::sync::Mutex::new(()),
-            local_temp_ready: OnceLock::new(),
         })
     }
 
@@ -178,7 +237,7 @@ impl OpendalStore {
 
     /// The Local store's root directory, `None` for object stores.
     pub fn local_root(&self) -> Option<&Path> {
-        self.s.local_root.as_deref()
+        self.backend.local_root()
     }
 
     /// Reads the credential files again and rebuilds the client if any of them changed since
@@ -193,7 +252,7 @@ impl OpendalStore {
             return Ok(false);
         }
         let loaded = self.s.load_credentials()?;
-        let op = self.s.build_operator(&loaded.credentials, None)?;
+        let op = self.backend.operator(&self.s, &loaded.credentials, None)?;
         let fingerprint = credentials::fingerprint(&loaded.watched);
         if let Ok(mut w) = self.watched.write() {
             *w = loaded.watched;
@@ -217,7 +276,7 @@ impl OpendalStore {
             Some(op) => op,
             None => self.keystone_login(key).await?,
         };
-        Ok(Call::new(base, self.s.provider, self.s.describe()))
+        Ok(Call::new(base, self.s.provider, self.name.clone()))
     }
 
     /// The operator, unless a Keystone token has to be (re)issued first.
@@ -256,8 +315,8 @@ impl OpendalStore {
             other => StoreError::Other { key: key.to_string(), retryable: true, source: Box::new(other) },
         })?;
         let op = self
-            .s
-            .build_operator(&creds, Some(&session))
+            .backend
+            .operator(&self.s, &creds, Some(&session))
             .map_err(|e| StoreError::Other { key: key.to_string(), retryable: false, source: Box::new(e) })?
             .ok_or_else(|| StoreError::Other {
                 key: key.to_string(),
@@ -292,9 +351,7 @@ impl OpendalStore {
 
     fn check_key(&self, key: &str) -> Result<(), StoreError> {
         brcore::store::check_key(key)?;
-        if self.s.provider == Provider::Local
-            && (key == LOCAL_TEMP_DIR || key.starts_with(&format!("{LOCAL_TEMP_DIR}/")))
-        {
+        if self.backend.reserved(key) {
             return Err(StoreError::Other {
                 key: key.to_string(),
                 retryable: false,
@@ -325,16 +382,11 @@ impl Snapstore for OpendalStore {
     /// The Local provider's objects are plain files under the container directory; complete
     /// ones only, since writes go through a staging directory and a rename.
     fn local_path(&self, key: &str) -> Option<PathBuf> {
-        let root = self.s.local_root.as_deref()?;
-        if key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s == ".." || s.is_empty()) {
-            return None;
-        }
-        let path = root.join(key);
-        path.is_file().then_some(path)
+        self.backend.local_path(key)
     }
 
     fn describe(&self) -> String {
-        self.s.describe().to_string()
+        self.name.to_string()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
@@ -355,7 +407,6 @@ impl Snapstore for OpendalStore {
                 .recursive(true)
                 .await
                 .map_err(|e| container_missing(&self.s.container, call.err(prefix, e)))?;
-            let temp_prefix = format!("{LOCAL_TEMP_DIR}/");
             let mut out: Vec<ObjectMeta> = entries
                 .into_iter()
                 .filter(|e| e.metadata().is_file())
@@ -364,7 +415,7 @@ impl Snapstore for OpendalStore {
                     (e.path().trim_start_matches('/').to_string(), size)
                 })
                 .filter(|(key, _)| key.starts_with(prefix))
-                .filter(|(key, _)| self.s.provider != Provider::Local || !key.starts_with(&temp_prefix))
+                .filter(|(key, _)| !self.backend.staging(key))
                 .map(|(key, size)| ObjectMeta { key, size })
                 .collect();
             out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -410,63 +461,9 @@ impl Snapstore for OpendalStore {
         .await
     }
 
-    async fn write(&self, key: &str, mut data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
+    async fn write(&self, key: &str, data: ByteStream, opts: &WriteOptions) -> Result<u64, StoreError> {
         self.check_key(key)?;
-        if let Some(root) = &self.s.local_root {
-            let temp = self.local_temp_dir(root, key)?;
-            let span = info_span!("snapstore.write", provider = %self.s.provider, key, bytes = field::Empty);
-            return async {
-                let written = write_local_file(root, &temp, key, data).await?;
-                tracing::Span::current().record("bytes", written);
-                debug!(bytes = written, "object stored");
-                Ok(written)
-            }
-            .instrument(span)
-            .await;
-        }
-        let call = self.call(key).await?;
-        let op = &call.op;
-        let part_size = opts.part_size.max(1);
-        let parts = opts.max_parallel_parts.max(1);
-        let span = info_span!(
-            "snapstore.write",
-            provider = %self.s.provider,
-            key,
-            part_size,
-            parts,
-            bytes = field::Empty
-        );
-        async {
-            let mut writer =
-                op.writer_with(key).chunk(part_size).concurrent(parts).await.map_err(|e| call.err(key, e))?;
-            let mut written: u64 = 0;
-            let streamed: Result<(), StoreError> = async {
-                while let Some(item) = data.next().await {
-                    let bytes = item?;
-                    written += bytes.len() as u64;
-                    writer.write(bytes).await.map_err(|e| call.err(key, e))?;
-                }
-                Ok(())
-            }
-            .await;
-            let result = match streamed {
-                Ok(()) => writer.close().await.map(|_| ()).map_err(|e| call.err(key, e)),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                // Nothing may become visible: abort the multipart upload / drop the temp file.
-                if let Err(abort) = writer.abort().await {
-                    warn!(error = %abort, "aborting the failed upload failed; the store may keep invisible parts");
-                }
-                warn!(error = %e, bytes = written, "upload failed and was aborted");
-                return Err(e);
-            }
-            tracing::Span::current().record("bytes", written);
-            debug!(bytes = written, "object stored");
-            Ok(written)
-        }
-        .instrument(span)
-        .await
+        self.backend.write(self, key, data, opts).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -510,27 +507,7 @@ impl Snapstore for OpendalStore {
                 let meta = call.op.stat(from).await.map_err(|e| call.err(from, e))?;
                 return Ok(meta.content_length());
             }
-            let size = match &self.s.local_root {
-                Some(root) => {
-                    tracing::Span::current().record("method", "fs-rename");
-                    let (root, src, dst) = (root.clone(), from.to_string(), to.to_string());
-                    let joined = tokio::task::spawn_blocking(move || rename_local_file(&root, &src, &dst)).await;
-                    let fail = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Other {
-                        key: from.to_string(),
-                        retryable: false,
-                        source,
-                    };
-                    match joined {
-                        Ok(Ok(size)) => size,
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                            return Err(StoreError::NotFound { key: from.to_string() });
-                        }
-                        Ok(Err(e)) => return Err(fail(Box::new(e))),
-                        Err(e) => return Err(fail(Box::new(e))),
-                    }
-                }
-                None => self.rename_object(&call, from, to).await?,
-            };
+            let size = self.backend.rename(self, &call, from, to).await?;
             tracing::Span::current().record("bytes", size);
             debug!(bytes = size, "object renamed");
             Ok(size)

@@ -2,6 +2,7 @@
 //! the HTTP client (timeouts, the reference's TLS options), the timeout layer, and the S3
 //! addressing rules of the Go tool's AWS SDK.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +26,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(180);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Settings {
-    /// The store as errors name it: `S3 bucket "b" at http://…`, `Local store /backups`.
+    /// An object store as errors name it: `S3 bucket "b" at http://…`, `ABS container "c"`.
     pub(super) fn describe(&self) -> Arc<str> {
-        if let Some(root) = &self.local_root {
-            return format!("Local store {}", root.display()).into();
-        }
         let what = match self.provider {
             Provider::ABS | Provider::Swift => "container",
             _ => "bucket",
@@ -44,8 +42,8 @@ impl Settings {
         credentials::load(self.provider, &lookup, &self.env_prefix, emulator)
     }
 
-    /// The operator for `creds`; `None` for Swift with Keystone credentials until `session`
-    /// (the token and storage URL Keystone issued) is given.
+    /// The object store's operator for `creds`, on our own HTTP client; `None` for Swift with
+    /// Keystone credentials until `session` (the token and storage URL Keystone issued) is given.
     pub(super) fn build_operator(
         &self,
         creds: &Credentials,
@@ -55,13 +53,6 @@ impl Settings {
         let backend = |source| Error::Backend { provider, source };
         let mut tls = TlsOptions::default();
         let op = match (provider, creds) {
-            (Provider::Local, _) => {
-                let root =
-                    self.local_root.as_ref().ok_or_else(|| Error::Config("Local store without a root".into()))?;
-                // Reads and deletes only: opening a store (for a restore, say) never writes into
-                // it. Writes go through `write_local_file`.
-                Operator::new(services::Fs::default().root(&root.to_string_lossy())).map_err(backend)?
-            }
             (Provider::S3 | Provider::ECS | Provider::OCS, Credentials::S3(c)) => {
                 tls.insecure_skip_verify = c.insecure_skip_verify;
                 tls.trusted_ca_cert = c.trusted_ca_cert.clone();
@@ -139,19 +130,11 @@ impl Settings {
                 return Err(Error::Config(format!("{p} cannot use {} credentials", kind_of(c))));
             }
         };
-        let op = if provider == Provider::Local {
-            op
-        } else {
-            let transport = HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(
-                http_client(&tls).map_err(Error::Config)?,
-            ));
-            let ctx = op.context().with_http_transport(transport);
-            op.with_context(ctx)
-        };
-        // The retry layer goes on per call (see `Call`), outside this timeout layer: a timed-out
-        // attempt is retried, and the retry layer never has its future dropped halfway (opendal's
-        // documented ordering).
-        Ok(Some(op.layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT))))
+        let transport = HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(
+            http_client(&tls).map_err(Error::Config)?,
+        ));
+        let ctx = op.context().with_http_transport(transport);
+        Ok(Some(with_timeouts(op.with_context(ctx))))
     }
 
     fn s3_builder(&self, c: &S3Credentials) -> Result<services::S3, Error> {
@@ -190,6 +173,22 @@ impl Settings {
         }
         Ok(b)
     }
+}
+
+/// The Local store's operator: opendal's `Fs` service on `root`, for reads, listings and
+/// deletes only. Opening a store (for a restore, say) never writes into it; writes go through
+/// [`super::local::write_local_file`].
+pub(super) fn local_operator(root: &Path) -> Result<Operator, Error> {
+    let op = Operator::new(services::Fs::default().root(&root.to_string_lossy()))
+        .map_err(|source| Error::Backend { provider: Provider::Local, source })?;
+    Ok(with_timeouts(op))
+}
+
+/// `op` with the timeout layer every store has. The retry layer goes on per call (see
+/// [`Call`](super::error::Call)), outside this timeout layer: a timed-out attempt is retried,
+/// and the retry layer never has its future dropped halfway (opendal's documented ordering).
+fn with_timeouts(op: Operator) -> Operator {
+    op.layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT))
 }
 
 /// Whether S3 requests name the bucket in the host (`bucket.endpoint`) rather than the path, as
