@@ -4,7 +4,8 @@
 #
 # Part 1, full snapshot (ROUNDS rounds of every case, the same db; medians reported):
 #   - etcdctl snapshot save to a local file;
-#   - etcdbrctl snapshot to the Local store: uncompressed, gzip at the default level, gzip at 6;
+#   - etcdbrctl snapshot to the Local store: uncompressed, gzip at the default level, gzip at 6,
+#     zstd (etcdbr's own opt-in policy);
 #   - etcdbrctl snapshot to SeaweedFS's S3 gateway (`weed mini`): uncompressed and gzip.
 #   etcdbrctl has no "one full and exit" mode: the time is from its start until its log says
 #   "full snapshot stored" (the object is complete and visible then), after which it gets SIGTERM.
@@ -234,11 +235,14 @@ for round in $(seq "$ROUNDS"); do
     echo "== etcdbrctl snapshot, Local, gzip level 6 (the reference's level)" >&2
     run_brctl local-gzip6 --storage-provider Local --store-container "$RUN/local-gzip6" --store-prefix bench \
         --compression-level 6
+    echo "== etcdbrctl snapshot, Local, zstd (etcdbr's own policy)" >&2
+    run_brctl local-zstd --storage-provider Local --store-container "$RUN/local-zstd" --store-prefix bench \
+        --compression-policy zstd
     SIZES=""
-    for label in local-none local-gzip local-gzip6; do
+    for label in local-none local-gzip local-gzip6 local-zstd; do
         SIZES="$SIZES $label=$(find "$RUN/$label/bench/v2" -name 'Full-*' -printf '%s')"
     done
-    rm -rf "$RUN/local-none" "$RUN/local-gzip" "$RUN/local-gzip6"
+    rm -rf "$RUN/local-none" "$RUN/local-gzip" "$RUN/local-gzip6" "$RUN/local-zstd"
     if [[ $SKIP_S3 != 1 ]]; then
         echo "== etcdbrctl snapshot, S3 (SeaweedFS), uncompressed" >&2
         AWS_APPLICATION_CREDENTIALS=$W/creds run_brctl s3-none --storage-provider S3 --store-container bench \
@@ -307,7 +311,7 @@ sizes = dict(kv.split("=") for kv in sys.argv[11].split())
 print(f"median of {len(runs['etcdctl'])} rounds; each round runs every case once")
 print(f"{'run':<12} {'seconds':>8} {'MiB/s':>8} {'vs etcdctl':>10} {'peak RSS MiB':>13} {'object MiB':>11}  runs (s)")
 base = snap / float(secs["etcdctl"])
-for label in ["etcdctl", "local-none", "local-gzip", "local-gzip6", "s3-none", "s3-gzip"]:
+for label in ["etcdctl", "local-none", "local-gzip", "local-gzip6", "local-zstd", "s3-none", "s3-gzip"]:
     if label not in secs:
         continue
     s = float(secs[label]); tp = snap / s

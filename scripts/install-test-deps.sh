@@ -9,6 +9,7 @@
 #   protoc        Debian protobuf-compiler (etcd-client's build script needs it)
 #   chromium      Debian chromium (/usr/bin/chromium; headless test of the httpd status page)
 #   age           Debian age (/usr/bin/age; a test decrypts an encrypted backup by hand with it)
+#   zstd          Debian zstd (/usr/bin/zstd; tests decode etcdbr's .zst objects with it)
 #   cargo-audit   crates.io (the offline supply-chain gate, scripts/audit.sh)
 # A second run finds everything in place and returns in about a second.
 set -euo pipefail
@@ -27,6 +28,7 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/age ] || need_apt+=(age)
+[ -x /usr/bin/zstd ] || need_apt+=(zstd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -80,3 +82,4 @@ log "weed:      $("$DEPS/venv/bin/weed" version 2>/dev/null | head -1)"
 log "azurite:   $("$DEPS/azurite/node_modules/.bin/azurite-blob" --version 2>/dev/null | head -1)"
 log "chromium:  $(/usr/bin/chromium --version 2>/dev/null | head -1)"
 log "age:       $(/usr/bin/age --version 2>/dev/null | head -1)"
+log "zstd:      $(/usr/bin/zstd --version 2>/dev/null | head -1)"

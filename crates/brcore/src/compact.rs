@@ -210,7 +210,7 @@ pub fn snapshot_stream(path: PathBuf, compression: Compression, key: String) -> 
 
 fn encode_snapshot(path: &Path, compression: Compression, out: ChannelWriter) -> io::Result<()> {
     let mut file = File::open(path)?;
-    let enc = Encoder::new(compression, out);
+    let enc = Encoder::new(compression, out)?;
     let mut snapshot = TrailerWriter::new(enc);
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -4,8 +4,9 @@
 //! `Full-00000000-00000166-1795607409.gz` or `Incr-00000167-00000168-1795607413.gz.final`:
 //! revisions are zero-padded to at least 8 digits (larger numbers simply get longer, so lexical
 //! order is not revision order), `created_on` is unix seconds (UTC), the compression suffix is
-//! `.gz`, `.Z` (lzw) or `.zlib` (or nothing), and `.final` marks the snapshot taken before a
-//! shutdown; it comes after the compression suffix.
+//! `.gz`, `.Z` (lzw) or `.zlib` (or nothing), or etcdbr's own `.zst` (zstd, which the Go tool
+//! cannot read), and `.final` marks the snapshot taken before a shutdown; it comes after the
+//! compression suffix.
 //!
 //! Keys put the name under a layout directory: `<prefix>/v2/<name>` (current) or
 //! `<prefix>/v1/Backup-<unix>/<name>` (legacy, still read). Providers that upload in parts
@@ -56,19 +57,25 @@ pub enum Compression {
     Lzw,
     /// zlib (RFC 1950), suffix `.zlib`.
     Zlib,
+    /// Zstandard (RFC 8878), suffix `.zst`: etcdbr's own opt-in policy, not the reference's. The
+    /// Go etcdbrctl cannot read these objects: it parses their names, but its restore stops on
+    /// the unknown suffix.
+    Zstd,
 }
 
 impl Compression {
     /// Every variant, for callers that enumerate them (tests, `--help`).
-    pub const ALL: [Compression; 4] = [Compression::None, Compression::Gzip, Compression::Lzw, Compression::Zlib];
+    pub const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Lzw, Compression::Zlib, Compression::Zstd];
 
-    /// The suffix appended to names: `""`, `.gz`, `.Z` or `.zlib`.
+    /// The suffix appended to names: `""`, `.gz`, `.Z`, `.zlib` or `.zst`.
     pub fn suffix(self) -> &'static str {
         match self {
             Compression::None => "",
             Compression::Gzip => ".gz",
             Compression::Lzw => ".Z",
             Compression::Zlib => ".zlib",
+            Compression::Zstd => ".zst",
         }
     }
 
@@ -77,24 +84,27 @@ impl Compression {
         Compression::ALL.into_iter().find(|c| c.suffix() == suffix)
     }
 
-    /// The reference's `--compression-policy` word: `gzip`, `lzw` or `zlib` (`None` has none).
+    /// The `--compression-policy` word: the reference's `gzip`, `lzw` or `zlib`, or etcdbr's
+    /// `zstd` (`None` has none).
     pub fn policy(self) -> Option<&'static str> {
         match self {
             Compression::None => None,
             Compression::Gzip => Some("gzip"),
             Compression::Lzw => Some("lzw"),
             Compression::Zlib => Some("zlib"),
+            Compression::Zstd => Some("zstd"),
         }
     }
 
-    /// Parses a `--compression-policy` value (`gzip`, `lzw`, `zlib`).
+    /// Parses a `--compression-policy` value (`gzip`, `lzw`, `zlib`, `zstd`), spelled exactly
+    /// as [`Compression::policy`] prints it.
     pub fn from_policy(policy: &str) -> Option<Compression> {
-        match policy {
-            "gzip" => Some(Compression::Gzip),
-            "lzw" => Some(Compression::Lzw),
-            "zlib" => Some(Compression::Zlib),
-            _ => None,
-        }
+        Compression::ALL.into_iter().find(|c| c.policy() == Some(policy))
+    }
+
+    /// Whether the Go etcdbrctl reads objects of this compression (every policy but `zstd`).
+    pub fn go_readable(self) -> bool {
+        self != Compression::Zstd
     }
 }
 
@@ -169,7 +179,10 @@ impl SnapshotName {
             None => false,
         };
         let compression = Compression::from_suffix(suffixes).ok_or_else(|| {
-            bad(name, format!("unknown suffix {suffixes:?} (expected .gz, .Z, .zlib or none, then optionally .final)"))
+            bad(
+                name,
+                format!("unknown suffix {suffixes:?} (expected .gz, .Z, .zlib, .zst or none, then optionally .final)"),
+            )
         })?;
         Ok(SnapshotName { kind, start_revision, last_revision, created_on: created_on as i64, compression, is_final })
     }
@@ -420,6 +433,38 @@ mod tests {
         assert_eq!(n.to_string(), "Incr-00000005-00000008-12.final");
         assert_eq!(SnapshotName::parse("Incr-1-2-3.Z").unwrap().compression, Compression::Lzw);
         assert_eq!(SnapshotName::parse("Incr-1-2-3.zlib").unwrap().compression, Compression::Zlib);
+    }
+
+    #[test]
+    fn zstd_names_parse_print_and_stay_apart_from_the_references() {
+        let n = SnapshotName::parse("Full-00000000-00000166-1795607409.zst").unwrap();
+        assert_eq!(
+            (n.kind, n.last_revision, n.compression, n.is_final),
+            (SnapshotKind::Full, 166, Compression::Zstd, false)
+        );
+        assert_eq!(n.to_string(), "Full-00000000-00000166-1795607409.zst");
+        let n = SnapshotName::parse("Incr-00000167-00000168-1795607413.zst.final").unwrap();
+        assert_eq!((n.kind, n.compression, n.is_final), (SnapshotKind::Incr, Compression::Zstd, true));
+        assert_eq!(n.to_string(), "Incr-00000167-00000168-1795607413.zst.final");
+        let s = Snapshot::parse_key("p/v2/Incr-00000167-00000168-1795607413.zst", 7).unwrap();
+        assert_eq!(s.name.compression, Compression::Zstd);
+        // Only the exact suffix, in its place.
+        for bad in
+            ["Full-0-1-2.zstd", "Full-0-1-2.ZST", "Full-0-1-2.final.zst", "Full-0-1-2.zst.zst", "Full-0-1-2.zst.gz"]
+        {
+            let e = SnapshotName::parse(bad).unwrap_err();
+            assert!(e.why.contains(".zst"), "{bad}: {e}");
+        }
+        // The policy word and the suffix go together; only zstd is etcdbr's own.
+        assert_eq!(Compression::from_policy("zstd"), Some(Compression::Zstd));
+        assert_eq!(Compression::from_suffix(".zst"), Some(Compression::Zstd));
+        for c in Compression::ALL {
+            assert_eq!(c.policy().and_then(Compression::from_policy), c.policy().map(|_| c));
+            assert_eq!(c.go_readable(), c != Compression::Zstd);
+        }
+        for unknown in ["ZSTD", "zst", "lz4", "gzip ", ""] {
+            assert_eq!(Compression::from_policy(unknown), None, "{unknown:?}");
+        }
     }
 
     #[test]

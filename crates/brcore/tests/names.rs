@@ -72,7 +72,7 @@ fn generated_names_round_trip_in_every_shape() {
             start_revision: start,
             last_revision: last,
             created_on: rng.number() as i64,
-            compression: Compression::ALL[rng.below(4) as usize],
+            compression: Compression::ALL[rng.below(Compression::ALL.len() as u64) as usize],
             is_final: rng.below(3) == 0,
         };
         let text = name.to_string();

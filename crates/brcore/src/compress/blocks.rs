@@ -1,5 +1,5 @@
-//! gzip and zlib written as independently compressed blocks, so a full snapshot compresses on
-//! every core, and (gzip) decompresses on every core: [`BlockFormat`].
+//! gzip, zlib and zstd written as independently compressed blocks, so a full snapshot
+//! compresses on every core, and (gzip) decompresses on every core: [`BlockFormat`].
 //!
 //! **gzip**: every block is a gzip member of its own (RFC 1952 allows any number, and every
 //! reader takes them as one stream: Go's `compress/gzip` in its default multistream mode, which
@@ -17,6 +17,12 @@
 //! boundary), runs compressed on different threads are concatenated in order, and the stream
 //! ends with an empty final block and the adler32 combined from the runs'. Every decoder reads
 //! it (pigz writes the same shape); it decompresses on one core.
+//!
+//! **zstd** (etcdbr's own policy): every block is a zstd frame of its own, at
+//! [`ZSTD_LEVEL`](super::ZSTD_LEVEL), with its plain size in the frame header and its content
+//! checksum (xxhash64) after it. RFC 8878 makes concatenated frames one stream, as zstd(1) and
+//! libzstd's streaming decoder read it. A frame dropped or two swapped whole is not seen by zstd
+//! itself; etcd's sha256 trailer, checked by every restore, is.
 //!
 //! What blocks cost: each forgets the 32 KiB history at its start, which at 1 MiB blocks makes
 //! the output a fraction of a percent larger, and a gzip member's header and trailer add 32
@@ -139,7 +145,11 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
 #[derive(Debug)]
 enum Check {
     Crc(flate2::Crc),
-    Adler { sum: u32 },
+    Adler {
+        sum: u32,
+    },
+    /// zstd: each frame carries its own checksum; the stream has none.
+    Frames,
 }
 
 /// A block compressed on its own by [`BlockFormat::compress`].
@@ -167,28 +177,44 @@ impl CompressedBlock {
     }
 }
 
-/// gzip or zlib at one level, written in blocks (see the module docs).
+/// What a block is: a gzip member, a run of one zlib stream, a zstd frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gzip,
+    Zlib,
+    Zstd,
+}
+
+/// gzip, zlib or zstd at one level, written in blocks (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockFormat {
-    gzip: bool,
+    kind: Kind,
     level: u32,
 }
 
+thread_local! {
+    /// One zstd context per compressing thread, reused block after block: a fresh one per
+    /// block would allocate and clear its tables every MiB.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl BlockFormat {
-    /// The block format for `compression` at `level` (clamped to 1..=9), or `None` for the
-    /// policies that cannot be written in blocks (none, LZW).
+    /// The block format for `compression` at `level` (gzip and zlib: clamped to 1..=9; zstd
+    /// always at [`ZSTD_LEVEL`](super::ZSTD_LEVEL)), or `None` for the policies that cannot be
+    /// written in blocks (none, LZW).
     pub fn new(compression: Compression, level: u32) -> Option<BlockFormat> {
         let level = level.clamp(1, 9);
         match compression {
-            Compression::Gzip => Some(BlockFormat { gzip: true, level }),
-            Compression::Zlib => Some(BlockFormat { gzip: false, level }),
+            Compression::Gzip => Some(BlockFormat { kind: Kind::Gzip, level }),
+            Compression::Zlib => Some(BlockFormat { kind: Kind::Zlib, level }),
+            Compression::Zstd => Some(BlockFormat { kind: Kind::Zstd, level: super::ZSTD_LEVEL.unsigned_abs() }),
             Compression::None | Compression::Lzw => None,
         }
     }
 
-    /// The bytes before the first block (none for gzip: every block is a member).
+    /// The bytes before the first block (none for gzip and zstd: every block stands alone).
     pub fn header(&self) -> Vec<u8> {
-        if self.gzip {
+        if self.kind != Kind::Zlib {
             return Vec::new();
         }
         // CMF: deflate, 32 KiB window. FLG: the level hint zlib writes, with the check bits that
@@ -209,10 +235,14 @@ impl BlockFormat {
     /// in any order; [`BlockStream`] puts them back in order. A gzip block must hold less than
     /// 4 GiB (its header counts in u32); [`BLOCK_SIZE`] is far below.
     pub fn compress(&self, plain: &[u8]) -> io::Result<CompressedBlock> {
+        if self.kind == Kind::Zstd {
+            return compress_zstd_frame(plain);
+        }
+        let gzip = self.kind == Kind::Gzip;
         let mut c = flate2::Compress::new(flate2::Compression::new(self.level), false);
         // Deflate's worst case is a few bytes per 16 KiB stored block over the input.
         let mut out = Vec::with_capacity(MEMBER_HEADER_LEN + plain.len() + plain.len() / 1000 + 64);
-        let flush = if self.gzip {
+        let flush = if gzip {
             out.resize(MEMBER_HEADER_LEN, 0);
             flate2::FlushCompress::Finish
         } else {
@@ -226,12 +256,12 @@ impl BlockFormat {
             // stream (gzip), or room to spare after a sync flush (a full output buffer may mean
             // it is not complete yet).
             let all_in = c.total_in() as usize == plain.len();
-            if all_in && (matches!(status, flate2::Status::StreamEnd) || (!self.gzip && out.len() < out.capacity())) {
+            if all_in && (matches!(status, flate2::Status::StreamEnd) || (!gzip && out.len() < out.capacity())) {
                 break;
             }
             out.reserve(out.capacity().max(64 * 1024));
         }
-        let check = if self.gzip {
+        let check = if gzip {
             let mut crc = flate2::Crc::new();
             crc.update(plain);
             out.extend_from_slice(&crc.sum().to_le_bytes());
@@ -249,9 +279,31 @@ impl BlockFormat {
 
     /// The running checksum of a stream in this format, fed block by block.
     pub fn stream(&self) -> BlockStream {
-        let check = if self.gzip { Check::Crc(flate2::Crc::new()) } else { Check::Adler { sum: 1 } };
+        let check = match self.kind {
+            Kind::Gzip => Check::Crc(flate2::Crc::new()),
+            Kind::Zlib => Check::Adler { sum: 1 },
+            Kind::Zstd => Check::Frames,
+        };
         BlockStream { check, plain_len: 0 }
     }
+}
+
+/// One zstd frame of `plain`, on this thread's context.
+fn compress_zstd_frame(plain: &[u8]) -> io::Result<CompressedBlock> {
+    let bytes = ZSTD.with(|cell| -> io::Result<Vec<u8>> {
+        let mut slot = cell.borrow_mut();
+        let c = match &mut *slot {
+            Some(c) => c,
+            None => {
+                let mut c = zstd::bulk::Compressor::new(super::ZSTD_LEVEL)?;
+                c.include_checksum(true)?;
+                c.include_contentsize(true)?;
+                slot.insert(c)
+            }
+        };
+        c.compress(plain)
+    })?;
+    Ok(CompressedBlock { bytes, plain_len: plain.len() as u64, check: Check::Frames })
 }
 
 /// The checksum of the blocks written so far, in order; [`BlockStream::trailer`] ends the stream.
@@ -269,11 +321,11 @@ impl BlockStream {
             (Check::Adler { sum }, Check::Adler { sum: one }) => {
                 *sum = zlib_rs::adler32::adler32_combine(*sum, *one, block.plain_len);
             }
-            // A block of the other format cannot come from the same BlockFormat; the mismatch
-            // shows as a wrong checksum that every decoder rejects, never as silent damage.
-            (Check::Crc(_), Check::Adler { .. }) | (Check::Adler { .. }, Check::Crc(_)) => {
-                debug_assert!(false, "gzip and zlib blocks mixed in one stream");
-            }
+            (Check::Frames, Check::Frames) => {}
+            // A block of another format cannot come from the same BlockFormat; the mismatch
+            // shows as a wrong checksum or an invalid frame that every decoder rejects, never
+            // as silent damage.
+            _ => debug_assert!(false, "blocks of different formats mixed in one stream"),
         }
         self.plain_len += block.plain_len;
     }
@@ -284,12 +336,15 @@ impl BlockStream {
     }
 
     /// The bytes after the last block: for zlib the final empty block and the adler32; for
-    /// gzip nothing, unless no block was written (then one empty member, since an empty file
-    /// is not a gzip stream to Go's reader).
+    /// gzip and zstd nothing, unless no block was written (then one empty member or frame,
+    /// since an empty file is not a gzip stream to Go's reader, nor a zstd one to zstd(1)).
     pub fn trailer(self) -> Vec<u8> {
         match self.check {
-            Check::Crc(_) if self.plain_len > 0 => Vec::new(),
-            Check::Crc(_) => BlockFormat { gzip: true, level: 1 }.compress(&[]).map(|b| b.bytes).unwrap_or_default(),
+            Check::Crc(_) | Check::Frames if self.plain_len > 0 => Vec::new(),
+            Check::Crc(_) => {
+                BlockFormat { kind: Kind::Gzip, level: 1 }.compress(&[]).map(|b| b.bytes).unwrap_or_default()
+            }
+            Check::Frames => compress_zstd_frame(&[]).map(|b| b.bytes).unwrap_or_default(),
             Check::Adler { sum } => {
                 let mut out = FINAL_BLOCK.to_vec();
                 out.extend_from_slice(&sum.to_be_bytes());
@@ -460,10 +515,54 @@ mod tests {
         assert!(decode(Compression::Zlib, dropped).is_err());
     }
 
+    /// Decodes with zstd(1), the reference implementation's own command (Debian `zstd`,
+    /// installed by scripts/install-test-deps.sh).
+    fn decode_with_zstd_cli(data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.zst");
+        std::fs::write(&input, data).unwrap();
+        let out = std::process::Command::new("zstd")
+            .args(["-d", "-c", "-q"])
+            .arg(&input)
+            .output()
+            .expect("zstd(1) is missing: run scripts/install-test-deps.sh (Debian package zstd)");
+        assert!(out.status.success(), "zstd(1) refused the stream: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
     #[test]
-    fn only_gzip_and_zlib_are_written_in_blocks() {
+    fn zstd_blocks_are_frames_that_zstd_reads_as_one_stream() {
+        let format = BlockFormat::new(Compression::Zstd, 9).unwrap();
+        assert_eq!(format, BlockFormat::new(Compression::Zstd, 1).unwrap(), "--compression-level does not apply");
+        assert!(format.header().is_empty());
+        for (len, block) in [(0, BLOCK_SIZE), (1, 7), (300_000, 65_536), (3 * BLOCK_SIZE + 5, BLOCK_SIZE)] {
+            let plain = sample(len, len as u64 + 11);
+            let data = encode(format, &plain, block);
+            assert!(decode(Compression::Zstd, data.clone()).unwrap() == plain, "zstd len {len}");
+            assert!(decode_with_zstd_cli(&data) == plain, "zstd(1): len {len}");
+            if len > 1000 {
+                assert!(data.len() < plain.len() / 2, "len {len}: {} bytes compressed", data.len());
+            }
+        }
+        // Each block is one frame whose header holds its plain size, and which ends in a checksum
+        // (frame header descriptor: bit 2 checksum flag; a single-segment frame records its size).
+        let plain = sample(5000, 1);
+        let block = format.compress(&plain).unwrap();
+        assert_eq!(&block.bytes()[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(block.bytes()[4] & 0x04, 0x04, "content checksum flag");
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(block.bytes()).ok(), Some(Some(5000)));
+        // A damaged frame is refused by its checksum or its structure.
+        let mut bad = block.into_bytes();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(decode(Compression::Zstd, bad).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn only_gzip_zlib_and_zstd_are_written_in_blocks() {
         assert!(BlockFormat::new(Compression::None, 6).is_none());
         assert!(BlockFormat::new(Compression::Lzw, 6).is_none());
+        assert!(BlockFormat::new(Compression::Zstd, 6).is_some());
         assert_eq!(BlockFormat::new(Compression::Gzip, 0), BlockFormat::new(Compression::Gzip, 1));
     }
 }

@@ -285,8 +285,10 @@ async fn store_delta(ctx: DeltaContext, job: DeltaJob) -> (DeltaJob, Result<u64,
     let events = job.events;
     let encoded = tokio::task::spawn_blocking(move || {
         let content = encode_events(&events);
-        let mut enc = Encoder::new(compression, Vec::with_capacity(content.len() / 4));
-        let r = std::io::Write::write_all(&mut enc, &content).and_then(|()| enc.finish());
+        let r = Encoder::new(compression, Vec::with_capacity(content.len() / 4)).and_then(|mut enc| {
+            std::io::Write::write_all(&mut enc, &content)?;
+            enc.finish()
+        });
         (events, r)
     })
     .await;

@@ -263,7 +263,13 @@ fn encode(
     let (tx, out) = mpsc::channel::<Result<Bytes, StoreError>>(4);
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut enc = Encoder::new(compression, ChannelWriter::new(tx.clone(), BLOCK_SIZE));
+        let mut enc = match Encoder::new(compression, ChannelWriter::new(tx.clone(), BLOCK_SIZE)) {
+            Ok(enc) => enc,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(stream_failed(&key, &format!("compression failed to start: {e}"))));
+                return;
+            }
+        };
         while let Some(item) = plain.blocking_recv() {
             let written = match item {
                 Ok(block) => enc.write_all(&block),
@@ -453,7 +459,7 @@ mod tests {
     async fn every_compression_streams_what_a_restore_decodes() {
         use std::io::Read;
         let data: Vec<u8> = (0..(3 * BLOCK_SIZE + 12_345) as u32).map(|i| (i % 97) as u8).collect();
-        for compression in [Compression::None, Compression::Gzip, Compression::Zlib, Compression::Lzw] {
+        for compression in Compression::ALL {
             let (tx, rx) = mpsc::channel(2);
             let stream = encode(compression, DEFAULT_FULL_SNAPSHOT_LEVEL, rx, "k");
             let blocks: Vec<Bytes> = data.chunks(BLOCK_SIZE).map(Bytes::copy_from_slice).collect();

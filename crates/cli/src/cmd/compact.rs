@@ -42,7 +42,8 @@ pub struct CompactArgs {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: Option<bool>,
-    /// gzip, lzw or zlib (default: as the newest object folded). etcdbr's own flag here.
+    /// gzip, lzw or zlib, or etcdbr's own zstd, which the Go etcdbrctl cannot read (default: as
+    /// the newest object folded). etcdbr's own flag here.
     #[arg(long)]
     pub compression_policy: Option<String>,
     /// No-op: the Go tool defragments its embedded etcd before the snapshot; the db rebuilt
@@ -72,10 +73,9 @@ pub(crate) fn settings(args: &CompactArgs) -> anyhow::Result<(Option<Compression
     args.snapshot_leases.check().map_err(anyhow::Error::msg)?;
     let compression = match (args.compress_snapshots, args.compression_policy.as_deref()) {
         (Some(false), _) => Some(Compression::None),
-        (_, Some(policy)) => Some(
-            Compression::from_policy(policy)
-                .with_context(|| format!("--compression-policy {policy}: expected gzip, lzw or zlib"))?,
-        ),
+        (_, Some(policy)) => Some(Compression::from_policy(policy).with_context(|| {
+            format!("--compression-policy {policy:?}: unknown policy; expected gzip, lzw, zlib or zstd")
+        })?),
         (Some(true), None) => Some(Compression::Gzip),
         (None, None) => None,
     };

@@ -37,6 +37,9 @@ pub enum CompressionArg {
     Lzw,
     /// `.zlib`
     Zlib,
+    /// `.zst`, etcdbr's own: full snapshots compressed on every core at zstd level 1, about
+    /// 4× gzip's speed for the same size. The Go etcdbrctl cannot read these backups.
+    Zstd,
 }
 
 /// `etcdbrctl snapshot`: the reference's flags, names and defaults.
@@ -70,12 +73,13 @@ pub struct SnapshotArgs {
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: bool,
-    /// Compression of new snapshots.
+    /// Compression of new snapshots: the reference's gzip, lzw or zlib, or etcdbr's own zstd
+    /// (fastest; the Go etcdbrctl cannot read `.zst` objects, nor restore a store that holds them).
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression_policy: CompressionArg,
     /// Deflate level of gzip and zlib full snapshots, 1 (fastest) to 9 (smallest). etcdbr's own
     /// flag: level 2 keeps a large snapshot close to etcd's streaming speed and within a few
-    /// percent of the size at the reference's level 6.
+    /// percent of the size at the reference's level 6. zstd is always level 1.
     #[arg(long, default_value_t = brcore::compress::blocks::DEFAULT_FULL_SNAPSHOT_LEVEL,
           value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: u32,
@@ -191,6 +195,7 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Lzw => Compression::Lzw,
             CompressionArg::Zlib => Compression::Zlib,
+            CompressionArg::Zstd => Compression::Zstd,
         }
     };
     let full_schedule = Schedule::parse(&args.schedule).context("invalid --schedule")?;
@@ -331,6 +336,10 @@ mod tests {
         let p = plan(&a).unwrap();
         assert_eq!(p.snapshotter.compression, Compression::Zlib);
         assert!(p.etcd.tls.is_some(), "--insecure-transport=false means TLS with system roots");
+        let p = plan(&parse(&["--compression-policy", "zstd"])).unwrap();
+        assert_eq!(p.snapshotter.compression, Compression::Zstd);
+        let p = plan(&parse(&["--compression-policy=gzip"])).unwrap();
+        assert_eq!(p.snapshotter.compression, Compression::Gzip, "the reference's spellings stay");
     }
 
     #[test]
