@@ -179,6 +179,17 @@ pub struct LiveMember {
 }
 
 impl LiveMember {
+    /// A member of etcd's member list.
+    pub(crate) fn from_response(m: &etcd_client::Member) -> LiveMember {
+        LiveMember {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+            client_urls: m.client_urls().to_vec(),
+            is_learner: m.is_learner(),
+        }
+    }
+
     /// The name, or its id when it has not started yet.
     pub fn label(&self) -> String {
         if self.name.is_empty() { format!("{:x} (not started)", self.id) } else { self.name.clone() }
@@ -222,6 +233,17 @@ pub struct MemberStatus {
     pub is_learner: bool,
     /// The cluster id in the answer's header.
     pub cluster_id: u64,
+}
+
+impl MemberStatus {
+    /// The fields of a Maintenance/Status answer.
+    pub(crate) fn from_response(s: &etcd_client::StatusResponse) -> MemberStatus {
+        MemberStatus {
+            status: EtcdStatus::from_response(s),
+            is_learner: s.is_learner(),
+            cluster_id: s.header().map_or(0, |h| h.cluster_id()),
+        }
+    }
 }
 
 /// Why etcd refused a member change (from its error text, which etcd 3.4 and 3.5 share).
@@ -524,17 +546,7 @@ impl MemberClient {
                 let list = c.member_list().await?;
                 let status = c.status().await?;
                 let cluster_id = list.header().map_or(0, |h| h.cluster_id());
-                let members = list
-                    .members()
-                    .iter()
-                    .map(|m| LiveMember {
-                        id: m.id(),
-                        name: m.name().to_string(),
-                        peer_urls: m.peer_urls().to_vec(),
-                        client_urls: m.client_urls().to_vec(),
-                        is_learner: m.is_learner(),
-                    })
-                    .collect::<Vec<_>>();
+                let members = list.members().iter().map(LiveMember::from_response).collect::<Vec<_>>();
                 Ok((members, cluster_id, status.leader()))
             })
             .await?;
@@ -569,13 +581,7 @@ impl MemberClient {
                 async move {
                     let opts = etcd_client::MemberAddOptions::new().with_is_learner();
                     let r = c.member_add(urls, Some(opts)).await?;
-                    Ok(r.member().map(|m| LiveMember {
-                        id: m.id(),
-                        name: m.name().to_string(),
-                        peer_urls: m.peer_urls().to_vec(),
-                        client_urls: m.client_urls().to_vec(),
-                        is_learner: m.is_learner(),
-                    }))
+                    Ok(r.member().map(LiveMember::from_response))
                 }
             })
             .await?;
@@ -621,11 +627,7 @@ impl MemberClient {
                 message: format!("no answer within {:?}", self.timeout),
             })?
             .map_err(|e| ClusterError::from_etcd(what, map_client_error(endpoint, e)))?;
-        Ok(MemberStatus {
-            status: EtcdStatus::from_response(&s),
-            is_learner: s.is_learner(),
-            cluster_id: s.header().map_or(0, |h| h.cluster_id()),
-        })
+        Ok(MemberStatus::from_response(&s))
     }
 
     /// Defragments the member at `endpoint` (that member only), within `--etcd-defrag-timeout`.

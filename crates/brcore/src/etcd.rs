@@ -5,6 +5,9 @@
 //! whole keyspace from a revision, the member's status, a defragmentation and a lease's TTL.
 //! Keeping them behind a small trait lets the snapshotter's state machine run against a
 //! scripted source in tests (faults on demand) as well as against real etcd.
+//!
+//! The server's leader elector asks one member what *it* thinks (its status, whether it is a
+//! learner, its member list) through the same connection code: [`EtcdClient::member`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use futures::Stream;
 use tokio::sync::Mutex;
 use tracing::debug;
 
+use crate::cluster::{LiveMember, MemberStatus};
 use crate::delta::{Event, EventKind};
 
 /// etcd's snapshot stream: the bbolt db followed by its 32-byte sha256.
@@ -263,6 +267,9 @@ impl Default for EtcdConfig {
 pub struct EtcdClient {
     config: EtcdConfig,
     client: Mutex<Option<etcd_client::Client>>,
+    /// [`EtcdClient::member`]: the first endpoint only, each request within the connection
+    /// timeout, answered without a raft leader too.
+    member_only: bool,
 }
 
 impl fmt::Debug for EtcdClient {
@@ -274,7 +281,18 @@ impl fmt::Debug for EtcdClient {
 impl EtcdClient {
     /// A source for `config`; nothing is connected until the first request.
     pub fn new(config: EtcdConfig) -> EtcdClient {
-        EtcdClient { config, client: Mutex::new(None) }
+        EtcdClient { config, client: Mutex::new(None), member_only: false }
+    }
+
+    /// A client of the member at the first of `config.endpoints` alone, for the questions whose
+    /// answer is what *that* member thinks (the reference's leader elector asks `endpoints[0]`):
+    /// [`EtcdClient::member_status`], [`EtcdClient::member_list`]. Connecting and each request
+    /// are limited to `timeout`; etcd answers them without a raft leader too (a lost quorum
+    /// reads as "no leader", not as an error).
+    pub fn member(mut config: EtcdConfig, timeout: Duration) -> EtcdClient {
+        config.endpoints.truncate(1);
+        config.connection_timeout = timeout;
+        EtcdClient { config, client: Mutex::new(None), member_only: true }
     }
 
     /// How this client reaches etcd.
@@ -299,10 +317,14 @@ impl EtcdClient {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let opts = connect_options(&self.config, &self.first_endpoint(), self.config.connection_timeout)?
-            .with_keep_alive(Duration::from_secs(10), self.config.connection_timeout)
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
+        let opts = connect_options(&self.config, &self.first_endpoint(), self.config.connection_timeout)?;
+        let opts = if self.member_only {
+            opts.with_timeout(self.config.connection_timeout)
+        } else {
+            opts.with_keep_alive(Duration::from_secs(10), self.config.connection_timeout)
+                .with_keep_alive_while_idle(true)
+                .with_require_leader(true)
+        };
         let endpoints: Vec<String> = self.config.endpoints.iter().map(|e| endpoint_url(&self.config, e)).collect();
         let connect = etcd_client::Client::connect(endpoints, Some(opts));
         let client = tokio::time::timeout(self.config.connection_timeout, connect)
@@ -359,6 +381,24 @@ impl EtcdClient {
                 Err(self.unavailable(format!("no answer within {timeout:?}")))
             }
         }
+    }
+}
+
+impl EtcdClient {
+    /// The answering member's own status, with whether it is a learner and its cluster id.
+    pub async fn member_status(&self) -> Result<MemberStatus, EtcdError> {
+        self.unary(self.config.connection_timeout, |mut c| async move {
+            Ok(MemberStatus::from_response(&c.status().await?))
+        })
+        .await
+    }
+
+    /// The member list, as the answering member knows it.
+    pub async fn member_list(&self) -> Result<Vec<LiveMember>, EtcdError> {
+        self.unary(self.config.connection_timeout, |mut c| async move {
+            Ok(c.member_list().await?.members().iter().map(LiveMember::from_response).collect())
+        })
+        .await
     }
 }
 

@@ -23,7 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use brcore::etcd::EtcdConfig;
+use brcore::etcd::{EtcdClient, EtcdConfig, EtcdError, EtcdSource};
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
@@ -115,94 +115,27 @@ pub trait ClusterView: Send + Sync + fmt::Debug {
     async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError>;
 }
 
-/// [`ClusterView`] over etcd-client, asking the first endpoint of an [`EtcdConfig`] (the
-/// reference asks `endpoints[0]`), with the same credentials and TLS as the snapshotter.
+/// [`ClusterView`] over brcore's etcd connection ([`EtcdClient::member`]), asking the first
+/// endpoint of an [`EtcdConfig`] (the reference asks `endpoints[0]`), with the same credentials
+/// and TLS as the snapshotter.
+#[derive(Debug)]
 pub struct EtcdClusterView {
-    config: EtcdConfig,
-    timeout: Duration,
-    client: Mutex<Option<etcd_client::Client>>,
-}
-
-impl fmt::Debug for EtcdClusterView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdClusterView")
-            .field("endpoint", &self.endpoint())
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
+    etcd: EtcdClient,
 }
 
 impl EtcdClusterView {
     /// A view through the first of `config.endpoints`; every request is limited to `timeout`
     /// (`--etcd-connection-timeout-leader-election`).
     pub fn new(config: EtcdConfig, timeout: Duration) -> EtcdClusterView {
-        EtcdClusterView { config, timeout, client: Mutex::new(None) }
+        EtcdClusterView { etcd: EtcdClient::member(config, timeout) }
     }
 
-    fn endpoint(&self) -> String {
-        self.config.endpoints.first().cloned().unwrap_or_default()
-    }
-
-    fn error(&self, message: impl fmt::Display) -> ClusterError {
-        ClusterError::Etcd { endpoint: self.endpoint(), message: message.to_string() }
-    }
-
-    async fn connect(&self) -> Result<etcd_client::Client, ClusterError> {
-        let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let mut opts = etcd_client::ConnectOptions::new().with_connect_timeout(self.timeout).with_timeout(self.timeout);
-        if let Some((user, password)) = &self.config.user {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
-        // Only the first endpoint: the question is what *this* member thinks.
-        let mut endpoint = self.endpoint();
-        if let Some(tls) = &self.config.tls {
-            let read = |p: &std::path::PathBuf| {
-                std::fs::read(p).map_err(|e| self.error(format!("cannot read {}: {e}", p.display())))
-            };
-            let mut o = etcd_client::TlsOptions::new();
-            o = match &tls.cacert {
-                Some(ca) => o.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
-                None => o.with_native_roots(),
-            };
-            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                o = o.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    fn error(&self, e: EtcdError) -> ClusterError {
+        match e {
+            EtcdError::Unavailable { endpoint, message } | EtcdError::Refused { endpoint, message } => {
+                ClusterError::Etcd { endpoint, message }
             }
-            opts = opts.with_tls(o);
-            if let Some(rest) = endpoint.strip_prefix("http://") {
-                endpoint = format!("https://{rest}");
-            }
-        }
-        let client = tokio::time::timeout(self.timeout, etcd_client::Client::connect([endpoint], Some(opts)))
-            .await
-            .map_err(|_| self.error(format!("no connection within {:?}", self.timeout)))?
-            .map_err(|e| self.error(e))?;
-        *guard = Some(client.clone());
-        Ok(client)
-    }
-
-    async fn reset(&self) {
-        *self.client.lock().await = None;
-    }
-
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
-    where
-        F: FnOnce(etcd_client::Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let client = self.connect().await?;
-        match tokio::time::timeout(self.timeout, f(client)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.reset().await;
-                Err(self.error(e))
-            }
-            Err(_) => {
-                self.reset().await;
-                Err(self.error(format!("no answer within {:?}", self.timeout)))
-            }
+            other => ClusterError::Etcd { endpoint: self.etcd.endpoint(), message: other.to_string() },
         }
     }
 }
@@ -210,18 +143,21 @@ impl EtcdClusterView {
 #[async_trait]
 impl ClusterView for EtcdClusterView {
     async fn leadership(&self) -> Result<Leadership, ClusterError> {
-        let status = self.call(|mut c| async move { c.status().await }).await?;
-        let member_id = status.header().map(|h| h.member_id()).unwrap_or(0);
-        let cluster_id = status.header().map(|h| h.cluster_id()).unwrap_or(0);
-        Ok(Leadership { member_id, leader_id: status.leader(), cluster_id, is_learner: status.is_learner() })
+        let s = self.etcd.member_status().await.map_err(|e| self.error(e))?;
+        Ok(Leadership {
+            member_id: s.status.member_id,
+            leader_id: s.status.leader,
+            cluster_id: s.cluster_id,
+            is_learner: s.is_learner,
+        })
     }
 
     async fn member(&self, id: u64) -> Result<Option<MemberInfo>, ClusterError> {
-        let list = self.call(|mut c| async move { c.member_list().await }).await?;
-        Ok(list.members().iter().find(|m| m.id() == id).map(|m| MemberInfo {
-            id: m.id(),
-            name: m.name().to_string(),
-            client_urls: m.client_urls().to_vec(),
+        let list = self.etcd.member_list().await.map_err(|e| self.error(e))?;
+        Ok(list.into_iter().find(|m| m.id == id).map(|m| MemberInfo {
+            id: m.id,
+            name: m.name,
+            client_urls: m.client_urls,
         }))
     }
 }
