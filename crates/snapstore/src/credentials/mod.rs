@@ -7,14 +7,29 @@
 //! Secret values are held in [`Secret`], whose `Debug` prints `***`; nothing here implements
 //! `Display` for a secret. One-value files are trimmed of surrounding whitespace (a trailing
 //! newline from `echo` would otherwise become part of a key).
+//!
+//! One file a concern: `source.rs` reads the reference's files (JSON or a directory of
+//! one-value files) and fingerprints them; `s3.rs` (S3, OCS, ECS), `gcs.rs` and `swift.rs` turn
+//! them, and the variables, into each provider's credentials; ABS and OSS, three fields each,
+//! are read in [`load`].
 
-use std::collections::BTreeMap;
+mod gcs;
+mod s3;
+mod source;
+mod swift;
+
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::PathBuf;
 
 use crate::Error;
 use crate::config::Provider;
+
+use gcs::gcs_from_file;
+use s3::{ecs_from_env, ocs_from_fields, s3_from_fields};
+use source::read_source;
+pub(crate) use source::{Fingerprint, fingerprint};
+use swift::swift_credentials;
+pub(crate) use swift::{OS_VARIABLES, os_env_prefix};
 
 /// A secret value (key, password, token): kept out of `Debug` output and logs.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -171,158 +186,7 @@ pub struct Loaded {
     pub watched: Vec<PathBuf>,
 }
 
-/// A snapshot of what the watched files looked like: (path, (mtime, size, inode)) each.
-pub(crate) type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
-
-/// Stats every watched path (following symlinks, so a Kubernetes `..data` swap shows up).
-pub(crate) fn fingerprint(watched: &[PathBuf]) -> Fingerprint {
-    watched
-        .iter()
-        .map(|p| {
-            let m = std::fs::metadata(p).ok().map(|m| {
-                #[cfg(unix)]
-                let ino = std::os::unix::fs::MetadataExt::ino(&m);
-                #[cfg(not(unix))]
-                let ino = 0;
-                (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), ino)
-            });
-            (p.clone(), m)
-        })
-        .collect()
-}
-
-/// Key/value pairs from one credential source (JSON object or directory of files).
-#[derive(Debug, Default)]
-struct Fields {
-    values: BTreeMap<String, String>,
-    /// Where they came from, for error messages.
-    origin: String,
-    /// The directory when read from one-value files (S3's `token` is a path into it).
-    dir: Option<PathBuf>,
-}
-
-impl Fields {
-    fn get(&self, key: &str) -> Option<String> {
-        self.values.get(key).cloned().filter(|v| !v.is_empty())
-    }
-
-    fn require(&self, provider: Provider, key: &str) -> Result<String, Error> {
-        self.get(key)
-            .ok_or_else(|| Error::Credentials { provider, reason: format!("{key} is missing in {}", self.origin) })
-    }
-
-    fn bool(&self, provider: Provider, key: &str) -> Result<Option<bool>, Error> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => parse_bool(&v).map(Some).ok_or_else(|| Error::Credentials {
-                provider,
-                reason: format!("{key} in {} is not a boolean", self.origin),
-            }),
-        }
-    }
-}
-
-/// Go's `strconv.ParseBool`.
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
-fn read_file(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|source| Error::CredentialFile { path: path.to_path_buf(), source })
-}
-
-fn json_fields(provider: Provider, path: &Path) -> Result<Fields, Error> {
-    let text = read_file(path)?;
-    // serde_json's error names only a line and column, never the content.
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Credentials { provider, reason: format!("{} is not valid JSON: {e}", path.display()) })?;
-    let obj = value.as_object().ok_or_else(|| Error::Credentials {
-        provider,
-        reason: format!("{} must hold a JSON object", path.display()),
-    })?;
-    let mut values = BTreeMap::new();
-    for (k, v) in obj {
-        let s = match v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => continue,
-        };
-        values.insert(k.clone(), s);
-    }
-    Ok(Fields { values, origin: path.display().to_string(), dir: None })
-}
-
-fn dir_fields(path: &Path, watched: &mut Vec<PathBuf>) -> Result<Fields, Error> {
-    let mut values = BTreeMap::new();
-    let entries =
-        std::fs::read_dir(path).map_err(|source| Error::CredentialFile { path: path.to_path_buf(), source })?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::CredentialFile { path: path.to_path_buf(), source })?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Kubernetes secret volumes hold `..data` and timestamped dirs; the keys are symlinks.
-        if name.starts_with('.') {
-            continue;
-        }
-        let p = entry.path();
-        if p.is_file() {
-            names.push((name, p));
-        }
-    }
-    names.sort();
-    for (name, p) in names {
-        values.insert(name, read_file(&p)?.trim().to_string());
-        watched.push(p);
-    }
-    Ok(Fields { values, origin: format!("directory {}", path.display()), dir: Some(path.to_path_buf()) })
-}
-
-/// The first `*.json` in `dir` by name (the reference takes the first `os.ReadDir` returns,
-/// which is sorted by name).
-fn first_json_in(dir: &Path) -> Result<Option<PathBuf>, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::CredentialFile { path: dir.to_path_buf(), source })?;
-    let mut jsons: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-        .collect();
-    jsons.sort();
-    Ok(jsons.into_iter().next())
-}
-
-/// Reads `<prefix><base>_JSON`, else `<prefix><base>` (a `*.json` in it first, then its files).
-/// `Ok(None)` when neither variable is set.
-fn read_source(
-    provider: Provider,
-    env: &dyn Fn(&str) -> Option<String>,
-    env_prefix: &str,
-    base: &str,
-    watched: &mut Vec<PathBuf>,
-) -> Result<Option<Fields>, Error> {
-    if let Some(file) = env(&format!("{env_prefix}{base}_JSON")).filter(|f| !f.is_empty()) {
-        let path = PathBuf::from(file);
-        let fields = json_fields(provider, &path)?;
-        watched.push(path);
-        return Ok(Some(fields));
-    }
-    if let Some(dir) = env(&format!("{env_prefix}{base}")).filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        watched.push(dir.clone());
-        if let Some(json) = first_json_in(&dir)? {
-            let fields = json_fields(provider, &json)?;
-            watched.push(json);
-            return Ok(Some(fields));
-        }
-        return dir_fields(&dir, watched).map(Some);
-    }
-    Ok(None)
-}
-
+/// The error for a provider none of whose credential variables is set.
 fn missing(provider: Provider, what: &str) -> Error {
     Error::Credentials { provider, reason: format!("no credentials: set {what}") }
 }
@@ -393,221 +257,11 @@ pub fn load(
     Ok(Loaded { credentials, watched })
 }
 
-fn s3_from_fields(provider: Provider, f: &Fields) -> Result<S3Credentials, Error> {
-    let token_path = match (&f.dir, f.get("tokenPath")) {
-        (_, Some(p)) => Some(PathBuf::from(p)),
-        // In a directory the token itself is the file `token`.
-        (Some(dir), None) if f.get("token").is_some() => Some(dir.join("token")),
-        _ => None,
-    };
-    let c = S3Credentials {
-        access_key_id: f.get("accessKeyID"),
-        secret_access_key: f.get("secretAccessKey").map(Secret::new),
-        region: f.get("region"),
-        endpoint: f.get("endpoint"),
-        force_path_style: f.bool(provider, "s3ForcePathStyle")?,
-        insecure_skip_verify: f.bool(provider, "insecureSkipVerify")?.unwrap_or(false),
-        trusted_ca_cert: f.get("trustedCaCert"),
-        sse_customer_key: f.get("sseCustomerKey").map(Secret::new),
-        sse_customer_algorithm: f.get("sseCustomerAlgorithm"),
-        role_arn: f.get("roleARN"),
-        token_path,
-    };
-    let fail = |reason: &str| Error::Credentials { provider, reason: format!("{reason} ({})", f.origin) };
-    if c.region.is_none() {
-        return Err(fail("region is missing"));
-    }
-    let static_keys = c.access_key_id.is_some() && c.secret_access_key.is_some();
-    let web_identity = c.role_arn.is_some() && c.token_path.is_some();
-    if !static_keys && !web_identity {
-        return Err(fail("either accessKeyID and secretAccessKey, or roleARN and token, must be set"));
-    }
-    if c.sse_customer_key.is_some() != c.sse_customer_algorithm.is_some() {
-        return Err(fail("sseCustomerKey and sseCustomerAlgorithm must be given together"));
-    }
-    Ok(c)
-}
-
-fn ocs_from_fields(provider: Provider, f: &Fields) -> Result<S3Credentials, Error> {
-    let disable_ssl = f.bool(provider, "disableSSL")?.unwrap_or(false);
-    let endpoint = with_scheme(&f.require(provider, "endpoint")?, disable_ssl);
-    Ok(S3Credentials {
-        access_key_id: Some(f.require(provider, "accessKeyID")?),
-        secret_access_key: Some(Secret::new(f.require(provider, "secretAccessKey")?)),
-        region: Some(f.require(provider, "region")?),
-        endpoint: Some(endpoint),
-        force_path_style: Some(true),
-        insecure_skip_verify: f.bool(provider, "insecureSkipVerify")?.unwrap_or(false),
-        ..S3Credentials::default()
-    })
-}
-
-fn ecs_from_env(env: &dyn Fn(&str) -> Option<String>, prefix: &str) -> Result<S3Credentials, Error> {
-    let provider = Provider::ECS;
-    // The reference reads the unprefixed ECS_* variables for every store (a copy's source
-    // included); a prefixed one (`SOURCE_ECS_…`) is taken first, so two ECS accounts can differ.
-    let var = |name: &str| {
-        env(&format!("{prefix}{name}")).filter(|v| !v.is_empty()).or_else(|| env(name).filter(|v| !v.is_empty()))
-    };
-    let require = |name: &str| {
-        var(name).ok_or_else(|| Error::Credentials { provider, reason: format!("{prefix}{name} is not set") })
-    };
-    // As the reference: a value that is no boolean means the default, false.
-    let flag = |name: &str| -> Result<bool, Error> {
-        Ok(match var(name) {
-            None => false,
-            Some(v) => parse_bool(&v).unwrap_or_else(|| {
-                tracing::warn!(variable = name, "not a boolean; using false, as the Go tool does");
-                false
-            }),
-        })
-    };
-    let disable_ssl = flag("ECS_DISABLE_SSL")?;
-    Ok(S3Credentials {
-        access_key_id: Some(require("ECS_ACCESS_KEY_ID")?),
-        secret_access_key: Some(Secret::new(require("ECS_SECRET_ACCESS_KEY")?)),
-        // The reference's fixed ECS region.
-        region: Some("US-Standard".to_string()),
-        endpoint: Some(with_scheme(&require("ECS_ENDPOINT")?, disable_ssl)),
-        force_path_style: Some(true),
-        insecure_skip_verify: flag("ECS_INSECURE_SKIP_VERIFY")?,
-        ..S3Credentials::default()
-    })
-}
-
-/// An endpoint without a scheme gets `http://` when SSL is disabled, else `https://`.
-fn with_scheme(endpoint: &str, disable_ssl: bool) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else if disable_ssl {
-        format!("http://{endpoint}")
-    } else {
-        format!("https://{endpoint}")
-    }
-}
-
-fn gcs_from_file(path: &Path) -> Result<GcsCredentials, Error> {
-    let provider = Provider::GCS;
-    let text = read_file(path)?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Credentials { provider, reason: format!("{} is not valid JSON: {e}", path.display()) })?;
-    let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-    if kind != "service_account" && kind != "external_account" {
-        return Err(Error::Credentials {
-            provider,
-            reason: format!("{}: type must be service_account or external_account, got {kind:?}", path.display()),
-        });
-    }
-    let storage_api_endpoint = path
-        .parent()
-        .map(|d| d.join("storageAPIEndpoint"))
-        .filter(|p| p.is_file())
-        .map(|p| read_file(&p))
-        .transpose()?
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    Ok(GcsCredentials { credential_json: Secret::new(text), kind, storage_api_endpoint })
-}
-
-/// The `OS_*` variables gophercloud's clientconfig reads, with the prefix of `env_prefix`'s
-/// store: `SOURCE_OS_` for a copy source, `OS_` otherwise (the reference has no `SECONDARY_OS_`).
-pub(crate) fn os_env_prefix(env_prefix: &str) -> &'static str {
-    if env_prefix == "SOURCE_" { "SOURCE_OS_" } else { "OS_" }
-}
-
-/// The `OS_*` variable names read (without prefix).
-pub(crate) const OS_VARIABLES: &[&str] = &[
-    "AUTH_URL",
-    "USERNAME",
-    "PASSWORD",
-    "TENANT_NAME",
-    "PROJECT_NAME",
-    "DOMAIN_NAME",
-    "USER_DOMAIN_NAME",
-    "PROJECT_DOMAIN_NAME",
-    "REGION_NAME",
-    "AUTH_TYPE",
-    "APPLICATION_CREDENTIAL_ID",
-    "APPLICATION_CREDENTIAL_NAME",
-    "APPLICATION_CREDENTIAL_SECRET",
-    "TOKEN",
-    "AUTH_TOKEN",
-    "STORAGE_URL",
-];
-
-/// The file's fields (when there is a file), each missing one filled from the `OS_*`
-/// variables, as gophercloud's clientconfig fills an empty setting from its variable.
-fn swift_credentials(
-    provider: Provider,
-    f: Option<&Fields>,
-    env: &dyn Fn(&str) -> Option<String>,
-    env_prefix: &str,
-) -> Result<SwiftCredentials, Error> {
-    let os = os_env_prefix(env_prefix);
-    let var = |name: &str| env(&format!("{os}{name}")).filter(|v| !v.is_empty());
-    let field = |key: &str| f.and_then(|f| f.get(key));
-    let either = |key: &str, name: &str| field(key).or_else(|| var(name));
-    let origin = f.map_or_else(|| format!("the {os}* variables"), |f| f.origin.clone());
-    let c = SwiftCredentials {
-        auth_url: either("authURL", "AUTH_URL").unwrap_or_default(),
-        domain_name: either("domainName", "DOMAIN_NAME"),
-        user_domain_name: var("USER_DOMAIN_NAME"),
-        project_domain_name: var("PROJECT_DOMAIN_NAME"),
-        tenant_name: field("tenantName").or_else(|| var("PROJECT_NAME")).or_else(|| var("TENANT_NAME")),
-        // gophercloud picks the endpoint with OS_REGION_NAME; the file's region is the fallback.
-        region: var("REGION_NAME").or_else(|| field("region")),
-        auth_type: either("authType", "AUTH_TYPE"),
-        username: either("username", "USERNAME"),
-        password: either("password", "PASSWORD").map(Secret::new),
-        application_credential_id: either("applicationCredentialID", "APPLICATION_CREDENTIAL_ID"),
-        application_credential_name: either("applicationCredentialName", "APPLICATION_CREDENTIAL_NAME"),
-        application_credential_secret: either("applicationCredentialSecret", "APPLICATION_CREDENTIAL_SECRET")
-            .map(Secret::new),
-        auth_token: var("AUTH_TOKEN").or_else(|| var("TOKEN")).map(Secret::new),
-        storage_url: field("storageURL").or_else(|| var("STORAGE_URL")),
-        token: field("token").map(Secret::new),
-    };
-    let fail = |reason: String| Error::Credentials { provider, reason: format!("{reason} ({origin})") };
-    if f.is_none() && c.auth_url.is_empty() && c.storage_url.is_none() {
-        return Err(missing(
-            provider,
-            &format!("{env_prefix}OPENSTACK_APPLICATION_CREDENTIALS[_JSON], or the {os}* variables ({os}AUTH_URL, …)"),
-        ));
-    }
-    // A storage URL with a token needs no Keystone.
-    if c.storage_url.is_some() && (c.token.is_some() || c.auth_token.is_some()) {
-        return Ok(SwiftCredentials { token: c.token.clone().or_else(|| c.auth_token.clone()), ..c });
-    }
-    if c.auth_url.is_empty() {
-        return Err(fail("authURL (or OS_AUTH_URL) is missing".into()));
-    }
-    match c.auth_type.as_deref().unwrap_or("password") {
-        "v3applicationcredential" | "applicationcredential" | "v3applicationcredentials" => {
-            let id_or_name = c.application_credential_id.is_some() || c.application_credential_name.is_some();
-            if !id_or_name || c.application_credential_secret.is_none() {
-                return Err(fail(
-                    "v3applicationcredential auth needs applicationCredentialID or Name, and applicationCredentialSecret"
-                        .into(),
-                ));
-            }
-        }
-        "token" | "v3token" => {
-            if c.auth_token.is_none() {
-                return Err(fail("token auth needs OS_TOKEN or OS_AUTH_TOKEN".into()));
-            }
-        }
-        "password" | "v3password" | "" => {
-            if c.auth_token.is_none() && (c.username.is_none() || c.password.is_none()) {
-                return Err(fail("password auth needs username and password".into()));
-            }
-        }
-        other => return Err(fail(format!("unknown authType {other:?}"))),
-    }
-    Ok(c)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
     use super::*;
 
     fn env_of(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> + use<> {
