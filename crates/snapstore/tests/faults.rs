@@ -154,6 +154,54 @@ fn assert_failed_retryably(result: Result<u64, StoreError>) {
     }
 }
 
+/// A store server a scenario kills and restarts on the same data.
+trait Server: Send + 'static {
+    fn kill(&mut self);
+    fn restart(&mut self);
+    fn log_tail(&self) -> String;
+}
+
+impl Server for testsupport::seaweed::SeaweedS3 {
+    fn kill(&mut self) {
+        self.kill()
+    }
+    fn restart(&mut self) {
+        self.restart()
+    }
+    fn log_tail(&self) -> String {
+        self.log_tail()
+    }
+}
+
+impl Server for testsupport::azurite::Azurite {
+    fn kill(&mut self) {
+        self.kill()
+    }
+    fn restart(&mut self) {
+        self.restart()
+    }
+    fn log_tail(&self) -> String {
+        self.log_tail()
+    }
+}
+
+/// The upload half of a killed-mid-upload scenario: a `BIG` write to `faults/big` with
+/// `server` killed midway must fail retryably; then the server is restarted and the listing
+/// of `faults/` returned, for the scenario to check that no partial object shows.
+async fn upload_killed_then_restarted<S: Server>(server: &Arc<Mutex<S>>, store: &Arc<OpendalStore>) -> Vec<ObjectMeta> {
+    let (killer, logger) = (server.clone(), server.clone());
+    let result = write_killed_midway(
+        store.clone(),
+        "faults/big",
+        move || killer.lock().unwrap().kill(),
+        move || logger.lock().unwrap().log_tail(),
+    )
+    .await;
+    assert_failed_retryably(result);
+    server.lock().unwrap().restart();
+    store.list("faults/").await.expect("list after restart")
+}
+
 /// Reads `key` to the end or to the first error: (bytes received, the error if any). Pauses
 /// after `kill_after` bytes to run `kill`.
 async fn read_killed_midway(
@@ -210,19 +258,7 @@ async fn seaweedfs_killed_mid_upload_fails_the_write_and_leaves_no_object() {
     // restarted server serves the same data.
     store.write("faults/survivor", generated(1000, 1), &opts()).await.expect("write survivor");
 
-    let killer = seaweed.clone();
-    let logger = seaweed.clone();
-    let result = write_killed_midway(
-        store.clone(),
-        "faults/big",
-        move || killer.lock().unwrap().kill(),
-        move || logger.lock().unwrap().log_tail(),
-    )
-    .await;
-    assert_failed_retryably(result);
-
-    seaweed.lock().unwrap().restart();
-    let listed = store.list("faults/").await.expect("list after restart");
+    let listed = upload_killed_then_restarted(&seaweed, &store).await;
     assert_eq!(keys(&listed), ["faults/survivor"], "no partial object may be listed");
     assert!(matches!(store.read("faults/big", None).await, Err(StoreError::NotFound { .. })));
     assert_content(store.as_ref(), "faults/survivor", 1000, 1).await;
@@ -255,19 +291,7 @@ async fn azurite_killed_mid_upload_fails_the_write_and_leaves_no_blob() {
     let azurite = Arc::new(std::sync::Mutex::new(testsupport::azurite::Azurite::start()));
     let (store, _creds) = azurite_store(&azurite.lock().unwrap());
 
-    let killer = azurite.clone();
-    let logger = azurite.clone();
-    let result = write_killed_midway(
-        store.clone(),
-        "faults/big",
-        move || killer.lock().unwrap().kill(),
-        move || logger.lock().unwrap().log_tail(),
-    )
-    .await;
-    assert_failed_retryably(result);
-
-    azurite.lock().unwrap().restart();
-    let listed = store.list("faults/").await.expect("list after restart");
+    let listed = upload_killed_then_restarted(&azurite, &store).await;
     assert_eq!(keys(&listed), Vec::<&str>::new(), "no partial blob may be listed");
     store.write("faults/big", generated(12 * MIB as u64, 3), &opts()).await.expect("write after restart");
     assert_content(store.as_ref(), "faults/big", 12 * MIB as u64, 3).await;
