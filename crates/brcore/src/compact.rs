@@ -153,6 +153,8 @@ pub async fn compact(
         max_fetchers: plan.max_fetchers,
         skip_hash_check: plan.skip_hash_check,
         memory_budget: plan.memory_budget,
+        // The db is read back at once: keep it in the page cache.
+        direct_io: false,
     };
     let snapshot_temp = plan.snapshot_temp_dir.as_deref().unwrap_or(work.path());
     let (stats, _) = rebuild_chain(store.clone(), &chain, opts, &db_path, snapshot_temp, fetch, progress).await?;

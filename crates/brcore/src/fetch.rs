@@ -76,11 +76,20 @@ pub struct FetchOptions {
     pub skip_hash_check: bool,
     /// Memory for deltas read and decoded ahead of the writer ([`crate::deltafeed`]).
     pub memory_budget: u64,
+    /// Write the db with `O_DIRECT` where the filesystem takes it
+    /// ([`ThreadedFile::direct`]): for a db that is not read back soon (a restore's); a db
+    /// read back at once (verify, compact) is better left in the page cache.
+    pub direct_io: bool,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        FetchOptions { max_fetchers: 6, skip_hash_check: false, memory_budget: crate::deltafeed::DEFAULT_BUDGET }
+        FetchOptions {
+            max_fetchers: 6,
+            skip_hash_check: false,
+            memory_budget: crate::deltafeed::DEFAULT_BUDGET,
+            direct_io: false,
+        }
     }
 }
 
@@ -141,6 +150,7 @@ pub async fn rebuild_chain(
     let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
     let db_out = db_path.to_path_buf();
     let full_key = chain.full.key.clone();
+    let direct_io = fetch.direct_io;
     let (stats, feed) = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
         let mut feed = feed;
         let written = (|| {
@@ -150,9 +160,10 @@ pub async fn rebuild_chain(
             // Events that repeat the full snapshot's content are compared with its db.
             let repeats = FullRepeats::new(&full_key, &source)?;
             let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false };
-            // The kernel's copy of the db into the page cache runs on a thread of its own.
-            let (out, stats) = rebuild::rebuild_db_batches(&source, batches, &opts, ThreadedFile::new(out))
-                .map_err(|e| e.at_db_path(&db_out))?;
+            // The db's writes run on a thread of their own (direct: no copy into the page cache).
+            let out = if direct_io { ThreadedFile::direct(out) } else { ThreadedFile::new(out) };
+            let (out, stats) =
+                rebuild::rebuild_db_batches(&source, batches, &opts, out).map_err(|e| e.at_db_path(&db_out))?;
             let file = out.finish().map_err(|e| Error::io(&db_out, e))?;
             file.sync_all().map_err(|e| Error::io(&db_out, e))?;
             Ok(stats)

@@ -577,6 +577,8 @@ async fn build(
         max_fetchers: plan.max_fetchers,
         skip_hash_check: plan.skip_hash_check,
         memory_budget: plan.memory_budget,
+        // The restored db is read by etcd later, not now (a dry run reads it back at once).
+        direct_io: !plan.dry_run,
     };
     let (stats, fetched) = rebuild_chain(store, chain, opts, &db_path, &temp_dir, fetch, progress).await?;
 

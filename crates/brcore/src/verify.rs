@@ -274,6 +274,8 @@ pub async fn verify(
         max_fetchers: plan.max_fetchers.max(1),
         skip_hash_check: plan.skip_hash_check,
         memory_budget: plan.memory_budget,
+        // The db is read back at once: keep it in the page cache.
+        direct_io: false,
     };
     let (stats, bytes_fetched) =
         restore::rebuild_chain(store.clone(), &chain, opts, &db_path, work.path(), fetch, progress).await?;
