@@ -1,30 +1,37 @@
-//! The HTTP server: [`Server`], its routes, the initialization state machine and HTTPS.
+//! The HTTP server: [`Server`], its configuration, the state its handlers share, the routes and
+//! their methods, HTTPS; the status page, `/healthz` and `/metrics`. The other handlers live
+//! by concern: `init.rs` (the initialization state machine's endpoints), `snapshot.rs` (the
+//! snapshot endpoints and forwarding to the leader's sidecar), `config.rs` (`/config`,
+//! `/member/data`).
 
-use std::collections::{HashMap, VecDeque};
+mod config;
+mod init;
+mod snapshot;
+
+use std::collections::VecDeque;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use brcore::cluster::{ClusterAccess, LiveCluster};
+use brcore::cluster::ClusterAccess;
 use brcore::metrics::Metrics;
 use brcore::verify::Verification;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
-use validator::{Action, InitOptions, Initializer, Mode, Outcome};
+use tracing::{info, warn};
+use validator::{InitOptions, Initializer, Mode};
 
 use crate::error::Error;
-use crate::etcdconf;
-use crate::leader::{FORWARDED_HEADER, Role};
+use crate::leader::Role;
 use crate::page::{self, PageData, VerificationState};
-use crate::snapshots::{LatestJson, SnapshotControl, SnapshotJson};
+use crate::snapshots::SnapshotControl;
 
 /// Where `/config` reads the etcd config when `ETCD_CONF` is not set (the reference's default).
 pub const DEFAULT_ETCD_CONF: &str = "/var/etcd/config/etcd.conf.yaml";
@@ -164,14 +171,6 @@ struct Shared {
     upstream: std::sync::OnceLock<reqwest::Client>,
 }
 
-/// Where a snapshot request is served.
-enum Route {
-    /// By this sidecar's snapshotter.
-    Here,
-    /// By the leader's sidecar at this base URL.
-    Forward(String),
-}
-
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -212,72 +211,6 @@ impl Shared {
         self.snapshots.as_ref().ok_or_else(|| {
             Error::NotConfigured("snapshots are not configured on this server (no --storage-provider)".into())
         })
-    }
-
-    /// Decides who serves a snapshot request: here, or the leader's sidecar.
-    fn route(&self, headers: &HeaderMap) -> Result<Route, Error> {
-        let Some(role) = &self.config.leadership else {
-            return Ok(Route::Here);
-        };
-        let role = role.borrow().clone();
-        match role {
-            Role::Leader => Ok(Route::Here),
-            Role::Unknown => Err(Error::Unavailable(
-                "this sidecar does not know which etcd member leads (etcd unreachable, or no quorum); try again later"
-                    .into(),
-            )),
-            Role::Follower { .. } if headers.contains_key(FORWARDED_HEADER) => Err(Error::Unavailable(
-                "forwarded here as to the leader's sidecar, but this etcd member no longer leads; try again".into(),
-            )),
-            Role::Follower { sidecar: Some(url), .. } => Ok(Route::Forward(url)),
-            Role::Follower { sidecar: None, leader_name, leader_id } => Err(Error::Unavailable(format!(
-                "etcd member {leader_name:?} ({leader_id:x}) leads, but where its sidecar listens is unknown; \
-                 name it in --sidecar-endpoints"
-            ))),
-        }
-    }
-
-    fn upstream(&self) -> Result<&reqwest::Client, Error> {
-        if let Some(c) = self.upstream.get() {
-            return Ok(c);
-        }
-        let client = crate::leader::sidecar_client(self.config.peer_cacert.as_deref()).map_err(Error::Internal)?;
-        Ok(self.upstream.get_or_init(|| client))
-    }
-
-    /// Forwards a snapshot request to the leader's sidecar at `base` after checking its
-    /// `/healthz` (as the reference's reverse proxy does), passing the bearer token on, and
-    /// returns its answer unchanged.
-    async fn forward(&self, base: &str, method: Method, uri: &Uri, headers: &HeaderMap) -> Result<Response, Error> {
-        let client = self.upstream()?;
-        let health = client
-            .get(format!("{base}/healthz"))
-            .timeout(std::time::Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| Error::Upstream(format!("{base} does not answer: {e}")))?;
-        if !health.status().is_success() {
-            return Err(Error::Unavailable(format!(
-                "the leader's sidecar at {base} is not ready (its /healthz answered {}); try again later",
-                health.status().as_u16()
-            )));
-        }
-        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let mut request = client.request(method, format!("{base}{path}")).header(FORWARDED_HEADER, "1");
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            request = request.header(header::AUTHORIZATION, auth);
-        }
-        let answer = request.send().await.map_err(|e| Error::Upstream(format!("{base}{path}: {e}")))?;
-        let status = answer.status();
-        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let body =
-            answer.bytes().await.map_err(|e| Error::Upstream(format!("{base}{path}: reading the answer: {e}")))?;
-        info!(leader = base, path, status = status.as_u16(), "snapshot request forwarded to the leader's sidecar");
-        let mut response = (status, body).into_response();
-        if let Some(ct) = content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, ct);
-        }
-        Ok(response)
     }
 
     fn refuse_while_initializing(&self) -> Result<(), Error> {
@@ -428,14 +361,14 @@ impl Server {
         let tls = self.shared.config.tls.is_some();
         Router::new()
             .route("/", get(page_handler))
-            .route("/initialization/start", get(init_start).post(init_start))
-            .route("/initialization/status", get(init_status))
-            .route("/snapshot/full", get(snapshot_full).post(snapshot_full))
-            .route("/snapshot/delta", get(snapshot_delta).post(snapshot_delta))
-            .route("/snapshot/latest", get(snapshot_latest))
-            .route("/snapshot/verify/latest", get(verify_latest))
-            .route("/config", get(config))
-            .route("/member/data", get(member_data))
+            .route("/initialization/start", get(init::init_start).post(init::init_start))
+            .route("/initialization/status", get(init::init_status))
+            .route("/snapshot/full", get(snapshot::snapshot_full).post(snapshot::snapshot_full))
+            .route("/snapshot/delta", get(snapshot::snapshot_delta).post(snapshot::snapshot_delta))
+            .route("/snapshot/latest", get(snapshot::snapshot_latest))
+            .route("/snapshot/verify/latest", get(snapshot::verify_latest))
+            .route("/config", get(config::config))
+            .route("/member/data", get(config::member_data))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .fallback(|| async { (StatusCode::NOT_FOUND, "not found; see / for the endpoints\n") })
@@ -517,259 +450,12 @@ async fn page_handler(State(s): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
-async fn init_start(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<StatusCode, Error> {
-    s.authorize(&headers)?;
-    let mode = match q.get("mode").map(String::as_str) {
-        None | Some("") => s.config.default_mode,
-        Some("full") => Mode::Full,
-        Some("sanity") => Mode::Sanity,
-        Some(other) => return Err(Error::BadRequest(format!("unknown mode {other:?}: use full or sanity"))),
-    };
-    let started = s.status.send_if_modified(|st| {
-        if *st == InitStatus::New {
-            *st = InitStatus::Progress;
-            true
-        } else {
-            false
-        }
-    });
-    if !started {
-        // As the reference: a second start while one runs (or before its result was read) is a
-        // no-op that still answers 200.
-        info!(status = s.status.borrow().as_str(), "initialization already started; nothing to do");
-        return Ok(StatusCode::OK);
-    }
-    s.healthy.store(false, Ordering::SeqCst);
-    s.starts.send_modify(|n| *n += 1);
-    info!(mode = %mode, "initialization started");
-    let shared = s.clone();
-    tokio::spawn(async move {
-        let mut opts = shared.init.options.clone();
-        opts.mode = mode;
-        let initializer = shared.init.initializer.clone();
-        // A separate task, so even a panic inside becomes `Failed` instead of a stuck `Progress`.
-        let run = tokio::spawn(async move { initializer.initialize(&opts).await });
-        let (status, line) = match run.await {
-            Ok(Ok(outcome)) => {
-                let line = summarize(&outcome);
-                info!("initialization succeeded: {line}");
-                (InitStatus::Successful, line)
-            }
-            Ok(Err(e)) => {
-                error!(error = %e, "initialization failed");
-                shared.remember(format!("initialization: {e}"));
-                (InitStatus::Failed, format!("failed: {e}"))
-            }
-            Err(e) => {
-                error!(error = %e, "initialization task died");
-                shared.remember(format!("initialization: {e}"));
-                (InitStatus::Failed, format!("failed: the initialization task died ({e})"))
-            }
-        };
-        if let Ok(mut ev) = shared.events.lock() {
-            ev.last_initialization = Some(format!("{} ({line})", humantime::format_rfc3339_seconds(SystemTime::now())));
-        }
-        shared.status.send_replace(status);
-    });
-    Ok(StatusCode::OK)
-}
-
-fn summarize(o: &Outcome) -> String {
-    let v = &o.validation;
-    let action = match &o.action {
-        Action::Nothing => "data dir kept".to_string(),
-        Action::Restored(r) => {
-            format!("restored revision {} from {} + {} delta(s)", r.stats.revision, r.full, r.deltas.len())
-        }
-        Action::FreshStart => "no backups to restore from: etcd starts empty".to_string(),
-        Action::JoinedAsLearner { member_id, removed: None } => {
-            format!("joined the running cluster as learner {member_id:x}; etcd syncs from the leader")
-        }
-        Action::JoinedAsLearner { member_id, removed: Some(old) } => {
-            format!("removed member {old:x} and added it back as learner {member_id:x}; etcd syncs from the leader")
-        }
-    };
-    format!("{} validation: {}; {action}", v.mode, v.verdict)
-}
-
-async fn init_status(State(s): State<Arc<Shared>>) -> String {
-    let mut seen = InitStatus::New;
-    s.status.send_if_modified(|st| {
-        seen = *st;
-        if matches!(st, InitStatus::Successful | InitStatus::Failed) {
-            *st = InitStatus::New;
-            true
-        } else {
-            false
-        }
-    });
-    seen.as_str().to_string()
-}
-
 fn json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Response, Error> {
     serde_json::to_string(v).map(json).map_err(|e| Error::Internal(format!("cannot encode JSON: {e}")))
-}
-
-async fn snapshot_full(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, Error> {
-    s.authorize(&headers)?;
-    let is_final = match q.get("final").map(String::as_str) {
-        None | Some("") => false,
-        Some(v) => parse_go_bool(v)
-            .ok_or_else(|| Error::BadRequest(format!("final={v:?} is not a boolean (true or false)")))?,
-    };
-    let ctl = s.snapshots()?;
-    s.refuse_while_initializing()?;
-    if let Route::Forward(base) = s.route(&headers)? {
-        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("full snapshot", e));
-    }
-    match ctl.full(is_final).await {
-        Ok(snap) => to_json(&SnapshotJson::from(&snap)),
-        Err(e) => {
-            s.record("full snapshot", &e);
-            Err(e)
-        }
-    }
-}
-
-async fn snapshot_delta(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    s.authorize(&headers)?;
-    let ctl = s.snapshots()?;
-    s.refuse_while_initializing()?;
-    if let Route::Forward(base) = s.route(&headers)? {
-        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("delta snapshot", e));
-    }
-    match ctl.delta().await {
-        Ok(snap) => to_json(&snap.as_ref().map(SnapshotJson::from)),
-        Err(e) => {
-            s.record("delta snapshot", &e);
-            Err(e)
-        }
-    }
-}
-
-async fn snapshot_latest(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
-    let ctl = s.snapshots()?;
-    match ctl.latest().await {
-        Ok(latest) => to_json(&LatestJson::from(&latest)),
-        Err(e) => {
-            s.record("latest snapshots", &e);
-            Err(e)
-        }
-    }
-}
-
-/// `/snapshot/verify/latest`: the newest scheduled verification as JSON (`null` before the
-/// first finishes); on a follower, the leader's sidecar's answer.
-async fn verify_latest(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let Some(feed) = &s.config.verification else {
-        return Err(Error::NotFound(
-            "scheduled verification is off on this server (--verification-period); `etcdbrctl verify` runs one".into(),
-        ));
-    };
-    if let Route::Forward(base) = s.route(&headers)? {
-        return s.forward(&base, method, &uri, &headers).await.inspect_err(|e| s.record("verification", e));
-    }
-    let latest = feed.results.borrow().clone();
-    to_json(&latest.as_deref())
-}
-
-/// How long `/config` waits for a quorum to list the running members (the reference tries
-/// twice, 2 s apart); without one, the config's own cluster is served (a bootstrap).
-const CONFIG_LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
-
-async fn config(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
-    let path = s.config.etcd_conf.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_CONF));
-    let live = match &s.config.cluster {
-        Some(cluster) => match cluster.spec() {
-            Ok(spec) if spec.is_multi_member() => cluster.members(&spec).live_within(CONFIG_LIVE_WAIT).await,
-            Ok(_) => None,
-            Err(e) => {
-                warn!(error = %e, "cannot read the cluster for /config; serving the config's own cluster");
-                None
-            }
-        },
-        None => None,
-    };
-    let result =
-        render_config(&path, s.config.pod_name.as_deref(), s.config.config_output.as_deref(), live.as_ref()).await;
-    match result {
-        Ok(text) => Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response()),
-        Err(e) => {
-            s.record("config", &e);
-            Err(e)
-        }
-    }
-}
-
-async fn render_config(
-    path: &Path,
-    pod_name: Option<&str>,
-    output: Option<&Path>,
-    live: Option<&LiveCluster>,
-) -> Result<String, Error> {
-    let shown = path.display().to_string();
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| Error::EtcdConfig {
-        path: shown.clone(),
-        why: format!("cannot read it ({e}); set ETCD_CONF to the etcd config file"),
-    })?;
-    let rendered =
-        etcdconf::render_for_member(&text, pod_name, live).map_err(|why| Error::EtcdConfig { path: shown, why })?;
-    if let Some(out) = output {
-        write_atomically(out, rendered.as_bytes())
-            .await
-            .map_err(|e| Error::Backup(brcore::error::Error::io(out, e)))?;
-    }
-    Ok(rendered)
-}
-
-/// Writes `bytes` to a temp file beside `path` and renames it over `path`, so a reader never
-/// sees half a config.
-async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    tokio::fs::write(&tmp, bytes).await?;
-    if let Err(e) = tokio::fs::rename(&tmp, path).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// `/member/data`: what this member's data dir holds, for the other members' sidecars (see
-/// `validator::member_data`); read-only.
-async fn member_data(State(s): State<Arc<Shared>>) -> Result<Response, Error> {
-    let member = match &s.config.cluster {
-        Some(c) => c.spec().map(|spec| spec.this).unwrap_or_else(|_| s.init.options.plan.name.clone()),
-        None => s.init.options.plan.name.clone(),
-    };
-    let data_dir = s.init.options.plan.data_dir.clone();
-    let report = tokio::task::spawn_blocking(move || validator::data_report(&data_dir, &member))
-        .await
-        .map_err(|e| Error::Internal(format!("the data dir check died: {e}")))?;
-    to_json(&report)
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
