@@ -145,6 +145,15 @@ pub struct Difference {
     pub exact: bool,
 }
 
+impl std::fmt::Display for Difference {
+    /// `revision R[ (or earlier)], held by OBJECT`: the words `etcdbrctl verify` and the
+    /// server's status page both say it in.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let earlier = if self.exact { "" } else { " (or earlier)" };
+        write!(f, "revision {}{earlier}, held by {}", self.revision, self.object)
+    }
+}
+
 /// The verdict of one verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -89,12 +89,7 @@ fn verification(h: &mut String, v: &VerificationState<'_>) {
                             "bad",
                             "differs",
                             match &r.difference {
-                                Some(d) => format!(
-                                    "from etcd at revision {}{}, held by {}",
-                                    d.revision,
-                                    if d.exact { "" } else { " (or earlier)" },
-                                    d.object
-                                ),
+                                Some(d) => format!("from etcd at {d}"),
                                 None => "from etcd".to_string(),
                             },
                         ),

@@ -77,13 +77,12 @@ fn verdict(r: &VerifyReport) -> anyhow::Result<()> {
         Outcome::Differs => (
             EXIT_CORRUPT,
             match &r.difference {
-                Some(d) => format!(
-                    "the backup differs from etcd at revision {}{}, held by {}: do not restore from it past revision {}",
-                    d.revision,
-                    if d.exact { "" } else { " (or earlier)" },
-                    d.object,
-                    d.revision - 1
-                ),
+                Some(d) => {
+                    format!(
+                        "the backup differs from etcd at {d}: do not restore from it past revision {}",
+                        d.revision - 1
+                    )
+                }
                 None => "the backup differs from etcd".to_string(),
             },
         ),
@@ -133,13 +132,7 @@ fn render(r: &VerifyReport) -> String {
         let _ = writeln!(out, "hashkv:    revision {}: {} ({compared})", c.revision, c.hash);
     }
     if let Some(d) = &r.difference {
-        let _ = writeln!(
-            out,
-            "first difference: revision {}{}, held by {}",
-            d.revision,
-            if d.exact { "" } else { " (or earlier)" },
-            d.object
-        );
+        let _ = writeln!(out, "first difference: {d}");
     }
     let end = r.end();
     let result = match r.outcome {
