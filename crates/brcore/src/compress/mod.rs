@@ -33,9 +33,9 @@ const LZW_LITERAL_WIDTH: u8 = 8;
 const BUF_SIZE: usize = 64 * 1024;
 
 /// The zstd level of everything etcdbr writes as `.zst`, chosen for speed: on an etcd db
-/// level 1 compresses about 290 MiB/s per core to the size gzip's level 2 reaches at 60 MiB/s;
+/// level 1 compresses 210–290 MiB/s per core to the size gzip's level 2 reaches at 60–120 MiB/s;
 /// level 2 is half as fast for the same size (measured 2026-12-03 on a 289 MiB db, 1 MiB
-/// blocks). `--compression-level` does not apply to it.
+/// blocks, the shared machine). `--compression-level` does not apply to it.
 pub const ZSTD_LEVEL: i32 = 1;
 
 /// Wraps a reader of `compression`-compressed bytes into a reader of the plain bytes.

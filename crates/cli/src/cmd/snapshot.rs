@@ -38,7 +38,7 @@ pub enum CompressionArg {
     /// `.zlib`
     Zlib,
     /// `.zst`, etcdbr's own: full snapshots compressed on every core at zstd level 1, about
-    /// 4× gzip's speed for the same size. The Go etcdbrctl cannot read these backups.
+    /// 3× gzip level 2's speed for the same size. The Go etcdbrctl cannot read these backups.
     Zstd,
 }
 
