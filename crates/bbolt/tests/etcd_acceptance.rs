@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use bbolt::{Db, Entry, FreelistMode, WriterOptions};
 use testsupport::{Etcd, EtcdVersion};
@@ -14,33 +13,14 @@ use testsupport::{Etcd, EtcdVersion};
 /// `snapshot status -w json` as (hash, revision, totalKey, totalSize), by each tool we have:
 /// etcdctl 3.4.23 and etcdutl 3.5.1 and 3.5.30 (three bbolt versions).
 fn statuses(file: &Path) -> Vec<(String, serde_json::Value)> {
-    let tools = [
-        (EtcdVersion::V3_4.etcdctl_bin(), "etcdctl 3.4"),
-        (EtcdVersion::V3_5.etcdutl_bin(), "etcdutl 3.5.1"),
-        (EtcdVersion::V3_5Latest.etcdutl_bin(), "etcdutl 3.5.30"),
-    ];
-    tools
-        .into_iter()
-        .map(|(bin, name)| {
-            let out = Command::new(&bin)
-                .args(["snapshot", "status"])
-                .arg(file)
-                .args(["-w", "json"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .expect("run snapshot status");
-            assert!(
-                out.status.success(),
-                "{name} snapshot status {} failed: {}{}",
-                file.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8_lossy(&out.stdout);
-            let json = text.lines().rev().find(|l| l.starts_with('{')).expect("json line");
-            (name.to_string(), serde_json::from_str(json).expect("status json"))
-        })
-        .collect()
+    [
+        (EtcdVersion::V3_4, "etcdctl 3.4"),
+        (EtcdVersion::V3_5, "etcdutl 3.5.1"),
+        (EtcdVersion::V3_5Latest, "etcdutl 3.5.30"),
+    ]
+    .into_iter()
+    .map(|(version, name)| (name.to_string(), version.snapshot_status(file)))
+    .collect()
 }
 
 /// Copies `src` through the BulkWriter with `opts`, then asks every etcd tool about both files.

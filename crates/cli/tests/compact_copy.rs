@@ -1,16 +1,18 @@
 //! `etcdbrctl compact` and `etcdbrctl copy` on stores written by the Go etcdbrctl, judged by
 //! restoring the result and booting real etcd on it.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 
 const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 
 fn etcdbrctl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl")).args(args).output().expect("run etcdbrctl");
+    let out = common::run(args);
     assert!(
         out.status.success(),
         "etcdbrctl {args:?} failed: {}\n{}",

@@ -3,9 +3,11 @@
 //! live server's `endpoint hashkv`. Damaged and missing files must give findings or a clear
 //! error with the documented exit code, never a panic.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{run as etcdbrctl, text};
 use testsupport::{Etcd, EtcdVersion};
 
 /// `cmd::EXIT_FAILURE`: an ordinary error, e.g. a file that cannot be read.
@@ -13,35 +15,12 @@ const EXIT_FAILURE: i32 = 1;
 /// `cmd::EXIT_CORRUPT`: the file is damaged.
 const EXIT_CORRUPT: i32 = 3;
 
-fn etcdbrctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_etcdbrctl")).args(args).output().expect("run etcdbrctl")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Runs etcdbrctl, requires success and returns its stdout parsed as JSON.
 fn etcdbrctl_json(args: &[&str]) -> serde_json::Value {
     let out = etcdbrctl(args);
     assert!(out.status.success(), "etcdbrctl {args:?} failed ({}): {}", out.status, text(&out.stderr));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("etcdbrctl {args:?} printed no JSON ({e}): {}", text(&out.stdout)))
-}
-
-/// etcd's own `snapshot status FILE -w json`: etcdctl for 3.4 (no etcdutl there), etcdutl for 3.5.
-fn etcd_snapshot_status(version: EtcdVersion, file: &Path) -> serde_json::Value {
-    let mut cmd = match version {
-        EtcdVersion::V3_4 => {
-            let mut c = Command::new(version.etcdctl_bin());
-            c.env("ETCDCTL_API", "3");
-            c
-        }
-        _ => Command::new(version.etcdutl_bin()),
-    };
-    let out = cmd.args(["snapshot", "status"]).arg(file).args(["-w", "json"]).output().expect("run snapshot status");
-    assert!(out.status.success(), "snapshot status failed: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("snapshot status json")
 }
 
 /// Puts, overwrites, a delete, a compaction and more writes after it; returns (the compaction
@@ -79,7 +58,7 @@ fn db_commands_match_etcd(version: EtcdVersion) {
 
     // status: the four numbers etcd prints for the same file.
     let ours = etcdbrctl_json(&["db", "status", file_s, "-w", "json"]);
-    let theirs = etcd_snapshot_status(version, &file);
+    let theirs = version.snapshot_status(&file);
     for field in ["hash", "revision", "totalKey", "totalSize"] {
         assert!(theirs[field].is_number(), "etcd's status lacks {field}: {theirs}");
         assert_eq!(ours[field], theirs[field], "{version:?} status field {field}: ours {ours}, etcd {theirs}");

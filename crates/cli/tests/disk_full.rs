@@ -4,10 +4,12 @@
 //! `.part`, an empty temp dir). Each case runs on a real 20 MiB tmpfs. (A data dir too small for
 //! the WAL is `restore_faults.rs`'s `full_disk_fails_cleanly`.)
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use testsupport::{Etcd, EtcdVersion, Tmpfs};
 
@@ -19,15 +21,12 @@ const EXIT_LOCAL_IO: i32 = 9;
 fn big_store() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(EtcdVersion::V3_5);
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut x = testsupport::XorShift::new(0x9E37_79B9_7F4A_7C15);
     for i in 0..30 {
         // 1 MiB of characters from a 64-letter alphabet: 6 random bits a byte.
         let value: String = (0..1 << 20)
             .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-"[(state >> 58) as usize] as char
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-"[(x.next() >> 58) as usize] as char
             })
             .collect();
         etcd.etcdctl_stdin(&["put", &format!("/big/{i:02}")], &value);
@@ -46,11 +45,7 @@ fn big_store() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn restore(container: &Path, data_dir: &Path, temp_dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    cmd.args(["restore", "--storage-provider", "Local", "--store-container"])
-        .arg(container)
-        .arg("--data-dir")
-        .arg(data_dir);
+    let mut cmd = common::restore_local(container, data_dir);
     if let Some(t) = temp_dir {
         cmd.arg("--restoration-temp-snapshots-dir").arg(t);
     }

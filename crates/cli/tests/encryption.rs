@@ -5,6 +5,8 @@
 //! refused naming the object and leave no data dir; `age -d` (Debian's `age`) and gunzip turn a
 //! stored object back into etcd's snapshot; `copy` re-encrypts to another key.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -31,11 +33,7 @@ impl Store {
 }
 
 fn etcdbrctl(store: &Store) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    for var in ["AWS_APPLICATION_CREDENTIALS", "AWS_APPLICATION_CREDENTIALS_JSON", "AZURE_APPLICATION_CREDENTIALS"] {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("ETCDBR_ENCRYPTION_KEY_FILE");
+    let mut cmd = common::etcdbrctl();
     for (k, v) in &store.env {
         cmd.env(k, v);
     }
@@ -192,10 +190,7 @@ fn ciphertext_only_and_round_trip(version: EtcdVersion, compression: &[&str], wh
     assert!(contains(&db, &format!("{MARKER}-before-1")), "{what}: the decrypted snapshot holds etcd's data");
     let db_path = tmp.path().join("full.db");
     std::fs::write(&db_path, &db).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(["db", "check", db_path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let check = common::etcdbrctl().args(["db", "check", db_path.to_str().unwrap()]).output().unwrap();
     assert!(
         check.status.success(),
         "{what}: db check of the decrypted snapshot: {}",
@@ -429,7 +424,7 @@ fn a_bad_key_file_is_a_usage_error_naming_the_flag() {
         assert!(!stderr.contains("SOMETHINGSECRET"), "{stderr}");
     }
     // Without a store it is refused like the other store flags.
-    let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
+    let out = common::etcdbrctl()
         .args([
             "restore",
             "--encryption-key-file",

@@ -14,6 +14,8 @@
 //! v0.28.4: the newest full snapshot by last revision and every delta sorted after it): with the
 //! bump, that is exactly the chain we restore, the newest history.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,16 +23,11 @@ use std::time::{Duration, Instant};
 use brcore::chain::{Chain, Target};
 use brcore::name::{Snapshot, SnapshotKind, parse_listing};
 use brcore::store::ObjectMeta;
+use common::etcdbrctl;
 use serde_json::Value;
 use testsupport::{Etcd, EtcdVersion, free_port};
 
 const PREFIX: &str = "etcd-main";
-
-fn etcdbrctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    cmd.env_remove("STORAGE_CONTAINER");
-    cmd
-}
 
 fn store_flags(container: &Path) -> Vec<String> {
     ["--storage-provider", "Local", "--store-prefix", PREFIX, "--store-container"]

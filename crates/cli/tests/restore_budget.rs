@@ -3,11 +3,12 @@
 //! one is larger than the whole budget (decoded as it streams, alone). Memory itself is
 //! measured by the benchmarks (README), not asserted here.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use brcore::delta::{Event, EventKind, encode_events};
 use testsupport::go_testdata;
@@ -30,21 +31,14 @@ fn store_with_more_deltas(deltas: usize, events: usize, value_len: usize) -> (te
         }
         fs::copy(entry.path(), v2.join(&name)).unwrap();
     }
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut x = testsupport::XorShift::new(0x9e37_79b9_7f4a_7c15);
     let mut rev = last as i64;
     for d in 0..deltas {
         let first = rev + 1;
         let batch: Vec<Event> = (0..events)
             .map(|i| {
                 rev += 1;
-                let value = (0..value_len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let value = (0..value_len).map(|_| x.next() as u8).collect();
                 Event {
                     kind: EventKind::Put,
                     key: format!("/budget/{d:03}/{i:06}").into_bytes(),
@@ -66,11 +60,7 @@ fn store_with_more_deltas(deltas: usize, events: usize, value_len: usize) -> (te
 }
 
 fn restore(container: &Path, data_dir: &Path, budget: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(["restore", "--storage-provider", "Local", "--store-container"])
-        .arg(container)
-        .arg("--data-dir")
-        .arg(data_dir)
+    let out = common::restore_local(container, data_dir)
         .args(["--restore-memory-budget", &budget.to_string(), "--max-fetchers", "6"])
         .output()
         .expect("run etcdbrctl");

@@ -1,10 +1,12 @@
 //! Bad input to `etcdbrctl restore`: each case gets a clear error and a non-zero exit, leaves
 //! nothing where etcd would boot from it, and leaves the store untouched.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use testsupport::go_testdata;
 
@@ -51,14 +53,7 @@ fn objects(container: &Path, starts_with: &str) -> Vec<PathBuf> {
 }
 
 fn restore(container: &Path, data_dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(["restore", "--storage-provider", "Local", "--store-container"])
-        .arg(container)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .output()
-        .expect("run etcdbrctl")
+    common::restore_local(container, data_dir).args(extra).output().expect("run etcdbrctl")
 }
 
 /// Runs a restore expected to fail with `code`, and checks what it left behind.

@@ -4,11 +4,13 @@
 //! event differs. The store is the Go etcdbrctl's (real etcd 3.4.23) with overlapping deltas cut
 //! from its own; real etcd judges the result.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use brcore::delta::{Event, EventKind, encode_events, read_events};
 use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
@@ -67,11 +69,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 fn restore(container: &Path, data_dir: &Path, peer: u16) -> Output {
     let peer_url = format!("http://127.0.0.1:{peer}");
-    Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(["restore", "--storage-provider", "Local", "--store-container"])
-        .arg(container)
-        .arg("--data-dir")
-        .arg(data_dir)
+    common::restore_local(container, data_dir)
         .args(["--name", "n1", "--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls"])
         .arg(&peer_url)
         .output()

@@ -1,22 +1,16 @@
 //! A full snapshot larger than one ranged read (8 MiB gzipped) is downloaded as several ranged
 //! reads in flight and reassembled in order: the restore must still be bit-exact.
 
+mod common;
+
 use std::io::Write;
-use std::process::Command;
 
 use testsupport::{Etcd, EtcdVersion, free_port};
 
 /// Incompressible-ish printable bytes, so the gzipped snapshot stays large.
 fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'!' + (x % 90) as u8) as char
-        })
-        .collect()
+    let printable: Vec<u8> = (b'!'..b'!' + 90).collect();
+    testsupport::XorShift::new(seed | 1).text(len, &printable)
 }
 
 #[test]
@@ -44,15 +38,8 @@ fn a_large_gzipped_full_snapshot_restores_bit_exact_through_ranged_reads() {
     let data = tmp.path().join("restored");
     let peer = free_port();
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args([
-            "restore",
-            "--storage-provider",
-            "Local",
-            "--store-container",
-            tmp.path().join("store").to_str().unwrap(),
-        ])
-        .args(["--data-dir", data.to_str().unwrap(), "--name", "n1"])
+    let out = common::restore_local(&tmp.path().join("store"), &data)
+        .args(["--name", "n1"])
         .args(["--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls", &peer_url])
         .output()
         .unwrap();

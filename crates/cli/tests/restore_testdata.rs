@@ -1,18 +1,17 @@
 //! `etcdbrctl restore` of stores written by the Go etcdbrctl, judged by real etcd: the restored
 //! data dir must boot and serve exactly the source's keys, with `hashkv` equal to the source's.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::run as etcdbrctl;
 use serde_json::Value;
 use testsupport::{Etcd, EtcdVersion, free_port, go_testdata};
 
 const STORE_34: &str = "etcdbrctl-0.28.4-etcd-3.4.23";
 const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
-
-fn etcdbrctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_etcdbrctl")).args(args).output().expect("run etcdbrctl")
-}
 
 /// Restores `store` (a testdata folder) into `data_dir` for member `n1` on `peer_port`.
 fn restore(store: &str, data_dir: &Path, peer_port: u16, extra: &[&str]) -> Output {

@@ -4,13 +4,11 @@
 //! gap and no overlap in the stored chain; restores of the old and the new chain reproduce the
 //! cluster's hashkv.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testsupport::{Etcd, EtcdVersion, free_port};
+use testsupport::{Etcd, EtcdVersion, free_port, http_get};
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
@@ -72,18 +70,6 @@ impl Sidecar {
     fn healthy(&self) -> bool {
         matches!(self.get("/healthz"), Some((200, _)))
     }
-}
-
-/// `GET path` over HTTP/1.0: (status code, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
 }
 
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool, sidecars: &[Sidecar]) {

@@ -7,26 +7,21 @@
 //! Real components: etcd 3.5, the `etcdbrctl` binary, the Local store on disk, `etcdbrctl
 //! restore`, and etcd booted on the restored data dir.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use brcore::name::{SnapshotKind, SnapshotName};
+use common::etcdbrctl;
 use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus};
 use testsupport::{Etcd, EtcdVersion, free_port};
 
 /// The Local store's staging directory for atomic writes (`snapstore::LOCAL_TEMP_DIR`).
 const STAGING: &str = ".etcdbr-tmp";
 const PREFIX: &str = "etcd-main";
-
-fn etcdbrctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    for var in ["AWS_APPLICATION_CREDENTIALS", "AWS_APPLICATION_CREDENTIALS_JSON", "AZURE_APPLICATION_CREDENTIALS"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
 
 /// `etcdbrctl snapshot` against `endpoint` into the Local store at `container`; its log goes to
 /// `log` (a file, so a long run cannot block on a full pipe).
@@ -116,15 +111,7 @@ fn check_object(path: &Path, name: &SnapshotName) {
 /// A value of `len` printable bytes that gzip cannot shrink much (xorshift over 62 symbols).
 fn noisy_value(seed: u64, len: usize) -> String {
     const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            SYMBOLS[(x % SYMBOLS.len() as u64) as usize] as char
-        })
-        .collect()
+    testsupport::XorShift::seeded(seed).text(len, SYMBOLS)
 }
 
 /// Restores the store into a new data dir, boots etcd on it and compares it with `source`.

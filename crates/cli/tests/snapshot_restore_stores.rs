@@ -3,10 +3,13 @@
 //! store; etcd booted on the result serves the source's data with an equal `hashkv`.
 //! Local (a directory), S3 (SeaweedFS's gateway) and Azure Blob (Azurite).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::etcdbrctl;
 use testsupport::azurite::Azurite;
 use testsupport::seaweed::SeaweedS3;
 use testsupport::{Etcd, EtcdVersion, free_port};
@@ -15,15 +18,6 @@ use testsupport::{Etcd, EtcdVersion, free_port};
 struct StoreFlags {
     args: Vec<String>,
     env: Vec<(String, String)>,
-}
-
-fn etcdbrctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    // The reference's credential variables must come only from the test.
-    for var in ["AWS_APPLICATION_CREDENTIALS", "AWS_APPLICATION_CREDENTIALS_JSON", "AZURE_APPLICATION_CREDENTIALS"] {
-        cmd.env_remove(var);
-    }
-    cmd
 }
 
 fn round_trip(store: &StoreFlags, what: &str) {

@@ -2,22 +2,17 @@
 //! connection to etcd, no file or directory created); what a killed restore left is reported
 //! with its size and removed at the next run; a data dir that is a mount point restores.
 
+mod common;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::run as etcdbrctl;
 use testsupport::{Etcd, EtcdVersion, Tmpfs, free_port, go_testdata};
 
 const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
-
-fn etcdbrctl(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    for var in ["STORAGE_CONTAINER", "SOURCE_STORAGE_CONTAINER", "AWS_APPLICATION_CREDENTIALS"] {
-        cmd.env_remove(var);
-    }
-    cmd.args(args).output().expect("run etcdbrctl")
-}
 
 /// Every path under `dir` (relative, sorted), to show nothing was created.
 fn tree(dir: &Path) -> Vec<PathBuf> {

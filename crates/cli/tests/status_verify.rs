@@ -2,22 +2,16 @@
 //! `etcdbrctl snapshot` running into a Local store: the lag behind etcd, the exit codes that
 //! monitoring reads, and backups proven bit-exact against the live cluster without a restore.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::etcdbrctl;
 use testsupport::{Etcd, EtcdVersion};
 
 const PREFIX: &str = "etcd-main";
-
-fn etcdbrctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    for var in ["AWS_APPLICATION_CREDENTIALS", "AWS_APPLICATION_CREDENTIALS_JSON", "AZURE_APPLICATION_CREDENTIALS"] {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("STORAGE_CONTAINER");
-    cmd
-}
 
 /// `etcdbrctl snapshot` with deltas every second; killed on drop.
 struct Snapshotter {

@@ -2,15 +2,10 @@
 //! `--storage-provider` is a usage error (exit 2) naming the missing flag, for every command,
 //! before anything runs; so is a command that needs a store and names none.
 
-use std::process::{Command, Output};
+mod common;
 
-fn etcdbrctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
-        .args(args)
-        .env_remove("STORAGE_CONTAINER")
-        .output()
-        .expect("run etcdbrctl")
-}
+use common::run as etcdbrctl;
+use std::process::Output;
 
 fn assert_usage_error(out: &Output, must_name: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -40,7 +35,7 @@ fn initialize_and_server_refuse_a_container_or_prefix_without_a_provider() {
     assert!(!tmp.path().join("store").exists(), "no store was created");
 
     // STORAGE_CONTAINER (druid's way of passing the container) counts as the flag.
-    let out = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
+    let out = common::etcdbrctl()
         .args(["initialize", "--data-dir", data.to_str().unwrap()])
         .env("STORAGE_CONTAINER", container)
         .output()

@@ -7,8 +7,6 @@
 //! dir's db copied after stopping etcd and (b) an `etcdctl snapshot save` file.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -31,21 +29,6 @@ fn big_value(n: usize, seed: u32) -> String {
             char::from(b'!' + (x % 90) as u8)
         })
         .collect()
-}
-
-/// `snapshot status -w json` by the version's own offline tool (etcdctl 3.4, etcdutl 3.5).
-fn etcd_snapshot_status(version: EtcdVersion, file: &Path) -> serde_json::Value {
-    let mut cmd = match version {
-        EtcdVersion::V3_4 => {
-            let mut c = Command::new(version.etcdctl_bin());
-            c.env("ETCDCTL_API", "3");
-            c
-        }
-        _ => Command::new(version.etcdutl_bin()),
-    };
-    let out = cmd.args(["snapshot", "status"]).arg(file).args(["-w", "json"]).output().expect("run snapshot status");
-    assert!(out.status.success(), "snapshot status failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("status json")
 }
 
 /// What etcd answered while it ran.
@@ -215,7 +198,7 @@ fn main_workload_matches(version: EtcdVersion) {
         })
         .unwrap();
 
-        let want = etcd_snapshot_status(version, path);
+        let want = version.snapshot_status(path);
         let got = serde_json::to_value(snapshot_status(&db).unwrap()).unwrap();
         assert_eq!(got, want, "{what}: snapshot status");
     }
@@ -274,7 +257,7 @@ fn compacted_tail_matches(version: EtcdVersion) {
     check_offline(&format!("{version:?} at compact"), &db1, &at_compact);
     let status = snapshot_status(&db1).unwrap();
     assert_eq!(status.revision, status_rev, "status reports the last key in the bucket, not currentRev");
-    assert_eq!(serde_json::to_value(status).unwrap(), etcd_snapshot_status(version, &snap1));
+    assert_eq!(serde_json::to_value(status).unwrap(), version.snapshot_status(&snap1));
 
     check_offline(&format!("{version:?} final"), &live, &obs_final);
     let meta = Meta::read(&live).unwrap();

@@ -4,16 +4,15 @@
 //! account (`devstoreaccount1`) and creates one container with a SharedKey-signed request, the
 //! same authentication the product uses, so a started Azurite has also proven that signing works.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 
+use crate::process::{self, spawn_logged};
 use crate::{deps_dir, free_port, require_binary};
 
 /// Azurite's built-in development account.
@@ -50,24 +49,14 @@ impl Azurite {
     /// Runs `azurite-blob` on this value's workspace and port (output appended to
     /// `azurite.log`) and creates the container if it is missing; panics with the log on failure.
     fn spawn(&mut self) {
-        let bin = Self::azurite_bin();
         let dir = self.tmp.path();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("azurite.log"))
-            .expect("azurite log file");
-        let child = Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string()])
+        let mut cmd = Command::new(Self::azurite_bin());
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string()])
             .arg("--location")
             .arg(dir.join("data"))
             .args(["--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .current_dir(dir);
+        let child = spawn_logged(&mut cmd, &dir.join("azurite.log"));
         self.child = Some(child);
         if let Err(why) = self.create_container(Duration::from_secs(60)) {
             panic!("Azurite on {}: {why}\n{}", self.endpoint(), self.log_tail());
@@ -77,10 +66,7 @@ impl Azurite {
     /// Kills Azurite with SIGKILL and waits for it, as a crash would end it; its workspace is
     /// kept. Does nothing if it is not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill(&mut self.child);
     }
 
     /// Starts Azurite again on the same workspace and port (killing it first if it still runs).
@@ -95,9 +81,7 @@ impl Azurite {
     fn create_container(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = process::exited(&mut self.child) {
                 return Err(format!("azurite-blob exited with {status} before it served"));
             }
             match self.signed_request("PUT", &format!("/{CONTAINER}"), &[("restype", "container")]) {
@@ -134,18 +118,7 @@ impl Azurite {
              Authorization: SharedKey {ACCOUNT}:{signature}\r\nContent-Length: 0\r\n\r\n",
             self.port
         );
-        // Bounded everywhere, so a stuck peer cannot stall the start-up loop past its deadline.
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut response = Vec::new();
-        let _ = s.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
+        process::exchange(self.port, request.as_bytes(), Duration::from_secs(5))
     }
 
     /// The blob endpoint including the account path, `http://127.0.0.1:<port>/devstoreaccount1`,
@@ -228,6 +201,9 @@ fn http_date(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{deps_dir, free_port, require_binary};
+use crate::{deps_dir, free_port, process, require_binary};
 
 /// Which etcd to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,34 @@ impl EtcdVersion {
     pub fn etcdutl_bin(self) -> PathBuf {
         assert!(self != EtcdVersion::V3_4, "etcd 3.4 ships no etcdutl; use etcdctl snapshot ...");
         require_binary(self.bin_dir().join("etcdutl"), self.describe())
+    }
+
+    /// etcd's own `snapshot status FILE -w json` (hash, revision, total keys, size): by
+    /// etcdctl for 3.4 (which has no etcdutl), by etcdutl for 3.5. Panics with its stderr when
+    /// it fails.
+    pub fn snapshot_status(self, file: &Path) -> serde_json::Value {
+        let mut cmd = match self {
+            EtcdVersion::V3_4 => {
+                let mut c = Command::new(self.etcdctl_bin());
+                c.env("ETCDCTL_API", "3");
+                c
+            }
+            _ => Command::new(self.etcdutl_bin()),
+        };
+        let out =
+            cmd.args(["snapshot", "status"]).arg(file).args(["-w", "json"]).output().expect("run snapshot status");
+        assert!(
+            out.status.success(),
+            "{} snapshot status {} failed: {}{}",
+            self.describe(),
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The JSON is the last line that starts an object (a tool may log before it).
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = text.lines().rev().find(|l| l.starts_with('{')).expect("snapshot status printed no JSON");
+        serde_json::from_str(json).expect("snapshot status json")
     }
 }
 
@@ -146,11 +174,12 @@ impl Etcd {
             .as_ref()
             .map(|t| t.path().join("etcd.log"))
             .unwrap_or_else(|| data_dir.with_extension(format!("etcd-{client_port}.log")));
-        let log_file = std::fs::File::create(&log).expect("etcd log file");
+        // Each start's log begins empty, so its tail is this run's.
+        let _ = std::fs::remove_file(&log);
         let peer = format!("http://127.0.0.1:{peer_port}");
         let client = format!("http://127.0.0.1:{client_port}");
-        let child = Command::new(&bin)
-            .arg("--name")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--name")
             .arg(name)
             .arg("--data-dir")
             .arg(&data_dir)
@@ -160,21 +189,15 @@ impl Etcd {
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", free_port())])
             // Keep test etcds small and quick; the default 10 ms heartbeat suits loopback.
             .args(["--snapshot-count", "100000"])
-            .env_remove("ETCDCTL_API")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .env_remove("ETCDCTL_API");
+        let child = process::spawn_logged(&mut cmd, &log);
         Etcd { version, child: Some(child), _tmp: tmp, data_dir, name: name.to_string(), client_port, peer_port, log }
     }
 
     fn poll_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = process::exited(&mut self.child) {
                 return Err(format!("etcd exited with {status} before it served"));
             }
             if self.health_ok() {
@@ -309,19 +332,13 @@ impl Etcd {
 
     /// Kills etcd with SIGKILL (a crash), without waiting for a clean shutdown.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill(&mut self.child);
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill(&mut self.child);
     }
 }
 

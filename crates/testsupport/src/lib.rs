@@ -12,6 +12,7 @@
 pub mod azurite;
 pub mod etcd;
 pub mod kube;
+mod process;
 pub mod seaweed;
 pub mod tmpfs;
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 pub use etcd::{Etcd, EtcdVersion};
 pub use kube::KubeApi;
+pub use process::{XorShift, http_get};
 pub use tmpfs::Tmpfs;
 
 /// Where `scripts/install-test-deps.sh` installs the test dependencies.

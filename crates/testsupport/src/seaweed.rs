@@ -11,12 +11,11 @@
 //! Fault tests call [`SeaweedS3::kill`] mid-transfer and [`SeaweedS3::restart`] to boot the same
 //! data dir on the same ports, so a client configured before the crash reaches it again.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::process::{self, spawn_logged};
 use crate::{deps_dir, free_port, require_binary};
 
 /// The access key of the one identity the test SeaweedFS knows (dummy, loopback only).
@@ -104,11 +103,8 @@ impl SeaweedS3 {
     /// Runs `weed mini` on this value's data dir and ports (its log appended to `weed.log`) and
     /// waits until it stores objects; panics with the log if it does not come up.
     fn spawn(&mut self) {
-        let bin = Self::weed_bin();
         let dir = self.tmp.path();
-        let log_file =
-            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("weed.log")).expect("weed log file");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(Self::weed_bin());
         cmd.arg("mini")
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
             .arg(format!("-dir={}", dir.join("data").display()))
@@ -118,13 +114,7 @@ impl SeaweedS3 {
         for (flag, port) in &self.named {
             cmd.arg(format!("{flag}={port}"));
         }
-        let child = cmd
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn_logged(cmd.current_dir(dir), &dir.join("weed.log"));
         self.child = Some(child);
         if let Err(why) = self.wait_ready(Duration::from_secs(60)) {
             panic!("SeaweedFS on {}: {why}\n{}", self.endpoint(), self.log_tail());
@@ -135,10 +125,7 @@ impl SeaweedS3 {
     /// graceful shutdown, connections in flight are cut. The data dir is kept. Does nothing if
     /// it is not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill(&mut self.child);
         self.remove_sockets();
     }
 
@@ -167,9 +154,7 @@ impl SeaweedS3 {
         let mut s3_up = false;
         let mut stored = false;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = process::exited(&mut self.child) {
                 return Err(format!("weed exited with {status} before it served"));
             }
             if !s3_up {
@@ -222,18 +207,11 @@ impl Drop for SeaweedS3 {
 
 /// One HTTP/1.0 request to 127.0.0.1:`port`; the response status, or None if nothing answered.
 fn http_status(port: u16, method: &str, path: &str, body: &[u8]) -> Option<u16> {
-    // Bounded everywhere, so a stuck peer cannot stall the readiness loop past its deadline.
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
-    let head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut response = Vec::new();
-    let _ = s.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1)?.parse().ok()
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    request.extend_from_slice(body);
+    process::exchange(port, &request, Duration::from_secs(5)).map(|(status, _)| status)
 }
 
 #[cfg(test)]

@@ -158,20 +158,10 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: CopyArgs,
-    }
-
     fn parse(argv: &[&str]) -> CopyArgs {
-        let mut full = vec!["etcdbrctl"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).unwrap().args
+        crate::cmd::parse_args(argv).unwrap()
     }
 
     /// The source inherits the destination's provider and prefix, never its endpoint override
@@ -219,9 +209,7 @@ mod tests {
             &["--source-max-parallel-chunk-uploads=0"],
             &["--source-storage-provider=Dropbox"],
         ] {
-            let mut full = vec!["etcdbrctl"];
-            full.extend_from_slice(bad);
-            assert!(Cli::try_parse_from(full).is_err(), "{bad:?}");
+            assert!(crate::cmd::parse_args::<CopyArgs>(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -300,6 +300,15 @@ pub(crate) async fn stop_signal() {
     }
 }
 
+/// The unit tests' parser for one sub-command's flags: `argv` (without the program name) into
+/// `T`, as the binary would parse them after the sub-command's name.
+#[cfg(test)]
+pub(crate) fn parse_args<T: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("etcdbrctl"));
+    let mut matches = command.try_get_matches_from(std::iter::once("etcdbrctl").chain(argv.iter().copied()))?;
+    T::from_arg_matches_mut(&mut matches)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

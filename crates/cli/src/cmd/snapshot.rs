@@ -251,20 +251,10 @@ pub async fn run(command: SnapshotCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: SnapshotArgs,
-    }
-
     fn parse(argv: &[&str]) -> SnapshotArgs {
-        let mut full = vec!["etcdbrctl"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).unwrap().args
+        crate::cmd::parse_args(argv).unwrap()
     }
 
     #[test]
