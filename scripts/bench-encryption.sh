@@ -9,6 +9,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/bench-lib.sh"
 SIZE_MIB=${SIZE_MIB:-256}
 VALUE_SIZE=${VALUE_SIZE:-16384}
 ROUNDS=${ROUNDS:-3}
@@ -20,39 +21,7 @@ echo "== building (release)" >&2
 BRCTL=$ROOT/target/release/etcdbrctl
 LOAD=$ROOT/target/release/etcd-load
 
-mkdir -p "$WORK"
-RUN=$(mktemp -d "$WORK/run.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-calc() { python3 -c "print($1)"; }
-median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 3))" "$@"; }
-
-start_etcd() {
-    local dir=$1 peer=$2
-    shift 2
-    local client
-    client=$(free_port)
-    ENDPOINT=http://127.0.0.1:$client
-    "$EBIN/etcd" --name bench --data-dir "$dir" \
-        --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "bench=http://127.0.0.1:$peer" --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
-    ETCD_PID=$!
-    PIDS+=("$ETCD_PID")
-    for _ in $(seq 600); do
-        curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"' && return 0
-        sleep 0.1
-    done
-    echo "etcd did not become healthy" >&2
-    exit 1
-}
+bench_scratch
 
 DB_DIR=$WORK/etcd-${SIZE_MIB}mib-v${VALUE_SIZE}
 if [[ ! -f $DB_DIR.done ]]; then

@@ -23,6 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/bench-lib.sh"
 KEYS=${KEYS:-64000}
 VALUE_SIZE=${VALUE_SIZE:-1600}
 REVISIONS=${REVISIONS:-60000}
@@ -85,18 +86,9 @@ run() {
         local dir=$WORK/$name.$i.etcd
         rm -rf "$dir" "$dir.part"
         local args=("${@//\{DIR\}/$dir}")
-        sync
-        local t0 t1
-        t0=$(date +%s.%N)
-        if ! /usr/bin/time -v -o "$WORK/$name.$i.time" "${args[@]}" >"$WORK/$name.$i.out" 2>"$WORK/$name.$i.err"; then
-            echo "bench-restore: $name failed; see $WORK/$name.$i.err" >&2
-            tail -5 "$WORK/$name.$i.err" >&2
-            exit 1
-        fi
-        t1=$(date +%s.%N)
-        walls+=("$(echo "$t1 - $t0" | bc -l)")
-        local rss
-        rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.$i.time")
+        timed "$WORK/$name.$i" "${args[@]}"
+        walls+=("$WALL")
+        local rss=$RSS_KIB
         cpus+=("$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$WORK/$name.$i.time")")
         ((rss > rss_max)) && rss_max=$rss
         # Keep the last data dir of each case for verification; drop the others.

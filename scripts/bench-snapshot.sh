@@ -25,6 +25,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/bench-lib.sh"
 SIZE_MIB=${SIZE_MIB:-1024}
 VALUE_SIZE=${VALUE_SIZE:-16384}
 BURST_SECONDS=${BURST_SECONDS:-20}
@@ -53,54 +54,7 @@ BRCTL=$ROOT/target/release/etcdbrctl
 DEFAULT_LEVEL=$("$BRCTL" snapshot --help | grep -A6 -- '--compression-level' | sed -n 's/.*\[default: \([0-9]*\)\].*/\1/p' | head -1)
 LOAD=$ROOT/target/release/etcd-load
 
-mkdir -p "$WORK"
-RUN=$(mktemp -d "$WORK/run.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-calc() { python3 -c "print($1)"; }
-
-# start_etcd DATA_DIR PEER_PORT [extra flags...]: sets ETCD_PID and ENDPOINT.
-start_etcd() {
-    local dir=$1 peer=$2
-    shift 2
-    local client
-    client=$(free_port)
-    ENDPOINT=http://127.0.0.1:$client
-    "$EBIN/etcd" --name bench --data-dir "$dir" \
-        --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "bench=http://127.0.0.1:$peer" \
-        --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
-    ETCD_PID=$!
-    PIDS+=("$ETCD_PID")
-    for _ in $(seq 600); do
-        if curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"'; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "etcd did not become healthy:" >&2
-    tail -20 "$dir.log" >&2
-    exit 1
-}
-
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-
-# Peak RSS (KiB) and elapsed wall time from a /usr/bin/time -v report.
-rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+bench_scratch
 
 # ---- the db, cached by size -------------------------------------------------------------------
 DB_DIR=$WORK/etcd-${SIZE_MIB}mib-v${VALUE_SIZE}

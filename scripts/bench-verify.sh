@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/bench-lib.sh"
 KEYS=${KEYS:-64000}
 VALUE_SIZE=${VALUE_SIZE:-1600}
 REVISIONS=${REVISIONS:-60000}
@@ -42,18 +43,8 @@ cat "$DS"/snapshot.db "$DS"/stores/*/v2/* >/dev/null
 once() {
     local name=$1
     shift
-    sync
-    local t0 t1
-    t0=$(date +%s.%N)
-    if ! /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
-        echo "bench-verify: $name failed; see $WORK/$name.err" >&2
-        tail -5 "$WORK/$name.err" >&2
-        exit 1
-    fi
-    t1=$(date +%s.%N)
-    local rss
-    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")
-    printf '%s\t%s\t%s\n' "${name%.*}" "$(echo "$t1 - $t0" | bc -l)" "$rss" >>"$RESULTS"
+    timed "$WORK/$name" "$@"
+    printf '%s\t%s\t%s\n' "${name%.*}" "$WALL" "$RSS_KIB" >>"$RESULTS"
 }
 
 store=(--storage-provider Local --store-container "$DS/stores")

@@ -1,0 +1,81 @@
+# What the bench-*.sh scripts share; they source it (`. "$ROOT/scripts/bench-lib.sh"`).
+# Functions only: nothing runs when it is sourced.
+
+# A TCP port on 127.0.0.1 that was free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Seconds since the epoch, with nanoseconds.
+now() { date +%s.%N; }
+# A Python expression's value: calc "round($a / $b, 3)".
+calc() { python3 -c "print($1)"; }
+# The median of the arguments, rounded to milliseconds.
+median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 3))" "$@"; }
+# The peak RSS (KiB) in a `/usr/bin/time -v` report.
+rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
+
+# bench_scratch: a run dir RUN under $WORK and the list PIDS of processes to kill, both removed
+# or killed when the script exits.
+bench_scratch() {
+    mkdir -p "$WORK"
+    RUN=$(mktemp -d "$WORK/run.XXXXXX")
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+}
+
+# stop_pid PID: SIGTERM, then wait for it.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# start_etcd DATA_DIR PEER_PORT [extra flags...]: a one-member etcd ($EBIN/etcd) on a free
+# client port, logging to DATA_DIR.log; sets ETCD_PID (also added to PIDS) and ENDPOINT and
+# returns once it is healthy, or exits with the log's tail.
+start_etcd() {
+    local dir=$1 peer=$2
+    shift 2
+    local client
+    client=$(free_port)
+    ENDPOINT=http://127.0.0.1:$client
+    "$EBIN/etcd" --name bench --data-dir "$dir" \
+        --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" \
+        --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
+    ETCD_PID=$!
+    PIDS+=("$ETCD_PID")
+    for _ in $(seq 600); do
+        if curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"'; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "etcd did not become healthy:" >&2
+    tail -20 "$dir.log" >&2
+    exit 1
+}
+
+# timed OUT CMD...: runs CMD under `/usr/bin/time -v` (after a sync), its stdout in OUT.out,
+# stderr in OUT.err and the time report in OUT.time; sets WALL (seconds) and RSS_KIB. A failed
+# run ends the script with the tail of its stderr.
+timed() {
+    local out=$1
+    shift
+    sync
+    local t0 t1
+    t0=$(now)
+    if ! /usr/bin/time -v -o "$out.time" "$@" >"$out.out" 2>"$out.err"; then
+        echo "$(basename "$0" .sh): $(basename "$out") failed; see $out.err" >&2
+        tail -5 "$out.err" >&2
+        exit 1
+    fi
+    t1=$(now)
+    WALL=$(echo "$t1 - $t0" | bc -l)
+    RSS_KIB=$(rss_kib "$out.time")
+}
