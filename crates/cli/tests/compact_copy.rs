@@ -43,25 +43,8 @@ fn restored_hashkv(container: &Path, prefix: &str, rev: i64) -> u32 {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
     let peer = free_port();
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let cluster = format!("n1={peer_url}");
-    etcdbrctl(&[
-        "restore",
-        "--storage-provider",
-        "Local",
-        "--store-container",
-        container.to_str().unwrap(),
-        "--store-prefix",
-        prefix,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--name",
-        "n1",
-        "--initial-cluster",
-        &cluster,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-    ]);
+    let out = common::restore_one(container, &data, peer).args(["--store-prefix", prefix]).output().unwrap();
+    assert!(out.status.success(), "restore failed: {}\n{}", common::text(&out.stdout), common::text(&out.stderr));
     let etcd = Etcd::start_on(EtcdVersion::V3_5, &data, "n1", peer, free_port());
     etcd.hashkv(rev).0
 }

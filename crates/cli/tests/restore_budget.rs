@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,28 +66,12 @@ fn restore(container: &Path, data_dir: &Path, budget: u64) {
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn same_result_in_both_budgets(container: &Path, small: u64) {
     let work = tempfile::tempdir().unwrap();
     let (a, b) = (work.path().join("small"), work.path().join("large"));
     restore(container, &a, small);
     restore(container, &b, 1 << 30);
-    let (ta, tb) = (tree(&a), tree(&b));
+    let (ta, tb) = (common::files(&a), common::files(&b));
     assert!(ta.contains_key(Path::new("member/snap/db")), "{:?}", ta.keys());
     assert!(ta == tb, "the data dirs differ");
     // The new keys are in: the db holds every value written (they do not compress).

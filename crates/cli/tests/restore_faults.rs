@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -25,23 +24,6 @@ fn copy_store(name: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, container)
 }
 
-/// Every file under `dir` with its bytes, to prove a restore changed nothing.
-fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn objects(container: &Path, starts_with: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(container.join("v2"))
         .unwrap()
@@ -58,7 +40,7 @@ fn restore(container: &Path, data_dir: &Path, extra: &[&str]) -> Output {
 
 /// Runs a restore expected to fail with `code`, and checks what it left behind.
 fn expect_failure(container: &Path, data_dir: &Path, extra: &[&str], code: i32, message: &str) -> String {
-    let before = snapshot_tree(container);
+    let before = common::files(container);
     let out = restore(container, data_dir, extra);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
@@ -67,7 +49,7 @@ fn expect_failure(container: &Path, data_dir: &Path, extra: &[&str], code: i32, 
     assert!(!data_dir.join("member").exists(), "a member dir was left where etcd would boot from it");
     let part = data_dir.with_file_name(format!("{}.part", data_dir.file_name().unwrap().to_string_lossy()));
     assert!(!part.exists(), "the unfinished restore was not cleaned up");
-    assert_eq!(before, snapshot_tree(container), "the store was modified");
+    assert_eq!(before, common::files(container), "the store was modified");
     stderr
 }
 
@@ -121,14 +103,14 @@ fn missing_delta_is_a_gap_that_names_the_revisions() {
 /// Job must not fail), a line that says so and names where it looked, no data dir, the store as
 /// it was.
 fn expect_nothing_to_restore(container: &Path, data_dir: &Path, extra: &[&str], message: &str) {
-    let before = snapshot_tree(container);
+    let before = common::files(container);
     let out = restore(container, data_dir, extra);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "exit code; stderr: {stderr}");
     assert!(stdout.contains("nothing to restore") && stdout.contains(message), "{stdout}");
     assert!(!data_dir.exists(), "a data dir was created with nothing in it");
-    assert_eq!(before, snapshot_tree(container), "the store was modified");
+    assert_eq!(before, common::files(container), "the store was modified");
 }
 
 #[test]
@@ -157,13 +139,13 @@ fn existing_member_dir_is_refused_and_kept() {
     let data_dir = tmp.path().join("data");
     fs::create_dir_all(data_dir.join("member/snap")).unwrap();
     fs::write(data_dir.join("member/snap/db"), b"precious").unwrap();
-    let before = snapshot_tree(&container);
+    let before = common::files(&container);
     let out = restore(&container, &data_dir, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("member"), "{stderr}");
     assert_eq!(fs::read(data_dir.join("member/snap/db")).unwrap(), b"precious");
-    assert_eq!(before, snapshot_tree(&container));
+    assert_eq!(before, common::files(&container));
 }
 
 #[test]
@@ -201,14 +183,14 @@ fn corrupted_uncompressed_full_snapshot_read_in_place_is_refused_and_untouched()
 #[test]
 fn uncompressed_full_snapshot_is_read_in_place_and_left_as_it_was() {
     let (tmp, container) = uncompressed_store();
-    let before = snapshot_tree(&container);
+    let before = common::files(&container);
     let data_dir = tmp.path().join("data");
     let out = restore(&container, &data_dir, &["--dry-run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The same data as the Go tool's source at revision 338 (hashkv-final.json).
     assert!(stdout.contains("hashkv at revision 338: 3022581004"), "{stdout}");
-    assert_eq!(before, snapshot_tree(&container), "the store was modified");
+    assert_eq!(before, common::files(&container), "the store was modified");
 }
 
 /// The library's messages speak of values; the command line names the flags that set them, on a

@@ -68,12 +68,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn restore(container: &Path, data_dir: &Path, peer: u16) -> Output {
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    common::restore_local(container, data_dir)
-        .args(["--name", "n1", "--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls"])
-        .arg(&peer_url)
-        .output()
-        .expect("run etcdbrctl")
+    common::restore_one(container, data_dir, peer).output().expect("run etcdbrctl")
 }
 
 fn expected_final_hash() -> u32 {

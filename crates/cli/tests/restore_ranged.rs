@@ -37,12 +37,7 @@ fn a_large_gzipped_full_snapshot_restores_bit_exact_through_ranged_reads() {
 
     let data = tmp.path().join("restored");
     let peer = free_port();
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let out = common::restore_local(&tmp.path().join("store"), &data)
-        .args(["--name", "n1"])
-        .args(["--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls", &peer_url])
-        .output()
-        .unwrap();
+    let out = common::restore_one(&tmp.path().join("store"), &data, peer).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let restored = Etcd::start_on(EtcdVersion::V3_5, &data, "n1", peer, free_port());
     assert_eq!(restored.hashkv(rev).0, hash);

@@ -16,22 +16,7 @@ const STORE_35: &str = "etcdbrctl-0.43.0-etcd-3.5.30";
 /// Restores `store` (a testdata folder) into `data_dir` for member `n1` on `peer_port`.
 fn restore(store: &str, data_dir: &Path, peer_port: u16, extra: &[&str]) -> Output {
     let container = go_testdata().join(store).join("store");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let mut args = vec![
-        "restore",
-        "--storage-provider",
-        "Local",
-        "--store-container",
-        container.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "n1",
-    ];
-    let cluster = format!("n1={peer}");
-    args.extend(["--initial-cluster", &cluster, "--initial-advertise-peer-urls", &peer]);
-    args.extend(extra);
-    etcdbrctl(&args)
+    common::restore_one(&container, data_dir, peer_port).args(extra).output().expect("run etcdbrctl")
 }
 
 fn expect_ok(out: &Output) {

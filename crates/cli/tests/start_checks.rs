@@ -217,23 +217,7 @@ fn wrong_flag_values_are_usage_errors_before_any_work() {
 /// Restores the Go-made test store into `data_dir` as member n1 on `peer`.
 fn restore(data_dir: &Path, peer: u16) -> Output {
     let container = go_testdata().join(STORE_35).join("store");
-    let url = format!("http://127.0.0.1:{peer}");
-    let cluster = format!("n1={url}");
-    etcdbrctl(&[
-        "restore",
-        "--storage-provider",
-        "Local",
-        "--store-container",
-        container.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "n1",
-        "--initial-cluster",
-        &cluster,
-        "--initial-advertise-peer-urls",
-        &url,
-    ])
+    common::restore_one(&container, data_dir, peer).output().expect("run etcdbrctl")
 }
 
 /// etcd booted on `data_dir` serves the Go tool's source data (its recorded hashkv).

@@ -3,7 +3,8 @@
 //! the restore from a Local store that many of them start with.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The reference's variables that name a store or its credentials, and ours for the encryption
@@ -40,6 +41,33 @@ pub fn restore_local(container: &Path, data_dir: &Path) -> Command {
         .arg("--data-dir")
         .arg(data_dir);
     cmd
+}
+
+/// [`restore_local`] as the one member `n1` of a new cluster, its peer URL on `peer`.
+pub fn restore_one(container: &Path, data_dir: &Path, peer: u16) -> Command {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = restore_local(container, data_dir);
+    cmd.args(["--name", "n1", "--initial-cluster", &format!("n1={peer_url}"), "--initial-advertise-peer-urls"])
+        .arg(&peer_url);
+    cmd
+}
+
+/// Every file under `dir` (paths relative to it) with its bytes: to show that a command
+/// changed nothing, or that two dirs hold the same.
+pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
 }
 
 /// Output bytes as text, for messages and `contains` checks.
