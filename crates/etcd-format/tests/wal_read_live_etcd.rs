@@ -2,28 +2,13 @@
 //! and the CRC chain verify, metadata names the member and cluster etcd reports, and a flipped
 //! byte or a truncation in the middle is reported at the right frame without a panic.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use etcd_format::wal::{Corruption, FIRST_SEGMENT, SEGMENT_SIZE_BYTES, WalContents, WalError, read_wal_dir};
 use testsupport::{Etcd, EtcdVersion};
-
-/// (offset, record length, padding) of every frame before the zero tail.
-fn frames(seg: &[u8]) -> Vec<(usize, usize, usize)> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 8 <= seg.len() {
-        let lf = u64::from_le_bytes(seg[off..off + 8].try_into().unwrap());
-        if lf == 0 {
-            break;
-        }
-        let len = (lf & 0x00ff_ffff_ffff_ffff) as usize;
-        let pad = if lf >> 63 == 1 { ((lf >> 56) & 7) as usize } else { 0 };
-        out.push((off, len, pad));
-        off += 8 + len + pad;
-    }
-    out
-}
 
 /// A live etcd with some history, stopped; returns it (keeps the dir), its member and cluster IDs.
 fn live_wal(version: EtcdVersion) -> (Etcd, u64, u64) {
@@ -73,7 +58,7 @@ fn live_wal_reads_and_corruption_is_located() {
         check_contents(&contents, member, cluster);
 
         let seg = fs::read(wal_dir.join(FIRST_SEGMENT)).unwrap();
-        let fr = frames(&seg);
+        let fr = common::frames(&seg);
         assert_eq!(fr.len() as u64, contents.segments[0].records);
         let (off, len, _) = fr[fr.len() / 2];
 

@@ -3,6 +3,8 @@
 //! the `.snap` file `etcdutl snapshot restore` writes. Thousands of mutated copies must never
 //! make a reader panic, and every mutation of bytes the CRC protects must be reported.
 
+mod common;
+
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -56,14 +58,7 @@ fn varint_len(b: &[u8]) -> usize {
 /// Classifies every byte of `seg` by parsing the frames independently of the crate's reader.
 fn classify(seg: &[u8]) -> Vec<Class> {
     let mut c = vec![Class::Tail; seg.len()];
-    let mut off = 0;
-    while off + 8 <= seg.len() {
-        let lf = u64::from_le_bytes(seg[off..off + 8].try_into().unwrap());
-        if lf == 0 {
-            break;
-        }
-        let len = (lf & 0x00ff_ffff_ffff_ffff) as usize;
-        let pad = if lf >> 63 == 1 { ((lf >> 56) & 7) as usize } else { 0 };
+    for (off, len, pad) in common::frames(seg) {
         c[off..off + 8].fill(Class::LenField);
         let rec = off + 8;
         // Record: 08 <type> 10 <crc> [1a <len> <data>]
@@ -73,7 +68,6 @@ fn classify(seg: &[u8]) -> Vec<Class> {
         c[rec + t..rec + t + k].fill(Class::Crc);
         c[rec + t + k..rec + len].fill(Class::Data);
         c[rec + len..rec + len + pad].fill(Class::Pad);
-        off = rec + len + pad;
     }
     c
 }

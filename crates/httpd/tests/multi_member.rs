@@ -3,6 +3,8 @@
 //! status and body passed through), refuse loops and unknown leaders, and the election follows
 //! `etcdctl move-leader`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::{KIND_FULL, Metrics};
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
+use common::local_store;
 use etcd_format::membership::Cluster;
 use httpd::leader::{EtcdClusterView, wait_for_handoff};
 use httpd::{
@@ -24,13 +27,6 @@ use tokio::sync::{oneshot, watch};
 use validator::{InitOptions, Initializer, Mode};
 
 const TOKEN: &str = "t0ken";
-
-fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
-    let temp = dir.join("tmp");
-    std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
-        .expect("open the Local store")
-}
 
 fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
     Initialization {

@@ -1,17 +1,19 @@
 //! The HTTP server over real sockets on 127.0.0.1, with real etcd processes and a real Local
 //! store in a temp dir.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use brcore::Snapstore;
 use brcore::error::Error as CoreError;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::Metrics;
 use brcore::restore::{OfflineRestorer, Progress, RestorePlan, RestoreReport, Restorer};
 use brcore::snapshotter::full::FullOptions;
+use common::local_store;
 use etcd_format::membership::Cluster;
 use httpd::{
     InitStatus, Initialization, Server, ServerConfig, ServerHandle, SnapshotControl, StoreSnapshots, TlsFiles,
@@ -58,13 +60,6 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = r.status().as_u16();
     (status, r.text().await.expect("body"))
-}
-
-fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
-    let temp = dir.join("tmp");
-    std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
-        .expect("open the Local store")
 }
 
 fn plan(data_dir: &Path, initial_cluster: &str, name: &str) -> RestorePlan {

@@ -5,6 +5,8 @@
 //! on the raw body would miss shows up here), `--screenshot` proves the page paints. Set
 //! `ETCDBR_KEEP_SCREENSHOT=/some/page.png` to keep the screenshot for a look.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
 use brcore::verify::{Verifier, VerifyPlan};
+use common::local_store;
 use etcd_format::membership::Cluster;
 use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots, VerificationFeed};
 use testsupport::{Etcd, EtcdVersion};
@@ -26,13 +29,6 @@ use validator::{InitOptions, Initializer, Mode};
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A safeguard against a hung browser, far above the second or two a page needs.
 const BROWSER_LIMIT: Duration = Duration::from_secs(60);
-
-fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
-    let temp = dir.join("tmp");
-    std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
-        .expect("open the Local store")
-}
 
 fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
     Initialization {
