@@ -5,20 +5,15 @@
 //! data with an equal `hashkv`. An unknown policy word is refused with exit 2 naming the flag
 //! and the words it takes.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use brcore::encrypt::Keys;
+use common::etcdbrctl;
 use testsupport::{Etcd, EtcdVersion, free_port};
-
-fn etcdbrctl() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"));
-    for var in ["AWS_APPLICATION_CREDENTIALS", "AZURE_APPLICATION_CREDENTIALS", "ETCDBR_ENCRYPTION_KEY_FILE"] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
 
 fn local(container: &Path, prefix: &str) -> Vec<String> {
     ["--storage-provider", "Local", "--store-container", container.to_str().unwrap(), "--store-prefix", prefix]
