@@ -629,18 +629,7 @@ mod tests {
         (db, stats)
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use testsupport::XorShift as Rng;
 
     fn revision_keys(n: u64, value_len: usize, rng: &mut Rng) -> Vec<(Vec<u8>, Vec<u8>)> {
         (0..n)
@@ -655,7 +644,7 @@ mod tests {
 
     #[test]
     fn many_keys_round_trip_with_default_options() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut model = Model::new();
         model.insert(b"key".to_vec(), revision_keys(20_000, 60, &mut rng));
         model.insert(b"meta".to_vec(), vec![(b"consistent_index".to_vec(), 5u64.to_be_bytes().to_vec())]);
@@ -670,7 +659,7 @@ mod tests {
 
     #[test]
     fn big_values_span_overflow_pages() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut kvs = Vec::new();
         for (i, len) in [10usize, 5000, 3, 4080, 4081, 100_000, 0, 12_288, 70].iter().enumerate() {
             kvs.push((format!("k{i:03}").into_bytes(), rng.bytes(*len)));
@@ -687,7 +676,7 @@ mod tests {
 
     #[test]
     fn small_pages_and_low_fill_build_multi_level_branches() {
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         for (ps, fill) in [(512, 0.1), (512, 1.0), (1024, 0.5), (4096, 0.1)] {
             let mut model = Model::new();
             model.insert(b"a".to_vec(), revision_keys(3000, 8, &mut rng));
@@ -773,7 +762,7 @@ mod tests {
 
     #[test]
     fn random_models_round_trip_in_every_geometry() {
-        let mut rng = Rng(0xDEAD_BEEF);
+        let mut rng = Rng::new(0xDEAD_BEEF);
         for round in 0..15 {
             let ps = [512u32, 1024, 4096, 16384, 65536][round % 5];
             let fill = [0.1, 0.5, 0.9, 1.0][round % 4];

@@ -6,20 +6,8 @@ mod common;
 use bbolt::fuzzing::open_and_check;
 use bbolt::{BulkWriter, Db, WriterOptions};
 
-/// xorshift64: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+/// xorshift64: deterministic.
+use testsupport::XorShift as Rng;
 
 /// One random mutation of the kinds that hit parsers hardest.
 fn mutate(rng: &mut Rng, b: &mut Vec<u8>, ps: usize) {
@@ -94,7 +82,7 @@ fn randomly_mutated_real_and_written_files_never_panic() {
     real.truncate(real.len() - 32);
     let written = small_page_db();
     assert!(Db::from_bytes(written.clone()).unwrap().check().is_ok());
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut opened = 0;
     for round in 0..3000 {
         let (base, ps) = if round % 2 == 0 { (&real, 4096) } else { (&written, 512) };

@@ -46,14 +46,7 @@ fn round_trip(store: &StoreFlags, what: &str) {
     let child = snapshot.spawn().expect("start etcdbrctl snapshot");
     std::thread::sleep(Duration::from_millis(1500));
     // Changes after the full snapshot: updates, a txn, a range delete, a leased key.
-    for i in 0..10 {
-        source.etcdctl(&["put", &format!("/app/k{i}"), &format!("updated-{i}")]);
-    }
-    source.etcdctl_stdin(&["txn"], "\n\nput /app/txn-a 1\nput /app/txn-b 2\ndel /app/k29\n\n\n");
-    source.etcdctl(&["del", "--prefix", "/app/k2"]);
-    let lease = source.etcdctl(&["lease", "grant", "900"]);
-    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
-    source.etcdctl(&["put", "--lease", &lease_id, "/app/leased", "x"]);
+    let lease_id = common::change_keys(&source);
     std::thread::sleep(Duration::from_millis(1500));
     let rev = source.revision();
     let (source_hash, _, _) = source.hashkv(rev);

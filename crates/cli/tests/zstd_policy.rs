@@ -35,14 +35,7 @@ fn snapshot_while_writing(source: &Etcd, store: &[String], extra: &[&str]) {
         .spawn()
         .expect("start etcdbrctl snapshot");
     std::thread::sleep(Duration::from_millis(1500));
-    for i in 0..10 {
-        source.etcdctl(&["put", &format!("/app/k{i}"), &format!("updated-{i}")]);
-    }
-    source.etcdctl_stdin(&["txn"], "\n\nput /app/txn-a 1\nput /app/txn-b 2\ndel /app/k29\n\n\n");
-    source.etcdctl(&["del", "--prefix", "/app/k2"]);
-    let lease = source.etcdctl(&["lease", "grant", "900"]);
-    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
-    source.etcdctl(&["put", "--lease", &lease_id, "/app/leased", "x"]);
+    common::change_keys(source);
     std::thread::sleep(Duration::from_millis(2000));
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let out = testsupport::wait_output(child, Duration::from_secs(30));

@@ -13,36 +13,14 @@ use std::time::Duration;
 use brcore::Snapstore;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::metrics::{KIND_FULL, Metrics};
-use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use common::local_store;
-use etcd_format::membership::Cluster;
 use httpd::leader::{EtcdClusterView, wait_for_handoff};
-use httpd::{
-    Initialization, LeaderElector, Role, Server, ServerConfig, ServerHandle, SidecarLocator, SnapshotControl,
-    StoreSnapshots,
-};
+use httpd::{LeaderElector, Role, Server, ServerConfig, ServerHandle, SidecarLocator, SnapshotControl, StoreSnapshots};
 use testsupport::{Etcd, EtcdVersion, free_port};
 use tokio::sync::{oneshot, watch};
-use validator::{InitOptions, Initializer, Mode};
 
 const TOKEN: &str = "t0ken";
-
-fn init(store: Arc<dyn Snapstore>, dir: &Path) -> Initialization {
-    Initialization {
-        initializer: Initializer::new(store),
-        options: InitOptions::new(
-            Mode::Sanity,
-            RestorePlan::new(
-                String::new(),
-                dir.join("unused"),
-                Cluster::from_initial_cluster("default=http://127.0.0.1:2380", "etcd-cluster").unwrap(),
-                "default",
-            )
-            .with_max_fetchers(4),
-        ),
-    }
-}
 
 /// One sidecar: a server over its member with its own metrics, until `stop` is sent.
 struct Sidecar {
@@ -71,7 +49,12 @@ impl Sidecar {
         let mut config = ServerConfig::default();
         config.auth_token = Some(TOKEN.into());
         config.leadership = Some(role);
-        let server = Server::new(config, init(store, dir), Some(control), metrics.clone());
+        let server = Server::new(
+            config,
+            common::init(store, dir.join("unused"), "http://127.0.0.1:2380"),
+            Some(control),
+            metrics.clone(),
+        );
         let handle = server.handle();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {

@@ -11,41 +11,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brcore::Snapstore;
 use brcore::etcd::{EtcdClient, EtcdConfig, EtcdSource};
 use brcore::metrics::Metrics;
-use brcore::restore::RestorePlan;
 use brcore::snapshotter::full::FullOptions;
 use brcore::snapshotter::{Snapshotter, SnapshotterConfig};
 use brcore::verify::{Verifier, VerifyPlan};
 use common::local_store;
-use etcd_format::membership::Cluster;
-use httpd::{Initialization, LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots, VerificationFeed};
+use httpd::{LiveSnapshots, Server, ServerConfig, SnapshotControl, StoreSnapshots, VerificationFeed};
 use testsupport::{Etcd, EtcdVersion};
 use tokio::sync::oneshot;
-use validator::{InitOptions, Initializer, Mode};
 
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A safeguard against a hung browser, far above the second or two a page needs.
 const BROWSER_LIMIT: Duration = Duration::from_secs(60);
-
-fn init(store: Arc<dyn Snapstore>, etcd: &Etcd) -> Initialization {
-    Initialization {
-        initializer: Initializer::new(store),
-        options: InitOptions::new(
-            Mode::Sanity,
-            RestorePlan::new(
-                String::new(),
-                etcd.data_dir().to_path_buf(),
-                Cluster::from_initial_cluster(&format!("default={}", etcd.peer_url()), "etcd-cluster")
-                    .expect("cluster"),
-                "default",
-            )
-            .with_max_fetchers(4),
-        ),
-    }
-}
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -140,7 +119,12 @@ async fn status_page_renders_in_headless_chromium() {
     let mut config = ServerConfig::default();
     config.etcd_conf = Some(missing_conf);
     config.verification = Some(VerificationFeed { period: Duration::from_secs(3600), results: verifier.subscribe() });
-    let server = Server::new(config, init(store, &etcd), Some(snapshots), metrics);
+    let server = Server::new(
+        config,
+        common::init(store, etcd.data_dir().to_path_buf(), &etcd.peer_url()),
+        Some(snapshots),
+        metrics,
+    );
     let handle = server.handle();
     handle.set_healthy(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");

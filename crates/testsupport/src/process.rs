@@ -88,6 +88,16 @@ impl XorShift {
         x
     }
 
+    /// A number below `n` (`next % n`; 0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// `n` bytes, each the low byte of the next state.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
     /// Fills `out` with the next states' little-endian bytes, eight a state (the last state
     /// gives only as many as are left).
     pub fn fill(&mut self, out: &mut [u8]) {
@@ -120,5 +130,9 @@ mod tests {
         a.fill(&mut bytes);
         assert_eq!(bytes[..8], b.next().to_le_bytes());
         assert_eq!(bytes[8..], b.next().to_le_bytes()[..3]);
+        let (mut a, mut b) = (XorShift::new(9), XorShift::new(9));
+        assert_eq!(a.bytes(3), [b.next() as u8, b.next() as u8, b.next() as u8]);
+        assert_eq!(a.below(10), (b.next() % 10) as usize);
+        assert_eq!(a.below(0), 0);
     }
 }

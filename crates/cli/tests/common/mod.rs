@@ -70,6 +70,20 @@ pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// The changes the round-trip tests make while a snapshotter watches `source`: updates, a txn,
+/// a range delete and a leased key; returns the lease's id.
+pub fn change_keys(source: &testsupport::Etcd) -> String {
+    for i in 0..10 {
+        source.etcdctl(&["put", &format!("/app/k{i}"), &format!("updated-{i}")]);
+    }
+    source.etcdctl_stdin(&["txn"], "\n\nput /app/txn-a 1\nput /app/txn-b 2\ndel /app/k29\n\n\n");
+    source.etcdctl(&["del", "--prefix", "/app/k2"]);
+    let lease = source.etcdctl(&["lease", "grant", "900"]);
+    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
+    source.etcdctl(&["put", "--lease", &lease_id, "/app/leased", "x"]);
+    lease_id
+}
+
 /// Output bytes as text, for messages and `contains` checks.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
