@@ -25,6 +25,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# free_port, now, calc, rss_kib, stop_pid; start_etcd and timed are this script's own (below:
+# a quota and WAL sized to the db, a report row per run).
+. "$ROOT/scripts/bench-lib.sh"
 SIZE_GIB=${SIZE_GIB:-8}
 SIZE_MIB=${SIZE_MIB:-$((SIZE_GIB * 1024))}
 VALUE_SIZE=${VALUE_SIZE:-16384}
@@ -68,13 +71,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-calc() { python3 -c "print($1)"; }
 loadavg() { cut -d' ' -f1 /proc/loadavg; }
-rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 cpu_secs() { awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f", u+s}' "$1"; }
 
+# start_etcd DATA_DIR [extra flags...]: replaces bench-lib's here: both ports picked free, the
+# quota and the WAL sized to the db, the log appended.
 start_etcd() {
     local dir=$1
     shift
@@ -99,11 +100,6 @@ start_etcd() {
     echo "etcd did not become healthy:" >&2
     tail -20 "$dir.log" >&2
     exit 1
-}
-
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
 }
 
 ROWS=$RUN/rows.tsv
