@@ -2,14 +2,15 @@
 //! store, the leader elector, and the supervision that starts the snapshotter, keeps `/healthz`
 //! in step and reports progress, until stopped.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brcore::Snapstore;
 use brcore::etcd::{EtcdClient, EtcdConfig};
 use brcore::restore::RestorePlan;
 use brcore::snapshotter::{ProgressSender, SnapshotterConfig};
+use common::local_store;
 use etcd_format::membership::Cluster;
 use httpd::leader::EtcdClusterView;
 use httpd::sidecar::{self, SidecarConfig, SidecarSnapshots};
@@ -19,13 +20,6 @@ use httpd::{
 };
 use testsupport::{Etcd, EtcdVersion};
 use validator::{InitOptions, Initializer, Mode};
-
-fn local_store(dir: &Path) -> Arc<dyn Snapstore> {
-    let temp = dir.join("tmp");
-    std::fs::create_dir_all(&temp).unwrap();
-    snapstore::open(&snapstore::StoreConfig::local(dir.join("store")).with_temp_dir(temp))
-        .expect("open the Local store")
-}
 
 async fn get(url: &str) -> Option<(u16, String)> {
     let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(30)).send().await.ok()?;
