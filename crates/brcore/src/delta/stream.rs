@@ -131,10 +131,17 @@ impl EventBatch {
 
     /// Appends a copy of `event`.
     pub fn push(&mut self, event: EventRef<'_>) {
+        let slot = self.copy_in(event);
+        self.slots.push(slot);
+    }
+
+    /// Copies `event`'s bytes into the batch's buffer; the slot that describes it there (not yet
+    /// one of the batch's events).
+    fn copy_in(&mut self, event: EventRef<'_>) -> Slot {
         let key = self.append(event.key);
         let value = self.append(event.value);
         let time = self.append(event.time.as_bytes());
-        self.slots.push(Slot {
+        Slot {
             kind: event.kind,
             key,
             value,
@@ -143,7 +150,7 @@ impl EventBatch {
             mod_revision: event.mod_revision,
             version: event.version,
             lease: event.lease,
-        });
+        }
     }
 
     fn append(&mut self, bytes: &[u8]) -> (usize, usize) {
@@ -456,19 +463,8 @@ impl DeltaDecoder {
         let Some(end) = value_end(b, i) else { return Ok(None) };
         let record: RawRecord = serde_json::from_slice(&b[i..end]).map_err(|e| self.syntax(e))?;
         let event = super::record_to_event(record, self.index, &self.object)?;
-        let key = self.batch.append(&event.key);
-        let value = self.batch.append(&event.value);
-        let time = self.batch.append(event.time.as_bytes());
-        self.accept(Slot {
-            kind: event.kind,
-            key,
-            value,
-            time,
-            create_revision: event.create_revision,
-            mod_revision: event.mod_revision,
-            version: event.version,
-            lease: event.lease,
-        })?;
+        let slot = self.batch.copy_in(event.view());
+        self.accept(slot)?;
         Ok(Some(end))
     }
 
