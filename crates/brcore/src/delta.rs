@@ -36,7 +36,7 @@ use crate::error::Error;
 
 pub mod stream;
 
-pub use stream::{DeltaDecoder, EventBatch, EventRef};
+pub use stream::{BatchPool, DeltaDecoder, EventBatch, EventRef};
 
 /// Length of the sha256 trailer after the JSON.
 pub const HASH_LEN: usize = 32;

@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::bridge::ChannelReader;
 use crate::compress;
-use crate::delta::{DeltaDecoder, EventBatch};
+use crate::delta::{BatchPool, DeltaDecoder, EventBatch};
 use crate::error::Error;
 use crate::name::Snapshot;
 use crate::restore::Progress;
@@ -147,6 +147,8 @@ pub fn start(
         Arc::new(Budget { used: Mutex::new(0), freed: Condvar::new(), limit: half, head: AtomicUsize::new(0) });
     let (streams_tx, streams) = mpsc::channel(fetchers);
     let driver_budget = budget.clone();
+    // The writer drops each batch once applied; its buffers go back to the decoders.
+    let pool = BatchPool::new();
     let driver = tokio::spawn(async move {
         // Compressed bytes read ahead, in KiB permits; fetchers in flight.
         let kib = (half >> 10).clamp(1, u64::from(u32::MAX >> 4)) as u32;
@@ -169,9 +171,10 @@ pub fn start(
             let store = store.clone();
             let budget = driver_budget.clone();
             let progress = progress.clone();
+            let pool = pool.clone();
             tokio::spawn(async move {
                 let key = snap.key.clone();
-                let result = fetch_and_decode(store, &snap, whole, index, budget, tx.clone(), progress).await;
+                let result = fetch_and_decode(store, &snap, whole, index, budget, pool, tx.clone(), progress).await;
                 drop(permit);
                 drop(slot);
                 let last = match result {
@@ -196,6 +199,7 @@ async fn fetch_and_decode(
     whole: bool,
     index: usize,
     budget: Arc<Budget>,
+    pool: BatchPool,
     tx: mpsc::Sender<Msg>,
     progress: Arc<dyn Progress>,
 ) -> Result<bool, Error> {
@@ -223,7 +227,7 @@ async fn fetch_and_decode(
         Box::new(ChannelReader::new(chunk_rx))
     };
     let name = snap.name.to_string();
-    let decoded = tokio::task::spawn_blocking(move || decode(reader, compression, &key, index, &budget, &tx))
+    let decoded = tokio::task::spawn_blocking(move || decode(reader, compression, &key, index, &budget, pool, &tx))
         .await
         .map_err(|e| Error::task_failed("the delta decoder", e))??;
     match decoded {
@@ -243,11 +247,11 @@ fn decode(
     key: &str,
     index: usize,
     budget: &Budget,
+    pool: BatchPool,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<Option<u64>, Error> {
     let mut plain = compress::decoder(compression, reader);
-    let mut decoder = DeltaDecoder::new(key);
-    let mut piece = vec![0u8; READ_PIECE];
+    let mut decoder = DeltaDecoder::new(key).with_pool(pool);
     let mut kept = 0u64;
     let mut send = |batch: EventBatch| -> bool {
         if batch.is_empty() {
@@ -264,13 +268,13 @@ fn decode(
         }
     };
     loop {
-        let n = match plain.read(&mut piece) {
+        // Decompressed straight into the decoder's buffer.
+        match decoder.read_from(&mut plain, READ_PIECE) {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(crate::restore::read_error(key, e)),
-        };
-        decoder.feed(&piece[..n]);
+        }
         while let Some(batch) = decoder.next_batch() {
             if !send(batch) {
                 return Ok(None);

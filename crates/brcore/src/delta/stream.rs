@@ -48,6 +48,56 @@ struct Slot {
 pub struct EventBatch {
     data: Vec<u8>,
     slots: Vec<Slot>,
+    /// Where the buffers go back when the batch is dropped (decoders' batches).
+    pool: Option<BatchPool>,
+}
+
+impl Drop for EventBatch {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.put(std::mem::take(&mut self.data), std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+/// Buffers of dropped [`EventBatch`]es, for the decoders' next batches: the writer drops each
+/// batch once applied, and a buffer used again costs no page faults, no zeroing by the kernel
+/// and no growing by doubling. Shared by the decoders of one restore; holds a few buffers at
+/// most.
+#[derive(Debug, Clone, Default)]
+pub struct BatchPool(std::sync::Arc<std::sync::Mutex<Vec<Buffers>>>);
+
+/// The buffers of one batch: its event bytes and its slots.
+type Buffers = (Vec<u8>, Vec<Slot>);
+
+impl BatchPool {
+    /// Idle buffers kept at most.
+    const KEEP: usize = 8;
+
+    /// An empty pool.
+    pub fn new() -> BatchPool {
+        BatchPool::default()
+    }
+
+    fn put(&self, mut data: Vec<u8>, mut slots: Vec<Slot>) {
+        if data.capacity() == 0 {
+            return;
+        }
+        data.clear();
+        slots.clear();
+        if let Ok(mut idle) = self.0.lock()
+            && idle.len() < Self::KEEP
+        {
+            idle.push((data, slots));
+        }
+    }
+
+    /// An empty batch whose buffers come back here, reused or sized for `bytes` of events.
+    fn batch(&self, bytes: usize) -> EventBatch {
+        let reused = self.0.lock().ok().and_then(|mut idle| idle.pop());
+        let (data, slots) = reused.unwrap_or_else(|| (Vec::with_capacity(bytes + bytes / 4), Vec::new()));
+        EventBatch { data, slots, pool: Some(self.clone()) }
+    }
 }
 
 /// A borrowed view of one event (of an [`EventBatch`] or an [`Event`]).
@@ -207,8 +257,10 @@ enum State {
 #[derive(Debug)]
 pub struct DeltaDecoder {
     object: String,
-    /// Plain bytes not yet parsed, from stream offset `base`.
+    /// Plain bytes not yet parsed, from stream offset `base`: `buf[..filled]` (the rest is
+    /// room to read into, initialized once, so reads need no zeroing).
     buf: Vec<u8>,
+    filled: usize,
     base: u64,
     /// Parse position in `buf`.
     pos: usize,
@@ -229,6 +281,7 @@ pub struct DeltaDecoder {
     batch: EventBatch,
     batch_bytes: usize,
     events: u64,
+    pool: Option<BatchPool>,
 }
 
 impl DeltaDecoder {
@@ -237,6 +290,7 @@ impl DeltaDecoder {
         DeltaDecoder {
             object: object.to_string(),
             buf: Vec::new(),
+            filled: 0,
             base: 0,
             pos: 0,
             total: 0,
@@ -251,7 +305,15 @@ impl DeltaDecoder {
             batch: EventBatch::new(),
             batch_bytes: DEFAULT_BATCH_BYTES,
             events: 0,
+            pool: None,
         }
+    }
+
+    /// Takes the batches' buffers from `pool` (and they go back there once dropped).
+    pub fn with_pool(mut self, pool: BatchPool) -> DeltaDecoder {
+        self.batch = pool.batch(self.batch_bytes);
+        self.pool = Some(pool);
+        self
     }
 
     /// Sets the event bytes after which a batch is ready (at least one event per batch).
@@ -272,24 +334,53 @@ impl DeltaDecoder {
 
     /// Takes the next plain bytes of the delta (call [`DeltaDecoder::next_batch`] after it).
     pub fn feed(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        self.buf.extend_from_slice(data);
+        self.room(data.len())[..data.len()].copy_from_slice(data);
+        self.fed(data.len());
+    }
+
+    /// Reads the next plain bytes of the delta from `from`, at most `max`, straight into the
+    /// decoder's buffer (no copy, as [`DeltaDecoder::feed`] makes); returns how many (0 at the
+    /// end). Call [`DeltaDecoder::next_batch`] after it.
+    pub fn read_from(&mut self, from: &mut dyn std::io::Read, max: usize) -> std::io::Result<usize> {
+        let n = from.read(self.room(max))?;
+        self.fed(n);
+        Ok(n)
+    }
+
+    /// Room for `n` more bytes after the filled part.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        let end = self.filled + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        &mut self.buf[self.filled..end]
+    }
+
+    /// `n` bytes were put in the room.
+    fn fed(&mut self, n: usize) {
+        self.filled += n;
+        self.total += n as u64;
         self.hash_ready();
         if self.failed.is_some() {
             // Only the hash matters now: keep the last HASH_LEN bytes for the trailer.
-            let keep = self.buf.len().min(HASH_LEN);
-            let drop = self.buf.len() - keep;
-            self.buf.drain(..drop);
-            self.base += drop as u64;
+            let keep = self.filled.min(HASH_LEN);
+            self.drop_front(self.filled - keep);
             self.pos = 0;
         }
+    }
+
+    /// Drops the first `n` bytes of the filled part.
+    fn drop_front(&mut self, n: usize) {
+        self.buf.copy_within(n..self.filled, 0);
+        self.filled -= n;
+        self.base += n as u64;
     }
 
     /// Parses what was fed; returns a batch once one holds the batch size of event bytes.
     /// `None`: the bytes fed so far are used up (the events parsed wait in the next batch). A
     /// parse error is kept for [`DeltaDecoder::finish`].
     pub fn next_batch(&mut self) -> Option<EventBatch> {
-        if self.failed.is_none() && self.buf.len() >= self.wait_for {
+        if self.failed.is_none() && self.filled >= self.wait_for {
             self.wait_for = 0;
             if let Err(e) = self.parse(false) {
                 self.failed = Some(e);
@@ -297,7 +388,11 @@ impl DeltaDecoder {
         }
         self.compact();
         if self.failed.is_none() && self.batch.data.len() >= self.batch_bytes {
-            return Some(std::mem::take(&mut self.batch));
+            let next = match &self.pool {
+                Some(pool) => pool.batch(self.batch_bytes),
+                None => EventBatch::new(),
+            };
+            return Some(std::mem::replace(&mut self.batch, next));
         }
         None
     }
@@ -318,9 +413,8 @@ impl DeltaDecoder {
         let hashed_in_buf = (self.hashed - self.base) as usize;
         let drop = self.pos.min(hashed_in_buf);
         // Move the rest down only when it is worth it: the parsed prefix is at least half.
-        if drop > 0 && drop * 2 >= self.buf.len() {
-            self.buf.drain(..drop);
-            self.base += drop as u64;
+        if drop > 0 && drop * 2 >= self.filled {
+            self.drop_front(drop);
             self.pos -= drop;
         }
     }
@@ -340,7 +434,7 @@ impl DeltaDecoder {
             ));
         }
         let trailer_at = (self.total - HASH_LEN as u64 - self.base) as usize;
-        let trailer = &self.buf[trailer_at..];
+        let trailer = &self.buf[trailer_at..self.filled];
         let json_len = self.total - HASH_LEN as u64;
         let digest = std::mem::take(&mut self.hasher).finalize();
         if digest.as_slice() != trailer {
@@ -368,7 +462,7 @@ impl DeltaDecoder {
 
     /// The bytes that may still be JSON: at the end, everything but the trailer.
     fn json_limit(&self, at_end: bool) -> usize {
-        if at_end { (self.total.saturating_sub(HASH_LEN as u64) - self.base) as usize } else { self.buf.len() }
+        if at_end { (self.total.saturating_sub(HASH_LEN as u64) - self.base) as usize } else { self.filled }
     }
 
     /// Parses as far as the bytes go, or until the batch is full. At the end (`at_end`),
@@ -436,7 +530,7 @@ impl DeltaDecoder {
                         None if at_end => return Err(self.syntax("EOF while parsing a value")),
                         None => {
                             // Not whole yet: try again once the buffer has grown by half.
-                            self.wait_for = self.buf.len() + (self.buf.len() - self.pos) / 2 + 1;
+                            self.wait_for = self.filled + (self.filled - self.pos) / 2 + 1;
                             return Ok(());
                         }
                     }
@@ -625,5 +719,30 @@ mod tests {
         events.iter().for_each(|e| batch.push(e.view()));
         batch.retain(|e| e.mod_revision > 30);
         assert!(batch.iter().all(|e| e.mod_revision > 30) && !batch.is_empty());
+    }
+
+    #[test]
+    fn reading_in_place_with_a_pool_gives_the_same_events_and_reuses_the_buffers() {
+        let events = sample();
+        let content = encode_events(&events);
+        let pool = BatchPool::new();
+        for piece in [7, 100, 1 << 20] {
+            let mut d = DeltaDecoder::new("obj").batch_bytes(1000).with_pool(pool.clone());
+            let mut reader = std::io::Cursor::new(&content);
+            let mut got = Vec::new();
+            let mut batches = 0;
+            while d.read_from(&mut reader, piece).unwrap() > 0 {
+                while let Some(b) = d.next_batch() {
+                    got.extend(b.iter().map(|e| e.to_event()));
+                    batches += 1;
+                }
+            }
+            got.extend(d.finish().unwrap().iter().map(|e| e.to_event()));
+            assert!(batches > 3, "{batches} batches");
+            assert!(got == events, "piece {piece}");
+            // Every batch dropped gave its buffers back (up to what the pool keeps).
+            let idle = pool.0.lock().unwrap();
+            assert!(!idle.is_empty() && idle.iter().all(|(data, slots)| data.is_empty() && slots.is_empty()));
+        }
     }
 }
