@@ -44,28 +44,9 @@ struct Tls {
 
 impl Tls {
     fn make(dir: &Path) -> Tls {
-        let p = |name: &str| dir.join(name).display().to_string();
-        let (ca, ca_key, csr, cert, key, ext) =
-            (p("ca.crt"), p("ca.key"), p("tls.csr"), p("tls.crt"), p("tls.key"), p("ext"));
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        for args in [
-            [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=etcd-ca", "-keyout", &ca_key, "-out", &ca]]
-                .concat(),
-            [&["req"][..], &ec, &["-subj", "/CN=etcd", "-keyout", &key, "-out", &csr]].concat(),
-            vec!["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2"]
-                .into_iter()
-                .chain(["-extfile", &ext, "-out", &cert])
-                .collect(),
-        ] {
-            let out = Command::new("openssl")
-                .args(&args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl (apt-get install openssl) makes the test certificates");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Tls { ca: ca.into(), cert: cert.into(), key: key.into() }
+        let ca = testsupport::PrivateCa::new(dir, "etcd-ca");
+        let leaf = ca.leaf("tls", "etcd", "IP:127.0.0.1,DNS:localhost", None);
+        Tls { ca: ca.cert(), cert: leaf.cert, key: leaf.key }
     }
 }
 

@@ -73,64 +73,9 @@ impl Pod {
     /// certificate and the sidecar's own server certificate (`--server-cert`), all for
     /// 127.0.0.1 and signed by the CA.
     fn make_certificates(&self) {
-        let dir = self.path("ssl");
-        let p = |name: &str| dir.join(name).display().to_string();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let (ca, ca_key) = (p("ca.crt"), p("ca.key"));
-        let mut steps: Vec<Vec<String>> = vec![
-            [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=etcd-ca", "-keyout", &ca_key, "-out", &ca]]
-                .concat()
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        ];
+        let ca = testsupport::PrivateCa::new(&self.path("ssl"), "etcd-ca");
         for (leaf, usage) in [("server", "serverAuth"), ("client", "clientAuth"), ("backup", "serverAuth")] {
-            let ext = p(&format!("{leaf}.ext"));
-            fs::write(
-                &ext,
-                format!(
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"
-                ),
-            )
-            .unwrap();
-            let (key, csr, crt) = (p(&format!("{leaf}.key")), p(&format!("{leaf}.csr")), p(&format!("{leaf}.crt")));
-            steps.push(
-                [&["req"][..], &ec, &["-subj", &format!("/CN=etcd-{leaf}"), "-keyout", &key, "-out", &csr]]
-                    .concat()
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-            );
-            steps.push(
-                [
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    &ca,
-                    "-CAkey",
-                    &ca_key,
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                    "-out",
-                    &crt,
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            );
-        }
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl (apt-get install openssl) makes the test certificates");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            ca.leaf(leaf, &format!("etcd-{leaf}"), "IP:127.0.0.1,DNS:localhost", Some(usage));
         }
     }
 

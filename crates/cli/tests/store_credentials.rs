@@ -66,24 +66,7 @@ fn metadata_server() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 /// A CA and a certificate for 127.0.0.1 signed by it.
 fn certificates(dir: &Path) {
-    let p = |n: &str| dir.join(n).display().to_string();
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let (ca, ca_key, csr, crt, key, ext) =
-        (p("ca.crt"), p("ca.key"), p("tls.csr"), p("tls.crt"), p("tls.key"), p("ext"));
-    let steps: Vec<Vec<&str>> = vec![
-        [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test-ca", "-keyout", &ca_key, "-out", &ca]].concat(),
-        [&["req"][..], &ec, &["-subj", "/CN=storage", "-keyout", &key, "-out", &csr]].concat(),
-        vec!["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2"]
-            .into_iter()
-            .chain(["-extfile", &ext, "-out", &crt])
-            .collect(),
-    ];
-    for args in steps {
-        let out =
-            Command::new("openssl").args(&args).current_dir(dir).output().expect("openssl (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    testsupport::PrivateCa::new(dir, "test-ca").leaf("tls", "storage", "IP:127.0.0.1", None);
 }
 
 #[test]

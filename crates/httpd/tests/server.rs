@@ -350,35 +350,10 @@ async fn config_errors_are_500_with_the_reason() {
 #[tokio::test]
 async fn https_with_a_certificate_from_a_private_ca() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = (tmp.path().join("ca.crt"), tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
     // A CA and a leaf for localhost signed by it, as a cluster's cert-manager would issue.
-    let p = |name: &str| tmp.path().join(name).display().to_string();
-    let (ca_s, ca_key, csr, cert_s, key_s, ext) = (
-        ca.display().to_string(),
-        p("ca.key"),
-        p("tls.csr"),
-        cert.display().to_string(),
-        key.display().to_string(),
-        p("ext"),
-    );
-    std::fs::write(&ext, "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    for args in [
-        [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=test-ca", "-keyout", &ca_key, "-out", &ca_s]]
-            .concat(),
-        [&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", &key_s, "-out", &csr]].concat(),
-        vec!["x509", "-req", "-in", &csr, "-CA", &ca_s, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2"]
-            .into_iter()
-            .chain(["-extfile", &ext, "-out", &cert_s])
-            .collect(),
-    ] {
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .current_dir(tmp.path())
-            .output()
-            .expect("openssl (apt-get install openssl) makes the test certificates");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let private_ca = testsupport::PrivateCa::new(tmp.path(), "test-ca");
+    let testsupport::tls::Leaf { cert, key } = private_ca.leaf("tls", "localhost", "DNS:localhost", None);
+    let ca = private_ca.cert();
     let (server, _) = guarded_server(tmp.path(), Some(TlsFiles { cert: cert.clone(), key }));
     let s = Running::start(server, "https").await;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod kube;
 mod process;
 pub mod seaweed;
+pub mod tls;
 pub mod tmpfs;
 
 use std::net::TcpListener;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 pub use etcd::{Etcd, EtcdVersion};
 pub use kube::KubeApi;
 pub use process::{XorShift, http_get};
+pub use tls::PrivateCa;
 pub use tmpfs::Tmpfs;
 
 /// Where `scripts/install-test-deps.sh` installs the test dependencies.

@@ -329,29 +329,7 @@ impl Drop for KubeApi {
 
 /// Makes a private CA and a server certificate for 127.0.0.1 and localhost signed by it.
 fn make_certificates(dir: &Path) {
-    let p = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-        .expect("write the extension file");
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let (ca, ca_key, csr, crt, key, ext) =
-        (p("ca.crt"), p("ca.key"), p("tls.csr"), p("tls.crt"), p("tls.key"), p("ext"));
-    let steps: Vec<Vec<&str>> = vec![
-        [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=stand-in-ca", "-keyout", &ca_key, "-out", &ca]]
-            .concat(),
-        [&["req"][..], &ec, &["-subj", "/CN=kube-apiserver", "-keyout", &key, "-out", &csr]].concat(),
-        vec!["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2"]
-            .into_iter()
-            .chain(["-extfile", &ext, "-out", &crt])
-            .collect(),
-    ];
-    for args in steps {
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (apt-get install openssl) makes the stand-in's certificates");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    crate::PrivateCa::new(dir, "stand-in-ca").leaf("tls", "kube-apiserver", "IP:127.0.0.1,DNS:localhost", None);
 }
 
 fn server_tls(cert: &Path, key: &Path) -> rustls::ServerConfig {
