@@ -22,15 +22,6 @@ fn etcdbrctl(args: &[&str]) -> Output {
     out
 }
 
-fn copy_store(dest: &Path) {
-    let src = go_testdata().join(STORE_34).join("store/v2");
-    fs::create_dir_all(dest.join("v2")).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        fs::copy(e.path(), dest.join("v2").join(e.file_name())).unwrap();
-    }
-}
-
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -59,7 +50,7 @@ fn expected_final_hash() -> u32 {
 fn compact_folds_the_chain_into_one_full_snapshot_that_restores_bit_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let container = tmp.path().join("store");
-    copy_store(&container);
+    common::copy_go_store(STORE_34, &container);
     let before = names(&container.join("v2"));
     let out = etcdbrctl(&[
         "compact",

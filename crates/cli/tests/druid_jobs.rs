@@ -5,6 +5,8 @@
 //! `createJobArgs`). Each must finish with the Go tool's exit code: 0 when done and 0 when there
 //! is nothing to do. Results are judged by restoring them and booting real etcd.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -56,16 +58,6 @@ fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Copies the Go-made store's objects to `<dir>/v2`.
-fn go_store_into(dir: &Path) {
-    let src = go_testdata().join(STORE_35).join("store/v2");
-    fs::create_dir_all(dir.join("v2")).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        fs::copy(e.path(), dir.join("v2").join(e.file_name())).unwrap();
-    }
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -130,7 +122,7 @@ fn compaction_job_args(data: &Path, metrics_scrape_wait: &str) -> Vec<String> {
 fn the_compaction_job_compacts_and_exits_0() {
     let home = tempfile::tempdir().unwrap();
     let store = home.path().join(CONTAINER).join(PREFIX);
-    go_store_into(&store);
+    common::copy_go_store(STORE_35, &store);
     let volume = home.path().join("var-etcd-data");
     fs::create_dir_all(&volume).unwrap();
     let before = names(&store.join("v2"));
@@ -216,7 +208,7 @@ const COPY_ENV: &[(&str, &str)] = &[("STORAGE_CONTAINER", CONTAINER), ("SOURCE_S
 #[test]
 fn the_copy_job_copies_after_the_final_snapshot_timeout() {
     let home = tempfile::tempdir().unwrap();
-    go_store_into(&home.path().join("source").join(PREFIX));
+    common::copy_go_store(STORE_35, &home.path().join("source").join(PREFIX));
     let started = Instant::now();
     let out = job(home.path(), &copy_job_args(home.path(), Some((true, "2s"))), COPY_ENV);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -111,20 +111,7 @@ fn assert_refused(out: &Output, data_dir: &Path, code: i32, object_part: &str, w
 
 /// Every stored object (path, bytes) of a Local store.
 fn objects(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    common::files(dir).into_iter().map(|(p, bytes)| (dir.join(p), bytes)).collect()
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {

@@ -172,23 +172,6 @@ fn chains(container: &Path) -> (Chain, (String, Vec<String>)) {
     (ours, (full, deltas))
 }
 
-fn member_files(data_dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![data_dir.join("member")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// One run of the scenario: the etcd version, the scratch dir, the store and whether restores
 /// keep their revision.
 struct Scenario<'a> {
@@ -311,7 +294,7 @@ fn judge(sc: &Scenario, round: usize, live: &mut Etcd, data: &Path, peer: u16) {
 
     // initialize (the sidecar's start) on the live data dir leaves it alone.
     live.stop();
-    let before = member_files(data);
+    let before = common::files(&data.join("member"));
     let peer_url = format!("http://127.0.0.1:{peer}");
     let out = etcdbrctl()
         .arg("initialize")
@@ -324,7 +307,7 @@ fn judge(sc: &Scenario, round: usize, live: &mut Etcd, data: &Path, peer: u16) {
         .unwrap();
     let stdout = expect_ok(&out, "initialize");
     assert!(stdout.contains("data dir kept as it is"), "{stdout}");
-    assert_eq!(member_files(data), before, "initialize changed the live data dir");
+    assert_eq!(common::files(&data.join("member")), before, "initialize changed the live data dir");
     *live = Etcd::start_on(version, data, "n1", peer, free_port());
     assert_eq!(live.revision(), live_rev);
 }

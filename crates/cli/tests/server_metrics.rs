@@ -3,11 +3,12 @@
 //! (`etcdbr_restoration_duration_seconds`), the cluster size, the standard `process_*` metrics
 //! and the Go tool's network byte counters, with values that describe this process.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use testsupport::{free_port, go_testdata, http_get};
+use testsupport::{free_port, http_get};
 
 struct Server(Child);
 
@@ -28,32 +29,22 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn copy_store(to: &Path) {
-    let src = go_testdata().join("etcdbrctl-0.43.0-etcd-3.5.30/store/v2");
-    std::fs::create_dir_all(to.join("v2")).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join("v2").join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn an_initialization_that_restores_moves_the_restoration_and_process_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    copy_store(&store);
+    common::copy_go_store("etcdbrctl-0.43.0-etcd-3.5.30", &store);
     let port = free_port();
     let peer = format!("http://127.0.0.1:{}", free_port());
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_etcdbrctl"))
+    let child = common::etcdbrctl()
         .args(["server", "--server-port", &port.to_string()])
         .args(["--storage-provider", "Local", "--store-container", store.to_str().unwrap()])
         .args(["--data-dir", tmp.path().join("data").to_str().unwrap()])
         .args(["--name", "n1", "--initial-cluster", &format!("n1={peer}"), "--initial-advertise-peer-urls", &peer])
         // No etcd runs: the snapshotter waits for it, initialization does not need it.
         .args(["--endpoints", &format!("http://127.0.0.1:{}", free_port())])
-        .env_remove("STORAGE_CONTAINER")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -84,6 +84,17 @@ pub fn change_keys(source: &testsupport::Etcd) -> String {
     lease_id
 }
 
+/// Copies the snapshots of the Go-made test store `store` (a folder of
+/// `testsupport::go_testdata()`) into `container/v2`.
+pub fn copy_go_store(store: &str, container: &Path) {
+    let v2 = container.join("v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    for e in std::fs::read_dir(testsupport::go_testdata().join(store).join("store/v2")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), v2.join(e.file_name())).unwrap();
+    }
+}
+
 /// Output bytes as text, for messages and `contains` checks.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
