@@ -11,11 +11,14 @@
 //! 127.0.0.1 with free ports; everything else is druid's. The Leases druid creates live in the
 //! Kubernetes API stand-in (`testsupport::KubeApi`) the sidecar reaches through `KUBECONFIG`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Proc;
 use testsupport::kube::{DEFAULT_TOKEN, KubeApi};
 use testsupport::{Etcd, EtcdVersion, free_port};
 
@@ -24,16 +27,6 @@ const POD: &str = "etcd-main-0";
 const NAMESPACE: &str = "shoot--dev--main";
 const PREFIX: &str = "etcd-main";
 const CONTAINER: &str = "backups";
-
-/// Kills the child when dropped (the sidecar, or etcd started from the served config).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Where druid's volumes are, inside one temp dir.
 struct Pod {

@@ -11,11 +11,14 @@
 //!   snapshot's revision.
 //! - Renewal asked for without a namespace stops the command at start.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Proc;
 use testsupport::kube::{DEFAULT_TOKEN, KubeApi, micro_time_utc};
 use testsupport::{Etcd, EtcdVersion, free_port};
 
@@ -26,15 +29,6 @@ const MEMBER_PREFIX: &str = "shoot--dev";
 const FULL: &str = "etcd-main-full-snap";
 const DELTA: &str = "etcd-main-delta-snap";
 const PREFIX: &str = "etcd-main";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn member_lease() -> String {
     format!("{MEMBER_PREFIX}-{POD}")

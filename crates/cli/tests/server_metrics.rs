@@ -5,19 +5,10 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use testsupport::{free_port, http_get};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The value of the sample line `name` (with its labels) in a `/metrics` body.
 fn sample(text: &str, name: &str) -> f64 {
@@ -49,7 +40,7 @@ fn an_initialization_that_restores_moves_the_restoration_and_process_metrics() {
         .stderr(log)
         .spawn()
         .expect("start etcdbrctl server");
-    let _server = Server(child);
+    let _server = common::Proc(child);
     let log = || std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default();
 
     let deadline = Instant::now() + Duration::from_secs(60);

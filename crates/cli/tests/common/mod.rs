@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 /// The reference's variables that name a store or its credentials, and ours for the encryption
 /// key: none of them may reach a command from the shell that runs the tests.
@@ -92,6 +92,16 @@ pub fn copy_go_store(store: &str, container: &Path) {
     for e in std::fs::read_dir(testsupport::go_testdata().join(store).join("store/v2")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), v2.join(e.file_name())).unwrap();
+    }
+}
+
+/// A child process (a server, an etcd) killed and waited for when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
