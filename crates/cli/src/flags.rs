@@ -391,6 +391,15 @@ pub struct EtcdArgs {
     /// Limit for connecting to etcd and for each request.
     #[arg(long, default_value = "30s", value_parser = crate::pflag::go_duration)]
     pub etcd_connection_timeout: std::time::Duration,
+    /// etcd's TLS and credentials.
+    #[command(flatten)]
+    pub auth: EtcdAuthArgs,
+}
+
+/// How etcdbr authenticates to etcd and checks etcd's certificate: the connection flags the
+/// snapshotter (`snapshot`, `server`) and `status` and `verify` share (see `cmd::etcd_access`).
+#[derive(Debug, Clone, Args)]
+pub struct EtcdAuthArgs {
     /// Client certificate (PEM) for etcd.
     #[arg(long)]
     pub cert: Option<PathBuf>,
@@ -405,8 +414,9 @@ pub struct EtcdArgs {
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_transport: bool,
-    /// Accepted for compatibility; etcd's certificate is always verified (with --cacert or the
-    /// system's roots).
+    /// Differs from the Go tool on purpose: etcd's certificate is always verified (with --cacert
+    /// or the system's roots); `=true` only warns. (The Go tool's default is true, which skips
+    /// verification whenever TLS is on; etcd-druid passes `=false`.)
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub insecure_skip_tls_verify: bool,

@@ -21,10 +21,22 @@ pub enum ValidationMode {
     Full,
 }
 
-/// `etcdbrctl initialize`.
+impl ValidationMode {
+    /// The validator's mode.
+    pub(crate) fn mode(self) -> Mode {
+        match self {
+            ValidationMode::Sanity => Mode::Sanity,
+            ValidationMode::Full => Mode::Full,
+        }
+    }
+}
+
+/// How a data dir is validated and what becomes of an invalid member dir: the flags of
+/// `initialize` and of the server's initializations.
 #[derive(Debug, Args)]
-pub struct InitializeArgs {
-    /// How deep to validate: `full` after a crash, `sanity` after a clean shutdown.
+pub struct ValidationArgs {
+    /// How deep to validate (`server`: when /initialization/start names no mode): `full` after
+    /// a crash, `sanity` after a clean shutdown.
     #[arg(long, value_enum, default_value = "full")]
     pub validation_mode: ValidationMode,
     /// Delete the invalid member dir after a successful restore instead of keeping it as
@@ -32,6 +44,14 @@ pub struct InitializeArgs {
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub delete_invalid_member_dir: bool,
+}
+
+/// `etcdbrctl initialize`.
+#[derive(Debug, Args)]
+pub struct InitializeArgs {
+    /// How deep to validate and what to do with an invalid member dir.
+    #[command(flatten)]
+    pub validation: ValidationArgs,
     /// The data dir, the store and how to restore: the flags of `etcdbrctl restore`.
     #[command(flatten)]
     pub restore: RestoreArgs,
@@ -103,10 +123,7 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
     // What a killed restore left goes now, whether or not this run restores.
     brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
     debug_assert!(matches!(plan.target, Target::Latest));
-    let mode = match args.validation_mode {
-        ValidationMode::Sanity => Mode::Sanity,
-        ValidationMode::Full => Mode::Full,
-    };
+    let mode = args.validation.validation_mode.mode();
     // As in the reference's initializer, no provider means no store: the data dir is kept if
     // valid, and otherwise etcd starts fresh. So does a store without backups.
     let initializer = if !args.restore.store.has_provider() {
@@ -117,7 +134,7 @@ pub async fn run(args: InitializeArgs) -> anyhow::Result<()> {
     };
     let mut opts = InitOptions::new(mode, plan);
     opts.namespace = std::env::var("POD_NAMESPACE").ok().filter(|n| !n.trim().is_empty());
-    opts.remove_set_aside = args.delete_invalid_member_dir;
+    opts.remove_set_aside = args.validation.delete_invalid_member_dir;
     let outcome = initializer.initialize(&opts).await.map_err(to_anyhow)?;
     print_outcome(&outcome);
     Ok(())

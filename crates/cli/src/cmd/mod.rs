@@ -162,19 +162,7 @@ impl std::fmt::Display for Verdict {
 
 impl std::error::Error for Verdict {}
 
-/// etcd's connection (endpoints, credentials, TLS) from the snapshotter's flags, checked.
-pub(crate) struct EtcdFlags<'a> {
-    pub endpoints: &'a [String],
-    pub cert: &'a Option<std::path::PathBuf>,
-    pub key: &'a Option<std::path::PathBuf>,
-    pub cacert: &'a Option<std::path::PathBuf>,
-    pub insecure_transport: bool,
-    pub insecure_skip_tls_verify: bool,
-    pub username: &'a Option<String>,
-    pub password: &'a Option<String>,
-}
-
-/// What [`etcd_access`] makes of [`EtcdFlags`].
+/// What [`etcd_access`] makes of the endpoints and [`EtcdAuthArgs`](crate::flags::EtcdAuthArgs).
 pub(crate) struct EtcdAccess {
     /// The endpoints, trimmed, empty ones dropped.
     pub endpoints: Vec<String>,
@@ -184,13 +172,12 @@ pub(crate) struct EtcdAccess {
     pub tls: Option<brcore::etcd::EtcdTls>,
 }
 
-/// The trimmed endpoints, the user and the TLS setting that `flags` amount to; errors name the
-/// flags that do not go together.
-pub(crate) fn etcd_access(flags: EtcdFlags<'_>) -> anyhow::Result<EtcdAccess> {
+/// The trimmed endpoints, the user and the TLS setting that `endpoints` and `flags` amount to;
+/// errors name the flags that do not go together.
+pub(crate) fn etcd_access(endpoints: &[String], flags: &crate::flags::EtcdAuthArgs) -> anyhow::Result<EtcdAccess> {
     use anyhow::bail;
-    let endpoints: Vec<String> =
-        flags.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
-    let user = match (flags.username, flags.password) {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let user = match (&flags.etcd_username, &flags.etcd_password) {
         (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
         (None, None) => None,
         (Some(u), None) if u.is_empty() => None,
@@ -218,16 +205,7 @@ pub(crate) fn live_etcd(args: &crate::flags::EtcdArgs) -> anyhow::Result<Option<
     if args.etcd_connection_timeout.is_zero() {
         anyhow::bail!("--etcd-connection-timeout must be positive");
     }
-    let EtcdAccess { endpoints, user, tls } = etcd_access(EtcdFlags {
-        endpoints: &args.endpoints,
-        cert: &args.cert,
-        key: &args.key,
-        cacert: &args.cacert,
-        insecure_transport: args.insecure_transport,
-        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
-        username: &args.etcd_username,
-        password: &args.etcd_password,
-    })?;
+    let EtcdAccess { endpoints, user, tls } = etcd_access(&args.endpoints, &args.auth)?;
     if endpoints.is_empty() {
         return Ok(None);
     }

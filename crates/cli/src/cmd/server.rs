@@ -44,9 +44,9 @@ use httpd::{
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
-use validator::{InitOptions, Initializer, Mode};
+use validator::{InitOptions, Initializer};
 
-use super::initialize::ValidationMode;
+use super::initialize::ValidationArgs;
 use super::leases::{LeaseEnv, ServerLeases};
 use super::snapshot::{SnapshotArgs, SnapshotPlan};
 use crate::flags::{MemberLeaseArgs, RestorationArgs, RestoreArgs, SecondaryStoreArgs, SnapshotLeaseArgs};
@@ -70,14 +70,10 @@ pub struct ServerArgs {
     /// (/initialization/start, /snapshot/full, /snapshot/delta); reads stay open.
     #[arg(long, env = "ETCDBR_SERVER_AUTH_TOKEN", hide_env_values = true)]
     pub server_auth_token: Option<Token>,
-    /// Validation depth when /initialization/start names no mode.
-    #[arg(long, value_enum, default_value = "full")]
-    pub validation_mode: ValidationMode,
-    /// Delete the invalid member dir after a successful restore instead of keeping it as
-    /// `<data-dir>/member.<unix-seconds>.bak`.
-    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
-    pub delete_invalid_member_dir: bool,
+    /// Validation depth when /initialization/start names no mode, and what becomes of an
+    /// invalid member dir: the flags of `etcdbrctl initialize`.
+    #[command(flatten)]
+    pub validation: ValidationArgs,
     /// etcd connection, snapshotter, store, compression and defragmentation flags: those of
     /// `etcdbrctl snapshot`.
     #[command(flatten)]
@@ -214,10 +210,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
     brcore::restore::remove_unfinished_restore(&plan.data_dir)?;
     // The size of the cluster --initial-cluster describes, until the cluster view below says.
     brcore::metrics::metrics().cluster_size.set(plan.cluster.members.len() as f64);
-    let mode = match args.validation_mode {
-        ValidationMode::Sanity => Mode::Sanity,
-        ValidationMode::Full => Mode::Full,
-    };
+    let mode = args.validation.validation_mode.mode();
     let etcd = Arc::new(EtcdClient::new(snap.etcd.clone()));
     let metrics = brcore::metrics::metrics().clone();
     let tls = match (&args.server_cert, &args.server_key) {
@@ -225,8 +218,8 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         _ => None,
     };
     let locator = SidecarLocator::new(sidecars, args.server_port, tls.is_some());
-    let sidecar_client =
-        httpd::leader::sidecar_client(args.snapshot.cacert.as_deref()).map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
+    let sidecar_client = httpd::leader::sidecar_client(args.snapshot.auth.cacert.as_deref())
+        .map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
     // The one view of the cluster: $ETCD_CONF (druid's), else the flags.
     let cluster: Arc<dyn ClusterAccess> = Arc::new(SidecarCluster::new(ClusterSettings {
         etcd_conf: env("ETCD_CONF").map(PathBuf::from),
@@ -287,7 +280,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         verifier.as_ref().map(|v| VerificationFeed { period: args.verification_period, results: v.subscribe() });
     config.leadership = Some(elector.subscribe());
     config.cluster = Some(cluster.clone());
-    config.peer_cacert = args.snapshot.cacert.clone();
+    config.peer_cacert = args.snapshot.auth.cacert.clone();
     config.tls = tls;
     config.auth_token = args.server_auth_token.as_ref().map(|t| t.0.clone()).filter(|t| !t.is_empty());
     config.etcd_conf = env("ETCD_CONF").map(PathBuf::from);
@@ -299,7 +292,7 @@ fn setup(args: &ServerArgs) -> anyhow::Result<Setup> {
         options: {
             let mut options = InitOptions::new(mode, plan);
             options.namespace = env("POD_NAMESPACE");
-            options.remove_set_aside = args.delete_invalid_member_dir;
+            options.remove_set_aside = args.validation.delete_invalid_member_dir;
             options
         },
     };
@@ -387,6 +380,7 @@ mod tests {
     use testsupport::{Etcd, EtcdVersion};
 
     use super::*;
+    use crate::cmd::initialize::ValidationMode;
 
     #[derive(Parser)]
     struct Cli {
@@ -404,7 +398,7 @@ mod tests {
     fn defaults_are_the_references() {
         let a = parse(&[]).unwrap();
         assert_eq!(a.server_port, 8080);
-        assert_eq!(a.validation_mode, ValidationMode::Full);
+        assert_eq!(a.validation.validation_mode, ValidationMode::Full);
         assert_eq!(a.restore.data_dir, PathBuf::from("default.etcd"));
         assert_eq!(a.snapshot.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(a.snapshot.defragmentation_schedule, "0 0 */3 * *");

@@ -2,7 +2,6 @@
 //! collection and defragmentation, until SIGTERM or ctrl-c (then the buffered events are stored
 //! as a last delta and the command exits 0).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use clap::{ArgAction, Args, ValueEnum};
 use tracing::info;
 
 use super::store_config;
-use crate::flags::StoreArgs;
+use crate::flags::{EtcdAuthArgs, StoreArgs};
 
 /// `--garbage-collection-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,32 +94,9 @@ pub struct SnapshotArgs {
     /// Limit for one defragmentation.
     #[arg(long, default_value = "8m", value_parser = crate::pflag::go_duration)]
     pub etcd_defrag_timeout: Duration,
-    /// Client certificate (PEM) for etcd.
-    #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM) for etcd.
-    #[arg(long)]
-    pub key: Option<PathBuf>,
-    /// CA bundle (PEM) that signs etcd's certificate.
-    #[arg(long)]
-    pub cacert: Option<PathBuf>,
-    /// Talk to etcd without TLS unless a certificate flag is given (`=false`: TLS with the
-    /// system's roots).
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
-    pub insecure_transport: bool,
-    /// Differs from the Go tool on purpose: etcd's certificate is always verified (with --cacert
-    /// or the system's roots); `=true` only warns. (The Go tool's default is true, which skips
-    /// verification whenever TLS is on; etcd-druid passes `=false`.)
-    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = crate::pflag::go_bool)]
-    pub insecure_skip_tls_verify: bool,
-    /// etcd user name (with --etcd-password).
-    #[arg(long)]
-    pub etcd_username: Option<String>,
-    /// etcd password (with --etcd-username).
-    #[arg(long)]
-    pub etcd_password: Option<String>,
+    /// etcd's TLS and credentials.
+    #[command(flatten)]
+    pub auth: EtcdAuthArgs,
     /// When to defragment etcd (followed by a full snapshot): a 5-field cron expression (UTC).
     #[arg(long, default_value = "0 0 */3 * *")]
     pub defragmentation_schedule: String,
@@ -166,16 +142,7 @@ pub(crate) fn plan(args: &SnapshotArgs) -> anyhow::Result<SnapshotPlan> {
     if args.etcd_snapshot_timeout < args.etcd_connection_timeout {
         bail!("--etcd-snapshot-timeout must not be shorter than --etcd-connection-timeout");
     }
-    let super::EtcdAccess { endpoints, user, tls } = super::etcd_access(super::EtcdFlags {
-        endpoints: &args.endpoints,
-        cert: &args.cert,
-        key: &args.key,
-        cacert: &args.cacert,
-        insecure_transport: args.insecure_transport,
-        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
-        username: &args.etcd_username,
-        password: &args.etcd_password,
-    })?;
+    let super::EtcdAccess { endpoints, user, tls } = super::etcd_access(&args.endpoints, &args.auth)?;
     if endpoints.is_empty() {
         bail!("--endpoints needs at least one etcd client URL");
     }
