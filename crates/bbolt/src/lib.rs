@@ -60,8 +60,9 @@ pub use db::{Bucket, Db, Entry, Iter};
 pub use error::Error;
 pub use page::{
     BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, BranchElementHeader, ELEMENT_SIZE, FLAG_BRANCH, FLAG_FREELIST, FLAG_LEAF,
-    FLAG_META, LeafElementHeader, MAGIC, MAX_KEY_SIZE, MAX_PAGE_SIZE, MAX_VALUE_SIZE, META_END, MIN_PAGE_SIZE, Meta,
-    PAGE_HEADER_SIZE, PGID_NO_FREELIST, PageHeader, VERSION, element_offset, fnv1a64,
+    FLAG_META, LeafElementHeader, MAGIC, MAX_KEY_SIZE, MAX_PAGE_SIZE, MAX_VALUE_SIZE, META_END, META_MAGIC_OFFSET,
+    META_PAGE_SIZE_END, META_PAGE_SIZE_OFFSET, META_VERSION_OFFSET, MIN_PAGE_SIZE, Meta, PAGE_HEADER_SIZE,
+    PGID_NO_FREELIST, PageHeader, VERSION, element_offset, fnv1a64,
 };
 pub use writer::{BulkWriter, FreelistMode, WriteStats, WriterOptions};
 

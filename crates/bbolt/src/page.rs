@@ -40,6 +40,16 @@ pub const FLAG_META: u16 = 0x04;
 pub const FLAG_FREELIST: u16 = 0x10;
 /// Leaf element flag: the value is a nested bucket.
 pub const BUCKET_LEAF_FLAG: u32 = 0x01;
+/// Offset of the magic in meta pages 0 and 1: the meta's first field, right after the page
+/// header.
+pub const META_MAGIC_OFFSET: usize = PAGE_HEADER_SIZE;
+/// Offset of the format version in a meta page (the meta's second field).
+pub const META_VERSION_OFFSET: usize = PAGE_HEADER_SIZE + 4;
+/// Offset of the page size in a meta page (the meta's third field).
+pub const META_PAGE_SIZE_OFFSET: usize = PAGE_HEADER_SIZE + 8;
+/// Bytes of meta page 0 that give the page size (header, magic, version, page size): what a
+/// reader of the file as a stream needs before it can find the page boundaries.
+pub const META_PAGE_SIZE_END: usize = META_PAGE_SIZE_OFFSET + 4;
 /// Byte length of the meta fields covered by the checksum (magic..txid).
 const META_SUM_LEN: usize = 56;
 /// Bytes from the page start to the end of the meta struct (header, fields, checksum): what a
@@ -160,14 +170,14 @@ pub(crate) fn parse_meta(page: &[u8], slot: u8) -> Result<Meta, MetaError> {
     let m = page.get(PAGE_HEADER_SIZE..META_END).ok_or(MetaError::TooShort)?;
     let u32_at = |o: usize| le_u32(m, o).unwrap_or(0);
     let u64_at = |o: usize| le_u64(m, o).unwrap_or(0);
-    let magic = u32_at(0);
+    let magic = u32_at(META_MAGIC_OFFSET - PAGE_HEADER_SIZE);
     if magic == SWAPPED_MAGIC {
         return Err(MetaError::SwappedMagic);
     }
     if magic != MAGIC {
         return Err(MetaError::BadMagic(magic));
     }
-    let version = u32_at(4);
+    let version = u32_at(META_VERSION_OFFSET - PAGE_HEADER_SIZE);
     if version != VERSION {
         return Err(MetaError::BadVersion(version));
     }
@@ -179,7 +189,7 @@ pub(crate) fn parse_meta(page: &[u8], slot: u8) -> Result<Meta, MetaError> {
     let freelist = u64_at(32);
     Ok(Meta {
         slot,
-        page_size: u32_at(8),
+        page_size: u32_at(META_PAGE_SIZE_OFFSET - PAGE_HEADER_SIZE),
         flags: u32_at(12),
         root: u64_at(16),
         sequence: u64_at(24),

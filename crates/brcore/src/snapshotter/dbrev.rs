@@ -28,14 +28,15 @@ use std::collections::HashMap;
 
 use bbolt::{
     BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, BranchElementHeader, FLAG_BRANCH, FLAG_LEAF, FLAG_META, LeafElementHeader,
-    MAGIC, MAX_PAGE_SIZE, META_END, MIN_PAGE_SIZE, Meta, PAGE_HEADER_SIZE, PageHeader, VERSION, element_offset,
+    MAGIC, MAX_PAGE_SIZE, META_END, META_MAGIC_OFFSET, META_PAGE_SIZE_END, META_PAGE_SIZE_OFFSET, META_VERSION_OFFSET,
+    MIN_PAGE_SIZE, Meta, PAGE_HEADER_SIZE, PageHeader, VERSION, element_offset,
 };
 use etcd_format::meta::{FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV};
 use etcd_format::mvcc::{KEY_BUCKET, MARKED_REV_BYTES_LEN, META_BUCKET, REV_BYTES_LEN};
 
 /// Bytes of the stream needed to learn the page size: meta 0's header, magic, version and
-/// page size (the meta's first three fields, 4 bytes each).
-const HEAD_LEN: usize = PAGE_HEADER_SIZE + 12;
+/// page size.
+const HEAD_LEN: usize = META_PAGE_SIZE_END;
 /// Largest prefix of one page run kept to read its element headers and in-page keys. Longer
 /// element arrays only occur in damaged pages; such a page is marked unreadable.
 const MAX_COLLECT: usize = 256 * 1024;
@@ -512,21 +513,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 fn page_size_of(head: &[u8]) -> Result<u64, ScanError> {
-    let magic = u32_at(head, PAGE_HEADER_SIZE);
-    let version = u32_at(head, PAGE_HEADER_SIZE + 4);
-    let ps = u32_at(head, PAGE_HEADER_SIZE + 8);
+    let magic = u32_at(head, META_MAGIC_OFFSET);
+    let version = u32_at(head, META_VERSION_OFFSET);
+    let ps = u32_at(head, META_PAGE_SIZE_OFFSET);
     if magic != MAGIC {
-        return Err(ScanError::Malformed { offset: PAGE_HEADER_SIZE as u64, why: format!("bad magic {magic:#x}") });
+        return Err(ScanError::Malformed { offset: META_MAGIC_OFFSET as u64, why: format!("bad magic {magic:#x}") });
     }
     if version != VERSION {
         return Err(ScanError::Malformed {
-            offset: PAGE_HEADER_SIZE as u64 + 4,
+            offset: META_VERSION_OFFSET as u64,
             why: format!("unsupported version {version}"),
         });
     }
     if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps) || !ps.is_power_of_two() {
         return Err(ScanError::Malformed {
-            offset: PAGE_HEADER_SIZE as u64 + 8,
+            offset: META_PAGE_SIZE_OFFSET as u64,
             why: format!("implausible page size {ps}"),
         });
     }
