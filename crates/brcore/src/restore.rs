@@ -33,6 +33,7 @@ pub(crate) use crate::fetch::read_error;
 pub use crate::fetch::{FetchOptions, lease_sidecars, rebuild_chain};
 use crate::rebuild::{LeasePolicy, Membership, RebuildOptions, RebuildStats};
 use crate::store::Snapstore;
+use etcd_format::datadir;
 use etcd_format::membership::Cluster;
 
 /// Everything a restore needs to know. Build it with [`RestorePlan::new`] and the `with_*`
@@ -515,7 +516,7 @@ fn refuse_data_dir_not_a_dir(data_dir: &Path) -> Result<(), Error> {
 }
 
 fn refuse_existing_member(data_dir: &Path) -> Result<(), Error> {
-    let member = data_dir.join("member");
+    let member = datadir::member_dir(data_dir);
     if member.exists() {
         return Err(Error::Refused {
             why: format!(
@@ -535,7 +536,7 @@ async fn build(
     part: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreReport, Error> {
-    let snap_dir = part.join("member").join("snap");
+    let snap_dir = datadir::snap_dir(&datadir::member_dir(part));
     let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
     let dirs = (snap_dir.clone(), temp_dir.clone());
     blocking("creating the restore's directories", move || {
@@ -544,7 +545,7 @@ async fn build(
         fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))
     })
     .await?;
-    let db_path = snap_dir.join("db");
+    let db_path = datadir::db_path(&datadir::member_dir(part));
     let bump_past = (!plan.keep_revision && !plan.dry_run).then_some(chain.store_revision as i64);
     let opts = RebuildOptions {
         // The target, but never past the revision where a newer history branched off the
@@ -635,7 +636,7 @@ async fn build(
         );
     }
 
-    let member_dir = part.join("member");
+    let member_dir = datadir::member_dir(part);
     let cluster = plan.cluster.clone();
     let name = plan.name.clone();
     let dry_run = plan.dry_run;
@@ -644,7 +645,7 @@ async fn build(
             return Ok(());
         }
         etcd_format::membership::write_member_files(&member_dir, &cluster, &name).map_err(member_files_error)?;
-        fsync_dir(&member_dir.join("snap"))?;
+        fsync_dir(&datadir::snap_dir(&member_dir))?;
         fsync_dir(&member_dir)
     })
     .await
@@ -751,7 +752,7 @@ fn move_into_place(part: &Path, data_dir: &Path) -> Result<(), Error> {
         fs::rename(part, data_dir).map_err(|e| Error::io(data_dir, e))?;
     } else {
         refuse_existing_member(data_dir)?;
-        fs::rename(part.join("member"), data_dir.join("member")).map_err(|e| Error::io(data_dir, e))?;
+        fs::rename(datadir::member_dir(part), datadir::member_dir(data_dir)).map_err(|e| Error::io(data_dir, e))?;
         fs::remove_dir_all(part).map_err(|e| Error::io(part, e))?;
     }
     if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -4,6 +4,7 @@
 //! bbolt (`member/snap/db`), the WAL (`member/wal/*.wal`) and snap files (`member/snap/*.snap`),
 //! and computes etcd's HashKV offline. Knows nothing of tokio, object stores or etcd-client.
 
+pub mod datadir;
 pub mod hashkv;
 pub mod lease;
 pub mod membership;

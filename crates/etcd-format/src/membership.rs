@@ -508,11 +508,11 @@ pub fn write_member_files(
     self_name: &str,
 ) -> Result<MemberFiles, MembershipError> {
     let me = cluster.member_by_name(self_name)?;
-    let snap_dir = member_dir.join("snap");
+    let snap_dir = crate::datadir::snap_dir(member_dir);
     for dir in [member_dir, snap_dir.as_path()] {
         crate::wal::create_dir_0700(dir).map_err(|source| MembershipError::Io { path: dir.to_path_buf(), source })?;
     }
-    let wal_file = crate::wal::create_restore_wal(&member_dir.join("wal"), cluster, me.id)?;
+    let wal_file = crate::wal::create_restore_wal(&crate::datadir::wal_dir(member_dir), cluster, me.id)?;
     let snapshot = crate::snap::restore_snapshot(cluster);
     let snap_file = crate::snap::write_snap_file(&snap_dir, &snapshot)?;
     // The member dir itself may be new; make its entry in the data dir durable too.

@@ -64,14 +64,18 @@ pub enum SnapError {
     },
 }
 
+/// How a raft snapshot file's name ends (`<index>.snap.db`, a db received from a leader, is
+/// another file).
+pub const SNAP_SUFFIX: &str = ".snap";
+
 /// The file name etcd gives the snapshot at (`term`, `index`).
 pub fn snap_file_name(term: u64, index: u64) -> String {
-    format!("{term:016x}-{index:016x}.snap")
+    format!("{term:016x}-{index:016x}{SNAP_SUFFIX}")
 }
 
 /// Parses `%016x-%016x.snap` into (term, index).
 pub fn parse_snap_file_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(".snap")?;
+    let stem = name.strip_suffix(SNAP_SUFFIX)?;
     let (a, b) = stem.split_once('-')?;
     if a.len() != 16 || b.len() != 16 || !a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit()) {
         return None;

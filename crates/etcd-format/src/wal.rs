@@ -31,6 +31,9 @@ pub const SEGMENT_SIZE_BYTES: u64 = 64 * 1000 * 1000;
 /// etcd's decoder refuses records of this size or more (`maxWALEntrySizeLimit`, 10 MiB).
 pub const MAX_RECORD_BYTES: u64 = 10 * 1024 * 1024;
 
+/// How a WAL segment's file name ends; etcd ignores other files in the WAL dir.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+
 /// The name of the first segment, the only one restore creates.
 pub const FIRST_SEGMENT: &str = "0000000000000000-0000000000000000.wal";
 
@@ -193,12 +196,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 
 /// The name of segment `seq` whose first raft index is `index`.
 pub fn segment_name(seq: u64, index: u64) -> String {
-    format!("{seq:016x}-{index:016x}.wal")
+    format!("{seq:016x}-{index:016x}{SEGMENT_SUFFIX}")
 }
 
 /// Parses `%016x-%016x.wal` into (sequence, first index), as etcd's `parseWALName` does.
 pub fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_suffix(".wal")?;
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
     let (a, b) = stem.split_once('-')?;
     if a.len() != 16 || b.len() != 16 || !(a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit())) {
         return None;
@@ -383,7 +386,7 @@ pub fn read_wal_dir(wal_dir: &Path) -> Result<WalContents, WalError> {
         let ent = ent.map_err(io_err(wal_dir))?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.ends_with(".wal") {
+        if !name.ends_with(SEGMENT_SUFFIX) {
             continue;
         }
         if parse_segment_name(name).is_none() {

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bbolt::{BulkWriter, WriterOptions};
+use etcd_format::datadir;
 use etcd_format::membership::{Cluster, write_member_files};
-use etcd_format::mvcc::{KeyValue, RevKey, Revision};
+use etcd_format::meta::CONSISTENT_INDEX;
+use etcd_format::mvcc::{KEY_BUCKET, KeyValue, META_BUCKET, RevKey, Revision};
 use validator::{Mode, validate};
 
 fn main() {
@@ -19,17 +21,17 @@ fn main() {
     let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let root = args.next().map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("validator-measure"));
     let _ = fs::remove_dir_all(&root);
-    let member = root.join("member");
-    fs::create_dir_all(member.join("snap")).expect("create the member dir");
+    let member = datadir::member_dir(&root);
+    fs::create_dir_all(datadir::snap_dir(&member)).expect("create the member dir");
     let cluster = Cluster::from_initial_cluster("default=http://127.0.0.1:2380", "etcd-cluster").expect("cluster");
     write_member_files(&member, &cluster, "default").expect("WAL and snap files");
 
     let started = Instant::now();
-    let db_path = member.join("snap/db");
+    let db_path = datadir::db_path(&member);
     let mut w = BulkWriter::new(File::create(&db_path).expect("create db"), WriterOptions::default()).expect("writer");
     let value = vec![b'v'; 1024];
     let n = mib * 1024 * 1024 / 1100;
-    w.begin_bucket(b"key").expect("key bucket");
+    w.begin_bucket(KEY_BUCKET).expect("key bucket");
     for i in 0..n {
         let rev = i as i64 + 2;
         let kv = KeyValue {
@@ -43,8 +45,8 @@ fn main() {
         w.put(&RevKey::put(Revision::new(rev, 0)).to_bytes(), &kv.encode()).expect("put");
     }
     w.end_bucket().expect("end key");
-    w.begin_bucket(b"meta").expect("meta bucket");
-    w.put(b"consistent_index", &1u64.to_be_bytes()).expect("put");
+    w.begin_bucket(META_BUCKET).expect("meta bucket");
+    w.put(CONSISTENT_INDEX, &1u64.to_be_bytes()).expect("put");
     w.end_bucket().expect("end meta");
     let (_, stats) = w.finish().expect("finish");
     let size = fs::metadata(&db_path).expect("db size").len();

@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
+use etcd_format::datadir;
 use tracing::{debug, info, info_span, warn};
 
 use crate::probe::{self, DbFacts, WalFacts};
@@ -108,7 +109,7 @@ impl Validation<'_> {
             }
             Some(true) => {}
         }
-        let member = self.data_dir.join("member");
+        let member = datadir::member_dir(self.data_dir);
         match dir_state(&member)? {
             None => return Ok(Verdict::Missing { absent: Absent::MemberDir, path: member }),
             Some(false) => {
@@ -117,9 +118,9 @@ impl Validation<'_> {
             }
             Some(true) => {}
         }
-        let snap_dir = member.join("snap");
-        let wal_dir = member.join("wal");
-        let db_path = snap_dir.join("db");
+        let snap_dir = datadir::snap_dir(&member);
+        let wal_dir = datadir::wal_dir(&member);
+        let db_path = datadir::db_path(&member);
         let snap_ok = self.require_dir(&snap_dir, "etcd keeps its db and raft snapshots there")?;
         let wal_ok = self.require_dir(&wal_dir, "etcd keeps its raft log there")?;
 
@@ -258,7 +259,7 @@ impl Validation<'_> {
         let pending = wal.map(|w| w.pending_entries).unwrap_or(0);
         let reachable = db.revision.saturating_add(pending as i64);
         if reachable >= backup {
-            let wal_dir = self.data_dir.join("member").join("wal");
+            let wal_dir = datadir::wal_dir(&datadir::member_dir(self.data_dir));
             self.note(
                 wal_dir,
                 format!(

@@ -471,7 +471,7 @@ struct Latest {
 /// Renames `<data-dir>/member` to `<data-dir>/member.<unix-seconds>.bak` (with a counter if that
 /// exists) and returns the new path; `None` if there is no member dir.
 pub fn set_aside_member(data_dir: &Path) -> Result<Option<PathBuf>, InitError> {
-    let member = data_dir.join("member");
+    let member = etcd_format::datadir::member_dir(data_dir);
     match fs::symlink_metadata(&member) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -494,7 +494,7 @@ pub fn set_aside_member(data_dir: &Path) -> Result<Option<PathBuf>, InitError> {
 }
 
 fn put_back(aside: &Path, data_dir: &Path) -> Result<(), InitError> {
-    let member = data_dir.join("member");
+    let member = etcd_format::datadir::member_dir(data_dir);
     if fs::symlink_metadata(&member).is_ok() {
         warn!(kept = %aside.display(), "the failed restore left a member dir; keeping the old one aside");
         return Ok(());

@@ -34,11 +34,11 @@ pub fn data_report(data_dir: &Path, member: &str) -> DataReport {
         consistent_index: None,
         detail,
     };
-    let member_dir = data_dir.join("member");
+    let member_dir = etcd_format::datadir::member_dir(data_dir);
     if !member_dir.is_dir() {
         return report(DataState::Missing, format!("{} does not exist", member_dir.display()));
     }
-    let db_path = member_dir.join("snap").join("db");
+    let db_path = etcd_format::datadir::db_path(&member_dir);
     // Whether etcd runs on it: a failed read then says nothing about the file.
     let locked = File::open(&db_path).is_ok_and(|f| matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock)));
     let unreadable = |why: String| {

@@ -170,7 +170,7 @@ pub(crate) fn wal_segments(wal_dir: &Path) -> io::Result<(Vec<Segment>, Vec<Find
         let ent = ent?;
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.ends_with(".wal") {
+        if !name.ends_with(wal::SEGMENT_SUFFIX) {
             continue;
         }
         match wal::parse_segment_name(name) {
@@ -275,7 +275,7 @@ pub(crate) fn check_snap_files(snap_dir: &Path, consistent_index: Option<u64>) -
     for ent in fs::read_dir(snap_dir)? {
         let ent = ent?;
         if let Some(name) = ent.file_name().to_str()
-            && name.ends_with(".snap")
+            && name.ends_with(snap::SNAP_SUFFIX)
         {
             names.push(name.to_string());
         }
