@@ -17,6 +17,9 @@
 //! error the decoder keeps hashing what follows, and [`DeltaDecoder::finish`] prefers the hash's
 //! verdict. Events before the damage may already have been handed out; the caller fails the
 //! whole restore, so they never reach a data dir.
+//!
+//! (Over 700 lines only with its unit tests, about 145 lines that feed the decoder in pieces of
+//! every size; the code is about 590.)
 
 use sha2::{Digest, Sha256};
 
@@ -674,21 +677,7 @@ mod tests {
         let msg = decode_in_pieces(&bad, 64, 100).unwrap_err().to_string();
         assert!(msg.contains("sha256") && msg.contains("obj"), "{msg}");
         // A parse error with a matching hash (a writer's bug, not damage) is reported as such.
-        for (json, why) in [
-            (&br#"[{"etcdEvent":{"type":2,"kv":{"key":"YQ==","mod_revision":3}}}]"#[..], "unknown type 2"),
-            (br#"[{"etcdEvent":{}}]"#, "no kv"),
-            (br#"[{"time":"x"}]"#, "no etcdEvent"),
-            (br#"[{"etcdEvent":{"kv":{"key":"YQ=="}}}]"#, "no mod_revision"),
-            (br#"[{"etcdEvent":{"kv":{"key":"!!","mod_revision":3}}}]"#, "base64"),
-            (br#"[{"etcdEvent":{"kv":{"key":"YQ==","mod_revision":3,"lease":1.5}}}]"#, "parse"),
-            (
-                br#"[{"etcdEvent":{"kv":{"key":"YQ==","mod_revision":3}}},{"etcdEvent":{"kv":{"key":"YQ==","mod_revision":2}}}]"#,
-                "backwards",
-            ),
-            (b"[", "parse"),
-            (b"[]x", "parse"),
-            (b"{}", "parse"),
-        ] {
+        for (json, why) in super::super::MALFORMED.into_iter().chain([(&b"[]x"[..], "parse"), (b"{}", "parse")]) {
             let mut content = json.to_vec();
             content.extend_from_slice(&Sha256::digest(json));
             for piece in [1, 1000] {
