@@ -12,6 +12,16 @@ median() { python3 -c "import statistics,sys; print(round(statistics.median(floa
 # The peak RSS (KiB) in a `/usr/bin/time -v` report.
 rss_kib() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 
+# reference_store_size: the size of the generated store bench-restore.sh and bench-verify.sh
+# measure (165 MB full, 60,000 revisions; gen-store caches it, so both read the same one), for
+# each of KEYS, VALUE_SIZE, REVISIONS and EVENTS_PER_DELTA not set already.
+reference_store_size() {
+    KEYS=${KEYS:-64000}
+    VALUE_SIZE=${VALUE_SIZE:-1600}
+    REVISIONS=${REVISIONS:-60000}
+    EVENTS_PER_DELTA=${EVENTS_PER_DELTA:-1000}
+}
+
 # bench_scratch: a run dir RUN under $WORK and the list PIDS of processes to kill, both removed
 # or killed when the script exits.
 bench_scratch() {
@@ -50,14 +60,20 @@ start_etcd() {
         --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
     ETCD_PID=$!
     PIDS+=("$ETCD_PID")
-    for _ in $(seq 600); do
+    wait_etcd_healthy "$dir.log" 600
+}
+
+# wait_etcd_healthy LOG TRIES: returns once etcd at $ENDPOINT answers healthy, polling every
+# 0.1 s; after TRIES polls exits with the tail of LOG.
+wait_etcd_healthy() {
+    for _ in $(seq "$2"); do
         if curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"'; then
             return 0
         fi
         sleep 0.1
     done
     echo "etcd did not become healthy:" >&2
-    tail -20 "$dir.log" >&2
+    tail -20 "$1" >&2
     exit 1
 }
 

@@ -24,10 +24,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/bench-lib.sh"
-KEYS=${KEYS:-64000}
-VALUE_SIZE=${VALUE_SIZE:-1600}
-REVISIONS=${REVISIONS:-60000}
-EVENTS_PER_DELTA=${EVENTS_PER_DELTA:-1000}
+reference_store_size
 REPEAT=${REPEAT:-3}
 VERIFY=${VERIFY:-1}
 SCALE=${SCALE:-1}
@@ -172,8 +169,8 @@ VERIFIED="not checked"
 # mod revision, version (leases differ by design: the Go tool drops them).
 dump() { # dump DATA_DIR OUT
         local port cport
-        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        port=$(free_port)
+        cport=$(free_port)
         "$E3530/etcd" --name n1 --data-dir "$1" --listen-client-urls "http://127.0.0.1:$cport" \
             --advertise-client-urls "http://127.0.0.1:$cport" --listen-peer-urls "http://127.0.0.1:$port" \
             --initial-advertise-peer-urls "$PEER" --initial-cluster "n1=$PEER" \
@@ -201,28 +198,29 @@ print(len(kvs), h.hexdigest())' >"$2.kvs"
         kill "$pid"
         wait "$pid" || true
 }
+# same_dumps OURS REPLAY LAST: whether the dumps $WORK/OURS and $WORK/REPLAY both reached revision
+# LAST with the same keys, as one line for the report.
+same_dumps() {
+    local ours=$WORK/$1 replay=$WORK/$2 last=$3
+    if [[ "$(cat "$ours.rev")" == "$last" && "$(cat "$replay.rev")" == "$last" ]] &&
+        cmp -s "$ours.kvs" "$replay.kvs"; then
+        echo "yes: both at revision $last, same $(cut -d' ' -f1 "$ours.kvs") keys with equal values and revisions"
+    else
+        echo "NO: ours rev $(cat "$ours.rev") $(cat "$ours.kvs"); replay rev $(cat "$replay.rev") $(cat "$replay.kvs")"
+    fi
+}
 if [[ "$VERIFY" == 1 ]]; then
     last_dir() { echo "$WORK/$1.$((REPEAT - 1)).etcd"; }
     dump "$(last_dir ours_deltas_gz)" "$WORK/ours"
     dump "$WORK/replay/replay.etcd" "$WORK/replay"
-    if [[ "$(cat "$WORK/ours.rev")" == "$LAST" && "$(cat "$WORK/replay.rev")" == "$LAST" ]] &&
-        cmp -s "$WORK/ours.kvs" "$WORK/replay.kvs"; then
-        VERIFIED="yes: both at revision $LAST, same $(cut -d' ' -f1 "$WORK/ours.kvs") keys with equal values and revisions"
-    else
-        VERIFIED="NO: ours rev $(cat "$WORK/ours.rev") $(cat "$WORK/ours.kvs"); replay rev $(cat "$WORK/replay.rev") $(cat "$WORK/replay.kvs")"
-    fi
+    VERIFIED=$(same_dumps ours replay "$LAST")
 fi
 VERIFIED_1M="not checked (VERIFY_1M=1 replays the million revisions through etcd)"
 if [[ "$SCALE" == 1 && "$VERIFY_1M" == 1 ]]; then
     LAST1M=$(python3 -c "import json; print(json.load(open('$DS1M/info.json'))['last_revision'])")
     dump "$WORK/ours_1m.$((REPEAT - 1)).etcd" "$WORK/ours1m"
     dump "$WORK/replay1m/replay.etcd" "$WORK/replay1m"
-    if [[ "$(cat "$WORK/ours1m.rev")" == "$LAST1M" && "$(cat "$WORK/replay1m.rev")" == "$LAST1M" ]] &&
-        cmp -s "$WORK/ours1m.kvs" "$WORK/replay1m.kvs"; then
-        VERIFIED_1M="yes: both at revision $LAST1M, same $(cut -d' ' -f1 "$WORK/ours1m.kvs") keys with equal values and revisions"
-    else
-        VERIFIED_1M="NO: ours rev $(cat "$WORK/ours1m.rev") $(cat "$WORK/ours1m.kvs"); replay rev $(cat "$WORK/replay1m.rev") $(cat "$WORK/replay1m.kvs")"
-    fi
+    VERIFIED_1M=$(same_dumps ours1m replay1m "$LAST1M")
     rm -rf "$WORK/replay1m"
 fi
 rm -rf "$WORK"/ours_1m.*.etcd

@@ -26,8 +26,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# free_port, now, calc, rss_kib, stop_pid; start_etcd and timed are this script's own (below:
-# a quota and WAL sized to the db, a report row per run).
+# free_port, now, calc, rss_kib, stop_pid, wait_etcd_healthy; start_etcd and timed are this
+# script's own (below: a quota and WAL sized to the db, a report row per run).
 . "$ROOT/scripts/bench-lib.sh"
 SIZE_GIB=${SIZE_GIB:-8}
 SIZE_MIB=${SIZE_MIB:-$((SIZE_GIB * 1024))}
@@ -92,15 +92,7 @@ start_etcd() {
         --log-level warn "$@" >>"$dir.log" 2>&1 &
     ETCD_PID=$!
     PIDS+=("$ETCD_PID")
-    for _ in $(seq 1200); do
-        if curl -fs "$ENDPOINT/health" 2>/dev/null | grep -q '"health":"true"'; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "etcd did not become healthy:" >&2
-    tail -20 "$dir.log" >&2
-    exit 1
+    wait_etcd_healthy "$dir.log" 1200
 }
 
 ROWS=$RUN/rows.tsv

@@ -14,10 +14,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/bench-lib.sh"
-KEYS=${KEYS:-64000}
-VALUE_SIZE=${VALUE_SIZE:-1600}
-REVISIONS=${REVISIONS:-60000}
-EVENTS_PER_DELTA=${EVENTS_PER_DELTA:-1000}
+reference_store_size
 REPEAT=${REPEAT:-3}
 
 if [[ ! -x /usr/bin/time ]]; then
