@@ -108,7 +108,10 @@ pub async fn copy(source: Arc<dyn Snapstore>, dest: Arc<dyn Snapstore>, plan: &C
 async fn select(source: &dyn Snapstore, plan: &CopyPlan) -> Result<Vec<Snapshot>, Error> {
     let snaps = list_v2(source, &plan.source_prefix).await?;
     if snaps.is_empty() {
-        return Err(Error::not_found(format!("no snapshots under {}/v2/ in the source store", plan.source_prefix)));
+        return Err(Error::not_found(format!(
+            "no snapshots under {} in the source store",
+            crate::name::v2_dir(&plan.source_prefix)
+        )));
     }
     Ok(choose_sets(snaps, plan))
 }
