@@ -1,6 +1,7 @@
 //! Fetching a chain into a rebuild, shared by restore, compact and verification: the full
-//! snapshot streamed (in parallel ranged reads where the store allows, decompressed in blocks,
-//! its sha256 trailer checked) into a temp file, or read in place on a Local store; the deltas
+//! snapshot streamed (in parallel ranged reads where the store allows, decompressed in blocks)
+//! into a temp file, or read in place on a Local store, its sha256 trailer checked beside the
+//! rebuild that reads it; the deltas
 //! fetched and decoded in parallel within a memory budget ([`crate::deltafeed`]); both fed to
 //! [`rebuild::rebuild_db`] on a blocking thread. Also the lease sidecars the snapshotter wrote
 //! beside the deltas.
@@ -94,9 +95,10 @@ impl Default for FetchOptions {
 }
 
 /// Fetches `chain` from `store` and rebuilds it into a fresh db at `db_path`: the full snapshot
-/// streams (decompressed, its trailer checked) into a temp file in `temp_dir`, the deltas are
-/// fetched and decoded in parallel and applied in order by [`rebuild::rebuild_db`]. The db is
-/// fsynced. Returns the rebuild's numbers and the bytes read from the store.
+/// streams (decompressed) into a temp file in `temp_dir`, the deltas are fetched and decoded in
+/// parallel and applied in order by [`rebuild::rebuild_db`] while the full snapshot's sha256
+/// trailer is checked beside it (a mismatch fails the whole call, whatever was rebuilt). The db
+/// is fsynced. Returns the rebuild's numbers and the bytes read from the store.
 ///
 /// The shared core of restore, compact and verification.
 pub async fn rebuild_chain(
@@ -130,28 +132,39 @@ pub async fn rebuild_chain(
 
     // The deltas are already being fetched and decoded (up to the channel's bound) while the
     // full snapshot streams in. An uncompressed full snapshot on the local filesystem is read in
-    // place (its trailer checked in one read pass): no copy, as etcd's own restore.
+    // place: no copy, as etcd's own restore.
     let in_place = match chain.full.name.compression {
         Compression::None => store.local_path(&chain.full.key),
         _ => None,
     };
     let fetched_full = match &in_place {
-        Some(path) => verify_in_place(path, &chain.full.key, fetch.skip_hash_check, progress.as_ref()).await,
-        None => fetch_full(store.as_ref(), &chain.full, &full_path, fetch.skip_hash_check, progress.clone()).await,
+        Some(path) => {
+            let len = fs::metadata(path).map(|m| m.len()).map_err(|e| Error::io(path, e));
+            len.inspect(|&len| progress.full_bytes(len))
+        }
+        None => fetch_full(store.as_ref(), &chain.full, &full_path, progress.clone()).await,
     };
-    let full_bytes = match fetched_full {
-        Ok(n) => n,
+    // bbolt reads only up to the db's high-water mark, so the trailer after it is ignored.
+    let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
+    // The sha256 trailer is checked beside the rebuild, on a core the rebuild leaves idle while
+    // it waits for the disk; a rebuild of a damaged db is thrown away (below). A snapshot
+    // without a trailer is refused before any work, unless the hash check is skipped.
+    let trailer_check = fetched_full.and_then(|full_bytes| {
+        let check = TrailerCheck::start(&source_path, &chain.full.key, fetch.skip_hash_check)?;
+        Ok((full_bytes, check))
+    });
+    let (full_bytes, trailer_check) = match trailer_check {
+        Ok(ok) => ok,
         Err(e) => {
             feed.abort();
             return Err(e);
         }
     };
-    // bbolt reads only up to the db's high-water mark, so the trailer after it is ignored.
-    let source_path = in_place.unwrap_or_else(|| full_path.to_path_buf());
+    let source_bad = trailer_check.failed_flag();
     let db_out = db_path.to_path_buf();
     let full_key = chain.full.key.clone();
     let direct_io = fetch.direct_io;
-    let (stats, feed) = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
+    let rebuilt = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
         let mut feed = feed;
         let written = (|| {
             let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
@@ -159,7 +172,7 @@ pub async fn rebuild_chain(
             set_private(&db_out)?;
             // Events that repeat the full snapshot's content are compared with its db.
             let repeats = FullRepeats::new(&full_key, &source)?;
-            let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false };
+            let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false, source_bad };
             // The db's writes run on a thread of their own (direct: no copy into the page cache).
             let out = if direct_io { ThreadedFile::direct(out) } else { ThreadedFile::new(out) };
             let (out, stats) =
@@ -176,9 +189,18 @@ pub async fn rebuild_chain(
                 Err(feed.damage().unwrap_or(e))
             }
         }
-    })
-    .await
-    .map_err(|e| Error::task_failed("the db writer", e))??;
+    });
+    let (rebuilt, checked) = tokio::join!(rebuilt, trailer_check.finish());
+    let rebuilt = rebuilt.map_err(|e| Error::task_failed("the db writer", e))?;
+    // A damaged full snapshot is reported as such, whatever its bytes did to the rebuild.
+    let (stats, feed) = match (checked, rebuilt) {
+        (Err(e), Ok((_, feed))) => {
+            feed.abort();
+            return Err(e);
+        }
+        (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(done)) => done,
+    };
     let fetched = feed.fetched().await?;
     drop(full_path);
     Ok((stats, full_bytes + fetched))
@@ -193,6 +215,8 @@ struct Checked<'a, 'f> {
     /// The delta being read.
     key: String,
     failed: bool,
+    /// Set when the full snapshot's trailer check failed: the rebuild stops at the next batch.
+    source_bad: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Iterator for Checked<'_, '_> {
@@ -201,6 +225,11 @@ impl Iterator for Checked<'_, '_> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
+        }
+        if self.source_bad.load(std::sync::atomic::Ordering::Relaxed) {
+            self.failed = true;
+            // Replaced by the trailer check's own error (see `rebuild_chain`).
+            return Some(Err(Error::corrupt("full snapshot", "its sha256 trailer does not match")));
         }
         loop {
             let piece = match self.feed.next()? {
@@ -233,41 +262,89 @@ impl Iterator for Checked<'_, '_> {
     }
 }
 
-/// Checks the sha256 trailer of an uncompressed full snapshot that is read in place.
-async fn verify_in_place(path: &Path, key: &str, skip_hash_check: bool, progress: &dyn Progress) -> Result<u64, Error> {
-    let p = path.to_path_buf();
-    let status = tokio::task::spawn_blocking(move || etcd_format::snapshot_file::verify_snapshot_file(&p))
-        .await
-        .map_err(|e| Error::task_failed("the snapshot verifier", e))?;
-    match status {
-        Ok(TrailerStatus::Verified) => {}
-        Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
-        Ok(TrailerStatus::NoTrailer) => {
+/// The sha256 trailer check of the full snapshot's plain bytes (a temp file, or the object read
+/// in place), run on a blocking thread beside the rebuild.
+struct TrailerCheck {
+    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TrailerCheck {
+    /// Starts the check of the file at `path`, the object `key`. A file whose length says it
+    /// has no trailer is refused here, at once (unless `skip_hash_check`: then nothing is
+    /// checked, as etcd's `--skip-hash-check` does).
+    fn start(path: &Path, key: &str, skip_hash_check: bool) -> Result<TrailerCheck, Error> {
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        if !etcd_format::snapshot_file::has_trailer(len) {
+            if skip_hash_check {
+                return Ok(TrailerCheck { task: None, failed });
+            }
             return Err(Error::corrupt(
                 key,
                 "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
                  skip the hash check only if it is a raw db copied from a data dir",
             ));
         }
-        Err(e) => {
-            return Err(Error::corrupt(
-                key,
-                format!("{e}: the object is damaged; restore from an older full snapshot"),
-            ));
+        let (path, key, flag) = (path.to_path_buf(), key.to_string(), failed.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let checked = check_trailer(&path, &key);
+            if checked.is_err() {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            checked
+        });
+        Ok(TrailerCheck { task: Some(task), failed })
+    }
+
+    /// Set once the check has failed.
+    fn failed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.failed.clone()
+    }
+
+    /// Waits for the check.
+    async fn finish(self) -> Result<(), Error> {
+        match self.task {
+            None => Ok(()),
+            Some(task) => task.await.map_err(|e| Error::task_failed("the snapshot verifier", e))?,
         }
     }
-    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    progress.full_bytes(len);
-    Ok(len)
 }
 
-/// Streams the full snapshot into `path`: decompressed, its sha256 trailer checked and cut off.
-/// Returns the compressed bytes read from the store.
+/// Reads the file at `path` (a whole snapshot: db and trailer) in 1 MiB pieces and checks its
+/// sha256 trailer; a mismatch is the object `key`'s damage.
+fn check_trailer(path: &Path, key: &str) -> Result<(), Error> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut trailer = Sha256Trailer::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => trailer.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    match trailer.finish(key) {
+        Ok(TrailerStatus::Verified) => Ok(()),
+        // The length was checked when the check started; a file that changed length since is
+        // not what was fetched.
+        Ok(TrailerStatus::NoTrailer) => Err(Error::corrupt(key, "its length changed while it was read")),
+        Err(e) => Err(Error::corrupt(key, format!("{e}: the object is damaged; restore from an older full snapshot"))),
+    }
+}
+
+/// Streams the full snapshot into `path`, decompressed (its sha256 trailer is checked by
+/// [`TrailerCheck`] beside the rebuild). Returns the compressed bytes read from the store.
+///
+/// etcdbr's gzip members ([`blocks`]) are inflated on every core, each written by its inflater
+/// at its place in the file (the headers say every member's plain size, so its offset is known
+/// before it is inflated); another writer's stream (the Go tool's one gzip member, zlib, LZW,
+/// zstd) is decoded on one thread.
 async fn fetch_full(
     store: &dyn Snapstore,
     snap: &Snapshot,
     path: &Path,
-    skip_hash_check: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<u64, Error> {
     let span = info_span!("fetch_full", object = %snap.key);
@@ -290,52 +367,9 @@ async fn fetch_full(
         }
     }
     let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
-    let out_path = path.to_path_buf();
-    let writer_key = key.clone();
-    // Inflated members' buffers go back to the inflaters once written.
-    let pool = BufferPool::default();
-    let writer_pool = pool.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        let key = writer_key;
-        let file = File::create(&out_path).map_err(|e| Error::io(&out_path, e))?;
-        let mut out = HashingWriter { inner: file, trailer: Sha256Trailer::new() };
-        if in_blocks {
-            // Whole inflated members, in order: written as they are, no copy.
-            while let Some(plain) = rx.blocking_recv() {
-                let plain = plain?;
-                out.write_all(&plain).map_err(|e| Error::io(&out_path, e))?;
-                writer_pool.put(Vec::from(plain));
-            }
-        } else {
-            let mut decoder = compress::decoder(compression, ChannelReader::new(rx));
-            copy_full(&mut decoder, &mut out, &key, &out_path)?;
-        }
-        let HashingWriter { inner: file, trailer } = out;
-        let db_len = trailer.data_len();
-        // An etcd snapshot is whole pages plus the 32-byte sha256 of them.
-        match trailer.finish(&key) {
-            Ok(TrailerStatus::Verified) => file.set_len(db_len).map_err(|e| Error::io(&out_path, e))?,
-            Ok(TrailerStatus::NoTrailer) if skip_hash_check => {}
-            Ok(TrailerStatus::NoTrailer) => {
-                return Err(Error::corrupt(
-                    &key,
-                    "it has no sha256 trailer (not a whole etcd snapshot, or truncated); \
-                     skip the hash check only if it is a raw db copied from a data dir",
-                ));
-            }
-            Err(e) => {
-                return Err(Error::corrupt(
-                    &key,
-                    format!("{e}: the object is damaged; restore from an older full snapshot"),
-                ));
-            }
-        }
-        // No fsync: this file is a temporary input, read back at once and removed; the db
-        // written from it is what gets fsynced.
-        drop(file);
-        Ok(())
-    });
+    // No fsync: this file is a temporary input, read back at once and removed; the db written
+    // from it is what gets fsynced.
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let first = futures::stream::iter([Ok(head.freeze())]);
     let counted = stream.map(|chunk| {
         let chunk = chunk.map_err(Error::from)?;
@@ -344,33 +378,21 @@ async fn fetch_full(
         Ok(chunk)
     });
     let compressed = first.chain(counted);
-    let mut plain: futures::stream::BoxStream<'_, Result<Bytes, Error>> = if in_blocks {
-        // Members inflate on every core; the writer gets their bytes in order.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
-        let member_key = key.clone();
-        Box::pin(
-            split_members(Box::pin(compressed), key.clone())
-                .map(move |member| {
-                    let key = member_key.clone();
-                    let pool = pool.clone();
-                    async move {
-                        let member = member?;
-                        tokio::task::spawn_blocking(move || {
-                            let mut plain = pool.take();
-                            blocks::inflate_member_into(&member, &mut plain).map(|()| Bytes::from(plain))
-                        })
-                        .await
-                        .map_err(|e| Error::task_failed("the inflater", e))?
-                        .map_err(|e| read_error(&key, e))
-                    }
-                })
-                .buffered(workers + 2),
-        )
-    } else {
-        Box::pin(compressed)
-    };
+    if in_blocks {
+        inflate_members(Box::pin(compressed), file, path, &key).instrument(span).await?;
+        return Ok(fetched);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
+    let out_path = path.to_path_buf();
+    let writer_key = key.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let mut decoder = compress::decoder(compression, ChannelReader::new(rx));
+        let mut out = file;
+        copy_full(&mut decoder, &mut out, &writer_key, &out_path)
+    });
+    let mut compressed = Box::pin(compressed);
     async {
-        while let Some(chunk) = plain.next().await {
+        while let Some(chunk) = compressed.next().await {
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() || failed {
                 break;
@@ -379,19 +401,59 @@ async fn fetch_full(
     }
     .instrument(span)
     .await;
-    drop(plain);
+    drop(compressed);
     drop(tx);
     writer.await.map_err(|e| Error::task_failed("the snapshot writer", e))??;
     Ok(fetched)
 }
 
-/// Cuts a stream of compressed bytes into its gzip block members ([`MemberHeader`]).
+/// Inflates the block members of `compressed` on every core into `file` (at `path`): each
+/// inflater writes its member's bytes at their offset, into one buffer of a pool.
+async fn inflate_members(
+    compressed: futures::stream::BoxStream<'_, Result<Bytes, Error>>,
+    file: File,
+    path: &Path,
+    key: &str,
+) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    let file = Arc::new(file);
+    let pool = BufferPool::default();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+    let mut written = std::pin::pin!(
+        split_members(compressed, key.to_string())
+            .map(|member| {
+                let (file, pool, path, key) = (file.clone(), pool.clone(), path.to_path_buf(), key.to_string());
+                async move {
+                    let (member, offset) = member?;
+                    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                        let mut plain = pool.take();
+                        blocks::inflate_member_into(&member, &mut plain).map_err(|e| read_error(&key, e))?;
+                        file.write_all_at(&plain, offset).map_err(|e| Error::io(&path, e))?;
+                        pool.put(plain);
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| Error::task_failed("the inflater", e))?
+                }
+            })
+            // Two members in flight per core beyond the ones inflating keep the cores busy while
+            // the store's next bytes arrive; memory: a member and its plain MiB each.
+            .buffered(workers + 2)
+    );
+    while let Some(done) = written.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+/// Cuts a stream of compressed bytes into its gzip block members ([`MemberHeader`]), each with
+/// the offset of its plain bytes in the stream's.
 fn split_members<'a>(
     compressed: futures::stream::BoxStream<'a, Result<Bytes, Error>>,
     key: String,
-) -> impl futures::Stream<Item = Result<Bytes, Error>> + 'a {
-    let state = (compressed, bytes::BytesMut::new(), 0u64, false);
-    futures::stream::unfold(state, move |(mut input, mut pending, mut offset, done)| {
+) -> impl futures::Stream<Item = Result<(Bytes, u64), Error>> + 'a {
+    let state = (compressed, bytes::BytesMut::new(), 0u64, 0u64, false);
+    futures::stream::unfold(state, move |(mut input, mut pending, mut offset, mut plain_offset, done)| {
         let key = key.clone();
         async move {
             if done {
@@ -404,25 +466,27 @@ fn split_members<'a>(
                             &key,
                             format!("no gzip block member starts at byte {offset}; the object is damaged"),
                         );
-                        return Some((Err(e), (input, pending, offset, true)));
+                        return Some((Err(e), (input, pending, offset, plain_offset, true)));
                     };
                     let len = h.member_len as usize;
                     if pending.len() >= len {
                         offset += len as u64;
+                        let at = plain_offset;
+                        plain_offset += u64::from(h.plain_len);
                         let member = pending.split_to(len).freeze();
-                        return Some((Ok(member), (input, pending, offset, false)));
+                        return Some((Ok((member, at)), (input, pending, offset, plain_offset, false)));
                     }
                 }
                 match input.next().await {
                     Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(e), (input, pending, offset, true))),
+                    Some(Err(e)) => return Some((Err(e), (input, pending, offset, plain_offset, true))),
                     None if pending.is_empty() => return None,
                     None => {
                         let e = Error::corrupt(
                             &key,
                             format!("it ends inside a gzip block member at byte {offset}; the object is truncated"),
                         );
-                        return Some((Err(e), (input, pending, offset, true)));
+                        return Some((Err(e), (input, pending, offset, plain_offset, true)));
                     }
                 }
             }
@@ -501,12 +565,12 @@ pub(crate) fn read_error(key: &str, e: io::Error) -> Error {
     }
 }
 
-/// Buffers of inflated members, reused: the writer puts back what it has written.
+/// Buffers of inflated members, reused: an inflater puts back what it has written.
 #[derive(Clone, Default)]
 struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl BufferPool {
-    /// Buffers kept at most: those in flight between the inflaters and the writer.
+    /// Buffers kept at most: one per member in flight.
     const KEEP: usize = 32;
 
     fn take(&self) -> Vec<u8> {
@@ -519,24 +583,5 @@ impl BufferPool {
         {
             v.push(buf);
         }
-    }
-}
-
-/// Writes through to a file while feeding every byte to the trailer check. Unbuffered: every
-/// write is a whole member or a 256 KiB read, large enough as they come.
-struct HashingWriter {
-    inner: File,
-    trailer: Sha256Trailer,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.trailer.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }

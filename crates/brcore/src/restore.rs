@@ -4,7 +4,8 @@
 //! The path, in one pass over each input:
 //! 1. [`crate::chain::list_chain`] lists the store and picks the full snapshot and its deltas.
 //! 2. The full snapshot streams from the store through decompression into a temp file (a bbolt
-//!    db must be random-access to read); its sha256 trailer is checked as it streams.
+//!    db must be random-access to read); its sha256 trailer is checked beside step 3, and a db
+//!    rebuilt from a snapshot whose trailer does not match is thrown away.
 //! 3. Deltas are fetched and decoded in parallel (bounded by `max_fetchers`), verified, and fed in
 //!    order to [`crate::rebuild::rebuild_db`], which writes the new `member/snap/db`.
 //! 4. The WAL and snap file of the new member are written, everything is fsynced, and the
