@@ -16,9 +16,10 @@
 #
 # Disk: never more than two copies of the db at once (the source data dir, its WAL kept short with
 # --snapshot-count, beside the etcdctl file or the stored snapshot; then the stored snapshot beside
-# one restored data dir), about 2.1 x the db at the peak, and the db is about 1.13 x the values
-# written (16 KiB values): 2.4 x SIZE in all; the script refuses to start unless that leaves 10 GB
-# free (FORCE=1 overrides). Everything it wrote is deleted at the end (KEEP=1 keeps it).
+# one restored data dir), about 2.1 x the db at the peak; the script refuses to start unless that
+# leaves 10 GB free (FORCE=1 overrides). SIZE is the db's size: etcd-load writes values of
+# SIZE / 1.127 (a db of 16 KiB values is 1.127 x their bytes: 1,154 MiB for 1 GiB), and the
+# report states the db's real size. Everything it wrote is deleted at the end (KEEP=1 keeps it).
 #
 # Usage: SIZE_GIB=8 scripts/bench-scale.sh
 # Env: SIZE_GIB (8; SIZE_MIB overrides it, for a quick check), VALUE_SIZE (16384), WORK (default $ETCDBR_BENCH_DATA/scale or
@@ -47,7 +48,7 @@ for need in /usr/bin/time "$EBIN/etcd" "$EBIN/etcdctl" "$EBIN/etcdutl" curl pyth
 done
 
 mkdir -p "$WORK"
-need_kib=$((SIZE_MIB * 1024 * 24 / 10 + 10 * 1000 * 1000 * 1000 / 1024))
+need_kib=$((SIZE_MIB * 1024 * 21 / 10 + 10 * 1000 * 1000 * 1000 / 1024))
 free_kib=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
 echo "== disk: $((free_kib / 1024 / 1024)) GiB free at $WORK; this run needs about $((need_kib / 1024 / 1024)) GiB (10 GB of it spare)" >&2
 if ((free_kib < need_kib)) && [[ $FORCE != 1 ]]; then
@@ -122,7 +123,7 @@ timed() {
 SRC_DIR=$RUN/etcd-src
 echo "== generating a ${SIZE_MIB} MiB db ($VALUE_SIZE-byte values, etcd --unsafe-no-fsync)" >&2
 start_etcd "$SRC_DIR" --unsafe-no-fsync
-"$LOAD" fill --endpoint "$ENDPOINT" --bytes $((SIZE_MIB * 1024 * 1024)) --value-size "$VALUE_SIZE" >&2
+"$LOAD" fill --endpoint "$ENDPOINT" --bytes $((SIZE_MIB * 1024 * 1024 * 1000 / 1127)) --value-size "$VALUE_SIZE" >&2
 stop_pid "$ETCD_PID"
 start_etcd "$SRC_DIR"
 SRC=$ENDPOINT
