@@ -54,13 +54,9 @@ snapshot() {
         --garbage-collection-period 0s --storage-provider Local --store-container "$container" \
         --store-prefix etcd-main "$@" >/dev/null 2>"$log" &
     local pid=$!
-    until grep -q "full snapshot stored" "$log"; do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; exit 1; }
-        sleep 0.02
-    done
+    wait_full_stored "$log" "$pid" "$label"
     calc "$(now) - $start"
-    kill -TERM "$pid"
-    wait "$pid" || true
+    stop_etcdbrctl "$pid"
 }
 
 # restore CONTAINER [flags...]: seconds of `etcdbrctl restore`.

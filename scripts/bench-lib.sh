@@ -95,3 +95,34 @@ timed() {
     WALL=$(echo "$t1 - $t0" | bc -l)
     RSS_KIB=$(rss_kib "$out.time")
 }
+
+# wait_full_stored LOG PID LABEL: returns once an `etcdbrctl snapshot` run's LOG says "full
+# snapshot stored" (the object is complete and visible then); ends the script with the log's
+# tail if PID (etcdbrctl or a wrapper running it) exits first or 30 minutes pass.
+wait_full_stored() {
+    local log=$1 pid=$2 label=$3 deadline=$(($(date +%s) + 1800))
+    until grep -q "full snapshot stored" "$log"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "etcdbrctl snapshot ($label) exited early:" >&2
+            tail -20 "$log" >&2
+            exit 1
+        fi
+        if (($(date +%s) > deadline)); then
+            echo "etcdbrctl snapshot ($label) stored no full snapshot in 30 min" >&2
+            exit 1
+        fi
+        sleep 0.02
+    done
+}
+
+# stop_etcdbrctl PID: SIGTERM to the etcdbrctl that PID is or runs (/usr/bin/time and perf do
+# not forward the signal, so it goes to the etcdbrctl found among PID's descendants), then waits
+# for PID.
+stop_etcdbrctl() {
+    local pid=$1
+    while [[ -n $pid ]] && ! ps -o comm= -p "$pid" | grep -q etcdbrctl; do
+        pid=$(pgrep -P "$pid" | head -1 || true)
+    done
+    if [[ -n $pid ]]; then kill -TERM "$pid"; fi
+    wait "$1" || true
+}

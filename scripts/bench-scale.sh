@@ -150,20 +150,10 @@ brctl_snapshot() {
         --storage-provider Local --store-container "$store" --store-prefix scale "$@" >/dev/null 2>"$log" &
     local wrapper=$!
     PIDS+=("$wrapper")
-    until grep -q "full snapshot stored" "$log"; do
-        if ! kill -0 "$wrapper" 2>/dev/null; then
-            echo "etcdbrctl snapshot ($label) exited early:" >&2
-            tail -20 "$log" >&2
-            exit 1
-        fi
-        sleep 0.02
-    done
+    wait_full_stored "$log" "$wrapper" "$label"
     local secs
     secs=$(calc "$(now) - $start")
-    local pid
-    pid=$(pgrep -P "$wrapper" || true)
-    if [[ -n $pid ]]; then kill -TERM "$pid"; fi
-    wait "$wrapper" || true
+    stop_etcdbrctl "$wrapper"
     row "$label" "$secs" "$RUN/$label.time" "$before"
 }
 

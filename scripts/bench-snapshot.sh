@@ -110,30 +110,10 @@ run_brctl() {
         --snapstore-temp-directory "$RUN/spool-$label" "$@" >/dev/null 2>"$log" &
     local wrapper=$!
     PIDS+=("$wrapper")
-    local deadline=$(($(date +%s) + 1800))
-    until grep -q "full snapshot stored" "$log"; do
-        if ! kill -0 "$wrapper" 2>/dev/null; then
-            echo "etcdbrctl ($label) exited early:" >&2
-            tail -20 "$log" >&2
-            exit 1
-        fi
-        if (($(date +%s) > deadline)); then
-            echo "etcdbrctl ($label) took no full snapshot in 30 min" >&2
-            exit 1
-        fi
-        sleep 0.02
-    done
+    wait_full_stored "$log" "$wrapper" "$label"
     local secs
     secs=$(calc "$(now) - $start")
-    # /usr/bin/time (and perf) do not forward SIGTERM: signal etcdbrctl itself, found as the
-    # wrapper's descendant.
-    local pid
-    pid=$(pgrep -P "$wrapper" || true)
-    if [[ -n $pid ]] && ! ps -o comm= -p "$pid" | grep -q etcdbrctl; then
-        pid=$(pgrep -P "$pid" || true)
-    fi
-    if [[ -n $pid ]]; then kill -TERM "$pid"; fi
-    wait "$wrapper" || true
+    stop_etcdbrctl "$wrapper"
     record "$label" "$secs" "$RUN/$label.time"
     grep "full snapshot stored" "$log" | tail -1 | sed 's/^/   /' >&2
     rm -rf "$RUN/spool-$label"
