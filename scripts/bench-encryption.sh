@@ -46,17 +46,10 @@ snapshot() {
     local label=$1 container=$2
     shift 2
     rm -rf "$container"
-    local log=$RUN/$label.log start
-    rm -f "$log"
-    : >"$log"
-    start=$(now)
-    "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" --delta-snapshot-period 0s \
-        --garbage-collection-period 0s --storage-provider Local --store-container "$container" \
-        --store-prefix etcd-main "$@" >/dev/null 2>"$log" &
-    local pid=$!
-    wait_full_stored "$log" "$pid" "$label"
-    calc "$(now) - $start"
-    stop_etcdbrctl "$pid"
+    SNAP_WRAP=()
+    snapshot_once "$label" "$RUN/$label.log" --storage-provider Local --store-container "$container" \
+        --store-prefix etcd-main "$@"
+    echo "$SNAP_SECS"
 }
 
 # restore CONTAINER [flags...]: seconds of `etcdbrctl restore`.

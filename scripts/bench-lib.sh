@@ -96,6 +96,25 @@ timed() {
     RSS_KIB=$(rss_kib "$out.time")
 }
 
+# snapshot_once LABEL LOG [flags...]: `$BRCTL snapshot` of $SRC with no schedule, deltas or GC
+# (a full snapshot at start only), under the command prefix in the array SNAP_WRAP (/usr/bin/time,
+# perf; may be empty), stderr in LOG; returns once the full snapshot is stored, with its seconds
+# since the start in SNAP_SECS, and stops etcdbrctl. Ends the script if it fails.
+snapshot_once() {
+    local label=$1 log=$2
+    shift 2
+    : >"$log"
+    local start pid
+    start=$(now)
+    "${SNAP_WRAP[@]}" "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" \
+        --delta-snapshot-period 0s --garbage-collection-period 0s "$@" >/dev/null 2>"$log" &
+    pid=$!
+    PIDS+=("$pid")
+    wait_full_stored "$log" "$pid" "$label"
+    SNAP_SECS=$(calc "$(now) - $start")
+    stop_etcdbrctl "$pid"
+}
+
 # wait_full_stored LOG PID LABEL: returns once an `etcdbrctl snapshot` run's LOG says "full
 # snapshot stored" (the object is complete and visible then); ends the script with the log's
 # tail if PID (etcdbrctl or a wrapper running it) exits first or 30 minutes pass.

@@ -141,20 +141,13 @@ rm -f "$RUN/etcdctl.db"
 brctl_snapshot() {
     local label=$1 store=$2
     shift 2
-    local log=$RUN/$label.out before start
+    local log=$RUN/$label.out before
     mkdir -p "$RUN/spool"
     before=$(loadavg)
-    start=$(now)
-    /usr/bin/time -v -o "$RUN/$label.time" "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" \
-        --delta-snapshot-period 0s --garbage-collection-period 0s --snapstore-temp-directory "$RUN/spool" \
-        --storage-provider Local --store-container "$store" --store-prefix scale "$@" >/dev/null 2>"$log" &
-    local wrapper=$!
-    PIDS+=("$wrapper")
-    wait_full_stored "$log" "$wrapper" "$label"
-    local secs
-    secs=$(calc "$(now) - $start")
-    stop_etcdbrctl "$wrapper"
-    row "$label" "$secs" "$RUN/$label.time" "$before"
+    SNAP_WRAP=(/usr/bin/time -v -o "$RUN/$label.time")
+    snapshot_once "$label" "$log" --snapstore-temp-directory "$RUN/spool" \
+        --storage-provider Local --store-container "$store" --store-prefix scale "$@"
+    row "$label" "$SNAP_SECS" "$RUN/$label.time" "$before"
 }
 
 echo "== etcdbrctl snapshot, Local, uncompressed" >&2

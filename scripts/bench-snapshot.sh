@@ -103,18 +103,9 @@ run_brctl() {
         wrap=(perf record -g -o "$WORK/perf-$label.data" -- "${wrap[@]}")
     fi
     mkdir -p "$RUN/spool-$label"
-    local start
-    start=$(now)
-    "${wrap[@]}" "$BRCTL" snapshot --endpoints "$SRC" --schedule "0 0 1 1 *" \
-        --delta-snapshot-period 0s --garbage-collection-period 0s \
-        --snapstore-temp-directory "$RUN/spool-$label" "$@" >/dev/null 2>"$log" &
-    local wrapper=$!
-    PIDS+=("$wrapper")
-    wait_full_stored "$log" "$wrapper" "$label"
-    local secs
-    secs=$(calc "$(now) - $start")
-    stop_etcdbrctl "$wrapper"
-    record "$label" "$secs" "$RUN/$label.time"
+    SNAP_WRAP=("${wrap[@]}")
+    snapshot_once "$label" "$log" --snapstore-temp-directory "$RUN/spool-$label" "$@"
+    record "$label" "$SNAP_SECS" "$RUN/$label.time"
     grep "full snapshot stored" "$log" | tail -1 | sed 's/^/   /' >&2
     rm -rf "$RUN/spool-$label"
 }
