@@ -45,8 +45,9 @@ stop_pid() {
 }
 
 # start_etcd DATA_DIR PEER_PORT [extra flags...]: a one-member etcd ($EBIN/etcd) on a free
-# client port, logging to DATA_DIR.log; sets ETCD_PID (also added to PIDS) and ENDPOINT and
-# returns once it is healthy, or exits with the log's tail.
+# client port, its backend quota $ETCD_QUOTA (default 8 GiB), logging to DATA_DIR.log; sets
+# ETCD_PID (also added to PIDS) and ENDPOINT and returns once it is healthy (up to 2 minutes:
+# a large db takes a while to open), or exits with the log's tail.
 start_etcd() {
     local dir=$1 peer=$2
     shift 2
@@ -57,10 +58,10 @@ start_etcd() {
         --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "bench=http://127.0.0.1:$peer" \
-        --quota-backend-bytes 8589934592 --log-level warn "$@" >"$dir.log" 2>&1 &
+        --quota-backend-bytes "${ETCD_QUOTA:-8589934592}" --log-level warn "$@" >"$dir.log" 2>&1 &
     ETCD_PID=$!
     PIDS+=("$ETCD_PID")
-    wait_etcd_healthy "$dir.log" 600
+    wait_etcd_healthy "$dir.log" 1200
 }
 
 # wait_etcd_healthy LOG TRIES: returns once etcd at $ENDPOINT answers healthy, polling every

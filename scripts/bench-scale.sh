@@ -27,8 +27,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# free_port, now, calc, rss_kib, stop_pid, wait_etcd_healthy; start_etcd and timed are this
-# script's own (below: a quota and WAL sized to the db, a report row per run).
+# free_port, now, calc, rss_kib, stop_pid, start_etcd (with ETCD_QUOTA, below, sized to the db);
+# timed is this script's own (a report row per run).
 . "$ROOT/scripts/bench-lib.sh"
 SIZE_GIB=${SIZE_GIB:-8}
 SIZE_MIB=${SIZE_MIB:-$((SIZE_GIB * 1024))}
@@ -37,10 +37,10 @@ COMPRESSED=${COMPRESSED:-0}
 KEEP=${KEEP:-0}
 FORCE=${FORCE:-0}
 EBIN=/opt/etcdbr-deps/etcd-sid/usr/bin
-# The source etcd's --quota-backend-bytes, and the quota the restore and validation are told: the
-# restored db of 16 KiB values is about 1.11x the source's (one value per leaf page run), so an
-# 8 GiB db is above etcdbrctl's default quota of 8 GiB.
-QUOTA=$(((SIZE_MIB + 2048) * 1024 * 1024))
+# The source etcd's --quota-backend-bytes (bench-lib's start_etcd reads it), and the quota the
+# restore and validation are told: the restored db of 16 KiB values is about 1.11x the source's
+# (one value per leaf page run), so an 8 GiB db is above etcdbrctl's default quota of 8 GiB.
+ETCD_QUOTA=$(((SIZE_MIB + 2048) * 1024 * 1024))
 DATA_ROOT=${ETCDBR_BENCH_DATA:-/tmp/etcdbr-bench-data}
 WORK=${WORK:-$DATA_ROOT/scale}
 
@@ -80,26 +80,6 @@ trap cleanup EXIT
 loadavg() { cut -d' ' -f1 /proc/loadavg; }
 cpu_secs() { awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f", u+s}' "$1"; }
 
-# start_etcd DATA_DIR [extra flags...]: replaces bench-lib's here: both ports picked free, the
-# quota and the WAL sized to the db, the log appended.
-start_etcd() {
-    local dir=$1
-    shift
-    local client peer
-    client=$(free_port)
-    peer=$(free_port)
-    ENDPOINT=http://127.0.0.1:$client
-    "$EBIN/etcd" --name scale --data-dir "$dir" \
-        --listen-client-urls "$ENDPOINT" --advertise-client-urls "$ENDPOINT" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "scale=http://127.0.0.1:$peer" \
-        --quota-backend-bytes "$QUOTA" --snapshot-count 10000 \
-        --log-level warn "$@" >>"$dir.log" 2>&1 &
-    ETCD_PID=$!
-    PIDS+=("$ETCD_PID")
-    wait_etcd_healthy "$dir.log" 1200
-}
-
 ROWS=$RUN/rows.tsv
 : >"$ROWS"
 # row LABEL SECONDS TIMEFILE LOAD_BEFORE: one line of the report.
@@ -125,11 +105,12 @@ timed() {
 
 # ---- the db ------------------------------------------------------------------------------------
 SRC_DIR=$RUN/etcd-src
+SRC_PEER=$(free_port)
 echo "== generating a ${SIZE_MIB} MiB db ($VALUE_SIZE-byte values, etcd --unsafe-no-fsync)" >&2
-start_etcd "$SRC_DIR" --unsafe-no-fsync
+start_etcd "$SRC_DIR" "$SRC_PEER" --snapshot-count 10000 --unsafe-no-fsync
 "$LOAD" fill --endpoint "$ENDPOINT" --bytes $((SIZE_MIB * 1024 * 1024 * 1000 / 1127)) --value-size "$VALUE_SIZE" >&2
 stop_pid "$ETCD_PID"
-start_etcd "$SRC_DIR"
+start_etcd "$SRC_DIR" "$SRC_PEER" --snapshot-count 10000
 SRC=$ENDPOINT
 DB_BYTES=$("$EBIN/etcdctl" --endpoints "$SRC" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
 echo "== db: $DB_BYTES bytes; disk now: $(df -h --output=avail "$WORK" | tail -1)" >&2
@@ -176,7 +157,7 @@ PEER=http://127.0.0.1:$(free_port)
 RESTORED=$RUN/restored.etcd
 echo "== etcdbrctl restore" >&2
 timed brctl-restore "$BRCTL" restore --storage-provider Local --store-container "$STORE" --store-prefix scale \
-    --embedded-etcd-quota-bytes "$QUOTA" --data-dir "$RESTORED" --name scale --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
+    --embedded-etcd-quota-bytes "$ETCD_QUOTA" --data-dir "$RESTORED" --name scale --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
 GOT_HASH=$("$BRCTL" db hashkv "$RESTORED/member/snap/db" -w json)
 if [[ $GOT_HASH != "$WANT_HASH" ]]; then
     echo "bench-scale: the restored db's HashKV differs from the snapshot's: $GOT_HASH vs $WANT_HASH" >&2
@@ -187,7 +168,7 @@ echo "   HashKV of the restored db equals the snapshot's" >&2
 # ---- 3. full validation ------------------------------------------------------------------------
 echo "== etcdbrctl initialize --validation-mode full" >&2
 timed brctl-validate-full "$BRCTL" initialize --validation-mode full --storage-provider Local \
-    --store-container "$STORE" --store-prefix scale --embedded-etcd-quota-bytes "$QUOTA" --data-dir "$RESTORED" --name scale \
+    --store-container "$STORE" --store-prefix scale --embedded-etcd-quota-bytes "$ETCD_QUOTA" --data-dir "$RESTORED" --name scale \
     --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
 if grep -qi "restor" "$RUN/brctl-validate-full.out" && ! grep -qi "valid" "$RUN/brctl-validate-full.out"; then
     echo "bench-scale: initialize restored instead of only validating:" >&2
