@@ -164,7 +164,7 @@ pub async fn rebuild_chain(
     let db_out = db_path.to_path_buf();
     let full_key = chain.full.key.clone();
     let direct_io = fetch.direct_io;
-    let rebuilt = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed), Error> {
+    let rebuilt = tokio::task::spawn_blocking(move || -> Result<(RebuildStats, DeltaFeed, File), Error> {
         let mut feed = feed;
         let written = (|| {
             let source = bbolt::Db::open(&source_path).map_err(|e| Error::corrupt("full snapshot", e))?;
@@ -178,11 +178,10 @@ pub async fn rebuild_chain(
             let (out, stats) =
                 rebuild::rebuild_db_batches(&source, batches, &opts, out).map_err(|e| e.at_db_path(&db_out))?;
             let file = out.finish().map_err(|e| Error::io(&db_out, e))?;
-            file.sync_all().map_err(|e| Error::io(&db_out, e))?;
-            Ok(stats)
+            Ok((stats, file))
         })();
         match written {
-            Ok(stats) => Ok((stats, feed)),
+            Ok((stats, file)) => Ok((stats, feed, file)),
             Err(e) => {
                 feed.abort();
                 // A gap or a revision going backwards inside a damaged delta: its hash says so.
@@ -193,16 +192,23 @@ pub async fn rebuild_chain(
     let (rebuilt, checked) = tokio::join!(rebuilt, trailer_check.finish());
     let rebuilt = rebuilt.map_err(|e| Error::task_failed("the db writer", e))?;
     // A damaged full snapshot is reported as such, whatever its bytes did to the rebuild.
-    let (stats, feed) = match (checked, rebuilt) {
-        (Err(e), Ok((_, feed))) => {
+    let (stats, feed, db_file) = match (checked, rebuilt) {
+        (Err(e), Ok((_, feed, _))) => {
             feed.abort();
             return Err(e);
         }
         (Err(e), Err(_)) | (Ok(()), Err(e)) => return Err(e),
         (Ok(()), Ok(done)) => done,
     };
+    // The decompressed full is no longer read: it is removed (its pages freed) beside the db's
+    // fsync, and never written back to the disk.
+    let removed = tokio::task::spawn_blocking(move || drop(full_path));
+    let db_out = db_path.to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || db_file.sync_all().map_err(|e| Error::io(&db_out, e)));
+    let (removed, synced) = tokio::join!(removed, synced);
+    removed.map_err(|e| Error::task_failed("the temp file's removal", e))?;
+    synced.map_err(|e| Error::task_failed("the db's fsync", e))??;
     let fetched = feed.fetched().await?;
-    drop(full_path);
     Ok((stats, full_bytes + fetched))
 }
 
@@ -368,8 +374,10 @@ async fn fetch_full(
     }
     let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
     // No fsync: this file is a temporary input, read back at once and removed; the db written
-    // from it is what gets fsynced.
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    // from it is what gets fsynced. Opened without O_TRUNC (it was created empty): ext4 takes
+    // a truncate to zero for "replace via truncate" and writes the whole file back at its
+    // close (auto_da_alloc), which made the db's fsync wait for the temp file's 165 MB.
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
     let first = futures::stream::iter([Ok(head.freeze())]);
     let counted = stream.map(|chunk| {
         let chunk = chunk.map_err(Error::from)?;
