@@ -51,7 +51,8 @@ echo "== building (release)" >&2
 # features and rebuilds every dependency (and bench-all.sh would pay it between its parts).
 (cd "$ROOT" && cargo build --release -q -p etcdbrctl -p etcdbr-benches --bins)
 BRCTL=$ROOT/target/release/etcdbrctl
-DEFAULT_LEVEL=$("$BRCTL" snapshot --help | grep -A6 -- '--compression-level' | sed -n 's/.*\[default: \([0-9]*\)\].*/\1/p' | head -1)
+# gzip's default level, as `snapshot --help` states it ("Default: 1 for gzip ...").
+DEFAULT_LEVEL=$("$BRCTL" snapshot --help | grep -A8 -- '--compression-level' | tr '\n' ' ' | tr -s ' ' | sed -n 's/.*Default: \([0-9]*\) for gzip.*/\1/p')
 LOAD=$ROOT/target/release/etcd-load
 
 bench_scratch

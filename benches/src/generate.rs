@@ -331,8 +331,8 @@ fn generate(dir: &Path, params: &DatasetParams, etcd_bin: &Path) -> Result<Datas
 
 /// Writes `snapshot` gzipped as `etcdbrctl snapshot` does: block members at the default level.
 fn write_blocks(snapshot: &Path, out: &Path) -> Result<()> {
-    use brcore::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
-    let format = BlockFormat::new(Compression::Gzip, DEFAULT_FULL_SNAPSHOT_LEVEL).context("gzip blocks")?;
+    use brcore::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_GZIP_LEVEL};
+    let format = BlockFormat::new(Compression::Gzip, DEFAULT_GZIP_LEVEL).context("gzip blocks")?;
     let data = fs::read(snapshot)?;
     let mut w = BufWriter::new(File::create(out)?);
     w.write_all(&format.header())?;

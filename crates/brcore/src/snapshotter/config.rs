@@ -35,8 +35,9 @@ pub struct SnapshotterConfig {
     pub compression: Compression,
     /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`).
     pub write: WriteOptions,
-    /// Deflate level of gzip and zlib full snapshots (`--compression-level`).
-    pub compression_level: u32,
+    /// Deflate level of gzip and zlib full snapshots (`--compression-level`); `None`: the
+    /// policy's default ([`crate::compress::blocks::default_level`]).
+    pub compression_level: Option<u32>,
     /// Limit for one full snapshot (`--etcd-snapshot-timeout`).
     pub snapshot_timeout: Duration,
     /// Limit for storing one delta before it is retried.
@@ -61,7 +62,7 @@ impl SnapshotterConfig {
             delta_retention: Duration::ZERO,
             compression: Compression::Gzip,
             write: WriteOptions::default(),
-            compression_level: crate::compress::blocks::DEFAULT_FULL_SNAPSHOT_LEVEL,
+            compression_level: None,
             snapshot_timeout: Duration::from_secs(15 * 60),
             delta_upload_timeout: Duration::from_secs(120),
             defrag_schedule: None,

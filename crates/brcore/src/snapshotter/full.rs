@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::dbrev::{DbRevision, RevisionScanner};
 use crate::bridge::{ChannelWriter, receiver_stream};
 use crate::compress::Encoder;
-use crate::compress::blocks::{BLOCK_SIZE, BlockFormat, DEFAULT_FULL_SNAPSHOT_LEVEL};
+use crate::compress::blocks::{self, BLOCK_SIZE, BlockFormat};
 use crate::error::Error;
 use crate::etcd::EtcdSource;
 use crate::name::{Compression, Snapshot, SnapshotKind, SnapshotName, prefix_dir};
@@ -45,9 +45,9 @@ pub struct FullOptions {
     pub prefix: String,
     /// Compression of the object (`--compress-snapshots`, `--compression-policy`).
     pub compression: Compression,
-    /// Deflate level for gzip and zlib, 1 (fastest) to 9 (smallest); see
-    /// [`DEFAULT_FULL_SNAPSHOT_LEVEL`].
-    pub compression_level: u32,
+    /// Deflate level for gzip and zlib, 1 (fastest) to 9 (smallest); `None`: the policy's
+    /// default ([`blocks::default_level`]).
+    pub compression_level: Option<u32>,
     /// Upload parts (`--max-parallel-chunk-uploads`, `--min-chunk-size`); their product bounds
     /// the memory the upload holds.
     pub write: WriteOptions,
@@ -63,7 +63,7 @@ impl FullOptions {
         FullOptions {
             prefix: prefix.into(),
             compression: Compression::Gzip,
-            compression_level: DEFAULT_FULL_SNAPSHOT_LEVEL,
+            compression_level: None,
             write: WriteOptions::default(),
             timeout: Duration::from_secs(15 * 60),
             is_final: false,
@@ -351,7 +351,8 @@ async fn take(
         verifier
     });
     let (plain_tx, plain_rx) = mpsc::channel::<Result<Bytes, StoreError>>(1);
-    let body = encode(opts.compression, opts.compression_level, plain_rx, staging);
+    let level = opts.compression_level.unwrap_or(blocks::default_level(opts.compression));
+    let body = encode(opts.compression, level, plain_rx, staging);
     let upload = store.write(staging, body, &opts.write);
     // Owns both senders, so the verifier and the upload see the end when the stream ends.
     let feed = async move {
@@ -461,7 +462,7 @@ mod tests {
         let data: Vec<u8> = (0..(3 * BLOCK_SIZE + 12_345) as u32).map(|i| (i % 97) as u8).collect();
         for compression in Compression::ALL {
             let (tx, rx) = mpsc::channel(2);
-            let stream = encode(compression, DEFAULT_FULL_SNAPSHOT_LEVEL, rx, "k");
+            let stream = encode(compression, blocks::default_level(compression), rx, "k");
             let blocks: Vec<Bytes> = data.chunks(BLOCK_SIZE).map(Bytes::copy_from_slice).collect();
             let feed = tokio::spawn(async move {
                 for b in blocks {
