@@ -354,6 +354,14 @@ async fn fetch_full(
     progress: Arc<dyn Progress>,
 ) -> Result<u64, Error> {
     let span = info_span!("fetch_full", object = %snap.key);
+    // etcdbr's members in a file of the Local store are read in place by the inflaters.
+    if snap.name.compression == Compression::Gzip
+        && let Some(src) = store.local_path(&snap.key)
+        && let Some(read) =
+            inflate_local_members(src, path, &snap.key, progress.clone()).instrument(span.clone()).await?
+    {
+        return Ok(read);
+    }
     let mut stream = ranged_read(store, &snap.key, snap.size);
     let key = snap.key.clone();
     let compression = snap.name.compression;
@@ -454,6 +462,95 @@ async fn inflate_members(
     Ok(())
 }
 
+/// etcdbr's gzip block members in the file `src` (an object of the Local store), inflated into
+/// the file at `path` on every core: each inflater takes the next member's header in turn and
+/// reads the member itself with a positioned read, so no stream, no copy into a queue and no
+/// task hop stands between the file and the inflaters. `Ok(None)`: the object does not start
+/// with a block member (the Go tool's one stream); it is read as a stream instead.
+async fn inflate_local_members(
+    src: std::path::PathBuf,
+    path: &Path,
+    key: &str,
+    progress: Arc<dyn Progress>,
+) -> Result<Option<u64>, Error> {
+    let (path, key) = (path.to_path_buf(), key.to_string());
+    let task = tokio::task::spawn_blocking(move || -> Result<Option<u64>, Error> {
+        use std::os::unix::fs::FileExt;
+        let source = File::open(&src).map_err(|e| Error::io(&src, e))?;
+        let len = source.metadata().map_err(|e| Error::io(&src, e))?.len();
+        let mut head = [0u8; MEMBER_HEADER_LEN];
+        if len < MEMBER_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        source.read_exact_at(&mut head, 0).map_err(|e| Error::io(&src, e))?;
+        if MemberHeader::parse(&head).is_none() {
+            return Ok(None);
+        }
+        // Opened without O_TRUNC: see `fetch_full`.
+        let out = fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        // The next member: its offset in the object and its plain bytes' offset; `None` once
+        // every member is taken or an inflater failed.
+        let next = std::sync::Mutex::new(Some((0u64, 0u64)));
+        let take = || -> Result<Option<(u64, u64, usize)>, Error> {
+            let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((at, plain_at)) = *next else { return Ok(None) };
+            if at == len {
+                *next = None;
+                return Ok(None);
+            }
+            *next = None; // until this member is known to be whole
+            let mut h = [0u8; MEMBER_HEADER_LEN];
+            if len - at < MEMBER_HEADER_LEN as u64 {
+                return Err(member_cut(&key, at));
+            }
+            source.read_exact_at(&mut h, at).map_err(|e| Error::io(&src, e))?;
+            let header = MemberHeader::parse(&h).ok_or_else(|| no_member_at(&key, at))?;
+            let member_len = u64::from(header.member_len);
+            if len - at < member_len {
+                return Err(member_cut(&key, at));
+            }
+            *next = Some((at + member_len, plain_at + u64::from(header.plain_len)));
+            Ok(Some((at, plain_at, header.member_len as usize)))
+        };
+        let inflate = || -> Result<(), Error> {
+            let (mut member, mut plain) = (Vec::new(), Vec::new());
+            while let Some((at, plain_at, member_len)) = take()? {
+                member.resize(member_len, 0);
+                source.read_exact_at(&mut member, at).map_err(|e| Error::io(&src, e))?;
+                blocks::inflate_member_into(&member, &mut plain).map_err(|e| read_error(&key, e))?;
+                out.write_all_at(&plain, plain_at).map_err(|e| Error::io(&path, e))?;
+                progress.full_bytes(member_len as u64);
+            }
+            Ok(())
+        };
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+        std::thread::scope(|scope| {
+            let inflaters: Vec<_> = (0..workers).map(|_| scope.spawn(inflate)).collect();
+            // The first failure is reported (the others stop at their next member).
+            let mut result = Ok(());
+            for inflater in inflaters {
+                let done = inflater.join().unwrap_or_else(|_| Err(Error::internal("an inflater panicked")));
+                if let Err(e) = done {
+                    result = result.and(Err(e));
+                }
+            }
+            result
+        })?;
+        Ok(Some(len))
+    });
+    task.await.map_err(|e| Error::task_failed("the inflaters", e))?
+}
+
+/// The object `key` has no gzip block member where one should start, at byte `offset`.
+fn no_member_at(key: &str, offset: u64) -> Error {
+    Error::corrupt(key, format!("no gzip block member starts at byte {offset}; the object is damaged"))
+}
+
+/// The object `key` ends inside the gzip block member that starts at byte `offset`.
+fn member_cut(key: &str, offset: u64) -> Error {
+    Error::corrupt(key, format!("it ends inside a gzip block member at byte {offset}; the object is truncated"))
+}
+
 /// Cuts a stream of compressed bytes into its gzip block members ([`MemberHeader`]), each with
 /// the offset of its plain bytes in the stream's.
 fn split_members<'a>(
@@ -470,10 +567,7 @@ fn split_members<'a>(
             loop {
                 if pending.len() >= MEMBER_HEADER_LEN {
                     let Some(h) = MemberHeader::parse(&pending) else {
-                        let e = Error::corrupt(
-                            &key,
-                            format!("no gzip block member starts at byte {offset}; the object is damaged"),
-                        );
+                        let e = no_member_at(&key, offset);
                         return Some((Err(e), (input, pending, offset, plain_offset, true)));
                     };
                     let len = h.member_len as usize;
@@ -490,10 +584,7 @@ fn split_members<'a>(
                     Some(Err(e)) => return Some((Err(e), (input, pending, offset, plain_offset, true))),
                     None if pending.is_empty() => return None,
                     None => {
-                        let e = Error::corrupt(
-                            &key,
-                            format!("it ends inside a gzip block member at byte {offset}; the object is truncated"),
-                        );
+                        let e = member_cut(&key, offset);
                         return Some((Err(e), (input, pending, offset, plain_offset, true)));
                     }
                 }

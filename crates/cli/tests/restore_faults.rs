@@ -248,9 +248,7 @@ fn block_members_gzip(snap: &[u8]) -> Vec<u8> {
 fn a_full_snapshot_in_block_members_with_a_wrong_trailer_is_refused() {
     let (tmp, container) = copy_store(STORE_34);
     let full = objects(&container, "Full")[0].clone();
-    let mut snap = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(fs::File::open(&full).unwrap()), &mut snap)
-        .unwrap();
+    let snap = gunzip(&full);
     assert!(snap.len() > 3 * 64 * 1024, "the test wants several members: {} bytes", snap.len());
     fs::write(&full, block_members_gzip(&snap)).unwrap();
     let out = restore(&container, &tmp.path().join("good"), &["--dry-run"]);
@@ -265,5 +263,39 @@ fn a_full_snapshot_in_block_members_with_a_wrong_trailer_is_refused() {
         fs::write(&full, block_members_gzip(&bad)).unwrap();
         let stderr = expect_failure(&container, &tmp.path().join(case), &[], 3, "Full-00000000-00000166");
         assert!(stderr.contains("sha256 mismatch"), "{case}: {stderr}");
+    }
+}
+
+/// The plain bytes of the gzip object at `path`.
+fn gunzip(path: &Path) -> Vec<u8> {
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()), &mut plain)
+        .unwrap();
+    plain
+}
+
+/// A full snapshot in block members on the Local store is read in place, each inflater taking
+/// the next member's header from the file: an object cut inside a member, one whose second
+/// member's header is damaged, and one cut where a member ends (every member sound, the
+/// snapshot short) are each refused naming the object and what is wrong with it.
+#[test]
+fn a_cut_or_damaged_full_snapshot_in_block_members_is_refused() {
+    let (tmp, container) = copy_store(STORE_34);
+    let full = objects(&container, "Full")[0].clone();
+    let members = block_members_gzip(&gunzip(&full));
+    // A member's header holds its length at bytes 16..20: the second member starts there.
+    let second = u32::from_le_bytes(members[16..20].try_into().unwrap()) as usize;
+    let mut damaged = members.clone();
+    damaged[second] ^= 0xff;
+    let no_member = format!("no gzip block member starts at byte {second}");
+    let cases = [
+        ("cut", members[..second + 100].to_vec(), "ends inside a gzip block member"),
+        ("damaged", damaged, no_member.as_str()),
+        ("short", members[..second].to_vec(), "no sha256 trailer"),
+    ];
+    for (case, bytes, why) in cases {
+        fs::write(&full, bytes).unwrap();
+        let stderr = expect_failure(&container, &tmp.path().join(case), &[], 3, "Full-00000000-00000166");
+        assert!(stderr.contains(why), "{case}: {stderr}");
     }
 }
