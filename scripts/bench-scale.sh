@@ -38,8 +38,7 @@ KEEP=${KEEP:-0}
 FORCE=${FORCE:-0}
 EBIN=/opt/etcdbr-deps/etcd-sid/usr/bin
 # The source etcd's --quota-backend-bytes (bench-lib's start_etcd reads it), and the quota the
-# restore and validation are told: the restored db of 16 KiB values is about 1.11x the source's
-# (one value per leaf page run), so an 8 GiB db is above etcdbrctl's default quota of 8 GiB.
+# restore and validation are told (the same: an 8 GiB db sits at etcd's default quota of 8 GiB).
 ETCD_QUOTA=$(((SIZE_MIB + 2048) * 1024 * 1024))
 DATA_ROOT=${ETCDBR_BENCH_DATA:-/tmp/etcdbr-bench-data}
 WORK=${WORK:-$DATA_ROOT/scale}
@@ -164,6 +163,8 @@ if [[ $GOT_HASH != "$WANT_HASH" ]]; then
     exit 1
 fi
 echo "   HashKV of the restored db equals the snapshot's" >&2
+RESTORED_BYTES=$(stat -c %s "$RESTORED/member/snap/db")
+echo "   restored db: $RESTORED_BYTES bytes, $(python3 -c "print(f'{$RESTORED_BYTES / $DB_BYTES:.3f}')")x the source's" >&2
 
 # ---- 3. full validation ------------------------------------------------------------------------
 echo "== etcdbrctl initialize --validation-mode full" >&2

@@ -13,6 +13,15 @@ use crate::page::{
 
 /// Most elements one page may hold: bbolt's `node.write` refuses 0xFFFF or more.
 const MAX_ELEMENTS: usize = 0xFFFE;
+/// Elements a leaf holds before it may be closed for size: bbolt's `minKeysPerPage`. bbolt's
+/// split leaves at least two elements on every page, so values larger than half a page are
+/// packed two to a run of pages (two 16 KiB values: 9 pages together, 10 apart) and an etcd db
+/// of large values is as small as bbolt makes it.
+const MIN_KEYS_PER_PAGE: usize = 2;
+/// Two elements share a leaf only up to this size together; a larger element is streamed to a
+/// page of its own instead of being buffered (etcd's values are at most its request size
+/// limit, 1.5 MiB by default, so this only bounds the memory of absurd input).
+const PACK_LIMIT: usize = 16 << 20;
 /// Size of the output buffer: large sequential writes, few syscalls.
 const OUT_BUFFER: usize = 1 << 20;
 /// The txids the two metas get (page `i` holds a txid of parity `i`, so bbolt's next commit,
@@ -502,10 +511,12 @@ impl<W: Write> Sink<W> {
     fn add_paged(&mut self, tree: &mut Tree, flags: u32, key: &[u8], value: &[u8]) -> Result<(), Error> {
         let e = ELEMENT_SIZE + key.len() + value.len();
         let n = tree.leaf.elems.len();
-        if n > 0 && (tree.leaf.size + e > self.limit || n >= MAX_ELEMENTS) {
+        let fits = tree.leaf.size + e <= self.limit;
+        let packs = n < MIN_KEYS_PER_PAGE && tree.leaf.size + e <= PACK_LIMIT;
+        if n > 0 && (!(fits || packs) || n >= MAX_ELEMENTS) {
             self.flush_leaf(tree)?;
         }
-        if tree.leaf.elems.is_empty() && PAGE_HEADER_SIZE + e > self.limit {
+        if tree.leaf.elems.is_empty() && PAGE_HEADER_SIZE + e > PACK_LIMIT {
             // A page of its own: stream the value instead of buffering it.
             self.scratch.clear();
             self.scratch.resize(PAGE_HEADER_SIZE, 0);
@@ -672,6 +683,30 @@ mod tests {
         let model: Model = [(b"bigkeys".to_vec(), kvs)].into_iter().collect();
         let (_, stats) = round_trip(&model, WriterOptions { page_size: 512, ..WriterOptions::default() });
         assert!(stats.branch_pages >= 1 && stats.overflow_pages > 6 * 64, "{stats:?}");
+    }
+
+    #[test]
+    fn values_larger_than_half_a_page_are_packed_two_to_a_leaf_as_bbolt_splits() {
+        // 101 values of 16 KiB (etcd's revision keys are 17 bytes): bbolt's split puts two on
+        // every page, 16 + 2 * (16 + 17 + 16384) = 32850 bytes, 9 pages; the last value alone.
+        let mut rng = Rng::new(9);
+        let model: Model = [(b"key".to_vec(), revision_keys(101, 16384, &mut rng))].into_iter().collect();
+        let (_, stats) = round_trip(&model, WriterOptions::default());
+        // 51 leaves and the root bucket's.
+        assert_eq!(stats.leaf_pages, 52, "{stats:?}");
+        // 50 leaves of 9 pages and one of 5 (16 + 16 + 17 + 16384 bytes).
+        assert_eq!(stats.overflow_pages, 50 * 8 + 4, "{stats:?}");
+        // A value too large to buffer still gets a page run of its own, and its neighbours
+        // are packed around it.
+        let kvs = vec![
+            (b"a".to_vec(), rng.bytes(10)),
+            (b"b".to_vec(), rng.bytes(PACK_LIMIT)),
+            (b"c".to_vec(), rng.bytes(20_000)),
+            (b"d".to_vec(), rng.bytes(20_000)),
+        ];
+        let model: Model = [(b"huge".to_vec(), kvs)].into_iter().collect();
+        let (_, stats) = round_trip(&model, WriterOptions::default());
+        assert_eq!(stats.leaf_pages, 1 + 3, "the root bucket's, then a | b | c d: {stats:?}");
     }
 
     #[test]
