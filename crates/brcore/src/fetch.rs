@@ -1,7 +1,8 @@
 //! Fetching a chain into a rebuild, shared by restore, compact and verification: the full
 //! snapshot streamed (in parallel ranged reads where the store allows, decompressed in blocks)
-//! into a temp file, or read in place on a Local store, its sha256 trailer checked beside the
-//! rebuild that reads it; the deltas
+//! into a temp file, or read in place on a Local store (uncompressed: the object itself is the
+//! rebuild's source; etcdbr's gzip members: read by the inflaters with positioned reads), its
+//! sha256 trailer checked beside the rebuild that reads it; the deltas
 //! fetched and decoded in parallel within a memory budget ([`crate::deltafeed`]); both fed to
 //! [`rebuild::rebuild_db`] on a blocking thread. Also the lease sidecars the snapshotter wrote
 //! beside the deltas.
@@ -512,13 +513,20 @@ async fn inflate_local_members(
             *next = Some((at + member_len, plain_at + u64::from(header.plain_len)));
             Ok(Some((at, plain_at, header.member_len as usize)))
         };
+        let inflate_one = |at: u64, plain_at: u64, member: &mut Vec<u8>, plain: &mut Vec<u8>| -> Result<(), Error> {
+            source.read_exact_at(member, at).map_err(|e| Error::io(&src, e))?;
+            blocks::inflate_member_into(member, plain).map_err(|e| read_error(&key, e))?;
+            out.write_all_at(plain, plain_at).map_err(|e| Error::io(&path, e))
+        };
         let inflate = || -> Result<(), Error> {
             let (mut member, mut plain) = (Vec::new(), Vec::new());
             while let Some((at, plain_at, member_len)) = take()? {
                 member.resize(member_len, 0);
-                source.read_exact_at(&mut member, at).map_err(|e| Error::io(&src, e))?;
-                blocks::inflate_member_into(&member, &mut plain).map_err(|e| read_error(&key, e))?;
-                out.write_all_at(&plain, plain_at).map_err(|e| Error::io(&path, e))?;
+                if let Err(e) = inflate_one(at, plain_at, &mut member, &mut plain) {
+                    // The other inflaters stop at their next member.
+                    *next.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return Err(e);
+                }
                 progress.full_bytes(member_len as u64);
             }
             Ok(())
@@ -526,7 +534,7 @@ async fn inflate_local_members(
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
         std::thread::scope(|scope| {
             let inflaters: Vec<_> = (0..workers).map(|_| scope.spawn(inflate)).collect();
-            // The first failure is reported (the others stop at their next member).
+            // The first failure is reported.
             let mut result = Ok(());
             for inflater in inflaters {
                 let done = inflater.join().unwrap_or_else(|_| Err(Error::internal("an inflater panicked")));

@@ -73,6 +73,10 @@ pub const MEMBER_HEADER_LEN: usize = 24;
 /// Bytes of a gzip member's trailer: crc32 and the plain size mod 2^32.
 const GZIP_TRAILER_LEN: usize = 8;
 
+/// The largest member (and plain size of one) a reader accepts: 64 times the blocks etcdbr
+/// writes. A header claiming more is damaged, and is refused before a reader buffers that much.
+pub const MAX_MEMBER_LEN: u32 = 64 * BLOCK_SIZE as u32;
+
 /// The header of one gzip block member, as [`MemberHeader::parse`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberHeader {
@@ -85,7 +89,8 @@ pub struct MemberHeader {
 impl MemberHeader {
     /// Reads a block member's header from the start of `bytes`. `None` if `bytes` is shorter
     /// than [`MEMBER_HEADER_LEN`] or does not start with a block member's header (another
-    /// writer's gzip, such as the Go tool's one member without extra field).
+    /// writer's gzip, such as the Go tool's one member without extra field), or the header's
+    /// sizes are impossible (a member too short to hold a trailer, or above [`MAX_MEMBER_LEN`]).
     pub fn parse(bytes: &[u8]) -> Option<MemberHeader> {
         let h = bytes.get(..MEMBER_HEADER_LEN)?;
         // Magic, deflate, FLG = FEXTRA only, XLEN = 12, one subfield EB of 8 bytes.
@@ -95,8 +100,10 @@ impl MemberHeader {
         }
         let member_len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
         let plain_len = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
-        ((member_len as usize) >= MEMBER_HEADER_LEN + GZIP_TRAILER_LEN + 2)
-            .then_some(MemberHeader { member_len, plain_len })
+        let sane = (member_len as usize) >= MEMBER_HEADER_LEN + GZIP_TRAILER_LEN + 2
+            && member_len <= MAX_MEMBER_LEN
+            && plain_len <= MAX_MEMBER_LEN;
+        sane.then_some(MemberHeader { member_len, plain_len })
     }
 
     fn write(&self, out: &mut [u8]) {
@@ -489,6 +496,14 @@ mod tests {
             at += h.member_len as usize;
         }
         assert!(out == plain);
+        // A header whose sizes are impossible is no member's: too short for its trailer, or
+        // larger than any reader should buffer.
+        let first = MemberHeader::parse(&data).unwrap();
+        for (member_len, plain_len) in [(33, 10), (MAX_MEMBER_LEN + 1, 10), (first.member_len, MAX_MEMBER_LEN + 1)] {
+            let mut h = data[..MEMBER_HEADER_LEN].to_vec();
+            MemberHeader { member_len, plain_len }.write(&mut h);
+            assert_eq!(MemberHeader::parse(&h), None, "{member_len} {plain_len}");
+        }
         // One buffer reused member after member (as the restore's pool does) holds each
         // member's bytes alone, whatever it held before, even a longer member's.
         let mut reused = vec![0xAA; 5000];
