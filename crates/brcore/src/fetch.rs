@@ -28,7 +28,7 @@ use crate::overlap::{FullRepeats, OverlapCheck};
 use crate::rebuild::{self, RebuildOptions, RebuildStats};
 use crate::restore::{Progress, set_private};
 use crate::store::{Snapstore, StoreError};
-use etcd_format::snapshot_file::{Sha256Trailer, TrailerStatus};
+use etcd_format::snapshot_file::{self, TrailerStatus};
 
 /// The TTLs the snapshotter recorded (in `Leases-…json` sidecars beside the deltas) for leases
 /// granted after the full snapshot: lease id → granted TTL. Stores without sidecars (the Go
@@ -283,7 +283,7 @@ impl TrailerCheck {
     fn start(path: &Path, key: &str, skip_hash_check: bool) -> Result<TrailerCheck, Error> {
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-        if !etcd_format::snapshot_file::has_trailer(len) {
+        if !snapshot_file::has_trailer(len) {
             if skip_hash_check {
                 return Ok(TrailerCheck { task: None, failed });
             }
@@ -318,25 +318,15 @@ impl TrailerCheck {
     }
 }
 
-/// Reads the file at `path` (a whole snapshot: db and trailer) in 1 MiB pieces and checks its
-/// sha256 trailer; a mismatch is the object `key`'s damage.
+/// Checks the sha256 trailer of the file at `path` (a whole snapshot: db and trailer); a
+/// mismatch is the object `key`'s damage, a read error keeps its kind.
 fn check_trailer(path: &Path, key: &str) -> Result<(), Error> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut trailer = Sha256Trailer::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => trailer.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    match trailer.finish(key) {
+    match snapshot_file::verify_snapshot_file_as(path, key) {
         Ok(TrailerStatus::Verified) => Ok(()),
         // The length was checked when the check started; a file that changed length since is
         // not what was fetched.
         Ok(TrailerStatus::NoTrailer) => Err(Error::corrupt(key, "its length changed while it was read")),
+        Err(snapshot_file::Error::Io { path, source }) => Err(Error::io(&path, source)),
         Err(e) => Err(Error::corrupt(key, format!("{e}: the object is damaged; restore from an older full snapshot"))),
     }
 }

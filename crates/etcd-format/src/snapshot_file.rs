@@ -193,6 +193,12 @@ impl<W: Write> Write for TrailerWriter<W> {
 ///
 /// A file whose length shows no trailer is not read at all.
 pub fn verify_snapshot_file(path: &Path) -> Result<TrailerStatus, Error> {
+    verify_snapshot_file_as(path, &path.display().to_string())
+}
+
+/// [`verify_snapshot_file`], with a mismatch naming the file `what` (for example the object a
+/// temp file was fetched from).
+pub fn verify_snapshot_file_as(path: &Path, what: &str) -> Result<TrailerStatus, Error> {
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
@@ -210,7 +216,7 @@ pub fn verify_snapshot_file(path: &Path) -> Result<TrailerStatus, Error> {
         };
         checker.update(&buf[..n]);
     }
-    checker.finish(&path.display().to_string())
+    checker.finish(what)
 }
 
 #[cfg(test)]
