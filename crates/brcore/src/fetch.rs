@@ -372,11 +372,7 @@ async fn fetch_full(
         }
     }
     let in_blocks = compression == Compression::Gzip && MemberHeader::parse(&head).is_some();
-    // No fsync: this file is a temporary input, read back at once and removed; the db written
-    // from it is what gets fsynced. Opened without O_TRUNC (it was created empty): ext4 takes
-    // a truncate to zero for "replace via truncate" and writes the whole file back at its
-    // close (auto_da_alloc), which made the db's fsync wait for the temp file's 165 MB.
-    let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_temp(path)?;
     let first = futures::stream::iter([Ok(head.freeze())]);
     let counted = stream.map(|chunk| {
         let chunk = chunk.map_err(Error::from)?;
@@ -414,6 +410,35 @@ async fn fetch_full(
     Ok(fetched)
 }
 
+/// Opens the temp file at `path` (created empty) for the decompressed full snapshot. No fsync:
+/// it is a temporary input, read back at once and removed; the db written from it is what gets
+/// fsynced. Opened without O_TRUNC: ext4 takes a truncate to zero for "replace via truncate"
+/// and writes the whole file back at its close (auto_da_alloc), which made the db's fsync wait
+/// for the temp file's 165 MB.
+fn open_temp(path: &Path) -> Result<File, Error> {
+    fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Threads that inflate block members: every core.
+fn inflaters() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16)
+}
+
+/// Inflates one block member of the object `key` into `plain` and writes it at `offset` of
+/// `out` (the temp file at `path`).
+fn inflate_member_at(
+    member: &[u8],
+    plain: &mut Vec<u8>,
+    out: &File,
+    offset: u64,
+    path: &Path,
+    key: &str,
+) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    blocks::inflate_member_into(member, plain).map_err(|e| read_error(key, e))?;
+    out.write_all_at(plain, offset).map_err(|e| Error::io(path, e))
+}
+
 /// Inflates the block members of `compressed` on every core into `file` (at `path`): each
 /// inflater writes its member's bytes at their offset, into one buffer of a pool.
 async fn inflate_members(
@@ -422,10 +447,9 @@ async fn inflate_members(
     path: &Path,
     key: &str,
 ) -> Result<(), Error> {
-    use std::os::unix::fs::FileExt;
     let file = Arc::new(file);
     let pool = BufferPool::default();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+    let workers = inflaters();
     let mut written = std::pin::pin!(
         split_members(compressed, key.to_string())
             .map(|member| {
@@ -434,8 +458,7 @@ async fn inflate_members(
                     let (member, offset) = member?;
                     tokio::task::spawn_blocking(move || -> Result<(), Error> {
                         let mut plain = pool.take();
-                        blocks::inflate_member_into(&member, &mut plain).map_err(|e| read_error(&key, e))?;
-                        file.write_all_at(&plain, offset).map_err(|e| Error::io(&path, e))?;
+                        inflate_member_at(&member, &mut plain, &file, offset, &path, &key)?;
                         pool.put(plain);
                         Ok(())
                     })
@@ -477,8 +500,7 @@ async fn inflate_local_members(
         if MemberHeader::parse(&head).is_none() {
             return Ok(None);
         }
-        // Opened without O_TRUNC: see `fetch_full`.
-        let out = fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let out = open_temp(&path)?;
         // The next member: its offset in the object and its plain bytes' offset; `None` once
         // every member is taken or an inflater failed.
         let next = std::sync::Mutex::new(Some((0u64, 0u64)));
@@ -505,8 +527,7 @@ async fn inflate_local_members(
         };
         let inflate_one = |at: u64, plain_at: u64, member: &mut Vec<u8>, plain: &mut Vec<u8>| -> Result<(), Error> {
             source.read_exact_at(member, at).map_err(|e| Error::io(&src, e))?;
-            blocks::inflate_member_into(member, plain).map_err(|e| read_error(&key, e))?;
-            out.write_all_at(plain, plain_at).map_err(|e| Error::io(&path, e))
+            inflate_member_at(member, plain, &out, plain_at, &path, &key)
         };
         let inflate = || -> Result<(), Error> {
             let (mut member, mut plain) = (Vec::new(), Vec::new());
@@ -521,12 +542,11 @@ async fn inflate_local_members(
             }
             Ok(())
         };
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
         std::thread::scope(|scope| {
-            let inflaters: Vec<_> = (0..workers).map(|_| scope.spawn(inflate)).collect();
+            let threads: Vec<_> = (0..inflaters()).map(|_| scope.spawn(inflate)).collect();
             // The first failure is reported.
             let mut result = Ok(());
-            for inflater in inflaters {
+            for inflater in threads {
                 let done = inflater.join().unwrap_or_else(|_| Err(Error::internal("an inflater panicked")));
                 if let Err(e) = done {
                     result = result.and(Err(e));
