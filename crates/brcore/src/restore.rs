@@ -537,7 +537,8 @@ async fn build(
     part: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreReport, Error> {
-    let snap_dir = datadir::snap_dir(&datadir::member_dir(part));
+    let member_dir = datadir::member_dir(part);
+    let snap_dir = datadir::snap_dir(&member_dir);
     let temp_dir = plan.temp_dir.clone().unwrap_or_else(|| part.to_path_buf());
     let dirs = (snap_dir.clone(), temp_dir.clone());
     blocking("creating the restore's directories", move || {
@@ -546,7 +547,7 @@ async fn build(
         fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))
     })
     .await?;
-    let db_path = datadir::db_path(&datadir::member_dir(part));
+    let db_path = datadir::db_path(&member_dir);
     let bump_past = (!plan.keep_revision && !plan.dry_run).then_some(chain.store_revision as i64);
     let opts = RebuildOptions {
         // The target, but never past the revision where a newer history branched off the
@@ -637,7 +638,6 @@ async fn build(
         );
     }
 
-    let member_dir = datadir::member_dir(part);
     let cluster = plan.cluster.clone();
     let name = plan.name.clone();
     let dry_run = plan.dry_run;
@@ -646,7 +646,7 @@ async fn build(
             return Ok(());
         }
         etcd_format::membership::write_member_files(&member_dir, &cluster, &name).map_err(member_files_error)?;
-        fsync_dir(&datadir::snap_dir(&member_dir))?;
+        fsync_dir(&snap_dir)?;
         fsync_dir(&member_dir)
     })
     .await
