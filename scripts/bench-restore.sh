@@ -9,7 +9,10 @@
 #   (c) SCALE=1: 1,000,000 revisions after the same full (gen-store --revisions 1000000
 #       --events-per-delta 10000; the full gzipped as etcdbrctl snapshot writes it): time and
 #       peak RSS against writing a file of the restored db's size once (dd conv=fdatasync);
-#       VERIFY_1M=1 also replays it the Go tool's way and compares (slow: ~2,000 revisions/s).
+#       VERIFY_1M=1 also replays the same history through etcd (one txn per revision, leases
+#       kept, nothing compacted: replay-baseline --exact) and compares the two etcds' HashKV and
+#       keys (slow: ~2,000 revisions/s); VERIFY_1M=go replays it the Go tool's way instead
+#       (compacted, leases dropped: its state is compared, its HashKV cannot be equal).
 #   (d) BIG=1: six deltas each just under the Go-era 1 GiB limit of decompressed content
 #       (180,000 events of ~4 KB values): peak RSS in the default --restore-memory-budget; the
 #       result is booted in etcd and checked against the generator's revision and key count.
@@ -19,7 +22,7 @@
 # Env: KEYS, VALUE_SIZE, REVISIONS, EVENTS_PER_DELTA, REPEAT (3), ETCDBRCTL (a prebuilt binary;
 #      default: build target/release/etcdbrctl), WORK (scratch dir, same filesystem as the data),
 #      VERIFY (1: boot etcd on etcdbr's full+deltas result and compare it with the replay's),
-#      SCALE (1), VERIFY_1M (0), BIG (1), DATA_ROOT (gen-store's cache; default its own).
+#      SCALE (1), VERIFY_1M (0, 1 or go), BIG (1), DATA_ROOT (gen-store's cache; default its own).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -156,17 +159,22 @@ if [[ "$SCALE" == 1 ]]; then
     printf '%s\t%s\t%s\t%s\t%s\n' dd_floor "$FLOOR" "$FLOOR" 0 0 >>"$RESULTS"
     REVS1M=$(python3 -c "import json; i=json.load(open('$DS1M/info.json')); print(i['last_revision']-i['base_revision'])")
     SCALE_LINE="1m: $DS1M revisions=$REVS1M db_bytes=$DB1M_BYTES"
-    if [[ "$VERIFY_1M" == 1 ]]; then
+    if [[ "$VERIFY_1M" == 1 || "$VERIFY_1M" == go ]]; then
         rm -rf "$WORK/replay1m"
         mkdir -p "$WORK/replay1m"
-        run replay_1m 1 "$BIN/replay-baseline" --dataset "$DS1M" --work "$WORK/replay1m"
+        if [[ "$VERIFY_1M" == 1 ]]; then
+            run replay_1m 1 "$BIN/replay-baseline" --exact --dataset "$DS1M" --work "$WORK/replay1m"
+        else
+            run replay_1m_go 1 "$BIN/replay-baseline" --dataset "$DS1M" --work "$WORK/replay1m"
+        fi
     fi
     # Keep one db of this size at a time: the 1M result is compared below, then removed.
 fi
 
 VERIFIED="not checked"
-# Boot etcd on a data dir and record its revision and a digest of every key: value, create and
-# mod revision, version (leases differ by design: the Go tool drops them).
+# Boot etcd on a data dir and record its revision, its HashKV (hash and compact revision) and a
+# digest of every key: value, create and mod revision, version (leases are left out of the
+# digest: the Go tool drops them; HashKV covers them).
 dump() { # dump DATA_DIR OUT
         local port cport
         port=$(free_port)
@@ -182,6 +190,8 @@ dump() { # dump DATA_DIR OUT
         done
         "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" endpoint status -w json |
             python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])' >"$2.rev"
+        "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" endpoint hashkv -w json |
+            python3 -c 'import json,sys; h=json.load(sys.stdin)[0]["HashKV"]; print(h.get("hash", 0), h.get("compact_revision", 0))' >"$2.hashkv"
         if [[ "${3:-}" == count ]]; then
             # Too many values to digest in memory: the number of keys only.
             "$E3530/etcdctl" --endpoints "127.0.0.1:$cport" get "" --prefix --count-only -w fields |
@@ -216,11 +226,21 @@ if [[ "$VERIFY" == 1 ]]; then
     VERIFIED=$(same_dumps ours replay "$LAST")
 fi
 VERIFIED_1M="not checked (VERIFY_1M=1 replays the million revisions through etcd)"
-if [[ "$SCALE" == 1 && "$VERIFY_1M" == 1 ]]; then
+if [[ "$SCALE" == 1 && ( "$VERIFY_1M" == 1 || "$VERIFY_1M" == go ) ]]; then
     LAST1M=$(python3 -c "import json; print(json.load(open('$DS1M/info.json'))['last_revision'])")
     dump "$WORK/ours_1m.$((REPEAT - 1)).etcd" "$WORK/ours1m"
     dump "$WORK/replay1m/replay.etcd" "$WORK/replay1m"
     VERIFIED_1M=$(same_dumps ours1m replay1m "$LAST1M")
+    if [[ "$VERIFY_1M" == 1 ]]; then
+        # hash and compact revision: the hash must be equal; the compact revision is printed.
+        read -r OURS_HASH OURS_COMPACT <"$WORK/ours1m.hashkv"
+        read -r REPLAY_HASH REPLAY_COMPACT <"$WORK/replay1m.hashkv"
+        if [[ "$OURS_HASH" == "$REPLAY_HASH" ]]; then
+            VERIFIED_1M="$VERIFIED_1M; HashKV equal: $OURS_HASH (compact revision $OURS_COMPACT / $REPLAY_COMPACT)"
+        else
+            VERIFIED_1M="$VERIFIED_1M; HashKV NOT equal: ours $OURS_HASH (compact $OURS_COMPACT), replay $REPLAY_HASH (compact $REPLAY_COMPACT)"
+        fi
+    fi
     rm -rf "$WORK/replay1m"
 fi
 rm -rf "$WORK"/ours_1m.*.etcd
@@ -287,7 +307,8 @@ LABELS = {
     "ours_full_gz": "etcdbrctl restore, Full .gz in one stream (as the Go tool writes it)",
     "ours_1m": "etcdbrctl restore, Full .gz (etcdbrctl's) + 1,000,000 revisions in Incr .gz",
     "dd_floor": "dd of the restored db's size, conv=fdatasync (the disk's floor)",
-    "replay_1m": "Go tool's algorithm on the same store",
+    "replay_1m": "the same history replayed through etcd 3.5.30 (txn per revision, leases kept)",
+    "replay_1m_go": "Go tool's algorithm on the same store",
     "ours_big": "etcdbrctl restore, six deltas of ~1 GiB JSON each",
     "ours_full_raw": "etcdbrctl restore, Full uncompressed in the store",
     "etcdutl_3.5.30": "etcdutl 3.5.30 snapshot restore",
@@ -321,7 +342,7 @@ scale = "$SCALE_LINE"
 if scale:
     info = dict(kv.split("=") for kv in scale.split()[2:])
     revs = int(info["revisions"])
-    names = ["ours_1m", "dd_floor"] + (["replay_1m"] if "replay_1m" in rows else [])
+    names = ["ours_1m", "dd_floor"] + [n for n in ("replay_1m", "replay_1m_go") if n in rows]
     print()
     print(f"(c) {revs:,} revisions after the full; restored db {int(info['db_bytes']) / 1e9:.2f} GB (ratio = time / dd floor)")
     print("| command | min s | median s | ratio to the floor | CPU s (user+sys) | peak RSS MiB | revisions/s |")
@@ -330,7 +351,7 @@ if scale:
         median, low, rss, cpu = rows[n]
         print(f"| {LABELS[n]} | {low:.2f} | {median:.2f} | {low / rows['dd_floor'][1]:.2f}x | {cpu:.2f} | "
               + (f"{rss / 1024:.0f}" if rss else "-") + " | " + (f"{revs / low:,.0f}" if n != "dd_floor" else "-") + " |")
-    print("1M restored state equal to the replay's: $VERIFIED_1M")
+    print("1M restored data equal to the replay's: $VERIFIED_1M")
 big = """$BIG_LINE"""
 if big:
     import re
