@@ -167,6 +167,36 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
+/// Inflates `gz`, a whole gzip object held in memory, in one libdeflate call into `out`
+/// (resized to exactly the plain size the trailer gives; only growth is zeroed, so one buffer
+/// serves object after object), when that is the quick way: one member (as every delta is,
+/// etcdbr's and the Go tool's) of at most `limit` plain bytes. `false` sends the caller to the
+/// streaming decoder, which reads anything gzip may hold and names what is wrong with it:
+/// not gzip, shorter than a header and trailer, a trailer size above `limit` or beyond what the
+/// bytes can expand to, damaged data, or more than one member.
+///
+/// libdeflate checks the first member's crc32 and size against that member's own trailer and
+/// does not say where the member ended; a second member is seen by the object's last eight bytes
+/// not being the trailer of what was inflated (a member whose trailer equals the first's, the
+/// same member twice, is the one shape this cannot tell from one member: the caller's own
+/// checksum of the content, a delta's sha256, still covers every byte it gets).
+pub fn inflate_single_member_into(gz: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+    const MIN_LEN: usize = 10 + GZIP_TRAILER_LEN + 2;
+    if gz.len() < MIN_LEN || gz[..3] != [0x1f, 0x8b, 0x08] {
+        return false;
+    }
+    let trailer = &gz[gz.len() - GZIP_TRAILER_LEN..];
+    let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let plain_len = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
+    // Deflate expands at most 1032:1, so a larger claim is damage (or a size mod 2^32).
+    if plain_len > limit || plain_len > gz.len().saturating_mul(1032) {
+        return false;
+    }
+    out.resize(plain_len, 0);
+    let inflated = INFLATER.with(|cell| cell.borrow_mut().gzip_decompress(gz, out));
+    inflated.is_ok_and(|n| n == plain_len) && libdeflater::crc32(out) == want_crc
+}
+
 /// The checksum of one block or of the stream so far.
 #[derive(Debug)]
 enum Check {
@@ -628,5 +658,38 @@ mod tests {
         assert!(BlockFormat::new(Compression::Lzw, 6).is_none());
         assert!(BlockFormat::new(Compression::Zstd, 6).is_some());
         assert_eq!(BlockFormat::new(Compression::Gzip, 0), BlockFormat::new(Compression::Gzip, 1));
+    }
+
+    #[test]
+    fn a_single_member_inflates_whole_and_anything_else_is_left_to_the_stream() {
+        use std::io::Write;
+        let inflate = |gz: &[u8], limit: usize| {
+            let mut out = vec![1u8; 7]; // a used buffer: its bytes are replaced, not appended to
+            inflate_single_member_into(gz, limit, &mut out).then_some(out)
+        };
+        let gzip = |plain: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(plain).unwrap();
+            e.finish().unwrap()
+        };
+        let (a, b) = (sample(300_000, 7), sample(200_000, 8));
+        let one = gzip(&a);
+        assert_eq!(inflate(&one, a.len()).as_deref(), Some(&a[..]));
+        // Above the limit, another format, cut short or damaged: left to the streaming decoder.
+        assert_eq!(inflate(&one, a.len() - 1), None);
+        assert_eq!(inflate(&a, usize::MAX), None);
+        assert_eq!(inflate(&one[..one.len() - 1], usize::MAX), None);
+        let mut damaged = one.clone();
+        damaged[one.len() / 2] ^= 0x55;
+        assert_eq!(inflate(&damaged, usize::MAX), None);
+        // Two members: the one call would read the first only; the stream reads both.
+        let mut two = one.clone();
+        two.extend_from_slice(&gzip(&b));
+        assert_eq!(inflate(&two, usize::MAX), None);
+        let mut streamed = Vec::new();
+        decoder(Compression::Gzip, std::io::Cursor::new(two)).read_to_end(&mut streamed).unwrap();
+        assert_eq!(streamed, [a, b].concat());
+        // An empty member is a member.
+        assert_eq!(inflate(&gzip(b""), 0), Some(Vec::new()));
     }
 }
