@@ -2,9 +2,6 @@
 //! general path hands it to serde_json whole), and the fast path that parses one event in the
 //! exact shape Go's `encoding/json` writes, or says it needs more bytes or the general path.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-
 use super::Slot;
 use crate::delta::EventKind;
 
@@ -192,7 +189,9 @@ fn fast_event_inner(b: &[u8], i: usize, data: &mut Vec<u8>) -> Result<Fast, Fast
                 let start = data.len();
                 // Decoded length is at most 3/4 of the text.
                 data.resize(start + (e - s).div_ceil(4) * 3, 0);
-                let n = B64.decode_slice(&b[s..e], &mut data[start..]).map_err(|_| Fast::Slow)?;
+                // SIMD; anything it refuses goes to the slow path, which names what is wrong.
+                let out = base64_simd::Out::from_slice(&mut data[start..]);
+                let n = base64_simd::STANDARD.decode(&b[s..e], out).map_err(|_| Fast::Slow)?.len();
                 data.truncate(start + n);
                 if field == 0 {
                     slot.key = (start, start + n);
