@@ -19,8 +19,10 @@
 //! - **whole plain deltas**: a gzipped delta read whole whose plain size is at most
 //!   [`ONE_SHOT_LIMIT`] is inflated in one call into a buffer of that size and decoded from
 //!   there (libdeflate in one call is about 1.5 times the streaming inflater on etcdbr's
-//!   deltas); at most [`ONE_SHOT_SLOTS`] deltas at a time, the others stream as above, and a
-//!   decoder never waits for a slot.
+//!   deltas); at most [`ONE_SHOT_SLOTS`] deltas at a time (and never more than `max_fetchers`),
+//!   the others stream as above, and a decoder never waits for a slot. These buffers come on
+//!   top of the budget: `ONE_SHOT_SLOTS` × [`ONE_SHOT_LIMIT`] at most, kept for the feed's
+//!   life.
 //!
 //! Every delta's stream ends with an explicit end marker: a decoder that stops without one (a
 //! panic) is an error, never a silently shorter chain.
@@ -52,9 +54,10 @@ pub const HEAD_QUEUE: usize = 4;
 /// The largest plain size of a gzipped delta inflated whole in one call (see the module docs).
 pub const ONE_SHOT_LIMIT: usize = 16 << 20;
 
-/// Deltas inflated whole at a time at most: their buffers are the feed's memory beyond its
-/// budget (`ONE_SHOT_SLOTS` × [`ONE_SHOT_LIMIT`]).
-pub const ONE_SHOT_SLOTS: usize = 2;
+/// Deltas inflated whole at a time at most (and at most `max_fetchers`): one per fetcher at the
+/// default six, so on a Local store every delta of etcdbr's size is. Their buffers are the
+/// feed's memory beyond its budget (`ONE_SHOT_SLOTS` × [`ONE_SHOT_LIMIT`] at most).
+pub const ONE_SHOT_SLOTS: usize = 6;
 
 /// Plain bytes read from the decompressor at a time.
 const READ_PIECE: usize = 256 << 10;
@@ -183,7 +186,7 @@ pub fn start(
         freed: Condvar::new(),
         limit: half,
         head: AtomicUsize::new(0),
-        one_shot: Mutex::new(vec![Vec::new(); ONE_SHOT_SLOTS]),
+        one_shot: Mutex::new(vec![Vec::new(); ONE_SHOT_SLOTS.min(fetchers)]),
     });
     let (streams_tx, streams) = mpsc::channel(fetchers);
     let driver_budget = budget.clone();

@@ -315,7 +315,8 @@ pub struct RestorationArgs {
     /// Bytes of memory a restore may use for deltas read and decoded ahead of the db writer
     /// (etcdbr's own flag). A delta larger than half of it is decoded as it streams, alone.
     /// More lets more deltas decode in parallel; the db writer and the mapped full snapshot
-    /// come on top (about 100 MiB).
+    /// (together about 60 MiB) and the deltas inflated whole in one call (up to 6, at most
+    /// 16 MiB of JSON each) come on top.
     #[arg(long, default_value_t = brcore::deltafeed::DEFAULT_BUDGET,
           value_parser = clap::value_parser!(u64).range(8 << 20..))]
     pub restore_memory_budget: u64,
