@@ -8,7 +8,9 @@
 # Three more tables, each against its own floor, in the same run:
 #   (c) SCALE=1: 1,000,000 revisions after the same full (gen-store --revisions 1000000
 #       --events-per-delta 10000; the full gzipped as etcdbrctl snapshot writes it): time and
-#       peak RSS against writing a file of the restored db's size once (dd conv=fdatasync);
+#       peak RSS against writing a file of the restored db's size once (dd conv=fdatasync) and
+#       against the CPU's floor (cpu-floor: inflating the store's objects and hashing its
+#       deltas on every core, what every restore computes);
 #       VERIFY_1M=1 also replays the same history through etcd (one txn per revision, leases
 #       kept, nothing compacted: replay-baseline --exact) and compares the two etcds' HashKV and
 #       keys (slow: ~2,000 revisions/s); VERIFY_1M=go replays it the Go tool's way instead
@@ -157,6 +159,15 @@ if [[ "$SCALE" == 1 ]]; then
     done
     FLOOR=$(printf '%s\n' "${FLOORS[@]}" | sort -g | head -1)
     printf '%s\t%s\t%s\t%s\t%s\n' dd_floor "$FLOOR" "$FLOOR" 0 0 >>"$RESULTS"
+    # The CPU's floor: inflate the store's objects and hash the deltas on every core, nothing
+    # else (cpu-floor's own clock, after it has read the objects).
+    CPUS=()
+    for ((i = 0; i < REPEAT; i++)); do
+        CPUS+=("$("$BIN/cpu-floor" --store "$DS1M/stores/ebr/v2" | tr ' ' '\n' | sed -n 's/^seconds=//p')")
+    done
+    CPU_MIN=$(printf '%s\n' "${CPUS[@]}" | sort -g | head -1)
+    CPU_MEDIAN=$(printf '%s\n' "${CPUS[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    printf '%s\t%s\t%s\t%s\t%s\n' cpu_floor "$CPU_MEDIAN" "$CPU_MIN" 0 0 >>"$RESULTS"
     REVS1M=$(python3 -c "import json; i=json.load(open('$DS1M/info.json')); print(i['last_revision']-i['base_revision'])")
     SCALE_LINE="1m: $DS1M revisions=$REVS1M db_bytes=$DB1M_BYTES"
     if [[ "$VERIFY_1M" == 1 || "$VERIFY_1M" == go ]]; then
@@ -307,6 +318,7 @@ LABELS = {
     "ours_full_gz": "etcdbrctl restore, Full .gz in one stream (as the Go tool writes it)",
     "ours_1m": "etcdbrctl restore, Full .gz (etcdbrctl's) + 1,000,000 revisions in Incr .gz",
     "dd_floor": "dd of the restored db's size, conv=fdatasync (the disk's floor)",
+    "cpu_floor": "inflate the store's objects and sha256 its deltas on every core, nothing else (the CPU's floor)",
     "replay_1m": "the same history replayed through etcd 3.5.30 (txn per revision, leases kept)",
     "replay_1m_go": "Go tool's algorithm on the same store",
     "ours_big": "etcdbrctl restore, six deltas of ~1 GiB JSON each",
@@ -342,7 +354,8 @@ scale = "$SCALE_LINE"
 if scale:
     info = dict(kv.split("=") for kv in scale.split()[2:])
     revs = int(info["revisions"])
-    names = ["ours_1m", "dd_floor"] + [n for n in ("replay_1m", "replay_1m_go") if n in rows]
+    names = ["ours_1m", "dd_floor", "cpu_floor"] + [n for n in ("replay_1m", "replay_1m_go") if n in rows]
+    floor = max(rows["dd_floor"][1], rows["cpu_floor"][1])
     print()
     print(f"(c) {revs:,} revisions after the full; restored db {int(info['db_bytes']) / 1e9:.2f} GB (ratio = time / dd floor)")
     print("| command | min s | median s | ratio to the floor | CPU s (user+sys) | peak RSS MiB | revisions/s |")
@@ -350,7 +363,10 @@ if scale:
     for n in names:
         median, low, rss, cpu = rows[n]
         print(f"| {LABELS[n]} | {low:.2f} | {median:.2f} | {low / rows['dd_floor'][1]:.2f}x | {cpu:.2f} | "
-              + (f"{rss / 1024:.0f}" if rss else "-") + " | " + (f"{revs / low:,.0f}" if n != "dd_floor" else "-") + " |")
+              + (f"{rss / 1024:.0f}" if rss else "-") + " | " + (f"{revs / low:,.0f}" if not n.endswith("_floor") else "-") + " |")
+    low = rows["ours_1m"][1]
+    print(f"against the larger of the two floors ({floor:.2f} s): {low / floor:.2f}x "
+          f"(the disk's {low / rows['dd_floor'][1]:.2f}x, the CPU's {low / rows['cpu_floor'][1]:.2f}x)")
     print("1M restored data equal to the replay's: $VERIFIED_1M")
 big = """$BIG_LINE"""
 if big:
