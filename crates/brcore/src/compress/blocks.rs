@@ -177,9 +177,11 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
 ///
 /// libdeflate checks the first member's crc32 and size against that member's own trailer and
 /// does not say where the member ended; a second member is seen by the object's last eight bytes
-/// not being the trailer of what was inflated (a member whose trailer equals the first's, the
-/// same member twice, is the one shape this cannot tell from one member: the caller's own
-/// checksum of the content, a delta's sha256, still covers every byte it gets).
+/// not being the trailer of what was inflated. The one shape this cannot tell from one member
+/// is bytes after it that end in the same eight bytes (the same member twice, say): they are
+/// not read, where the streaming decoder would refuse them; what is returned is still exactly
+/// the first member, and the caller's own checksum of the content (a delta's sha256) covers
+/// every byte of it.
 pub fn inflate_single_member_into(gz: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
     const MIN_LEN: usize = 10 + GZIP_TRAILER_LEN + 2;
     if gz.len() < MIN_LEN || gz[..3] != [0x1f, 0x8b, 0x08] {
