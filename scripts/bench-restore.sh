@@ -166,7 +166,7 @@ if [[ "$SCALE" == 1 ]]; then
         CPUS+=("$("$BIN/cpu-floor" --store "$DS1M/stores/ebr/v2" | tr ' ' '\n' | sed -n 's/^seconds=//p')")
     done
     CPU_MIN=$(printf '%s\n' "${CPUS[@]}" | sort -g | head -1)
-    CPU_MEDIAN=$(printf '%s\n' "${CPUS[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    CPU_MEDIAN=$(median "${CPUS[@]}")
     printf '%s\t%s\t%s\t%s\t%s\n' cpu_floor "$CPU_MEDIAN" "$CPU_MIN" 0 0 >>"$RESULTS"
     REVS1M=$(python3 -c "import json; i=json.load(open('$DS1M/info.json')); print(i['last_revision']-i['base_revision'])")
     SCALE_LINE="1m: $DS1M revisions=$REVS1M db_bytes=$DB1M_BYTES"

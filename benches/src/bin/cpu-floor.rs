@@ -1,8 +1,8 @@
 //! The CPU's floor of a restore, a row of the benchmark beside the disk's (`dd`): what every
 //! restore of a gzip store computes whatever else it does, on every core of the machine. It
 //! inflates the full snapshot's gzip block members and every delta with libdeflate in one call
-//! each, the fastest inflate in the workspace, and takes the sha256 of every delta's JSON, which
-//! is how a delta is checked (and compares it with the delta's trailer). Nothing is parsed or
+//! each, the fastest inflate in the workspace, and checks every delta's JSON against its sha256
+//! trailer with the restore's own `brcore::delta::verify_hash`. Nothing is parsed or
 //! written; the objects are read into memory before the clock starts.
 //!
 //! `cpu-floor --store DIR [--threads N]`: DIR is a store's `v2` folder (a full snapshot in
@@ -16,7 +16,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use brcore::compress::blocks::{MemberHeader, inflate_member_into, inflate_single_member_into};
 use clap::Parser;
-use sha2::{Digest, Sha256};
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -76,10 +75,7 @@ fn main() -> Result<()> {
                                 if !inflate_single_member_into(gz, usize::MAX, &mut plain) {
                                     bail!("{name}: not one gzip member");
                                 }
-                                let json = plain.len().checked_sub(32).context("delta without its sha256")?;
-                                if Sha256::digest(&plain[..json]).as_slice() != &plain[json..] {
-                                    bail!("{name}: sha256 does not match its trailer");
-                                }
+                                brcore::delta::verify_hash(&plain, name)?;
                             }
                         }
                         total += plain.len() as u64;
