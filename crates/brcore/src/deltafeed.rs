@@ -271,24 +271,13 @@ async fn fetch_and_decode(
     };
     let name = snap.name.to_string();
     let decoded = tokio::task::spawn_blocking(move || match source {
-        Source::Whole(raw) => {
-            let mut one_shot = if compression == Compression::Gzip { budget.try_one_shot() } else { None };
-            let inflated = one_shot
-                .as_mut()
-                .is_some_and(|plain| blocks::inflate_single_member_into(&raw, ONE_SHOT_LIMIT, &mut plain.buf));
-            if !inflated {
-                one_shot = None; // the buffer goes back: this delta streams
+        Source::Whole(raw) => match inflate_whole(&raw, compression, &budget) {
+            Some(plain) => {
+                drop(raw);
+                decode(&mut &plain.buf[..], &key, index, &budget, pool, &tx)
             }
-            match &one_shot {
-                Some(plain) => {
-                    drop(raw);
-                    decode(&mut &plain.buf[..], &key, index, &budget, pool, &tx)
-                }
-                None => {
-                    decode(&mut compress::decoder(compression, io::Cursor::new(raw)), &key, index, &budget, pool, &tx)
-                }
-            }
-        }
+            None => decode(&mut compress::decoder(compression, io::Cursor::new(raw)), &key, index, &budget, pool, &tx),
+        },
         Source::Stream(reader) => decode(&mut compress::decoder(compression, reader), &key, index, &budget, pool, &tx),
     })
     .await
@@ -300,6 +289,17 @@ async fn fetch_and_decode(
         }
         None => Ok(false),
     }
+}
+
+/// `raw` inflated in one call into a free whole-inflate buffer, when it is a gzip delta that can
+/// be ([`blocks::inflate_single_member_into`]); `None` (no buffer free, or another shape): it
+/// streams, and the buffer, if one was taken, is free again.
+fn inflate_whole<'a>(raw: &[u8], compression: Compression, budget: &'a Budget) -> Option<OneShot<'a>> {
+    if compression != Compression::Gzip {
+        return None;
+    }
+    let mut one_shot = budget.try_one_shot()?;
+    blocks::inflate_single_member_into(raw, ONE_SHOT_LIMIT, &mut one_shot.buf).then_some(one_shot)
 }
 
 /// A delta's compressed bytes, as the decoder gets them.
