@@ -12,10 +12,18 @@ STORE="$WORK/store"
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'demo failed: %s\n' "$*" >&2; exit 1; }
 
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
-    say "installing etcd (Debian etcd-server, etcd-client) and protoc"
+# etcd and etcdctl for the demo; protoc (etcd-client's build) and ISA-L's build tools (nasm,
+# autotools: brcore's `isal` feature builds the library it links) for the build.
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+for tool in nasm autoconf automake make; do command -v "$tool" >/dev/null || need+=("$tool"); done
+command -v libtoolize >/dev/null || need+=(libtool)
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || die "cargo not found: install Rust first"
 

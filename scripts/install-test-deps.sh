@@ -10,6 +10,8 @@
 #   chromium      Debian chromium (/usr/bin/chromium; headless test of the httpd status page)
 #   age           Debian age (/usr/bin/age; a test decrypts an encrypted backup by hand with it)
 #   zstd          Debian zstd (/usr/bin/zstd; tests decode etcdbr's .zst objects with it)
+#   nasm, autoconf, automake, libtool, make
+#                 Debian (the build of ISA-L, which brcore's `isal` feature links: gzip snapshots)
 #   cargo-audit   crates.io (the offline supply-chain gate, scripts/audit.sh)
 # A second run finds everything in place and returns in about a second.
 set -euo pipefail
@@ -29,6 +31,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/age ] || need_apt+=(age)
 [ -x /usr/bin/zstd ] || need_apt+=(zstd)
+for tool in nasm autoconf automake make; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
+command -v libtoolize >/dev/null || need_apt+=(libtool)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "apt-get install ${need_apt[*]}"
     apt-get update -qq

@@ -10,8 +10,10 @@
 //! little-endian: header, deflate data and trailer) and its plain size (u32 little-endian).
 //! Readers that do not know the subfield skip it, as RFC 1952 says. The members are also
 //! written in one pass by one thread where that is simpler ([`BlockFormat::compress`]). A
-//! member's deflate data comes from libdeflate in one call per block (about 1.3–1.7 times
-//! zlib-rs's speed at the same or a smaller size), its crc32 from flate2.
+//! member's deflate data comes from one call per block: at level 1 (the default) to ISA-L's
+//! igzip (the `isal` feature: about 3 times libdeflate's level 1 on etcd dbs, for objects about
+//! 2 % larger), at other levels (or without the feature) to libdeflate (about 1.3–1.7 times
+//! zlib-rs's speed at the same or a smaller size); its crc32 from flate2.
 //!
 //! **zlib**: a zlib stream has no room for such a field and Go's `compress/zlib` reads one
 //! stream only, so zlib blocks are runs of one stream: each run starts with an empty history
@@ -40,11 +42,12 @@ use crate::name::Compression;
 /// enough that a few blocks in flight per thread stay within a few MiB.
 pub const BLOCK_SIZE: usize = 1024 * 1024;
 
-/// The gzip level of full snapshots unless configured: libdeflate's level 1. On etcd dbs it
-/// writes objects as small as its level 2 for about 20 % less CPU (1,155 MiB db of 16 KiB
-/// values: 334 MiB at level 1, 336 MiB at level 2; 7.8 against 9.5–9.9 CPU-s for the whole
-/// snapshot), about 5 % larger than the reference's level 6, which keeps a compressed
-/// snapshot of a large db near the speed etcd streams it on two cores.
+/// The gzip level of full snapshots unless configured: 1, ISA-L's igzip (the `isal` feature),
+/// else libdeflate's level 1. On the 1,153 MiB db of 16 KiB values of the snapshot benchmark,
+/// igzip wrote 340 MiB and a whole snapshot took 2.7 CPU-s; libdeflate's level 1 334 MiB in 5.5
+/// CPU-s (as small as its level 2 for about 20 % less CPU); the reference's level 6 319 MiB.
+/// Level 1 keeps a compressed snapshot of a large db near the speed etcd streams it on two
+/// cores.
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 
 /// The zlib level of full snapshots unless configured: 2. zlib is written by zlib-rs, whose
@@ -257,6 +260,9 @@ thread_local! {
     /// The same for libdeflate (gzip members), with the level it was made for, and the buffer
     /// it compresses into (the bound of a block: a fresh one per block would fault in a MiB).
     static DEFLATER: std::cell::RefCell<Option<(u32, libdeflater::Compressor, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
+    /// igzip's level-1 compressor and the buffer it deflates into, for gzip members at level 1.
+    #[cfg(feature = "isal")]
+    static IGZIP: std::cell::RefCell<Option<(super::isal::IgzipLevel1, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
     /// One libdeflate decompressor per inflating thread (its tables are about 32 KiB).
     static INFLATER: std::cell::RefCell<libdeflater::Decompressor> = std::cell::RefCell::new(libdeflater::Decompressor::new());
 }
@@ -335,12 +341,39 @@ impl BlockFormat {
     }
 }
 
-/// One gzip block member of `plain`: its deflate data by libdeflate at `level` (1..=9) in one
-/// call, on this thread's compressor and into its buffer, then copied out at its size.
+/// One gzip block member of `plain`: its deflate data in one call, on this thread's compressor
+/// and into its buffer, then copied out at its size: by ISA-L's igzip at level 1 (with the
+/// `isal` feature), by libdeflate at `level` otherwise (1..=9).
 fn compress_gzip_member(plain: &[u8], level: u32) -> io::Result<CompressedBlock> {
     let plain_len = u32::try_from(plain.len()).map_err(|_| io::Error::other("gzip block of 4 GiB or more"))?;
     let mut crc = flate2::Crc::new();
     crc.update(plain);
+    let member = |scratch: &[u8]| -> io::Result<Vec<u8>> {
+        let member_len = u32::try_from(MEMBER_HEADER_LEN + scratch.len() + GZIP_TRAILER_LEN)
+            .map_err(|_| io::Error::other("gzip block of 4 GiB or more"))?;
+        // The member at its size: the block waits for its turn in the upload.
+        let mut out = Vec::with_capacity(member_len as usize);
+        out.resize(MEMBER_HEADER_LEN, 0);
+        MemberHeader { member_len, plain_len }.write(&mut out[..MEMBER_HEADER_LEN]);
+        out.extend_from_slice(scratch);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&plain_len.to_le_bytes());
+        Ok(out)
+    };
+    #[cfg(feature = "isal")]
+    if level == 1 {
+        let out = IGZIP.with(|cell| -> io::Result<Vec<u8>> {
+            let mut slot = cell.borrow_mut();
+            let (c, scratch) = slot.get_or_insert_with(|| (super::isal::IgzipLevel1::new(), Vec::new()));
+            let bound = super::isal::IgzipLevel1::bound(plain.len());
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
+            }
+            let n = c.compress(plain, scratch)?;
+            member(&scratch[..n])
+        })?;
+        return Ok(CompressedBlock { bytes: out, plain_len: plain.len() as u64, check: Check::Crc(crc) });
+    }
     let out = DEFLATER.with(|cell| -> io::Result<Vec<u8>> {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _, _)| *l != level) {
@@ -354,16 +387,7 @@ fn compress_gzip_member(plain: &[u8], level: u32) -> io::Result<CompressedBlock>
             scratch.resize(bound, 0);
         }
         let n = c.deflate_compress(plain, scratch).map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
-        let member_len = u32::try_from(MEMBER_HEADER_LEN + n + GZIP_TRAILER_LEN)
-            .map_err(|_| io::Error::other("gzip block of 4 GiB or more"))?;
-        // The member at its size: the block waits for its turn in the upload.
-        let mut out = Vec::with_capacity(member_len as usize);
-        out.resize(MEMBER_HEADER_LEN, 0);
-        MemberHeader { member_len, plain_len }.write(&mut out[..MEMBER_HEADER_LEN]);
-        out.extend_from_slice(&scratch[..n]);
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&plain_len.to_le_bytes());
-        Ok(out)
+        member(&scratch[..n])
     })?;
     Ok(CompressedBlock { bytes: out, plain_len: plain.len() as u64, check: Check::Crc(crc) })
 }

@@ -23,6 +23,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use weezl::{BitOrder, LzwStatus};
 
 pub mod blocks;
+#[cfg(feature = "isal")]
+mod isal;
 
 use crate::name::Compression;
 

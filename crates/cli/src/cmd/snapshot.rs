@@ -73,13 +73,14 @@ pub struct SnapshotArgs {
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: bool,
     /// Compression of new snapshots: the reference's gzip, lzw or zlib, or etcdbr's own zstd
-    /// (fastest; the Go etcdbrctl cannot read `.zst` objects, nor restore a store that holds them).
+    /// (as fast as gzip to write, smaller and faster to restore; the Go etcdbrctl cannot read
+    /// `.zst` objects, nor restore a store that holds them).
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression_policy: CompressionArg,
     /// Deflate level of gzip and zlib full snapshots, 1 (fastest) to 9 (smallest). etcdbr's own
-    /// flag. Default: 1 for gzip (libdeflate's level 1 writes etcd dbs as small as its level 2,
-    /// within about 5 % of the reference's level 6, and keeps a large snapshot near etcd's
-    /// streaming speed), 2 for zlib. zstd is always level 1.
+    /// flag. Default: 1 for gzip (ISA-L's igzip: about half the CPU of libdeflate's level 1, the
+    /// deflate of levels 2 to 9, for objects within about 7 % of the reference's level 6; it
+    /// keeps a large snapshot near etcd's streaming speed), 2 for zlib. zstd is always level 1.
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: Option<u32>,
     /// Where snapshots are stored.
