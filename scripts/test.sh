@@ -34,4 +34,6 @@ cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
 # Tests start their own etcd, SeaweedFS and Azurite processes on free loopback ports.
 step "tests"
 cargo test --workspace --locked "$@"
+step "tests of brcore's compression without the isal feature (libdeflate)"
+cargo test -p brcore --no-default-features --lib --locked compress::
 step "all passed"

@@ -1,7 +1,7 @@
 //! The CPU's floor of a restore, a row of the benchmark beside the disk's (`dd`): what every
 //! restore of a gzip store computes whatever else it does, on every core of the machine. It
-//! inflates the full snapshot's gzip block members and every delta with libdeflate in one call
-//! each, the fastest inflate in the workspace, and checks every delta's JSON against its sha256
+//! inflates the full snapshot's gzip block members and every delta in one call each, with the
+//! restore's own functions (ISA-L's igzip, the fastest inflate in the workspace), and checks every delta's JSON against its sha256
 //! trailer with the restore's own `brcore::delta::verify_hash`. Nothing is parsed or
 //! written; the objects are read into memory before the clock starts.
 //!

@@ -18,8 +18,8 @@
 //!   window and the event being parsed.
 //! - **whole plain deltas**: a gzipped delta read whole whose plain size is at most
 //!   [`ONE_SHOT_LIMIT`] is inflated in one call into a buffer of that size and decoded from
-//!   there (libdeflate in one call is about 1.5 times the streaming inflater on etcdbr's
-//!   deltas); at most [`ONE_SHOT_SLOTS`] deltas at a time (and never more than `max_fetchers`),
+//!   there (igzip in one call is about twice the streaming inflater on etcdbr's deltas,
+//!   libdeflate about 1.5 times); at most [`ONE_SHOT_SLOTS`] deltas at a time (and never more than `max_fetchers`),
 //!   the others stream as above, and a decoder never waits for a slot. These buffers come on
 //!   top of the budget: `ONE_SHOT_SLOTS` × [`ONE_SHOT_LIMIT`] at most, kept for the feed's
 //!   life.

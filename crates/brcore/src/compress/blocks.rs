@@ -128,11 +128,10 @@ pub fn inflate_member(member: &[u8]) -> io::Result<Vec<u8>> {
 
 /// [`inflate_member`] into `out` (cleared first), so that one buffer serves member after
 /// member: a fresh MiB per member costs a page fault per 4 KiB and its unmapping. The deflate
-/// data is inflated by libdeflate in one call into exactly the plain size the header gives
-/// (more is an error), then its crc32 and size are checked against the trailer. Bytes between
-/// the end of the deflate data and the trailer are not looked at (libdeflate's one-call API
-/// does not say where the data ended); the trailer's checks and, for a snapshot, etcd's sha256
-/// trailer of the whole db, still see every plain byte.
+/// data is inflated in one call into exactly the plain size the header gives (more is an
+/// error), and its crc32 and size are checked against the trailer: by ISA-L's igzip with the
+/// `isal` feature (about 1.3 times libdeflate's speed on delta JSON, twice on etcd dbs), by
+/// libdeflate without.
 pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
     let header = MemberHeader::parse(member).ok_or_else(|| bad("not a block member".into()))?;
@@ -140,7 +139,6 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         return Err(bad(format!("member is {} bytes, its header says {}", member.len(), header.member_len)));
     }
     let deflate = &member[MEMBER_HEADER_LEN..member.len() - GZIP_TRAILER_LEN];
-    let trailer = &member[member.len() - GZIP_TRAILER_LEN..];
     let plain_len = header.plain_len as usize;
     // Deflate expands at most 1032:1 (258-byte matches in under two bits each): a damaged
     // header claiming more is refused before the buffer is sized for it.
@@ -149,14 +147,41 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     }
     // The buffer's bytes are overwritten by the inflate; only a growing buffer is zeroed.
     out.resize(plain_len, 0);
-    let inflated = INFLATER.with(|cell| cell.borrow_mut().deflate_decompress(deflate, out));
-    let n = match inflated {
+    inflate_deflate_and_trailer(&member[MEMBER_HEADER_LEN..], plain_len, out).map_err(bad)
+}
+
+/// The deflate data and gzip trailer of a block member, inflated into `out` (sized to the
+/// header's `plain_len`) by igzip, which reads the trailer right after the deflate data and
+/// checks its crc32 and size; bytes after the trailer are refused.
+#[cfg(feature = "isal")]
+fn inflate_deflate_and_trailer(data: &[u8], plain_len: usize, out: &mut [u8]) -> Result<(), String> {
+    use super::isal::{InflateError, Wrapper};
+    match ISAL_INFLATER.with(|cell| cell.borrow_mut().inflate(data, Wrapper::DeflateAndGzipTrailer, out)) {
+        Ok((n, 0)) if n == plain_len => Ok(()),
+        Ok((n, 0)) => Err(format!("member holds {n} bytes, its header says {plain_len}")),
+        Ok((_, left)) => Err(format!("{left} bytes between a member's trailer and its end")),
+        Err(InflateError::Overflow) => Err(format!("member holds more than the {plain_len} bytes its header says")),
+        Err(InflateError::Invalid(isal_sys::igzip_lib::ISAL_INCORRECT_CHECKSUM)) => {
+            Err("crc32 or size of a member does not match: the data is damaged".into())
+        }
+        Err(_) => Err("invalid deflate data (damaged, or cut short)".into()),
+    }
+}
+
+/// [`inflate_deflate_and_trailer`] by libdeflate, which does not say where the deflate data
+/// ended: bytes between it and the trailer (the member's last eight bytes) are not looked at;
+/// the trailer's checks and, for a snapshot, etcd's sha256 trailer of the whole db, still see
+/// every plain byte.
+#[cfg(not(feature = "isal"))]
+fn inflate_deflate_and_trailer(data: &[u8], plain_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    let (deflate, trailer) = data.split_at(data.len() - GZIP_TRAILER_LEN);
+    let n = match INFLATER.with(|cell| cell.borrow_mut().deflate_decompress(deflate, out)) {
         Ok(n) => n,
         Err(libdeflater::DecompressionError::InsufficientSpace) => {
-            return Err(bad(format!("member holds more than the {plain_len} bytes its header says")));
+            return Err(format!("member holds more than the {plain_len} bytes its header says"));
         }
         Err(libdeflater::DecompressionError::BadData) => {
-            return Err(bad("invalid deflate data (damaged, or cut short)".into()));
+            return Err("invalid deflate data (damaged, or cut short)".into());
         }
     };
     out.truncate(n);
@@ -165,12 +190,13 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let want_len = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
     if crc.sum() != want_crc || out.len() as u32 != want_len || out.len() != plain_len {
-        return Err(bad("crc32 or size of a member does not match: the data is damaged".into()));
+        return Err("crc32 or size of a member does not match: the data is damaged".into());
     }
     Ok(())
 }
 
-/// Inflates `gz`, a whole gzip object held in memory, in one libdeflate call into `out`
+/// Inflates `gz`, a whole gzip object held in memory, in one call (igzip, or libdeflate
+/// without the `isal` feature) into `out`
 /// (resized to exactly the plain size the trailer gives; only growth is zeroed, so one buffer
 /// serves object after object), when that is the quick way: one member (as every delta is,
 /// etcdbr's and the Go tool's) of at most `limit` plain bytes. `false` sends the caller to the
@@ -178,28 +204,39 @@ pub fn inflate_member_into(member: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
 /// not gzip, shorter than a header and trailer, a trailer size above `limit` or beyond what the
 /// bytes can expand to, damaged data, or more than one member.
 ///
-/// libdeflate checks the first member's crc32 and size against that member's own trailer and
-/// does not say where the member ended; a second member is seen by the object's last eight bytes
-/// not being the trailer of what was inflated. The one shape this cannot tell from one member
-/// is bytes after it that end in the same eight bytes (the same member twice, say): they are
-/// not read, where the streaming decoder would refuse them; what is returned is still exactly
-/// the first member, and the caller's own checksum of the content (a delta's sha256) covers
-/// every byte of it.
+/// igzip checks the first member's crc32 and size against that member's own trailer and says
+/// where the member ended, so anything after it goes to the streaming decoder. libdeflate
+/// does not say where: a second member is seen by the object's last eight bytes not being the
+/// trailer of what was inflated, and the one shape that cannot tell from one member is bytes
+/// after it that end in the same eight bytes (the same member twice, say): they are not read,
+/// where the streaming decoder would refuse them; what is returned is still exactly the first
+/// member, and the caller's own checksum of the content (a delta's sha256) covers every byte
+/// of it.
 pub fn inflate_single_member_into(gz: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
     const MIN_LEN: usize = 10 + GZIP_TRAILER_LEN + 2;
     if gz.len() < MIN_LEN || gz[..3] != [0x1f, 0x8b, 0x08] {
         return false;
     }
     let trailer = &gz[gz.len() - GZIP_TRAILER_LEN..];
-    let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let plain_len = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]) as usize;
     // Deflate expands at most 1032:1, so a larger claim is damage (or a size mod 2^32).
     if plain_len > limit || plain_len > gz.len().saturating_mul(1032) {
         return false;
     }
     out.resize(plain_len, 0);
-    let inflated = INFLATER.with(|cell| cell.borrow_mut().gzip_decompress(gz, out));
-    inflated.is_ok_and(|n| n == plain_len) && libdeflater::crc32(out) == want_crc
+    // igzip checks the member's own trailer and says where the member ended: one member is one
+    // that ends where the object does.
+    #[cfg(feature = "isal")]
+    {
+        let inflated = ISAL_INFLATER.with(|cell| cell.borrow_mut().inflate(gz, super::isal::Wrapper::Gzip, out));
+        inflated == Ok((plain_len, 0))
+    }
+    #[cfg(not(feature = "isal"))]
+    {
+        let want_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        let inflated = INFLATER.with(|cell| cell.borrow_mut().gzip_decompress(gz, out));
+        inflated.is_ok_and(|n| n == plain_len) && libdeflater::crc32(out) == want_crc
+    }
 }
 
 /// The checksum of one block or of the stream so far.
@@ -263,7 +300,11 @@ thread_local! {
     /// igzip's level-1 compressor and the buffer it deflates into, for gzip members at level 1.
     #[cfg(feature = "isal")]
     static IGZIP: std::cell::RefCell<Option<(super::isal::IgzipLevel1, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
+    /// One igzip inflater per inflating thread (its state is about 85 KiB).
+    #[cfg(feature = "isal")]
+    static ISAL_INFLATER: std::cell::RefCell<super::isal::Inflater> = std::cell::RefCell::new(super::isal::Inflater::new());
     /// One libdeflate decompressor per inflating thread (its tables are about 32 KiB).
+    #[cfg(not(feature = "isal"))]
     static INFLATER: std::cell::RefCell<libdeflater::Decompressor> = std::cell::RefCell::new(libdeflater::Decompressor::new());
 }
 
@@ -715,6 +756,10 @@ mod tests {
         let mut streamed = Vec::new();
         decoder(Compression::Gzip, std::io::Cursor::new(two)).read_to_end(&mut streamed).unwrap();
         assert_eq!(streamed, [a, b].concat());
+        // The same member twice ends in that member's trailer: igzip says where the first
+        // member ended, so it is seen (libdeflate's one call cannot tell it from one member).
+        #[cfg(feature = "isal")]
+        assert_eq!(inflate(&[one.clone(), one.clone()].concat(), usize::MAX), None);
         // An empty member is a member.
         assert_eq!(inflate(&gzip(b""), 0), Some(Vec::new()));
     }

@@ -1,6 +1,7 @@
-//! Raw deflate of one block by ISA-L's igzip at its level 1, in one stateless call: the deflate
-//! data of gzip block members at level 1 ([`super::blocks`]). The only unsafe code of the crate's
-//! compression: three calls into the C library, on buffers borrowed for the call.
+//! ISA-L's igzip, in one stateless call each way: the deflate data of gzip block members at
+//! level 1, and the inflate of whole gzip members held in memory ([`super::blocks`]: full
+//! snapshots' block members, whole deltas). The only unsafe code of the crate's compression:
+//! calls into the C library on buffers borrowed for the call.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -69,6 +70,73 @@ impl IgzipLevel1 {
     }
 }
 
+/// What an inflate reads around the deflate data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrapper {
+    /// A whole gzip member: header, deflate data, trailer.
+    Gzip,
+    /// Deflate data and then a gzip trailer (crc32, size) without a header: a block member
+    /// after its header was read.
+    DeflateAndGzipTrailer,
+}
+
+/// Why an inflate failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflateError {
+    /// The output room was too small for what the data holds.
+    Overflow,
+    /// The input ended before the member did.
+    CutShort,
+    /// Invalid data or header, or a crc32 or size that does not match the trailer (igzip's code).
+    Invalid(i32),
+}
+
+/// One thread's igzip inflater: the state (about 85 KiB, boxed), reused member after member.
+pub struct Inflater {
+    state: Box<ffi::inflate_state>,
+}
+
+impl Inflater {
+    /// An inflater; its state is set up anew by every [`Inflater::inflate`].
+    pub fn new() -> Inflater {
+        // SAFETY: inflate_state is a C struct of integers, raw pointers and arrays of them, for
+        // which all-zero bytes are a valid value; isal_inflate_init sets it up before every use.
+        Inflater { state: Box::new(unsafe { std::mem::zeroed() }) }
+    }
+
+    /// Inflates one member from the start of `input` into `out`, checking its trailer's crc32
+    /// and size. Returns the plain bytes written and the bytes of `input` after the member's
+    /// trailer, not read (another member, or anything else: the caller decides).
+    pub fn inflate(&mut self, input: &[u8], wrapper: Wrapper, out: &mut [u8]) -> Result<(usize, usize), InflateError> {
+        let avail_in = u32::try_from(input.len()).map_err(|_| InflateError::Invalid(0))?;
+        let avail_out = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let s = &mut *self.state;
+        // SAFETY: s is a valid, exclusively borrowed inflate_state; init writes only into it.
+        unsafe { ffi::isal_inflate_init(s) };
+        s.crc_flag = match wrapper {
+            Wrapper::Gzip => ffi::ISAL_GZIP,
+            Wrapper::DeflateAndGzipTrailer => ffi::ISAL_GZIP_NO_HDR_VER,
+        };
+        // igzip reads next_in (the pointer is *mut in C only) and writes within avail_out.
+        s.next_in = input.as_ptr().cast_mut();
+        s.avail_in = avail_in;
+        s.next_out = out.as_mut_ptr();
+        s.avail_out = avail_out;
+        // SAFETY: next_in/avail_in and next_out/avail_out describe `input` and `out`, borrowed
+        // for this call; both pointers are cleared below, before the borrows end.
+        let rc = unsafe { ffi::isal_inflate_stateless(s) };
+        let (written, left) = (s.total_out as usize, s.avail_in as usize);
+        s.next_in = std::ptr::null_mut();
+        s.next_out = std::ptr::null_mut();
+        match rc {
+            0 => Ok((written, left)),
+            1 => Err(InflateError::CutShort),
+            2 => Err(InflateError::Overflow),
+            code => Err(InflateError::Invalid(code)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +166,43 @@ mod tests {
             let n = c.compress(&plain, &mut out).unwrap();
             assert!(inflate(&out[..n]) == plain, "{} bytes", plain.len());
         }
+    }
+
+    fn gzip(plain: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(plain).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_member_inflates_with_its_trailer_checked_and_what_follows_left() {
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ (i >> 9) as u8).collect();
+        let gz = gzip(&plain);
+        let mut i = Inflater::new();
+        let mut out = vec![0u8; plain.len()];
+        assert_eq!(i.inflate(&gz, Wrapper::Gzip, &mut out), Ok((plain.len(), 0)));
+        assert!(out == plain);
+        // A second member after the first is left unread, and counted.
+        let two = [gz.clone(), gzip(b"more")].concat();
+        assert_eq!(i.inflate(&two, Wrapper::Gzip, &mut out), Ok((plain.len(), two.len() - gz.len())));
+        // Too little room, a cut member, a wrong crc32, a wrong size, not gzip.
+        let mut small = vec![0u8; plain.len() - 1];
+        assert_eq!(i.inflate(&gz, Wrapper::Gzip, &mut small), Err(InflateError::Overflow));
+        assert_eq!(i.inflate(&gz[..gz.len() / 2], Wrapper::Gzip, &mut out), Err(InflateError::CutShort));
+        for at in [gz.len() - 8, gz.len() - 4] {
+            let mut bad = gz.clone();
+            bad[at] ^= 1;
+            assert!(matches!(i.inflate(&bad, Wrapper::Gzip, &mut out), Err(InflateError::Invalid(_))), "at {at}");
+        }
+        assert!(i.inflate(b"not gzip at all", Wrapper::Gzip, &mut out).is_err());
+        // The deflate data and trailer alone (the header skipped: 10 bytes, no flags).
+        assert_eq!(i.inflate(&gz[10..], Wrapper::DeflateAndGzipTrailer, &mut out), Ok((plain.len(), 0)));
+        assert!(out == plain);
+        let mut bad = gz.clone();
+        let at = bad.len() - 6;
+        bad[at] ^= 0x40;
+        assert!(i.inflate(&bad[10..], Wrapper::DeflateAndGzipTrailer, &mut out).is_err());
     }
 
     #[test]
