@@ -73,8 +73,8 @@ pub struct SnapshotArgs {
           default_missing_value = "true", value_parser = crate::pflag::go_bool)]
     pub compress_snapshots: bool,
     /// Compression of new snapshots: the reference's gzip, lzw or zlib, or etcdbr's own zstd
-    /// (as fast as gzip to write, smaller and faster to restore; the Go etcdbrctl cannot read
-    /// `.zst` objects, nor restore a store that holds them).
+    /// (no faster than gzip to write, but smaller and faster to restore; the Go etcdbrctl cannot
+    /// read `.zst` objects, nor restore a store that holds them).
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression_policy: CompressionArg,
     /// Deflate level of gzip and zlib full snapshots, 1 (fastest) to 9 (smallest). etcdbr's own
