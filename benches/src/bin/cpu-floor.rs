@@ -1,9 +1,10 @@
 //! The CPU's floor of a restore, a row of the benchmark beside the disk's (`dd`): what every
 //! restore of a gzip store computes whatever else it does, on every core of the machine. It
 //! inflates the full snapshot's gzip block members and every delta in one call each, with the
-//! restore's own functions (ISA-L's igzip, the fastest inflate in the workspace), and checks every delta's JSON against its sha256
-//! trailer with the restore's own `brcore::delta::verify_hash`. Nothing is parsed or
-//! written; the objects are read into memory before the clock starts.
+//! restore's own functions (ISA-L's igzip, the fastest inflate in the workspace), and checks
+//! every delta's JSON against its sha256 trailer with the restore's own
+//! `brcore::delta::verify_hash`. Nothing is parsed or written; the objects are read into memory
+//! before the clock starts.
 //!
 //! `cpu-floor --store DIR [--threads N]`: DIR is a store's `v2` folder (a full snapshot in
 //! etcdbr's block members and gzipped deltas, as `gen-store` writes `stores/ebr`); prints one

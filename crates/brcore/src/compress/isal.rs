@@ -128,11 +128,11 @@ impl Inflater {
         let (written, left) = (s.total_out as usize, s.avail_in as usize);
         s.next_in = std::ptr::null_mut();
         s.next_out = std::ptr::null_mut();
-        match rc {
-            0 => Ok((written, left)),
-            1 => Err(InflateError::CutShort),
-            2 => Err(InflateError::Overflow),
-            code => Err(InflateError::Invalid(code)),
+        match rc as u32 {
+            ffi::ISAL_DECOMP_OK => Ok((written, left)),
+            ffi::ISAL_END_INPUT => Err(InflateError::CutShort),
+            ffi::ISAL_OUT_OVERFLOW => Err(InflateError::Overflow),
+            _ => Err(InflateError::Invalid(rc)),
         }
     }
 }
