@@ -17,8 +17,8 @@
 //! - per decoder in flight (at most `max_fetchers`): a 256 KiB read buffer, the inflater's
 //!   window and the event being parsed.
 //! - **whole plain deltas**: a gzipped delta read whole whose plain size is at most
-//!   [`ONE_SHOT_LIMIT`] is inflated in one call into a buffer of that size and decoded from
-//!   there (igzip in one call is about twice the streaming inflater on etcdbr's deltas,
+//!   [`ONE_SHOT_LIMIT`] is inflated in one call into a buffer of that size and parsed where it
+//!   lies (igzip in one call is about twice the streaming inflater on etcdbr's deltas,
 //!   libdeflate about 1.5 times); at most [`ONE_SHOT_SLOTS`] deltas at a time (and never more than `max_fetchers`),
 //!   the others stream as above, and a decoder never waits for a slot. These buffers come on
 //!   top of the budget: `ONE_SHOT_SLOTS` × [`ONE_SHOT_LIMIT`] at most, kept for the feed's
@@ -272,13 +272,18 @@ async fn fetch_and_decode(
     let name = snap.name.to_string();
     let decoded = tokio::task::spawn_blocking(move || match source {
         Source::Whole(raw) => match inflate_whole(&raw, compression, &budget) {
-            Some(plain) => {
+            Some(mut plain) => {
                 drop(raw);
-                decode(&mut &plain.buf[..], &key, index, &budget, pool, &tx)
+                decode(Plain::Whole(&mut plain.buf), &key, index, &budget, pool, &tx)
             }
-            None => decode(&mut compress::decoder(compression, io::Cursor::new(raw)), &key, index, &budget, pool, &tx),
+            None => {
+                let mut reader = compress::decoder(compression, io::Cursor::new(raw));
+                decode(Plain::Read(&mut reader), &key, index, &budget, pool, &tx)
+            }
         },
-        Source::Stream(reader) => decode(&mut compress::decoder(compression, reader), &key, index, &budget, pool, &tx),
+        Source::Stream(reader) => {
+            decode(Plain::Read(&mut compress::decoder(compression, reader)), &key, index, &budget, pool, &tx)
+        }
     })
     .await
     .map_err(|e| Error::task_failed("the delta decoder", e))??;
@@ -310,10 +315,19 @@ enum Source {
     Stream(ChannelReader),
 }
 
+/// A delta's plain bytes, as [`decode`] takes them.
+enum Plain<'a> {
+    /// All of them, in a whole-inflate buffer: the decoder parses them there and hands the
+    /// buffer back at the end.
+    Whole(&'a mut Vec<u8>),
+    /// Read from a decompressor as they stream.
+    Read(&'a mut dyn Read),
+}
+
 /// Decodes one delta's plain bytes from `plain` into `tx`. Returns its events, `None` if the writer hung
 /// up.
 fn decode(
-    plain: &mut dyn Read,
+    plain: Plain<'_>,
     key: &str,
     index: usize,
     budget: &Budget,
@@ -336,21 +350,36 @@ fn decode(
             }
         }
     };
-    loop {
-        // Decompressed straight into the decoder's buffer.
-        match decoder.read_from(plain, READ_PIECE) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(crate::restore::read_error(key, e)),
-        }
-        while let Some(batch) = decoder.next_batch() {
-            if !send(batch) {
-                return Ok(None);
+    let whole = match plain {
+        Plain::Whole(buf) => {
+            decoder.feed_whole(std::mem::take(buf));
+            while let Some(batch) = decoder.next_batch() {
+                if !send(batch) {
+                    return Ok(None);
+                }
             }
+            Some(buf)
         }
+        Plain::Read(reader) => loop {
+            // Decompressed straight into the decoder's buffer.
+            match decoder.read_from(reader, READ_PIECE) {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(crate::restore::read_error(key, e)),
+            }
+            while let Some(batch) = decoder.next_batch() {
+                if !send(batch) {
+                    return Ok(None);
+                }
+            }
+        },
+    };
+    let (last, buf) = decoder.finish_returning();
+    if let Some(whole) = whole {
+        *whole = buf;
     }
-    let last = decoder.finish()?;
+    let last = last?;
     if !send(last) {
         return Ok(None);
     }

@@ -285,6 +285,9 @@ pub struct DeltaDecoder {
     batch_bytes: usize,
     events: u64,
     pool: Option<BatchPool>,
+    /// `buf` holds the whole delta, handed over by [`DeltaDecoder::feed_whole`]: parsed where
+    /// it lies, never moved down.
+    whole: bool,
 }
 
 impl DeltaDecoder {
@@ -309,6 +312,7 @@ impl DeltaDecoder {
             batch_bytes: DEFAULT_BATCH_BYTES,
             events: 0,
             pool: None,
+            whole: false,
         }
     }
 
@@ -339,6 +343,20 @@ impl DeltaDecoder {
     pub fn feed(&mut self, data: &[u8]) {
         self.room(data.len())[..data.len()].copy_from_slice(data);
         self.fed(data.len());
+    }
+
+    /// Takes the delta's plain bytes whole, as the first and only input: the decoder parses them
+    /// where they are, with none of the copying of [`DeltaDecoder::feed`] and
+    /// [`DeltaDecoder::read_from`], and [`DeltaDecoder::finish_returning`] hands the buffer back
+    /// for the next delta. After other input, `whole` is fed as `feed` would.
+    pub fn feed_whole(&mut self, whole: Vec<u8>) {
+        if self.total != 0 {
+            return self.feed(&whole);
+        }
+        let n = whole.len();
+        self.buf = whole;
+        self.whole = true;
+        self.fed(n);
     }
 
     /// Reads the next plain bytes of the delta from `from`, at most `max`, straight into the
@@ -415,8 +433,9 @@ impl DeltaDecoder {
     fn compact(&mut self) {
         let hashed_in_buf = (self.hashed - self.base) as usize;
         let drop = self.pos.min(hashed_in_buf);
-        // Move the rest down only when it is worth it: the parsed prefix is at least half.
-        if drop > 0 && drop * 2 >= self.filled {
+        // Move the rest down only when it is worth it: the parsed prefix is at least half, and
+        // more input will come after it (a whole delta is all there already).
+        if drop > 0 && drop * 2 >= self.filled && !self.whole {
             self.drop_front(drop);
             self.pos -= drop;
         }
@@ -425,6 +444,17 @@ impl DeltaDecoder {
     /// Ends the stream: parses what is left, checks the trailer, and returns the last batch
     /// (possibly empty).
     pub fn finish(mut self) -> Result<EventBatch, Error> {
+        self.end()
+    }
+
+    /// [`DeltaDecoder::finish`], and the decoder's buffer back (with what it held: the one given
+    /// to [`DeltaDecoder::feed_whole`], for the next delta).
+    pub fn finish_returning(mut self) -> (Result<EventBatch, Error>, Vec<u8>) {
+        let ended = self.end();
+        (ended, std::mem::take(&mut self.buf))
+    }
+
+    fn end(&mut self) -> Result<EventBatch, Error> {
         if self.failed.is_none()
             && let Err(e) = self.parse(true)
         {
@@ -450,11 +480,11 @@ impl DeltaDecoder {
                 ),
             ));
         }
-        if let Some(e) = self.failed {
+        if let Some(e) = self.failed.take() {
             return Err(e);
         }
         match self.json_end {
-            Some(end) if end == json_len => Ok(self.batch),
+            Some(end) if end == json_len => Ok(std::mem::take(&mut self.batch)),
             _ => Err(self.syntax("trailing characters after the JSON array")),
         }
     }
@@ -689,6 +719,56 @@ mod tests {
             let msg = decode_in_pieces(short, 7, 1).unwrap_err().to_string();
             assert!(msg.contains("missing its hash") || msg.contains("sha256"), "{msg}");
         }
+    }
+
+    /// Decodes `content` handed over whole; returns the events (or the error) and the buffer
+    /// the decoder gave back.
+    fn decode_whole(content: &[u8], batch: usize) -> (Result<Vec<Event>, Error>, Vec<u8>) {
+        let mut d = DeltaDecoder::new("obj").batch_bytes(batch);
+        let mut out = Vec::new();
+        d.feed_whole(content.to_vec());
+        while let Some(b) = d.next_batch() {
+            out.extend(b.iter().map(|e| e.to_event()));
+        }
+        let (last, buf) = d.finish_returning();
+        (last.map(|last| out.into_iter().chain(last.iter().map(|e| e.to_event())).collect()), buf)
+    }
+
+    #[test]
+    fn a_delta_fed_whole_is_parsed_in_place_and_its_buffer_comes_back() {
+        let events = sample();
+        let content = encode_events(&events);
+        for batch in [1, 100, 1 << 20] {
+            let (got, buf) = decode_whole(&content, batch);
+            assert!(got.unwrap() == events, "batch {batch}");
+            assert!(buf == content, "the buffer comes back as it was given (nothing moved down)");
+        }
+        // The buffer given is the one parsed: it comes back at the same address.
+        let mut d = DeltaDecoder::new("obj");
+        let given = content.clone();
+        let at = given.as_ptr();
+        d.feed_whole(given);
+        while d.next_batch().is_some() {}
+        let (last, buf) = d.finish_returning();
+        assert!(last.is_ok() && buf.as_ptr() == at);
+        // Damage is found by the hash, as in pieces; the buffer still comes back.
+        let mut bad = content.clone();
+        bad[40] = b'#';
+        let (got, buf) = decode_whole(&bad, 100);
+        let msg = got.unwrap_err().to_string();
+        assert!(msg.contains("sha256") && msg.contains("obj"), "{msg}");
+        assert!(buf.capacity() >= 32, "{}", buf.capacity());
+        assert!(decode_whole(&content[..20], 1).0.unwrap_err().to_string().contains("missing its hash"));
+        // After other input, a whole buffer is only more input.
+        let mut d = DeltaDecoder::new("obj");
+        d.feed(&content[..50]);
+        d.feed_whole(content[50..].to_vec());
+        let mut got = Vec::new();
+        while let Some(b) = d.next_batch() {
+            got.extend(b.iter().map(|e| e.to_event()));
+        }
+        got.extend(d.finish().unwrap().iter().map(|e| e.to_event()));
+        assert!(got == events);
     }
 
     #[test]
