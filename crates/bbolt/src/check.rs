@@ -437,7 +437,7 @@ mod tests {
 
     /// A small db: one bucket with enough keys for a few leaves, written with `mode`.
     fn small_db(mode: FreelistMode) -> Vec<u8> {
-        let opts = WriterOptions { page_size: PS as u32, fill: 1.0, freelist: mode };
+        let opts = WriterOptions { page_size: PS as u32, fill: 1.0, freelist: mode, ..Default::default() };
         let mut w = BulkWriter::new(Cursor::new(Vec::new()), opts).unwrap();
         w.begin_bucket(b"b").unwrap();
         for i in 0..300u32 {

@@ -64,6 +64,11 @@ pub struct WriterOptions {
     pub fill: f64,
     /// Whether to persist an empty freelist page.
     pub freelist: FreelistMode,
+    /// Bytes gathered before they are written to the output, 1 MiB by default. 0 hands every
+    /// page to the output as it is made, with no copy between: for an output that gathers its
+    /// writes itself (a `BufWriter`, or brcore's I/O thread, which hands 1 MiB chunks to the
+    /// kernel).
+    pub out_buffer: usize,
 }
 
 impl WriterOptions {
@@ -84,11 +89,17 @@ impl WriterOptions {
         self.freelist = freelist;
         self
     }
+
+    /// Sets [`WriterOptions::out_buffer`].
+    pub fn with_out_buffer(mut self, bytes: usize) -> Self {
+        self.out_buffer = bytes;
+        self
+    }
 }
 
 impl Default for WriterOptions {
     fn default() -> WriterOptions {
-        WriterOptions { page_size: 4096, fill: 1.0, freelist: FreelistMode::Page }
+        WriterOptions { page_size: 4096, fill: 1.0, freelist: FreelistMode::Page, out_buffer: OUT_BUFFER }
     }
 }
 
@@ -269,7 +280,7 @@ impl<W: Write + Seek> BulkWriter<W> {
         }
         let fill = opts.fill.clamp(0.1, 1.0);
         let ps = ps as usize;
-        let mut out = BufWriter::with_capacity(OUT_BUFFER, out);
+        let mut out = BufWriter::with_capacity(opts.out_buffer, out);
         let start = out.stream_position()?;
         let reserved: u64 = match opts.freelist {
             FreelistMode::Page => 3,
@@ -716,7 +727,7 @@ mod tests {
             let mut model = Model::new();
             model.insert(b"a".to_vec(), revision_keys(3000, 8, &mut rng));
             model.insert(b"b".to_vec(), revision_keys(700, 40, &mut rng));
-            let opts = WriterOptions { page_size: ps, fill, freelist: FreelistMode::None };
+            let opts = WriterOptions { page_size: ps, fill, freelist: FreelistMode::None, out_buffer: OUT_BUFFER };
             let (db, stats) = round_trip(&model, opts);
             assert!(stats.branch_pages > 1, "ps {ps} fill {fill}: {stats:?}");
             assert_eq!(db.meta().freelist, None);
@@ -818,7 +829,14 @@ mod tests {
                 model.insert(name, keys.into_iter().collect());
             }
             let freelist = if round % 2 == 0 { FreelistMode::Page } else { FreelistMode::None };
-            round_trip(&model, WriterOptions { page_size: ps, fill, freelist });
+            let opts = WriterOptions { page_size: ps, fill, freelist, out_buffer: OUT_BUFFER };
+            round_trip(&model, opts);
+            if round % 3 == 0 {
+                assert!(
+                    write(&model, opts.with_out_buffer(0)).0 == write(&model, opts).0,
+                    "unbuffered: the same bytes"
+                );
+            }
         }
     }
 

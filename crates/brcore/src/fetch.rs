@@ -176,6 +176,8 @@ pub async fn rebuild_chain(
             let batches = Checked { feed: &mut feed, check, repeats, key: String::new(), failed: false, source_bad };
             // The db's writes run on a thread of their own (direct: no copy into the page cache).
             let out = if direct_io { ThreadedFile::direct(out) } else { ThreadedFile::new(out) };
+            // It gathers the pages into its own chunks: the writer's buffer would be a copy more.
+            let opts = RebuildOptions { writer: opts.writer.with_out_buffer(0), ..opts };
             let (out, stats) =
                 rebuild::rebuild_db_batches(&source, batches, &opts, out).map_err(|e| e.at_db_path(&db_out))?;
             let file = out.finish().map_err(|e| Error::io(&db_out, e))?;
