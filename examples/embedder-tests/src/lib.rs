@@ -50,10 +50,17 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
         if name.to_string_lossy().starts_with(".tmp-") {
             continue; // a write in progress
         }
-        if entry.file_type()?.is_dir() {
+        // An object renamed or deleted between reading the directory and this stat is gone:
+        // not listed, and not an error (a rename's copy is listed whole, or not yet).
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
             walk(&path, root, out)?;
         } else if let Some(key) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
-            out.push(ObjectMeta { key: key.to_string(), size: entry.metadata()?.len() });
+            out.push(ObjectMeta { key: key.to_string(), size: meta.len() });
         }
     }
     Ok(())
