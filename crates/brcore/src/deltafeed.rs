@@ -6,7 +6,8 @@
 //! channel of their own. The writer reads the deltas' channels in chain order ([`DeltaFeed`]
 //! is the iterator it reads). What is held in memory, and what bounds it:
 //! - **compressed objects**: a delta whose stored size fits in half the budget is read whole
-//!   before it is decoded (so the store connection is never left waiting on the writer); the
+//!   before it is decoded (so the store connection is never left waiting on the writer; on the
+//!   Local store straight from its file into one buffer); the
 //!   fetches take their size from that half in chain order and wait until it is free. A delta
 //!   larger than that half waits until it has the half to itself and is then decoded straight
 //!   from the store's stream, so its size does not matter.
@@ -248,14 +249,18 @@ async fn fetch_and_decode(
 ) -> Result<bool, Error> {
     let key = snap.key.clone();
     let compression = snap.name.compression;
-    let mut stream = store.read(&snap.key, None).await?;
-    let source = if whole {
+    let local = if whole { read_local(store.local_path(&snap.key), snap.size).await } else { None };
+    let source = if let Some(raw) = local {
+        Source::Whole(raw)
+    } else if whole {
+        let mut stream = store.read(&snap.key, None).await?;
         let mut raw = Vec::with_capacity(snap.size as usize);
         while let Some(chunk) = stream.next().await {
             raw.extend_from_slice(&chunk?);
         }
         Source::Whole(raw)
     } else {
+        let mut stream = store.read(&snap.key, None).await?;
         // Decoded straight from the store's stream: the chunks cross to the decoder's thread.
         let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes, Error>>(4);
         tokio::spawn(async move {
@@ -293,6 +298,27 @@ async fn fetch_and_decode(
             Ok(true)
         }
         None => Ok(false),
+    }
+}
+
+/// A delta of the Local store read whole from its file (`path`, from
+/// [`Snapstore::local_path`]) straight into one buffer of its listed size: the store's stream
+/// would zero-fill a buffer per chunk and copy the chunks once more. `None` when there is no such
+/// path or the file cannot be read: the caller reads through the store, whose error names the
+/// object.
+async fn read_local(path: Option<std::path::PathBuf>, size: u64) -> Option<Vec<u8>> {
+    let path = path?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut raw = Vec::with_capacity(size as usize);
+        std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut raw)).map(|_| raw)
+    });
+    match read.await {
+        Ok(Ok(raw)) => Some(raw),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "a delta's local file could not be read: read through the store");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -464,5 +490,25 @@ impl Iterator for DeltaFeed {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_delta_is_read_whole_and_anything_else_goes_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Incr-1-2-3.gz");
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        // The listed size is only the buffer's first capacity: the file is read to its end.
+        for size in [content.len() as u64, 10, 0] {
+            assert!(read_local(Some(path.clone()), size).await.as_deref() == Some(&content[..]), "size {size}");
+        }
+        assert_eq!(read_local(None, 10).await, None, "not a Local store");
+        assert_eq!(read_local(Some(dir.path().join("gone")), 10).await, None, "no such file");
+        assert_eq!(read_local(Some(dir.path().to_path_buf()), 10).await, None, "a directory");
     }
 }
