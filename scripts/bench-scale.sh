@@ -170,16 +170,22 @@ RESTORED_BYTES=$(stat -c %s "$RESTORED/member/snap/db")
 echo "   restored db: $RESTORED_BYTES bytes, $(python3 -c "print(f'{$RESTORED_BYTES / $DB_BYTES:.3f}')")x the source's" >&2
 
 # ---- 3. full validation ------------------------------------------------------------------------
+# validate_full LABEL: `initialize --validation-mode full` of the restored data dir, which must
+# only validate it.
+validate_full() {
+    local label=$1
+    timed "$label" "$BRCTL" initialize --validation-mode full --storage-provider Local \
+        --store-container "$STORE" --store-prefix scale --embedded-etcd-quota-bytes "$ETCD_QUOTA" --data-dir "$RESTORED" --name scale \
+        --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
+    if grep -qi "restor" "$RUN/$label.out" && ! grep -qi "valid" "$RUN/$label.out"; then
+        echo "bench-scale: initialize restored instead of only validating:" >&2
+        tail -5 "$RUN/$label.out" >&2
+        exit 1
+    fi
+    tail -2 "$RUN/$label.out" | sed 's/^/   /' >&2
+}
 echo "== etcdbrctl initialize --validation-mode full" >&2
-timed brctl-validate-full "$BRCTL" initialize --validation-mode full --storage-provider Local \
-    --store-container "$STORE" --store-prefix scale --embedded-etcd-quota-bytes "$ETCD_QUOTA" --data-dir "$RESTORED" --name scale \
-    --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
-if grep -qi "restor" "$RUN/brctl-validate-full.out" && ! grep -qi "valid" "$RUN/brctl-validate-full.out"; then
-    echo "bench-scale: initialize restored instead of only validating:" >&2
-    tail -5 "$RUN/brctl-validate-full.out" >&2
-    exit 1
-fi
-tail -2 "$RUN/brctl-validate-full.out" | sed 's/^/   /' >&2
+validate_full brctl-validate-full
 
 # ---- 3b. full validation from a cold page cache, beside the disk's read floor ------------------
 # Above, the restore has just written the db, so its pages are cached. At a real start-up they
@@ -191,10 +197,7 @@ if [[ -w /proc/sys/vm/drop_caches ]]; then
     drop_caches
     timed disk-read-floor dd if="$RESTORED/member/snap/db" of=/dev/null bs=4M iflag=direct
     drop_caches
-    timed brctl-validate-full-cold "$BRCTL" initialize --validation-mode full --storage-provider Local \
-        --store-container "$STORE" --store-prefix scale --embedded-etcd-quota-bytes "$ETCD_QUOTA" --data-dir "$RESTORED" --name scale \
-        --initial-cluster "scale=$PEER" --initial-advertise-peer-urls "$PEER"
-    tail -2 "$RUN/brctl-validate-full-cold.out" | sed 's/^/   /' >&2
+    validate_full brctl-validate-full-cold
 else
     echo "== /proc/sys/vm/drop_caches is not writable (not root): no cold-cache validation row" >&2
 fi

@@ -250,29 +250,31 @@ async fn fetch_and_decode(
     let key = snap.key.clone();
     let compression = snap.name.compression;
     let local = if whole { read_local(store.local_path(&snap.key), snap.size).await } else { None };
-    let source = if let Some(raw) = local {
-        Source::Whole(raw)
-    } else if whole {
-        let mut stream = store.read(&snap.key, None).await?;
-        let mut raw = Vec::with_capacity(snap.size as usize);
-        while let Some(chunk) = stream.next().await {
-            raw.extend_from_slice(&chunk?);
-        }
-        Source::Whole(raw)
-    } else {
-        let mut stream = store.read(&snap.key, None).await?;
-        // Decoded straight from the store's stream: the chunks cross to the decoder's thread.
-        let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes, Error>>(4);
-        tokio::spawn(async move {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(Error::from);
-                let failed = chunk.is_err();
-                if chunk_tx.send(chunk).await.is_err() || failed {
-                    break;
+    let source = match local {
+        Some(raw) => Source::Whole(raw),
+        None => {
+            let mut stream = store.read(&snap.key, None).await?;
+            if whole {
+                let mut raw = Vec::with_capacity(snap.size as usize);
+                while let Some(chunk) = stream.next().await {
+                    raw.extend_from_slice(&chunk?);
                 }
+                Source::Whole(raw)
+            } else {
+                // Decoded straight from the store's stream: the chunks cross to the decoder's thread.
+                let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes, Error>>(4);
+                tokio::spawn(async move {
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk.map_err(Error::from);
+                        let failed = chunk.is_err();
+                        if chunk_tx.send(chunk).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                Source::Stream(ChannelReader::new(chunk_rx))
             }
-        });
-        Source::Stream(ChannelReader::new(chunk_rx))
+        }
     };
     let name = snap.name.to_string();
     let decoded = tokio::task::spawn_blocking(move || match source {
@@ -376,13 +378,20 @@ fn decode(
             }
         }
     };
+    // Sends every batch the bytes fed so far complete; false once the writer hung up.
+    let mut drain = |decoder: &mut DeltaDecoder| -> bool {
+        while let Some(batch) = decoder.next_batch() {
+            if !send(batch) {
+                return false;
+            }
+        }
+        true
+    };
     let whole = match plain {
         Plain::Whole(buf) => {
             decoder.feed_whole(std::mem::take(buf));
-            while let Some(batch) = decoder.next_batch() {
-                if !send(batch) {
-                    return Ok(None);
-                }
+            if !drain(&mut decoder) {
+                return Ok(None);
             }
             Some(buf)
         }
@@ -394,10 +403,8 @@ fn decode(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(crate::restore::read_error(key, e)),
             }
-            while let Some(batch) = decoder.next_batch() {
-                if !send(batch) {
-                    return Ok(None);
-                }
+            if !drain(&mut decoder) {
+                return Ok(None);
             }
         },
     };
